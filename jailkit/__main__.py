@@ -1,0 +1,3 @@
+from jailkit.entry import main
+
+main()

@@ -1,0 +1,32 @@
+"""The command line: a thin shell over library functions.
+
+Each command lives in its own module and is imported only when invoked, so that
+`jailkit ldd` does not pay for jinja2 and `jailkit run` pays for neither.
+"""
+
+import importlib
+
+import click
+
+# command name -> "module:attribute" of a click command
+COMMANDS = {
+    "ldd": "jailkit.cli_ldd:ldd",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="jailkit")
+def cli():
+    """Build minimal, hardened service jails from profiles, and run services in them."""

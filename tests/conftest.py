@@ -1,0 +1,44 @@
+"""Shared fixtures: run the jailkit CLI from this checkout, as root or as another user."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def jailkit_env(pythonpath: Path = REPO) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(pythonpath)
+    return env
+
+
+def run_jailkit(*args, check=False, env=None, **kwargs) -> subprocess.CompletedProcess:
+    """Run `jailkit ARGS` from this checkout in a fresh interpreter; returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "jailkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=check,
+        env=env or jailkit_env(),
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def world_readable_checkout(tmp_path_factory) -> Path:
+    """A copy of the package that an unprivileged user can import (the checkout may sit under /root)."""
+    base = tmp_path_factory.mktemp("jailkit-src")
+    shutil.copytree(REPO / "jailkit", base / "jailkit", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [base, *base.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    for parent in base.parents:
+        if parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o011)
+    return base

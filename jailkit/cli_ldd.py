@@ -28,7 +28,7 @@ def ldd(files, as_json, tree, library_path):
     if as_json:
         click.echo(json.dumps({path: r.to_json() for path, r in results.items()}, indent=2))
     else:
-        for path, result in results.items():
+        for result in results.values():
             click.echo(render_tree(result) if tree else render_list(result))
     failed = False
     for path, result in results.items():

@@ -134,7 +134,8 @@ def _parse_new(data: bytes, base: int) -> dict[str, list[CacheEntry]]:
     subdirs = _hwcaps_subdirs(cache, extension_offset)
     result: dict[str, list[CacheEntry]] = {}
     for i in range(nlibs):
-        flags, key, value, _, hwcap = NEW_ENTRY.unpack_from(cache, NEW_HEADER.size + i * NEW_ENTRY.size)
+        offset = NEW_HEADER.size + i * NEW_ENTRY.size
+        flags, key, value, _, hwcap = NEW_ENTRY.unpack_from(cache, offset)
         name, path = _string(cache, key), _string(cache, value)
         if name is None or path is None:
             continue

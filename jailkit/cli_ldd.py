@@ -33,7 +33,8 @@ def ldd(files, as_json, tree, library_path):
     failed = False
     for path, result in results.items():
         if result.error:
-            click.echo(f"jailkit: {path}: {result.error}", err=True)
+            where = "" if result.error.startswith(path) else f"{path}: "
+            click.echo(f"jailkit: {where}{result.error}", err=True)
             failed = True
         for name in result.missing:
             needers = ", ".join(result.needed_by.get(name, [path]))

@@ -1,0 +1,309 @@
+"""The truth anchor for `jailkit ldd`: ask glibc's own loader which objects it maps.
+
+Tests only. jailkit itself never runs the files it inspects; here running the loader is the point,
+and it is done only in the ways where the loader lists objects and exits before any of the file's
+code runs (LD_TRACE_LOADED_OBJECTS=1), with a timeout:
+
+- `ld.so --verify FILE` first: it maps the file without running it and says whether it is static
+  (1), dynamic without PT_INTERP (2: a library or a static-pie), or dynamic with PT_INTERP (0).
+  A static file is never traced: it would ignore the variable and run.
+- A dynamic executable is executed itself, as the kernel would run it: that is the only way to get
+  $ORIGIN of a symlinked program right (the directory of its real path, /proc/self/exe).
+- A setuid/setgid or file-capability executable runs in the loader's secure mode (AT_SECURE) unless
+  the ids match, and secure mode ignores LD_TRACE_LOADED_OBJECTS, so the program would really run.
+  It goes through `LD_TRACE_LOADED_OBJECTS=1 ld.so REALPATH` instead, with ld.so invoked by its
+  PT_INTERP string: ld.so is not setid, the real path gives the same $ORIGIN as the kernel's exec,
+  and the loader names itself exactly as when executed. (`ld.so --list` is not used: it stops at the
+  first missing library, while the trace variable lists every one as "not found".)
+- Everything else (libraries, static-pie, files without PT_INTERP, non-executable files) goes
+  through the ld.so of the file's ELF class and machine, the same way.
+"""
+
+import os
+import re
+import signal
+import stat
+import struct
+import subprocess
+from dataclasses import dataclass, field
+
+# (EI_CLASS, e_machine) -> the glibc loader for that ABI
+LOADERS = {
+    (2, 62): "/lib64/ld-linux-x86-64.so.2",  # ELFCLASS64, EM_X86_64
+    (1, 3): "/lib/ld-linux.so.2",  # ELFCLASS32, EM_386
+}
+GLIBC_LOADERS = {os.path.realpath(p) for p in LOADERS.values()}
+# The loader itself in a library list: printed under its own name, so compared by this key.
+RTLD = "<ld.so>"
+TIMEOUT = 20
+
+PT_INTERP = 3
+PT_DYNAMIC = 2
+DT_FLAGS_1 = 0x6FFFFFFB
+DF_1_PIE = 0x08000000
+
+_TRACE_LINE = re.compile(r"^\t(?P<name>.+?)(?: => (?P<path>.+?))?(?: \(0x[0-9a-f]+\))?$")
+_LOAD_ERROR = re.compile(r"error while loading shared libraries: (?P<name>.+?): (?P<reason>.+)$")
+
+
+@dataclass
+class ElfFacts:
+    """What the kernel reads from a file before any loader is involved."""
+
+    elf_class: int
+    machine: int
+    interp: str | None
+    pie_flag: bool  # DF_1_PIE: a PIE executable rather than a library (decides static-pie)
+
+
+@dataclass
+class LoaderView:
+    """One file as the loader sees it; every path is a real path."""
+
+    interp: str | None = None
+    libs: list[tuple[str, str | None]] = field(default_factory=list)  # (name, path) load order
+    static: bool = False
+    error: str | None = None  # the loader's own complaint, when it refused to load
+    error_object: str | None = None  # the object it was loading when it refused
+    how: str = ""  # which way the loader was asked (for failure messages)
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name, path in self.libs if path is None]
+
+
+def elf_facts(path: str) -> ElfFacts | None:
+    """Class, machine, PT_INTERP and DF_1_PIE read with struct (independent of jailkit's reader)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64)
+    except OSError:
+        return None
+    if len(data) < 52 or data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] != 1:
+        return None
+    is64 = data[4] == 2
+    if is64:
+        (e_phoff,) = struct.unpack_from("<Q", data, 32)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+        ph_fmt, dyn_fmt = "<IIQQQQQQ", "<qQ"
+    else:
+        (e_phoff,) = struct.unpack_from("<I", data, 28)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", data, 42)
+        ph_fmt, dyn_fmt = "<IIIIIIII", "<iI"
+    machine = struct.unpack_from("<H", data, 18)[0]
+    interp = None
+    pie = False
+    with open(path, "rb") as f:
+        f.seek(e_phoff)
+        table = f.read(e_phentsize * e_phnum)
+        for i in range(e_phnum):
+            if (i + 1) * e_phentsize > len(table) or e_phentsize < struct.calcsize(ph_fmt):
+                break
+            fields = struct.unpack_from(ph_fmt, table, i * e_phentsize)
+            if is64:
+                p_type, _, p_offset, _, _, p_filesz = fields[:6]
+            else:
+                p_type, p_offset, _, _, p_filesz = fields[:5]
+            if p_type == PT_INTERP:
+                f.seek(p_offset)
+                interp = f.read(p_filesz).split(b"\0")[0].decode(errors="replace")
+            elif p_type == PT_DYNAMIC:
+                f.seek(p_offset)
+                dyn = f.read(p_filesz)
+                step = struct.calcsize(dyn_fmt)
+                for off in range(0, len(dyn) - step + 1, step):
+                    tag, val = struct.unpack_from(dyn_fmt, dyn, off)
+                    if tag == 0:
+                        break
+                    if tag == DT_FLAGS_1:
+                        pie = bool(val & DF_1_PIE)
+    return ElfFacts(data[4], machine, interp, pie)
+
+
+def shebang(path: str) -> tuple[str, str | None] | None:
+    """The kernel's reading of a `#!` line: interpreter and at most one argument (binfmt_script)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n")[0].strip(b" \t")
+    interp, _, arg = line.replace(b"\t", b" ").partition(b" ")
+    arg = arg.strip(b" ")
+    return interp.decode(), (arg.decode() or None)
+
+
+def _run(argv, env, cwd) -> subprocess.CompletedProcess:
+    # A session of its own: on a timeout the whole group this call started is killed, nothing else.
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _secure_exec(path: str, st: os.stat_result) -> bool:
+    if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        return True
+    try:
+        os.getxattr(path, "security.capability")
+    except OSError:
+        return False
+    return os.getuid() != 0
+
+
+def loader_env(library_path: str | None = None, extra: dict | None = None) -> dict:
+    """A clean environment: no inherited LD_* variable may change what the loader does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env["LD_TRACE_LOADED_OBJECTS"] = "1"
+    if library_path is not None:
+        env["LD_LIBRARY_PATH"] = library_path
+    env.update(extra or {})
+    return env
+
+
+def loader_view(path: str, cwd: str | None = None, library_path: str | None = None) -> LoaderView:
+    """What the loader maps for PATH (a file name as a user would give it, relative to CWD)."""
+    full = os.path.join(cwd or os.getcwd(), path)
+    script = shebang(full)
+    if script is not None:
+        # The kernel runs the interpreter; the loader maps the interpreter's closure.
+        return loader_view(script[0], cwd=cwd, library_path=library_path)
+    facts = elf_facts(full)
+    if facts is None:
+        return LoaderView(error="not an ELF file", how="header")
+    ldso = LOADERS.get((facts.elf_class, facts.machine))
+    if ldso is None:
+        return LoaderView(error=f"no loader for class {facts.elf_class} machine {facts.machine}")
+    env = loader_env(library_path)
+    verify = _run([ldso, "--verify", full], env={}, cwd=cwd)
+    if verify.returncode == 1 and facts.interp is None:
+        return LoaderView(static=True, how="ld.so --verify")
+    if verify.returncode not in (0, 2):
+        return LoaderView(error=f"ld.so --verify exit {verify.returncode}", how="ld.so --verify")
+    interp = None
+    rtld_name = ldso
+    if facts.interp is not None:
+        interp = os.path.realpath(os.path.join(cwd or os.getcwd(), facts.interp))
+        if interp not in GLIBC_LOADERS:
+            return LoaderView(error=f"PT_INTERP {facts.interp} is not a glibc loader")
+        rtld_name = facts.interp
+    st = os.stat(full)
+    if facts.interp is not None and os.access(full, os.X_OK) and not _secure_exec(full, st):
+        how = "exec"
+        argv = [path if "/" in path else "./" + path]
+    else:
+        how = f"{rtld_name} FILE"
+        argv = [rtld_name, os.path.realpath(full) if facts.interp else path]
+    proc = _run(argv, env=env, cwd=cwd)
+    view = LoaderView(interp=interp, how=how)
+    view.static = facts.interp is None and facts.pie_flag
+    rtld_real = os.path.realpath(rtld_name)
+    for line in proc.stdout.splitlines():
+        m = _TRACE_LINE.match(line)
+        if not m or line.strip() == "statically linked":
+            continue
+        name, found = m["name"], m["path"]
+        if name.startswith("linux-vdso") or name.startswith("linux-gate"):
+            continue
+        if found == "not found":
+            view.libs.append((name, None))
+            continue
+        real = os.path.realpath(os.path.join(cwd or os.getcwd(), found or name))
+        view.libs.append((RTLD if name == rtld_name and real == rtld_real else name, real))
+    if proc.returncode != 0:
+        err = _LOAD_ERROR.search(proc.stderr)
+        if err:
+            view.error, view.error_object = err["reason"].strip(), err["name"]
+        else:
+            lines = proc.stderr.strip().splitlines()
+            view.error = lines[-1] if lines else f"loader exit {proc.returncode}"
+    return view
+
+
+def normalize_jailkit(entry: dict, rtld: str | None, cwd: str | None = None) -> LoaderView:
+    """jailkit's JSON for one file in the same shape as loader_view's answer.
+
+    RTLD is the loader that is mapped anyway (the interpreter, or the ld.so a library would be
+    listed with): an entry resolving to it is the loader itself, whatever name needed it.
+    """
+    base = cwd or os.getcwd()
+    rtld_real = os.path.realpath(rtld) if rtld else None
+    libs = []
+    for lib in entry.get("libs") or []:
+        path = lib.get("path")
+        real = os.path.realpath(os.path.join(base, path)) if path else None
+        libs.append((RTLD if real is not None and real == rtld_real else lib.get("name"), real))
+    interp = entry.get("interp")
+    return LoaderView(
+        interp=os.path.realpath(os.path.join(base, interp)) if interp else None,
+        libs=libs,
+        static=bool(entry.get("static")),
+        error=entry.get("error"),
+    )
+
+
+def rtld_for(path: str, cwd: str | None = None) -> str | None:
+    """The loader mapped for PATH: its PT_INTERP, else the ld.so of its class (scripts: of the
+    interpreter)."""
+    full = os.path.join(cwd or os.getcwd(), path)
+    script = shebang(full)
+    if script is not None:
+        return rtld_for(script[0], cwd)
+    facts = elf_facts(full)
+    if facts is None:
+        return None
+    if facts.interp:
+        return facts.interp
+    return LOADERS.get((facts.elf_class, facts.machine))
+
+
+def differences(path: str, truth: LoaderView, got: LoaderView, missing: list | None) -> list[str]:
+    """Every way jailkit's answer differs from the loader's, one readable line each."""
+    out = []
+    if truth.error is not None or got.error is not None:
+        if (truth.error is None) != (got.error is None):
+            out.append(f"{path}: error: loader says {truth.error!r}, jailkit says {got.error!r}")
+        return out
+    if truth.static != got.static:
+        out.append(f"{path}: static: loader says {truth.static}, jailkit says {got.static}")
+    if truth.interp != got.interp:
+        out.append(f"{path}: interp: loader says {truth.interp}, jailkit says {got.interp}")
+    t_rtld = RTLD in dict(truth.libs)
+    g_rtld = RTLD in dict(got.libs)
+    if t_rtld != g_rtld:
+        out.append(f"{path}: loader itself mapped as a library: loader {t_rtld}, jailkit {g_rtld}")
+    t_libs = [lib for lib in truth.libs if lib[0] != RTLD]
+    g_libs = [lib for lib in got.libs if lib[0] != RTLD]
+    if t_libs != g_libs:
+        if dict(t_libs) == dict(g_libs) and len(t_libs) == len(g_libs):
+            t_order, g_order = [n for n, _ in t_libs], [n for n, _ in g_libs]
+            out.append(f"{path}: order: loader {t_order}, jailkit {g_order}")
+        else:
+            t, g = dict(t_libs), dict(g_libs)
+            for name in sorted(set(t) | set(g)):
+                if t.get(name, "ABSENT") != g.get(name, "ABSENT"):
+                    out.append(
+                        f"{path}: {name}: loader says {t.get(name, 'not mapped')}, "
+                        f"jailkit says {g.get(name, 'not mapped')}"
+                    )
+            if len(g_libs) != len(g):
+                out.append(f"{path}: jailkit lists a name twice: {[n for n, _ in g_libs]}")
+    if missing is not None and sorted(missing) != sorted(truth.missing):
+        out.append(f"{path}: missing: loader says {truth.missing}, jailkit says {missing}")
+    return out

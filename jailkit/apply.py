@@ -1,0 +1,294 @@
+"""Materialise a plan as a new generation of a jail directory, then swap it in atomically.
+
+The new tree is built in a fresh DIR/gen-N that nobody else writes to, through directory
+descriptors with O_NOFOLLOW/O_EXCL, so a symlink planted in an old jail cannot redirect a write.
+Files unchanged since the previous generation (host source and jail copy both match the manifest
+by size, mtime and inode) are hard-linked from it instead of copied; when nothing at all changed,
+no generation is made. A build killed at any point leaves DIR/current on the previous jail; the
+next build removes the half-built generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+
+from jailkit import manifest
+from jailkit.errors import JailkitError
+from jailkit.jaildir import JailDir, open_dir, walk_tree
+from jailkit.manifest import Manifest, Record
+from jailkit.plan import Entry, HostStat, Plan
+
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+CAPS_XATTR = "security.capability"
+CHUNK = 1 << 20
+
+
+class ApplyError(JailkitError):
+    """The plan could not be written to disk."""
+
+
+@dataclass
+class Result:
+    generation: int  # the generation DIR/current points to afterwards
+    changed: bool  # False: the jail already matched the plan, nothing was written
+    copied: int = 0  # files copied from the host (or written from generated content)
+    linked: int = 0  # unchanged files hard-linked from the previous generation
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    updated: list[tuple[str, str]] = field(default_factory=list)  # (path, why it was redone)
+    launch_changed: bool = False
+
+    def to_dict(self) -> dict:
+        return {"generation": self.generation, "changed": self.changed, "copied": self.copied,
+                "linked": self.linked, "added": self.added, "removed": self.removed,
+                "updated": [{"path": p, "reason": r} for p, r in self.updated],
+                "launch_changed": self.launch_changed}
+
+
+def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, owners: bool):
+    """None when the previous generation's entry can be reused as is, else the reason it cannot."""
+    if old is None:
+        return "new"
+    if seen is None:
+        return "missing from the jail, restored"
+    kind = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "symlink": stat.S_ISLNK}[old.type]
+    if old.type != entry.type or not kind(seen.st_mode):
+        return f"was a {old.type}, now a {entry.type}" if old.type != entry.type else \
+            "replaced in the jail, restored"
+    if entry.type == "symlink":
+        if entry.target != old.target:
+            return f"target now {entry.target}"
+        return None if seen.st_ino == old.ino else "replaced in the jail, restored"
+    if (entry.mode, entry.uid, entry.gid) != (old.mode, old.uid, old.gid):
+        return f"mode/owner now {entry.mode:04o} {entry.uid}:{entry.gid}"
+    if stat.S_IMODE(seen.st_mode) != old.mode:
+        return f"mode {stat.S_IMODE(seen.st_mode):04o} in the jail, reset to {old.mode:04o}"
+    if owners and (seen.st_uid, seen.st_gid) != (old.uid, old.gid):
+        return f"owner {seen.st_uid}:{seen.st_gid} in the jail, reset to {old.uid}:{old.gid}"
+    if entry.type == "dir":
+        return None
+    if entry.content is not None:
+        if entry.sha256 != old.sha256:
+            return "generated content changed"
+    elif entry.source != old.source or entry.host != old.host or entry.file_caps != old.file_caps:
+        return "host file changed"
+    if (seen.st_ino, seen.st_size, seen.st_mtime_ns) != (old.ino, old.size, old.mtime):
+        return "modified in the jail, restored"
+    return None
+
+
+class _Writer:
+    """Creates entries under a new root, depth first, keeping descriptors for the open path."""
+
+    def __init__(self, root_fd: int, old_root_fd: int | None, owners: bool):
+        self.stack = [("/", root_fd, old_root_fd)]
+        self.owners = owners
+        self.records: dict[str, Record] = {}
+        self.copied = self.linked = 0
+
+    def close(self):
+        for _, fd, old_fd in self.stack[1:]:
+            os.close(fd)
+            if old_fd is not None:
+                os.close(old_fd)
+
+    def _parent(self, path: str) -> tuple[int, int | None, str]:
+        parent, name = path.rsplit("/", 1)
+        parent = parent or "/"
+        while self.stack[-1][0] != parent:
+            if len(self.stack) == 1:
+                raise ApplyError(f"bug: {parent} was not created before {path}")
+            _, fd, old_fd = self.stack.pop()
+            os.close(fd)
+            if old_fd is not None:
+                os.close(old_fd)
+        return self.stack[-1][1], self.stack[-1][2], name
+
+    def _own(self, fd: int, entry: Entry) -> os.stat_result:
+        if self.owners:
+            os.fchown(fd, entry.uid, entry.gid)  # before chmod: chown clears setuid bits
+        os.fchmod(fd, entry.mode)
+        return os.fstat(fd)
+
+    def _record(self, entry: Entry, st: os.stat_result, sha=None, host=None) -> None:
+        self.records[entry.path] = Record(
+            entry.path, entry.type, entry.mode, entry.uid, entry.gid,
+            st.st_size if entry.type == "file" else 0, sha, entry.source, entry.target,
+            st.st_mtime_ns, st.st_ino, host, entry.file_caps)
+
+    def root(self, entry: Entry) -> None:
+        self._record(entry, self._own(self.stack[0][1], entry))
+
+    def create(self, entry: Entry, reuse: Record | None) -> None:
+        parent_fd, old_parent_fd, name = self._parent(entry.path)
+        if entry.type == "dir":
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            fd = open_dir(name, parent_fd)
+            old_fd = None
+            if old_parent_fd is not None:
+                try:
+                    old_fd = open_dir(name, old_parent_fd)
+                except OSError:
+                    pass  # not in the old tree (or not a directory there): nothing to reuse below
+            self.stack.append((entry.path, fd, old_fd))
+            self._record(entry, self._own(fd, entry))
+        elif entry.type == "symlink":
+            os.symlink(entry.target, name, dir_fd=parent_fd)
+            self._record(entry, os.stat(name, dir_fd=parent_fd, follow_symlinks=False))
+        elif reuse is not None and old_parent_fd is not None and self._link(
+                name, parent_fd, old_parent_fd, reuse):
+            self.records[entry.path] = reuse
+            self.linked += 1
+        else:
+            self._copy(entry, name, parent_fd)
+            self.copied += 1
+
+    @staticmethod
+    def _link(name: str, parent_fd: int, old_parent_fd: int, reuse: Record) -> bool:
+        try:
+            os.link(name, name, src_dir_fd=old_parent_fd, dst_dir_fd=parent_fd,
+                    follow_symlinks=False)
+        except OSError:
+            return False
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        if st.st_ino == reuse.ino and stat.S_ISREG(st.st_mode):
+            return True
+        os.unlink(name, dir_fd=parent_fd)  # swapped under us since the walk: copy it afresh
+        return False
+
+    def _copy(self, entry: Entry, name: str, parent_fd: int) -> None:
+        digest = hashlib.sha256()
+        dst = os.open(name, FILE_FLAGS, 0o600, dir_fd=parent_fd)
+        try:
+            host = None
+            if entry.content is not None:
+                _write_all(dst, entry.content)
+                digest.update(entry.content)
+            else:
+                host = self._copy_host(entry, dst, digest)
+            st = self._own(dst, entry)
+            self._record(entry, st, digest.hexdigest(), host)
+        finally:
+            os.close(dst)
+
+    def _copy_host(self, entry: Entry, dst: int, digest) -> HostStat:
+        try:
+            src = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise ApplyError(f"cannot read {entry.source}: {e.strerror}") from None
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                raise ApplyError(f"{entry.source} is no longer a regular file; build again")
+            while chunk := os.read(src, max(CHUNK, st.st_size + 1)):
+                digest.update(chunk)
+                _write_all(dst, chunk)
+            if entry.file_caps:
+                try:
+                    caps = os.getxattr(src, CAPS_XATTR)
+                except OSError:
+                    caps = None  # the host file has no capabilities to copy
+                if caps is not None:
+                    if self.owners:
+                        os.fchown(dst, entry.uid, entry.gid)  # chown after setxattr drops caps
+                    os.setxattr(dst, CAPS_XATTR, caps)
+            return HostStat.of(st)
+        finally:
+            os.close(src)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _previous(jail: JailDir, number: int | None):
+    """(manifest, tree lstat snapshot, launch dict, root fd) of generation `number`, or Nones."""
+    if number is None:
+        return None, {}, None, None
+    try:
+        gen_fd = jail.open_generation(number)
+    except OSError:
+        return None, {}, None, None
+    try:
+        try:
+            old = manifest.read(gen_fd, f"{jail.path}/gen-{number}")
+            root_fd = open_dir("root", gen_fd)
+        except (JailkitError, OSError):
+            return None, {}, None, None  # unreadable: rebuild everything from the host
+        return old, walk_tree(root_fd), manifest.read_json(gen_fd, "launch.json"), root_fd
+    finally:
+        os.close(gen_fd)
+
+
+def apply(plan: Plan, jail: JailDir, progress=None) -> Result:
+    """Make `jail` hold exactly `plan`. `progress(n)` is called as entries are done."""
+    owners = os.geteuid() == 0
+    with jail.locked():
+        current = jail.current()
+        jail.remove_stale(keep={current} if current is not None else set())
+        old, seen, old_launch, old_root_fd = _previous(jail, current)
+        try:
+            records = old.records if old else {}
+            reasons = {path: _why_redo(entry, records.get(path), seen.get(path), owners)
+                       for path, entry in plan.entries.items()}
+            removed = sorted(set(records) - set(plan.entries))
+            extra = sorted(set(seen) - set(plan.entries) - set(records))
+            result = Result(current or 0, False, removed=removed,
+                            launch_changed=old_launch != plan.launch)
+            result.added = [p for p, why in reasons.items() if why == "new"]
+            result.updated = [(p, why) for p, why in reasons.items() if why not in (None, "new")]
+            result.updated += [(p, "not in the manifest, dropped") for p in extra]
+            for relative, mode in plan.state_dirs.items():
+                jail.state_dir(relative, mode)
+            if (current is not None and not removed and not result.added and not result.updated
+                    and not result.launch_changed):
+                return result
+            number, result.copied, result.linked = _build(plan, jail, old_root_fd, reasons,
+                                                          records, owners, progress)
+        finally:
+            if old_root_fd is not None:
+                os.close(old_root_fd)
+        jail.swap(number)
+        jail.remove_stale(keep={number})
+        result.generation, result.changed = number, True
+        return result
+
+
+def _build(plan, jail, old_root_fd, reasons, records, owners, progress) -> tuple[int, int, int]:
+    """Write a new generation; returns (its number, files copied, files hard-linked)."""
+    number, gen_fd = jail.new_generation()
+    try:
+        os.mkdir("root", 0o700, dir_fd=gen_fd)
+        root_fd = open_dir("root", gen_fd)
+        writer = _Writer(root_fd, old_root_fd, owners)
+        try:
+            done = 0
+            for path, entry in plan.entries.items():
+                if path == "/":
+                    writer.root(entry)
+                else:
+                    reuse = records.get(path) if reasons[path] is None else None
+                    writer.create(entry, reuse)
+                done += 1
+                if progress and done % 64 == 0:
+                    progress(64)
+            if progress:
+                progress(done % 64)
+        finally:
+            writer.close()
+            os.close(root_fd)
+        manifest.write_new(gen_fd, manifest.NAME,
+                           Manifest(plan.name, number, writer.records).dumps())
+        manifest.write_new(gen_fd, "launch.json", json.dumps(plan.launch, indent=2) + "\n")
+        return number, writer.copied, writer.linked
+    except OSError as e:
+        raise ApplyError(f"building {jail.path}/gen-{number} failed: {e}; the previous jail is "
+                         "untouched") from None
+    finally:
+        os.close(gen_fd)

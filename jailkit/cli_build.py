@@ -1,0 +1,197 @@
+"""`jailkit profiles`, `show`, `build`, `check`, `update`: profiles in, jail directories out."""
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from jailkit.errors import JailkitError
+
+
+def _one_line_errors(command):
+    """A JailkitError becomes one line on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except JailkitError as e:
+            click.echo(f"jailkit: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return run
+
+
+def _overrides(values) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise JailkitError(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _root(root, name: str) -> Path:
+    from jailkit.jaildir import default_root
+
+    return Path(root) if root else default_root(name)
+
+
+root_option = click.option("--root", type=click.Path(file_okay=False),
+                           help="Jail directory (default /var/lib/jailkit/NAME as root, "
+                                "else $XDG_DATA_HOME/jailkit/NAME).")
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                          help="Override a profile variable (repeatable).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+@click.command()
+@json_option
+@_one_line_errors
+def profiles(as_json):
+    """List the bundled profiles."""
+    from jailkit.profile import bundled_profiles, load
+
+    rows = {name: load(name).description for name in bundled_profiles()}
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        width = max(map(len, rows), default=0)
+        for name, description in rows.items():
+            click.echo(f"{name:<{width}}  {description}")
+
+
+@click.command()
+@click.argument("profile")
+@set_option
+@json_option
+@_one_line_errors
+def show(profile, sets, as_json):
+    """Print PROFILE (a bundled name or a .toml path) fully resolved, bases merged in."""
+    from jailkit.profile import as_dict, as_toml, load
+
+    loaded = load(profile, _overrides(sets))
+    click.echo(json.dumps(as_dict(loaded), indent=2) if as_json else as_toml(loaded), nl=False)
+
+
+def _plan(profile, sets):
+    from jailkit.plan import make_plan
+    from jailkit.profile import load
+
+    return make_plan(load(profile, _overrides(sets)))
+
+
+def _print_plan(plan) -> None:
+    for entry in plan.entries.values():
+        owner = f"{entry.mode:04o} {entry.uid}:{entry.gid}"
+        if entry.type == "symlink":
+            click.echo(f"link  {entry.path} -> {entry.target}")
+        elif entry.type == "dir":
+            click.echo(f"dir   {owner} {entry.path}")
+        elif entry.content is not None:
+            click.echo(f"write {owner} {entry.path}")
+        else:
+            click.echo(f"copy  {owner} {entry.path} <- {entry.source}")
+    click.echo("launch.json " + json.dumps(plan.launch))
+    for note in plan.notes:
+        click.echo(f"note: {note}")
+
+
+def _apply(plan, root: Path, quiet: bool, create: bool):
+    from jailkit.apply import apply
+    from jailkit.jaildir import JailDir
+
+    with JailDir(root, create=create) as jail:
+        if quiet or not sys.stdout.isatty():
+            return apply(plan, jail)
+        with click.progressbar(length=len(plan.entries), label=f"building {plan.name}") as bar:
+            return apply(plan, jail, bar.update)
+
+
+def _report(result, plan, root: Path, as_json: bool, verbose: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"root": str(root), **plan.summary(), **result.to_dict()}, indent=2))
+        return
+    if not result.changed:
+        click.echo(f"{plan.name}: up to date in {root} (gen-{result.generation})")
+        return
+    click.echo(f"{plan.name}: gen-{result.generation} in {root}: {result.copied} files copied, "
+               f"{result.linked} unchanged, {len(result.added)} added, {len(result.updated)} "
+               f"updated, {len(result.removed)} removed")
+    if verbose:
+        for path in result.added:
+            click.echo(f"  added    {path}")
+        for path, reason in result.updated:
+            click.echo(f"  updated  {path}: {reason}")
+        for path in result.removed:
+            click.echo(f"  removed  {path}")
+        if result.launch_changed:
+            click.echo("  updated  launch.json")
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+@click.command()
+@click.argument("profile")
+@root_option
+@click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing.")
+@set_option
+@json_option
+@_one_line_errors
+def build(profile, root, dry_run, sets, as_json):
+    """Build the jail for PROFILE (a bundled name or a .toml path) into its jail directory."""
+    plan = _plan(profile, sets)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({**plan.summary(), "launch": plan.launch}, indent=2))
+        else:
+            _print_plan(plan)
+        return
+    root = _root(root, plan.name)
+    result = _apply(plan, root, as_json, create=True)
+    _report(result, plan, root, as_json, verbose=False)
+
+
+@click.command()
+@click.argument("profile")
+@root_option
+@set_option
+@json_option
+@_one_line_errors
+def update(profile, root, sets, as_json):
+    """Bring an existing jail up to date with the host and PROFILE; say what changed.
+
+    Files whose host source and jail copy are unchanged are kept; DIR/state is never touched.
+    """
+    plan = _plan(profile, sets)
+    root = _root(root, plan.name)
+    result = _apply(plan, root, as_json, create=False)
+    _report(result, plan, root, as_json, verbose=True)
+
+
+@click.command()
+@click.argument("profile")
+@root_option
+@json_option
+@_one_line_errors
+def check(profile, root, as_json):
+    """Verify a built jail against its manifest, by full hash; non-zero exit on any finding."""
+    from jailkit.check import check_jail
+    from jailkit.jaildir import JailDir
+
+    if root is None:
+        from jailkit.profile import locate
+
+        root = _root(None, locate(profile).stem)
+    with JailDir(Path(root)) as jail:
+        findings = check_jail(jail)
+    if as_json:
+        click.echo(json.dumps([f._asdict() for f in findings], indent=2))
+    else:
+        for finding in findings:
+            click.echo(f"{finding.kind}: {finding.path}: {finding.detail}")
+        click.echo(f"{len(findings)} finding(s) in {root}", err=True)
+    sys.exit(1 if findings else 0)

@@ -1,0 +1,231 @@
+"""The jail directory (docs/contracts.md): DIR/current -> gen-N, DIR/gen-N/{root,manifest.json,
+launch.json}, DIR/state, DIR/lock. Every operation goes through a descriptor of DIR, and never
+follows a symlink that a jail (or whoever wrote into DIR) may have planted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+
+from jailkit.errors import JailkitError
+
+GEN_RE = re.compile(r"^gen-([0-9]+)$")
+OWN_NAMES = {"current", "current.tmp", "lock", "state"}
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class JailDirError(JailkitError):
+    """A jail directory that cannot be used."""
+
+
+def default_root(name: str) -> Path:
+    """Where a jail lives without --root: /var/lib/jailkit/NAME for root, else the XDG data dir."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/jailkit") / name
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(data) / "jailkit" / name
+
+
+def open_dir(name: str, dir_fd: int) -> int:
+    """A directory descriptor for `name` under `dir_fd`; refuses symlinks."""
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+
+
+def is_jail_listing(names) -> bool:
+    return all(n in OWN_NAMES or GEN_RE.match(n) for n in names)
+
+
+class JailDir:
+    """An open jail directory. Use as a context manager to close its descriptor."""
+
+    def __init__(self, path: Path, create: bool = False):
+        self.path = Path(os.path.abspath(path))
+        if self.path == Path("/") or (self.path.exists() and os.path.samefile(self.path, "/")):
+            raise JailDirError("refusing to use / as a jail directory; pass --root DIR")
+        if create:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True, mode=0o755)
+            except OSError as e:
+                raise JailDirError(f"cannot create jail directory {self.path}: "
+                                   f"{e.strerror}") from None
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise JailDirError(f"no jail at {self.path}; build it first with "
+                               "`jailkit build`") from None
+        except OSError as e:
+            raise JailDirError(f"cannot open jail directory {self.path}: {e.strerror}") from None
+        names = os.listdir(self.fd)
+        if not is_jail_listing(names):
+            os.close(self.fd)
+            strays = ", ".join(sorted(n for n in names if not is_jail_listing([n])))
+            raise JailDirError(f"{self.path} is not empty and is not a jailkit jail (it holds "
+                               f"{strays[:200]}); choose an empty or new directory")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+    @contextmanager
+    def locked(self):
+        """Exclusive build lock on DIR/lock: concurrent builds of one jail run one after another."""
+        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=self.fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def generations(self) -> list[int]:
+        return sorted(int(m.group(1)) for n in os.listdir(self.fd) if (m := GEN_RE.match(n)))
+
+    def current(self) -> int | None:
+        """The generation DIR/current points to, or None before the first build."""
+        try:
+            target = os.readlink("current", dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise JailDirError(f"{self.path}/current is not a symlink to a generation: "
+                               f"{e.strerror}") from None
+        match = GEN_RE.match(target)
+        if not match:
+            raise JailDirError(f"{self.path}/current points to {target!r}, not to gen-N; "
+                               "remove it and rebuild")
+        return int(match.group(1))
+
+    def open_generation(self, number: int) -> int:
+        return open_dir(f"gen-{number}", self.fd)
+
+    def new_generation(self) -> tuple[int, int]:
+        """A fresh, empty DIR/gen-N (N above every existing one) and its descriptor."""
+        number = max([0, *self.generations()]) + 1
+        os.mkdir(f"gen-{number}", 0o755, dir_fd=self.fd)
+        return number, self.open_generation(number)
+
+    def swap(self, number: int) -> None:
+        """Point DIR/current at gen-N in one rename(2): a reader sees the old or the new jail."""
+        try:
+            os.unlink("current.tmp", dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        os.symlink(f"gen-{number}", "current.tmp", dir_fd=self.fd)
+        os.replace("current.tmp", "current", src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        os.fsync(self.fd)
+
+    def state_dir(self, relative: str, mode: int) -> None:
+        """Create DIR/state/RELATIVE (and parents) without following symlinks; keep what exists."""
+        fd = self._mkdir_at(self.fd, "state", 0o700)
+        try:
+            for i, part in enumerate(parts := relative.split("/")):
+                child = self._mkdir_at(fd, part, mode if i == len(parts) - 1 else 0o755)
+                os.close(fd)
+                fd = child
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _mkdir_at(dir_fd: int, name: str, mode: int) -> int:
+        try:
+            os.mkdir(name, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        try:
+            return open_dir(name, dir_fd)
+        except OSError as e:
+            raise JailDirError(f"state path component {name!r} is not a directory (a symlink?): "
+                               f"{e.strerror}") from None
+
+    def _has_mounts(self, name: str) -> bool:
+        inside = os.path.realpath(self.path / name) + "/"
+        return any(point.startswith(inside) for point in _mount_points())
+
+    def remove_stale(self, keep: set[int]) -> list[int]:
+        """Delete generations not in `keep` that no launcher holds (see docs/contracts.md)."""
+        removed = []
+        try:
+            os.unlink("current.tmp", dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        for number in self.generations():
+            if number in keep:
+                continue
+            if self._has_mounts(f"gen-{number}"):
+                continue  # a launcher's mounts are still there: never delete through them
+            try:
+                fd = self.open_generation(number)
+            except OSError:
+                # not a directory: a leftover file of a broken run, never a launcher's
+                os.unlink(f"gen-{number}", dir_fd=self.fd)
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a running service holds it; the next build retries
+                # launch.json first: a launcher that locked this generation late sees it gone
+                try:
+                    os.unlink("launch.json", dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+                shutil.rmtree(f"gen-{number}", dir_fd=self.fd)
+                removed.append(number)
+            finally:
+                os.close(fd)
+        return removed
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        # field 5 is the mount point, with space, tab, newline and backslash octal-escaped
+        return [line.split()[4].encode().decode("unicode_escape") for line in f]
+
+
+def walk_tree(root_fd: int) -> dict[str, os.stat_result]:
+    """lstat of everything under a directory descriptor, by jail path, never following symlinks
+    and never leaving the directory's filesystem."""
+    out = {"/": os.fstat(root_fd)}
+    pending = [("", os.dup(root_fd))]
+    while pending:
+        prefix, fd = pending.pop()
+        try:
+            with os.scandir(fd) as it:
+                for item in it:
+                    path = f"{prefix}/{item.name}"
+                    st = item.stat(follow_symlinks=False)
+                    out[path] = st
+                    if stat.S_ISDIR(st.st_mode) and st.st_dev == out["/"].st_dev:
+                        try:
+                            pending.append((path, open_dir(item.name, fd)))
+                        except OSError:
+                            pass  # replaced under us; what it held is reported missing
+        finally:
+            os.close(fd)
+    return out
+
+
+def open_parent(root_fd: int, path: str) -> tuple[int, str]:
+    """(descriptor of the directory holding jail `path`, last component), walking from the jail
+    root one component at a time with O_NOFOLLOW: a planted symlink fails (ELOOP/ENOTDIR)."""
+    parts = [p for p in path.split("/") if p]
+    if not parts or ".." in parts:
+        raise JailDirError(f"refusing jail path {path!r}")
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            child = open_dir(part, fd)
+            os.close(fd)
+            fd = child
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, parts[-1]

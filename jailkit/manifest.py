@@ -1,0 +1,95 @@
+"""DIR/gen-N/manifest.json: every entry of a jail tree as built, for `check`, `update`, export."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from jailkit.errors import JailkitError
+from jailkit.plan import HostStat
+
+VERSION = 1
+NAME = "manifest.json"
+
+
+class ManifestError(JailkitError):
+    """A manifest that cannot be read."""
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str
+    type: str  # "dir" | "file" | "symlink"
+    mode: int  # permission bits, as set in the tree
+    uid: int
+    gid: int
+    size: int
+    sha256: str | None  # files only
+    source: str | None  # host file it was copied from
+    target: str | None  # symlinks only
+    mtime: int  # st_mtime_ns of the jail entry
+    ino: int  # st_ino of the jail entry
+    host: HostStat | None  # the host source's identity when it was copied
+    file_caps: bool = False
+
+
+@dataclass
+class Manifest:
+    profile: str
+    generation: int
+    records: dict[str, Record]
+
+    def dumps(self) -> str:
+        return json.dumps({
+            "version": VERSION,
+            "profile": self.profile,
+            "generation": self.generation,
+            "entries": [asdict(r) for r in self.records.values()],
+        }, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str, origin: str) -> Manifest:
+        try:
+            data = json.loads(text)
+            if data.get("version") != VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
+            records = {}
+            for item in data["entries"]:
+                host = item.pop("host")
+                record = Record(**item, host=HostStat(**host) if host else None)
+                records[record.path] = record
+            return cls(data["profile"], data["generation"], records)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ManifestError(f"{origin}: not a jailkit manifest ({e}); "
+                                "rebuild the jail") from None
+
+
+def read(gen_fd: int, origin: str) -> Manifest:
+    try:
+        fd = os.open(NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=gen_fd)
+    except OSError as e:
+        raise ManifestError(f"{origin}/{NAME}: {e.strerror}; rebuild the jail") from None
+    with os.fdopen(fd) as f:
+        return Manifest.loads(f.read(), f"{origin}/{NAME}")
+
+
+def read_json(gen_fd: int, name: str) -> dict | None:
+    """A small JSON file of a generation (launch.json), or None when it is missing or unreadable."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=gen_fd)
+    except OSError:
+        return None
+    with os.fdopen(fd) as f:
+        try:
+            return json.load(f)
+        except ValueError:
+            return None
+
+
+def write_new(gen_fd: int, name: str, text: str) -> None:
+    """Create a file in a fresh generation directory (never replacing or following anything)."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                 dir_fd=gen_fd)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

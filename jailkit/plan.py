@@ -1,0 +1,367 @@
+"""The build plan: what the jail tree will hold, as data. Reads the host (metadata and ELF headers),
+writes nothing; `--dry-run` prints it and `jailkit.apply` materialises it."""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+
+from jailkit.errors import JailkitError
+from jailkit.profile import Profile
+
+NSSWITCH = (
+    "# written by jailkit: names come only from the jail's own files\n"
+    "passwd: files\ngroup: files\nshadow: files\ngshadow: files\n"
+    "hosts: files\nnetworks: files\nprotocols: files\nservices: files\n"
+)
+
+
+class PlanError(JailkitError):
+    """The profile asks for something the host cannot provide or that contradicts itself."""
+
+
+@dataclass(frozen=True)
+class HostStat:
+    """Identity of a host file when it was planned: if all four match later, it did not change."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> HostStat:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # absolute path inside the jail
+    type: str  # "dir" | "file" | "symlink"
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    source: str | None = None  # host file copied into the jail
+    host: HostStat | None = None
+    target: str | None = None  # symlink target, as written on the host
+    content: bytes | None = None  # generated file (passwd, templates, ...)
+    file_caps: bool = False  # copy the security.capability xattr
+
+    @property
+    def sha256(self) -> str | None:
+        return hashlib.sha256(self.content).hexdigest() if self.content is not None else None
+
+
+@dataclass
+class Plan:
+    name: str
+    entries: dict[str, Entry]  # depth-first: each directory, then what it holds
+    launch: dict
+    state_dirs: dict[str, int] = field(default_factory=dict)  # DIR/state subdir -> mode
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        counts = {"dir": 0, "file": 0, "symlink": 0}
+        for entry in self.entries.values():
+            counts[entry.type] += 1
+        size = sum(e.host.size for e in self.entries.values() if e.host and e.type == "file")
+        size += sum(len(e.content) for e in self.entries.values() if e.content is not None)
+        return {"name": self.name, "directories": counts["dir"], "files": counts["file"],
+                "symlinks": counts["symlink"], "bytes": size, "notes": self.notes}
+
+
+def check_jail_path(path: str) -> str:
+    """A normalised absolute path that cannot leave the jail."""
+    parts = path.split("/")
+    if not path.startswith("/") or ".." in parts or "\0" in path:
+        raise PlanError(f"refusing jail path {path!r}: it must be absolute and contain no '..'")
+    return "/" + "/".join(p for p in parts if p not in ("", "."))
+
+
+class _Planner:
+    def __init__(self, profile: Profile):
+        self.profile = profile
+        self.entries: dict[str, Entry] = {}
+        self.implicit: set[str] = set()  # parent directories nobody asked for by name
+        self.notes: list[str] = []
+        self.keep_setuid = set(profile.keep_setuid)
+        self.keep_caps = set(profile.keep_file_caps)
+        self.users = {u.name: u for u in profile.users.values()}
+        self.groups = {g.name: g for g in profile.groups.values()}
+        self.chained: set[str] = set()
+
+    # -- adding entries, with conflict checks --
+
+    def add(self, entry: Entry, implicit: bool = False) -> None:
+        path = check_jail_path(entry.path)
+        if path != "/":
+            self._parents(path)
+        old = self.entries.get(path)
+        if old is not None:
+            if old == entry or implicit and old.type == "dir" == entry.type:
+                return
+            if not (path in self.implicit and entry.type == "dir"):
+                raise PlanError(f"{path} is wanted twice, differently: {_describe(old)} and "
+                                f"{_describe(entry)}")
+        self.entries[path] = entry
+        if implicit:
+            self.implicit.add(path)
+        else:
+            self.implicit.discard(path)
+
+    def _parents(self, path: str) -> None:
+        parent = path.rsplit("/", 1)[0] or "/"
+        entry = self.entries.get(parent)
+        if entry is None:
+            self.add(Entry(parent, "dir"), implicit=True)
+        elif entry.type != "dir":
+            raise PlanError(f"{path} would be created under {parent}, which is {_describe(entry)}")
+
+    def owner(self, user: str, group: str) -> tuple[int, int]:
+        return self.users[user].uid, self.groups[group].gid
+
+    # -- host files --
+
+    def host_path(self, path: str, walk: bool = False) -> None:
+        """A host path with every symlink on the way; a directory's contents too when `walk`."""
+        if path in self.chained:
+            return
+        self.chained.add(path)
+        from jailkit.closure import path_chain
+
+        try:
+            chain = path_chain(path)
+            final = chain[-1][0]
+            st = os.lstat(final)
+        except OSError as e:
+            raise PlanError(f"cannot read {path}: {e.strerror}") from None
+        for hop, target in chain[:-1]:
+            self.add(Entry(hop, "symlink", mode=0o777, target=target))
+        if stat.S_ISDIR(st.st_mode):
+            if walk:
+                self.tree(final, st)
+            else:
+                self.add(Entry(final, "dir", mode=st.st_mode & 0o755))
+        else:
+            self.host_file(final, st, path)
+
+    def host_file(self, path: str, st: os.stat_result, asked: str | None = None) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            raise PlanError(f"{path} is not a regular file, directory or symlink; devices come "
+                            "from the profile's `devices` list, sockets and fifos cannot be copied")
+        keep_special = path in self.keep_setuid or asked in self.keep_setuid
+        mode = st.st_mode & (0o6755 if keep_special else 0o755)
+        caps = path in self.keep_caps or asked in self.keep_caps
+        self.add(Entry(path, "file", mode=mode, source=path, host=HostStat.of(st), file_caps=caps))
+
+    def tree(self, top: str, top_st: os.stat_result) -> None:
+        """Copy a host directory: same filesystem only, symlinks kept, excludes honoured."""
+        self.add(Entry(top, "dir", mode=top_st.st_mode & 0o755))
+        pending = [top]
+        while pending:
+            directory = pending.pop()
+            try:
+                with os.scandir(directory) as it:
+                    items = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                raise PlanError(f"cannot list {directory}: {e.strerror}") from None
+            for item in items:
+                if self.excluded(item.path):
+                    continue
+                st = item.stat(follow_symlinks=False)
+                if st.st_dev != top_st.st_dev:
+                    self.notes.append(f"skipped {item.path}: on another filesystem than {top}")
+                elif stat.S_ISDIR(st.st_mode):
+                    self.add(Entry(item.path, "dir", mode=st.st_mode & 0o755))
+                    pending.append(item.path)
+                elif stat.S_ISLNK(st.st_mode):
+                    self.tree_symlink(item.path)
+                elif stat.S_ISREG(st.st_mode):
+                    self.host_file(item.path, st)
+                else:
+                    self.notes.append(f"skipped {item.path}: not a file, directory or symlink")
+
+    def tree_symlink(self, path: str) -> None:
+        """A symlink met inside a copied directory: kept, and what it points to is copied too when
+        that is a file (the /etc/ssl/certs hash links); a link to a directory is kept dangling."""
+        real = os.path.realpath(path)
+        if os.path.isfile(real):
+            self.host_path(path)
+        else:
+            self.add(Entry(path, "symlink", mode=0o777, target=os.readlink(path)))
+            if not os.path.exists(real):
+                return
+            self.notes.append(f"{path} points to directory {real}, which is not copied")
+
+    def excluded(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.profile.exclude)
+
+    # -- generated files --
+
+    def generated(self, path: str, text: str, mode: int = 0o644, uid: int = 0, gid: int = 0):
+        self.add(Entry(path, "file", mode=mode, uid=uid, gid=gid, content=text.encode()))
+
+
+def _describe(entry: Entry) -> str:
+    if entry.type == "symlink":
+        return f"a symlink to {entry.target}"
+    if entry.content is not None:
+        return "a generated file"
+    if entry.type == "file":
+        return f"a copy of {entry.source}"
+    return "a directory"
+
+
+def expand(patterns, what: str) -> list[str]:
+    """Host paths that paths/globs name, in order; a pattern that matches nothing is an error."""
+    out = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            matches = sorted(glob.glob(pattern))
+        else:
+            matches = [pattern] if os.path.lexists(pattern) else []
+        if not matches:
+            raise PlanError(f"{what}: {pattern} matches nothing on this host")
+        out.extend(matches)
+    return out
+
+
+def _closure_files(profile: Profile) -> list[str]:
+    from jailkit.closure import find_library, resolve
+
+    inputs = expand(profile.binaries, "binaries")
+    for name in profile.libraries:
+        if "/" in name:
+            inputs.extend(expand([name], "libraries"))
+            continue
+        found = find_library(name)
+        if found is None:
+            raise PlanError(f"libraries: the loader would not find {name} on this host")
+        inputs.append(found)
+    files = []
+    for path, result in resolve(inputs).items():
+        if result.error:
+            raise PlanError(f"{path}: {result.error}")
+        for name in result.missing:
+            users = ", ".join(result.needed_by.get(name, [])) or path
+            raise PlanError(f"{users} needs {name}: not found on this host")
+        files.extend(result.files)
+    return list(dict.fromkeys(files))
+
+
+def _account_files(planner: _Planner, profile: Profile) -> None:
+    users = sorted(profile.users.values(), key=lambda u: u.uid)
+    planner.generated("/etc/passwd", "".join(
+        f"{u.name}:x:{u.uid}:{u.gid}:{u.gecos}:{u.home}:{u.shell}\n" for u in users))
+    planner.generated("/etc/group", "".join(
+        f"{g.name}:x:{g.gid}:{','.join(g.members)}\n"
+        for g in sorted(profile.groups.values(), key=lambda g: g.gid)))
+    shadowed = [u for u in users if u.password is not None]
+    if shadowed:
+        # empty "last change" field: password ageing off, so nobody is forced to change it
+        gid = profile.groups["shadow"].gid if "shadow" in profile.groups else 0
+        planner.generated("/etc/shadow", "".join(
+            f"{u.name}:{u.password}::0:99999:7:::\n" for u in shadowed), 0o640, 0, gid)
+    if "/etc/nsswitch.conf" not in profile.templates:
+        planner.generated("/etc/nsswitch.conf", NSSWITCH)
+
+
+def _launch(profile: Profile, planner: _Planner) -> dict:
+    service = profile.service
+    user = profile.users[service.user]
+    gid = profile.groups[service.group].gid if service.group else user.gid
+    writable = []
+    for w in sorted(profile.writable.values(), key=lambda w: w.path):
+        uid, wgid = planner.owner(w.owner, w.group)
+        writable.append({
+            "path": w.path,
+            "kind": "tmpfs" if w.kind == "tmpfs" else "bind",
+            "source": None if w.kind == "tmpfs" else w.path.lstrip("/"),
+            "uid": uid, "gid": wgid, "mode": w.mode, "size": w.size,
+        })
+    return {
+        "name": profile.name,
+        "command": list(service.command),
+        "workdir": service.workdir,
+        "env": dict(service.env),
+        "user": {"uid": user.uid, "gid": gid,
+                 "groups": [profile.groups[g].gid for g in service.groups]},
+        "uid_count": service.uid_count,
+        "hostname": service.hostname or profile.name,
+        "stop_signal": service.stop_signal,
+        "capabilities": list(service.capabilities),
+        "rlimits": {name: list(limit) for name, limit in service.rlimits},
+        "cgroup": {"memory_max": service.memory_max, "pids_max": service.pids_max},
+        "network": service.network,
+        "writable": writable,
+        "devices": list(profile.devices),
+        "mount_proc": service.mount_proc,
+        "mount_sys": service.mount_sys,
+        "seccomp_allow": list(service.seccomp_allow),
+    }
+
+
+def _lookup(entries: dict[str, Entry], path: str, hops: int = 40) -> Entry | None:
+    """The entry `path` names inside the planned jail, following the jail's own symlinks."""
+    current = "/"
+    parts = [p for p in check_jail_path(path).split("/") if p]
+    while parts:
+        name = parts.pop(0)
+        current = current.rstrip("/") + "/" + name
+        entry = entries.get(current)
+        if entry is None:
+            return None
+        if entry.type == "symlink":
+            if hops == 0:
+                return None
+            base = entry.target if entry.target.startswith("/") else (
+                current.rsplit("/", 1)[0] + "/" + entry.target)
+            return _lookup(entries, os.path.normpath(base) + "/" + "/".join(parts), hops - 1)
+    return entries.get(current)
+
+
+def _depth_first(path: str) -> list[str]:
+    # component-wise order: a directory, then everything under it, then its next sibling
+    return path.split("/")
+
+
+def make_plan(profile: Profile) -> Plan:
+    """Everything the jail for `profile` will hold, and how it will be launched."""
+    from jailkit.templates import render
+
+    planner = _Planner(profile)
+    planner.add(Entry("/", "dir"))
+    for path in _closure_files(profile):
+        planner.host_path(path)
+    for path in expand(profile.files, "files"):
+        planner.host_path(path, walk=True)
+    _account_files(planner, profile)
+    for tpl in profile.templates.values():
+        uid, gid = planner.owner(tpl.owner, tpl.group)
+        planner.generated(tpl.dest, render(tpl, profile.variables), tpl.mode, uid, gid)
+    for d in profile.directories.values():
+        uid, gid = planner.owner(d.owner, d.group)
+        planner.add(Entry(d.path, "dir", mode=d.mode, uid=uid, gid=gid))
+    mount_points = [w.path for w in profile.writable.values()]
+    mount_points += ["/dev"] * bool(profile.devices) + ["/proc"] * profile.service.mount_proc
+    mount_points += ["/sys"] * profile.service.mount_sys
+    for path in mount_points:
+        # an empty, root-owned directory for the launcher to mount on; what is planned below a
+        # writable mount would be hidden at run time
+        planner.add(Entry(path, "dir"), implicit=True)
+        hidden = [p for p in planner.entries if p.startswith(path + "/")]
+        if hidden:
+            planner.notes.append(f"{len(hidden)} entries under {path} are hidden by its mount")
+    for path, what in ((profile.service.command[0], "service.command[0]"),
+                       (profile.service.workdir, "service.workdir")):
+        if _lookup(planner.entries, path) is None:
+            raise PlanError(f"profile {profile.name}: {what} {path} would not exist in the jail; "
+                            "add it to binaries, files or directories")
+    state_dirs = {w.path.lstrip("/"): w.mode
+                  for w in profile.writable.values() if w.kind == "state"}
+    entries = {path: planner.entries[path] for path in sorted(planner.entries, key=_depth_first)}
+    return Plan(profile.name, entries, _launch(profile, planner), state_dirs, planner.notes)

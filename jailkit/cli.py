@@ -11,6 +11,11 @@ import click
 # command name -> "module:attribute" of a click command
 COMMANDS = {
     "ldd": "jailkit.cli_ldd:ldd",
+    "profiles": "jailkit.cli_build:profiles",
+    "show": "jailkit.cli_build:show",
+    "build": "jailkit.cli_build:build",
+    "check": "jailkit.cli_build:check",
+    "update": "jailkit.cli_build:update",
 }
 
 

@@ -1,0 +1,575 @@
+"""Each loader rule, compiled with gcc in a private directory and compared with the loader itself.
+
+Every test checks two things: that the loader's own answer shows the rule at work (so the case
+really exercises it), and that `jailkit ldd --json` gives the same answer.
+"""
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_jailkit
+from loader_truth import (
+    LOADERS,
+    RTLD,
+    LoaderView,
+    differences,
+    loader_view,
+    normalize_jailkit,
+    rtld_for,
+)
+
+LD64 = LOADERS[(2, 62)]
+LD32 = LOADERS[(1, 3)]
+
+
+class Build:
+    """Compiles small programs and libraries into one temporary directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.n = 0
+
+    def _gcc(self, out: Path, source: str, flags, cwd=None) -> Path:
+        self.n += 1
+        src = self.root / f"src{self.n}.c"
+        src.write_text(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ["gcc", "-o", str(out), str(src), "-Wl,--no-as-needed", *map(str, flags)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+        assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
+        return out
+
+    def lib(self, rel: str, *needs, soname: str | None = "", flags=()) -> Path:
+        """A shared library at ROOT/REL needing NEEDS (paths of libraries built before).
+
+        Its SONAME is its file name unless given (None: no SONAME, so that a dependent records
+        the path it was linked with).
+        """
+        out = self.root / rel
+        name = out.name if soname == "" else soname
+        extra = [f"-Wl,-soname,{name}"] if name else []
+        code = f"int f{self.n}(void) {{ return {self.n}; }}\n"
+        return self._gcc(out, code, ["-shared", "-fPIC", *extra, *flags, *needs])
+
+    def exe(self, rel: str, *needs, flags=(), cwd=None) -> Path:
+        code = "int main(void) { return 0; }\n"
+        return self._gcc(self.root / rel, code, [*flags, *needs], cwd=cwd)
+
+
+@pytest.fixture
+def build(tmp_path) -> Build:
+    return Build(tmp_path)
+
+
+def rpath(*dirs) -> str:
+    return "-Wl,--disable-new-dtags,-rpath," + ":".join(map(str, dirs))
+
+
+def runpath(*dirs) -> str:
+    return "-Wl,--enable-new-dtags,-rpath," + ":".join(map(str, dirs))
+
+
+def jailkit_ldd(path, cwd=None, library_path=None) -> tuple[dict, subprocess.CompletedProcess]:
+    args = ["ldd", "--json"]
+    if library_path is not None:
+        args += ["--library-path", library_path]
+    proc = run_jailkit(*args, path, cwd=cwd, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)[str(path)], proc
+
+
+def check(path, cwd=None, library_path=None):
+    """Assert that jailkit and the loader agree on PATH; return the loader's view, jailkit's
+    JSON entry and the completed jailkit process."""
+    path = str(path)
+    truth = loader_view(path, cwd=cwd, library_path=library_path)
+    entry, proc = jailkit_ldd(path, cwd=cwd, library_path=library_path)
+    got = normalize_jailkit(entry, rtld_for(path, cwd), cwd)
+    problems = differences(path, truth, got, entry.get("missing"))
+    assert not problems, "\n".join(problems) + f"\n(loader asked by {truth.how})"
+    # Exit status: non-zero exactly when something is missing or the file was refused.
+    assert (proc.returncode != 0) == bool(truth.missing or truth.error), proc.stderr
+    return truth, entry, proc
+
+
+def found(truth, name) -> str | None:
+    return dict(truth.libs).get(name, "not mapped")
+
+
+def real(path) -> str:
+    return os.path.realpath(path)
+
+
+# -- PT_INTERP, order, names -------------------------------------------------------------------
+
+
+def test_pt_interp_names_the_loader(build):
+    # A private copy of ld.so as the interpreter: libc's own need of ld-linux-x86-64.so.2 is then
+    # satisfied by that copy (already loaded, same SONAME), not by the system's.
+    ldso = build.root / "myld" / "ld.so"
+    ldso.parent.mkdir()
+    shutil.copy(LD64, ldso)
+    prog = build.exe("prog", flags=[f"-Wl,--dynamic-linker={ldso}"])
+    truth, entry, _ = check(prog)
+    assert truth.interp == str(ldso)
+    assert found(truth, RTLD) == str(ldso)
+    assert entry["interp"] == str(ldso)
+
+
+def test_needed_breadth_first(build):
+    d = build.root / "lib"
+    leaf_a = build.lib("lib/libleafa.so")
+    leaf_b = build.lib("lib/libleafb.so")
+    mid_a = build.lib("lib/libmida.so", leaf_a)
+    mid_b = build.lib("lib/libmidb.so", leaf_b)
+    prog = build.exe("prog", mid_a, mid_b, flags=[rpath(d)])
+    truth, _, _ = check(prog)  # check() compares the whole load order
+    mine = ["libmida.so", "libmidb.so", "libleafa.so", "libleafb.so"]
+    assert [name for name, _ in truth.libs if name in mine] == mine
+
+
+def test_needed_name_satisfied_by_loaded_soname(build):
+    # prog needs libfirst.so (whose SONAME is libalias.so); libsecond.so needs libalias.so and
+    # has its own RUNPATH with a different libalias.so that must never be opened.
+    first_dir, other_dir = build.root / "first", build.root / "other"
+    build.lib("first/libfirst.so")  # linked against under this SONAME, then replaced
+    second = build.lib(
+        "first/libsecond.so", build.lib("other/libalias.so"), flags=[runpath(other_dir)]
+    )
+    prog = build.exe("prog", first_dir / "libfirst.so", second, flags=[rpath(first_dir)])
+    build.lib("first/libfirst.so", soname="libalias.so")
+    truth, entry, _ = check(prog)
+    assert found(truth, "libfirst.so") == str(first_dir / "libfirst.so")
+    assert "libalias.so" not in dict(truth.libs)
+    paths = {lib["path"] for lib in entry["libs"]}
+    assert str(other_dir / "libalias.so") not in paths
+
+
+# -- DT_RPATH and DT_RUNPATH -----------------------------------------------------------------
+
+
+def test_rpath_is_inherited_by_dependencies(build):
+    d = build.root / "d"
+    inner = build.lib("d/libinner.so")
+    outer = build.lib("d/libouter.so", inner)  # no path of its own: found via prog's RPATH
+    prog = build.exe("prog", outer, flags=[rpath(d)])
+    truth, _, _ = check(prog)
+    assert found(truth, "libinner.so") == str(d / "libinner.so")
+
+
+def test_runpath_is_only_for_direct_needs(build):
+    d = build.root / "d"
+    inner = build.lib("d/libinner.so")
+    outer = build.lib("d/libouter.so", inner)
+    prog = build.exe("prog", outer, flags=[runpath(d)])
+    truth, _, proc = check(prog)
+    assert found(truth, "libouter.so") == str(d / "libouter.so")
+    assert truth.missing == ["libinner.so"]
+    assert proc.returncode != 0
+
+
+def test_runpath_intermediate_in_rpath_chain(build):
+    # prog (RPATH a) -> libmid (in a, RUNPATH x) -> libdirect (only in a: not found, libmid's
+    # RUNPATH turns RPATHs off for its needs) and libx (in x) -> libdeep (only in a: found, libx
+    # has no RUNPATH so the RPATH chain libx -> libmid -> prog is walked, past libmid).
+    a, x = build.root / "a", build.root / "x"
+    deep = build.lib("a/libdeep.so")
+    direct = build.lib("a/libdirect.so")
+    libx = build.lib("x/libx.so", deep)
+    mid = build.lib("a/libmid.so", direct, libx, flags=[runpath(x)])
+    prog = build.exe("prog", mid, flags=[rpath(a)])
+    truth, _, _ = check(prog)
+    assert found(truth, "libdirect.so") is None
+    assert found(truth, "libx.so") == str(x / "libx.so")
+    assert found(truth, "libdeep.so") == str(a / "libdeep.so")
+
+
+def test_rpath_of_the_program_after_the_chain(build):
+    # libmid has its own RPATH (y); its need libz2 is found in the program's RPATH (a) only.
+    a, y = build.root / "a", build.root / "y"
+    (y).mkdir()
+    z2 = build.lib("a/libz2.so")
+    mid = build.lib("a/libmid.so", z2, flags=[rpath(y)])
+    prog = build.exe("prog", mid, flags=[rpath(a)])
+    truth, _, _ = check(prog)
+    assert found(truth, "libz2.so") == str(a / "libz2.so")
+
+
+# -- $ORIGIN and other dynamic string tokens --------------------------------------------------
+
+
+def test_origin_through_symlinked_directory_is_not_normalized(build):
+    # prog finds libviadir in linkdir (a symlink to real/sub). Its $ORIGIN is the string
+    # ".../linkdir", and "$ORIGIN/../dep" is opened as written, so the kernel resolves ".."
+    # from real/sub: real/dep. libdep, opened as ".../linkdir/../dep/libdep.so", has
+    # "$ORIGIN/sib" again: real/dep/sib. Normalizing the string would give ROOT/dep/... instead.
+    root = build.root
+    for top in ("", "real/"):
+        build.lib(f"{top}dep/sib/libsib.so")
+        build.lib(f"{top}dep/libdep.so", root / "dep/sib/libsib.so", flags=[runpath("$ORIGIN/sib")])
+    build.lib("real/sub/libviadir.so", root / "dep/libdep.so", flags=[runpath("$ORIGIN/../dep")])
+    (root / "linkdir").symlink_to(root / "real" / "sub")
+    prog = build.exe("prog", root / "real/sub/libviadir.so", flags=[runpath(root / "linkdir")])
+    truth, _, _ = check(prog)
+    assert found(truth, "libdep.so") == str(root / "real/dep/libdep.so")
+    assert found(truth, "libsib.so") == str(root / "real/dep/sib/libsib.so")
+
+
+def test_origin_of_library_that_is_a_symlink(build):
+    root = build.root
+    dep_here = build.lib("links/dep/libdep.so")
+    build.lib("store/dep/libdep.so")
+    build.lib("store/lib/libsym.so", dep_here, flags=[runpath("$ORIGIN/dep")])
+    (root / "store/lib/dep").symlink_to(root / "store/dep")
+    (root / "links").mkdir(exist_ok=True)
+    (root / "links/libsym.so").symlink_to(root / "store/lib/libsym.so")
+    prog = build.exe("prog", root / "store/lib/libsym.so", flags=[runpath(root / "links")])
+    truth, _, _ = check(prog)
+    # $ORIGIN is links/ (where the symlink is), so links/dep/libdep.so; store/dep would be wrong.
+    assert found(truth, "libdep.so") == str(root / "links/dep/libdep.so")
+
+
+def test_origin_of_symlinked_program_is_its_real_directory(build):
+    root = build.root
+    build.lib("app/lib/libapp.so")
+    wrong = build.lib("bin/lib/libapp.so")
+    prog = build.exe("app/prog", wrong, flags=[runpath("$ORIGIN/lib")])
+    (root / "bin").mkdir(exist_ok=True)
+    (root / "bin/prog").symlink_to(prog)
+    truth, _, _ = check(root / "bin/prog")
+    assert truth.how == "exec"
+    assert found(truth, "libapp.so") == str(root / "app/lib/libapp.so")
+
+
+@pytest.mark.parametrize("token", ["$LIB", "${LIB}", "$PLATFORM", "${PLATFORM}"])
+def test_lib_and_platform_tokens(build, token):
+    candidates = ["lib", "lib64", "lib/x86_64-linux-gnu", "x86_64", "haswell", "xeon_phi", "i686"]
+    for sub in candidates:
+        build.lib(f"t/{sub}/libtok.so")
+    prog = build.exe("t/prog", build.root / "t/lib/libtok.so", flags=[runpath(f"$ORIGIN/{token}")])
+    truth, _, _ = check(prog)
+    hit = found(truth, "libtok.so")
+    assert hit and hit.startswith(str(build.root / "t")), truth.libs
+
+
+def test_needed_with_absolute_path(build):
+    lib = build.lib("abs/libabs.so", soname=None)
+    prog = build.exe("prog", lib)
+    truth, _, _ = check(prog)
+    assert found(truth, str(lib)) == str(lib)
+
+
+def test_needed_with_relative_path_is_relative_to_cwd(build):
+    root = build.root
+    build.lib("rel/librel.so", soname=None)
+    prog = build.exe("prog", "rel/librel.so", cwd=root)  # DT_NEEDED is "rel/librel.so"
+    truth, _, _ = check(prog, cwd=root)
+    assert found(truth, "rel/librel.so") == str(root / "rel/librel.so")
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    truth, _, proc = check(prog, cwd=elsewhere)
+    assert truth.missing == ["rel/librel.so"]
+    assert "rel/librel.so" in proc.stderr
+
+
+# -- hwcaps --------------------------------------------------------------------------------
+
+
+def supported_hwcaps() -> list[str]:
+    """glibc-hwcaps subdirectories this CPU may use, in the loader's priority order."""
+    out = subprocess.run([LD64, "--help"], capture_output=True, text=True, check=True).stdout
+    return re.findall(r"^\s+(x86-64-v\d) \(supported, searched\)", out, re.M)
+
+
+def test_glibc_hwcaps_best_supported_subdirectory(build):
+    levels = ["x86-64-v2", "x86-64-v3", "x86-64-v4"]
+    for level in levels:
+        build.lib(f"h/glibc-hwcaps/{level}/libhw.so")
+    base = build.lib("h/libhw.so")
+    prog = build.exe("prog", base, flags=[runpath(build.root / "h")])
+    truth, _, _ = check(prog)
+    best = supported_hwcaps()
+    want = build.root / "h/glibc-hwcaps" / best[0] / "libhw.so" if best else base
+    assert found(truth, "libhw.so") == str(want)
+
+
+def test_glibc_hwcaps_falls_back_in_priority_order(build):
+    best = supported_hwcaps()
+    assert best, "this CPU supports no x86-64 level above the baseline"
+    build.lib(f"h/glibc-hwcaps/{best[-1]}/libhw.so")
+    build.lib("h/glibc-hwcaps/x86-64-v9/libhw.so")  # no such level: never searched
+    base = build.lib("h/libhw.so")
+    prog = build.exe("prog", base, flags=[rpath(build.root / "h")])
+    truth, _, _ = check(prog)
+    assert found(truth, "libhw.so") == str(build.root / "h/glibc-hwcaps" / best[-1] / "libhw.so")
+
+
+@pytest.mark.parametrize(
+    "subdirs", [["tls", "x86_64"], ["x86_64"], ["tls"], ["tls/x86_64", "x86_64/x86_64"]]
+)
+def test_legacy_hwcap_subdirectories(build, subdirs):
+    for sub in subdirs:
+        build.lib(f"h/{sub}/liblegacy.so")
+    base = build.lib("h/liblegacy.so")
+    prog = build.exe("prog", base, flags=[rpath(build.root / "h")])
+    truth, _, _ = check(prog)
+    assert found(truth, "liblegacy.so") != str(base), "no legacy subdirectory was used"
+
+
+# -- default directories and their exceptions ----------------------------------------------------
+
+
+def test_nodefaultlib_stops_cache_and_default_directories(build):
+    d = build.root / "d"
+    zlib = real("/lib/x86_64-linux-gnu/libz.so.1")
+    nodef = build.lib("d/libnodef.so", zlib, flags=["-Wl,-z,nodefaultlib"])
+    prog = build.exe("prog", nodef, flags=[rpath(d)])
+    truth, _, _ = check(prog)
+    assert found(truth, "libz.so.1") is None
+    # Without the flag the same need is found in the default directories.
+    plain = build.lib("e/libplain.so", zlib)
+    prog2 = build.exe("prog2", plain, flags=[rpath(plain.parent)])
+    truth, _, _ = check(prog2)
+    assert found(truth, "libz.so.1") == zlib
+
+
+def test_library_path_option_is_ld_library_path(build):
+    d = build.root / "d"
+    lib = build.lib("d/libenv.so")
+    build.lib("e/libenv.so")
+    prog = build.exe("prog", lib, flags=[runpath(build.root / "e")])
+    truth, _, _ = check(prog, library_path=str(d))
+    assert found(truth, "libenv.so") == str(lib)
+
+
+# -- candidates the loader passes over or fails on ---------------------------------------------
+
+
+def test_wrong_class_earlier_in_path_is_skipped(build):
+    build._gcc(
+        build.root / "d32/libcls.so",
+        "int g(void){return 1;}\n",
+        ["-m32", "-shared", "-fPIC", "-Wl,-soname,libcls.so"],
+    )
+    lib64 = build.lib("d64/libcls.so")
+    prog = build.exe("prog", lib64, flags=[rpath(build.root / "d32", build.root / "d64")])
+    truth, _, _ = check(prog)
+    assert found(truth, "libcls.so") == str(lib64)
+
+
+def set_machine(path: Path, machine: int) -> None:
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, 18, machine)
+    path.write_bytes(bytes(data))
+
+
+def test_wrong_machine_earlier_in_path_is_skipped(build):
+    other = build.lib("arm/libmach.so")
+    set_machine(other, 183)  # EM_AARCH64: same class, another machine
+    good = build.lib("x86/libmach.so")
+    prog = build.exe("prog", good, flags=[rpath(other.parent, good.parent)])
+    truth, _, _ = check(prog)
+    assert found(truth, "libmach.so") == str(good)
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (
+            b"this is not an ELF file at all, but it is long enough to be read whole" * 2,
+            "invalid ELF header",
+        ),
+        (b"\x7fELF", "file too short"),
+    ],
+)
+def test_non_elf_candidate_stops_the_loader(build, content, reason):
+    good = build.lib("good/libbad.so")
+    bad = build.root / "bad/libbad.so"
+    bad.parent.mkdir()
+    bad.write_bytes(content)
+    prog = build.exe("prog", good, flags=[rpath(bad.parent, good.parent)])
+    truth, entry, proc = check(prog)
+    assert truth.error == reason
+    assert reason in entry["error"] and "libbad.so" in entry["error"]
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# -- program kinds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["-static", "-static-pie"])
+def test_static_programs(build, flag):
+    prog = build.exe("prog", flags=[flag])
+    truth, entry, proc = check(prog)
+    assert truth.static and not truth.libs
+    assert entry["static"] is True and entry["interp"] is None and entry["libs"] == []
+    assert proc.returncode == 0
+
+
+def test_i386_program(build):
+    d32 = build.root / "d32"
+    lib32 = build._gcc(
+        d32 / "lib32dep.so",
+        "int g(void){return 1;}\n",
+        ["-m32", "-shared", "-fPIC", "-Wl,-soname,lib32dep.so"],
+    )
+    build.lib("d64/lib32dep.so")  # a 64-bit candidate earlier in the path: skipped
+    prog = build._gcc(
+        build.root / "prog32",
+        "int main(void){return 0;}\n",
+        ["-m32", lib32, rpath(build.root / "d64", d32)],
+    )
+    truth, entry, _ = check(prog)
+    assert truth.interp == real(LD32)
+    assert found(truth, "lib32dep.so") == str(lib32)
+    assert found(truth, "libc.so.6") == real("/lib32/libc.so.6")
+
+
+def write_script(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_script_gets_its_interpreters_closure(build):
+    script = write_script(build.root / "run.sh", "#!/bin/sh\necho hi\n")
+    truth, entry, _ = check(script)
+    assert found(truth, "libc.so.6") == real("/lib/x86_64-linux-gnu/libc.so.6")
+    assert entry["scripts"] == ["/bin/sh"]
+
+
+def test_script_whose_interpreter_is_a_script(build):
+    inner = write_script(build.root / "inner", "#!/bin/bash\n")
+    outer = write_script(build.root / "outer", f"#!{inner} -x\n")
+    truth, entry, _ = check(outer)
+    assert "libtinfo.so.6" in dict(truth.libs)  # bash's closure, through two `#!` levels
+    assert entry["scripts"] == [str(inner), "/bin/bash"]
+
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's
+
+
+def test_env_script_needs_env_and_the_program_it_finds(build):
+    script = write_script(build.root / "tool", "#!/usr/bin/env python3\nprint(1)\n")
+    target = shutil.which("python3", path=DEFAULT_PATH)
+    assert target
+    env_view = loader_view("/usr/bin/env")
+    target_view = loader_view(target)
+    entry, proc = jailkit_ldd(script)
+    assert proc.returncode == 0, proc.stderr
+    assert entry["scripts"][0] == "/usr/bin/env" and real(entry["scripts"][1]) == real(target)
+    got = normalize_jailkit(entry, LD64)
+    want = {(n, p) for n, p in env_view.libs + target_view.libs}
+    assert {(n, p) for n, p in got.libs} == want
+    assert got.interp == env_view.interp
+
+
+def test_missing_library_names_who_needs_it(build):
+    gone = build.lib("d/libgone.so")
+    mid = build.lib("d/libmid.so", gone)
+    prog = build.exe("prog", mid, flags=[rpath(gone.parent)])
+    gone.unlink()
+    truth, entry, proc = check(prog)
+    assert truth.missing == ["libgone.so"]
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "libgone.so" in line]
+    assert len(lines) == 1 and str(mid) in lines[0], proc.stderr
+
+
+# -- /etc/ld.so.cache, in a private mount namespace -------------------------------------------
+
+NAMESPACE_SCRIPT = r"""
+import dataclasses, json, os, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from conftest import run_jailkit
+from loader_truth import loader_view
+job = json.loads(sys.argv[2])
+# ldconfig also rewrites its aux cache: give it a throwaway one.
+subprocess.run(["mount", "-t", "tmpfs", "none", "/var/cache/ldconfig"], check=True)
+subprocess.run(["ldconfig", "-X", "-C", job["cache"], "-f", job["conf"]], check=True)
+subprocess.run(["mount", "--bind", job["cache"], "/etc/ld.so.cache"], check=True)
+# ld.so.conf now lists none of the cache's private directories: the cache is stale.
+subprocess.run(["mount", "--bind", "/dev/null", "/etc/ld.so.conf"], check=True)
+for path in job["remove"]:
+    os.unlink(path)
+proc = run_jailkit("ldd", "--json", *job["programs"], timeout=120)
+print(json.dumps({
+    "truth": {p: dataclasses.asdict(loader_view(p)) for p in job["programs"]},
+    "jailkit": json.loads(proc.stdout), "stderr": proc.stderr,
+}))
+"""
+
+
+def in_private_cache(build: Build, cache_dirs, programs, remove=()) -> dict:
+    """Loader and jailkit answers for PROGRAMS with an ld.so.cache built from CACHE_DIRS bound
+    over /etc/ld.so.cache, and REMOVE deleted after the cache was built."""
+    conf = build.root / "ld.so.conf"
+    conf.write_text("".join(f"{d}\n" for d in cache_dirs))
+    cache = build.root / "ld.so.cache"
+    cache.touch()
+    job = {
+        "cache": str(cache),
+        "conf": str(conf),
+        "remove": list(map(str, remove)),
+        "programs": list(map(str, programs)),
+    }
+    # unshare -m: the mounts exist only in this namespace and vanish with it.
+    argv = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        sys.executable,
+        "-c",
+        NAMESPACE_SCRIPT,
+        str(REPO / "tests"),
+        json.dumps(job),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for view in result["truth"].values():
+        view["libs"] = [tuple(lib) for lib in view["libs"]]
+    return result
+
+
+def test_ld_so_cache(build):
+    only = build.lib("cached/libonly.so.1")
+    gone = build.lib("cached2/libgone.so.1")
+    best = supported_hwcaps()
+    for level in best:
+        build.lib(f"cached/glibc-hwcaps/{level}/libhw.so.1")
+    hw = build.lib("cached/libhw.so.1")
+    zlib = real("/lib/x86_64-linux-gnu/libz.so.1")
+    nodef = build.lib("d/libnodef.so", only, zlib, flags=["-Wl,-z,nodefaultlib"])
+    p_only, p_gone, p_hw, p_nodef = progs = [
+        build.exe("p_only", only),
+        build.exe("p_gone", gone),
+        build.exe("p_hw", hw),
+        build.exe("p_nodef", nodef, flags=[rpath(nodef.parent)]),
+    ]
+    result = in_private_cache(build, [only.parent, gone.parent], progs, remove=[gone])
+    problems = []
+    for prog in map(str, progs):
+        entry = result["jailkit"][prog]
+        truth = LoaderView(**result["truth"][prog])
+        problems += differences(prog, truth, normalize_jailkit(entry, LD64), entry["missing"])
+    assert not problems, "\n".join(problems)
+    truths = {p: dict(result["truth"][str(p)]["libs"]) for p in progs}
+    # Found only through the cache, whose directory ld.so.conf no longer names.
+    assert truths[p_only]["libonly.so.1"] == str(only)
+    # The cache names a file that is gone: the loader goes on to the default directories.
+    assert truths[p_gone]["libgone.so.1"] is None
+    want = build.root / "cached/glibc-hwcaps" / best[0] / "libhw.so.1" if best else hw
+    assert truths[p_hw]["libhw.so.1"] == str(want)
+    # DF_1_NODEFLIB: a cache entry outside the system directories is used, one inside is not.
+    assert truths[p_nodef]["libonly.so.1"] == str(only)
+    assert truths[p_nodef]["libz.so.1"] is None

@@ -16,6 +16,7 @@ COMMANDS = {
     "build": "jailkit.cli_build:build",
     "check": "jailkit.cli_build:check",
     "update": "jailkit.cli_build:update",
+    "run": "jailkit.cli_run:run_command",
 }
 
 

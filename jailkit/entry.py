@@ -4,6 +4,11 @@ import sys
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "run":
+        # `jailkit run` has its own parser: importing click alone costs more than bwrap's start
+        from jailkit.cli_run import main as run_main
+
+        sys.exit(run_main(sys.argv[2:]))
     from jailkit.cli import cli
 
     cli()

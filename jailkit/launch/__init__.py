@@ -1,0 +1,1 @@
+"""The launcher: `jailkit run` confines a service in namespaces; one module per kernel concern."""

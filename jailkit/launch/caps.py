@@ -1,0 +1,55 @@
+"""Capabilities: keep only the ones the profile lists, in every set, for whatever user runs.
+
+Order matters (measured, see KERNEL-NOTES): the bounding set is dropped first, while
+CAP_SETPCAP is still held; then the ids change; then capset; then ambient, which is how a
+non-root service user keeps a capability across exec.
+"""
+
+import os
+
+from jailkit.launch import syscalls as sc
+
+_NAMES = (
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
+    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
+    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
+    "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
+    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
+    "CHECKPOINT_RESTORE"
+).split()
+CAPABILITIES = {f"CAP_{name}": number for number, name in enumerate(_NAMES)}
+
+
+def mask(names: list[str]) -> int:
+    bits = 0
+    for name in names:
+        bits |= 1 << CAPABILITIES[name]
+    return bits
+
+
+def last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def drop_bounding(keep: int) -> None:
+    for cap in range(last_cap() + 1):
+        if not keep & (1 << cap):
+            sc.prctl(sc.PR_CAPBSET_DROP, cap)
+
+
+def switch_user(uid: int, gid: int, groups: list[int], keep: int) -> None:
+    """Become the service user, keeping exactly the capabilities in `keep` across its exec."""
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    if uid != 0 and keep:
+        sc.prctl(sc.PR_SET_KEEPCAPS, 1)  # else setresuid to non-zero empties the permitted set
+    os.setresuid(uid, uid, uid)
+    # Inheritable must hold a cap before it can be made ambient.
+    sc.capset(keep, keep, keep if uid != 0 else 0)
+    sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+    if uid != 0:
+        for cap in range(last_cap() + 1):
+            if keep & (1 << cap):
+                sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, cap)
+        sc.prctl(sc.PR_SET_KEEPCAPS, 0)

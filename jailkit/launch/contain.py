@@ -1,0 +1,109 @@
+"""The order in which the jail's first process confines itself, in one place.
+
+This runs as pid 1 of the new pid namespace, cloned by the launcher into new user, mount, pid,
+ipc, uts (and net) namespaces. Each step relies on the ones before it; read top to bottom.
+On any failure it reports one line through `status_fd` and exits: the launcher prints it.
+"""
+
+import os
+
+from jailkit.errors import JailkitError
+from jailkit.launch import caps, mounts, net, rlimits, seccomp
+from jailkit.launch import syscalls as sc
+
+SETUP_FAILED = 125
+
+
+def _wait_for_launcher(sync_fd: int) -> None:
+    if os.read(sync_fd, 1) != b"1":
+        os._exit(SETUP_FAILED)  # the launcher failed or died: it reports, not us
+
+
+def _launcher_alive(sync_fd: int) -> bool:
+    """Still open at the launcher's end (it keeps it until this process has exec'd)."""
+    os.set_blocking(sync_fd, False)
+    try:
+        return os.read(sync_fd, 1) != b""
+    except BlockingIOError:
+        return True
+
+
+def _close_fds(keep: set[int]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> None:
+    spec = plan.spec
+    # 1. Wait until the launcher has written our id maps (and moved us into our cgroups).
+    #    Until then this process is still the host's uid 0: do nothing else before.
+    _wait_for_launcher(sync_fd)
+    # 2. Become the jail's root at once, dropping the host ids (KERNEL-NOTES' trap).
+    os.setresgid(0, 0, 0)
+    if plan.maps.allow_setgroups:
+        os.setgroups([])
+    os.setresuid(0, 0, 0)
+    # 3. Our own cgroup namespace: the jail sees its cgroup as the root.
+    sc.unshare(sc.CLONE_NEWCGROUP)
+    # 4. Mounts in our private namespace: read-only root, writable dirs, /proc, /dev, /sys.
+    root_fd = None
+    if plan.idmapped:
+        _, ancillary, _, _ = root_sock.recvmsg(1, 64)
+        root_fd = _received_fd(b"".join(data for _, _, data in ancillary))
+        root_sock.close()
+    mounts.apply(plan.mounts, plan.root, root_fd)
+    # 5. Hostname (uts namespace) and network (host, or our own namespace's lo and eth0).
+    sc.sethostname(spec.hostname)
+    net.setup_inside(spec.network, plan.veth)
+    # 6. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped).
+    mounts.pivot(plan.root)
+    # 7. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring.
+    os.setsid()
+    sc.join_session_keyring()
+    # 8. Privileges: bounding set first (needs CAP_SETPCAP), then the service's ids and caps.
+    caps.drop_bounding(plan.cap_mask)
+    caps.switch_user(spec.uid, spec.gid, spec.groups, plan.cap_mask)
+    # 9. Die with the launcher. Set after the id change, which clears it; then make sure the
+    #    launcher did not die in between.
+    sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+    if not _launcher_alive(sync_fd):
+        os._exit(SETUP_FAILED)
+    # 10. Resource limits, working directory.
+    rlimits.apply(spec.rlimits)
+    try:
+        os.chdir(spec.workdir)
+    except OSError as e:
+        raise JailkitError(f"workdir {spec.workdir}: {e.strerror} in the jail") from None
+    # 11. File descriptors: only 0-2 reach the service (the other two are close-on-exec).
+    _close_fds({status_fd, reaper_fd})
+    # 12. no_new_privs (setuid files and file caps grant nothing), then seccomp, last.
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    seccomp.install(spec.seccomp_allow)
+    # 13. Become the reaper (pid 1), which starts the service with exactly the profile's env.
+    sc.execveat(reaper_fd, plan.command, spec.env)
+
+
+def _received_fd(fds: bytes) -> int:
+    if len(fds) < 4:
+        raise JailkitError("did not receive the jail's root mount from the launcher")
+    return int.from_bytes(fds[:4], "little")
+
+
+def run_child(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> None:
+    """Entry point of the cloned child: never returns."""
+    try:
+        confine(plan, sync_fd, status_fd, root_sock, reaper_fd)
+        message = "exec of the reaper returned"
+    except JailkitError as e:
+        message = e.message
+    except OSError as e:
+        message = f"setting up the jail failed: {e}"
+    except BaseException as e:  # a bug: still report it as one line through the launcher
+        message = f"internal error while setting up the jail: {e!r}"
+    try:
+        os.write(status_fd, message.encode(errors="replace"))
+    finally:
+        os._exit(SETUP_FAILED)

@@ -1,0 +1,105 @@
+"""The launcher: clone the jail, do the host-side steps for it, then become its waiter.
+
+Host side, in order: cgroups are made before the jail exists; the jail is cloned into its new
+namespaces; its id maps are written (it waits, still host uid 0, until they are); it joins its
+cgroups; as root, it is handed an idmapped read-only view of its tree and a veth end. Then the
+jail confines itself (contain.py) and reports failure on a close-on-exec pipe, whose EOF means
+it has exec'd. Finally this process execs the native waiter, which keeps nothing of Python
+resident, forwards signals, and cleans up after the jail exits.
+"""
+
+import os
+
+from jailkit.errors import JailkitError
+from jailkit.launch import cgroup, contain, mounts, net, userns
+from jailkit.launch import syscalls as sc
+from jailkit.launch.plan import LaunchPlan
+
+SCM_RIGHTS = 1
+SOL_SOCKET = 1
+
+
+def _clone_error(err: OSError, plan: LaunchPlan) -> JailkitError:
+    if os.geteuid() != 0:
+        hint = "user namespaces may be disabled for ordinary users (sysctl " \
+               "kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0), or run as root"
+    else:
+        hint = "the kernel needs user, mount, pid, ipc and uts namespaces " \
+               "(check user.max_user_namespaces)"
+    return JailkitError(f"cannot create the jail's namespaces ({err.strerror}): {hint}")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _abort(pid: int, plan: LaunchPlan) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+    cgroup.remove(plan.cgroups)
+
+
+def launch(plan: LaunchPlan, lock_fd: int) -> None:
+    """Start the jail and exec the waiter; returns only by raising JailkitError."""
+    try:
+        reaper_fd = os.open(plan.reaper, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise JailkitError(
+            f"jailkit's pid-1 helper {plan.reaper} is missing ({e.strerror}): run .ci/setup, "
+            "which compiles jailkit/launch/reaper.c"
+        ) from None
+    cgroup.create(plan.cgroups)
+    sync_r, sync_w = os.pipe()  # launcher -> jail: "maps written"; EOF: launcher gone
+    status_r, status_w = os.pipe()  # jail -> launcher: an error line; EOF: exec'd
+    socks = None
+    if plan.idmapped:
+        import _socket
+
+        socks = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    # Signals stay pending until the waiter takes (and forwards) them.
+    sc.block_signals()
+    try:
+        pid = sc.clone(plan.clone_flags)
+    except OSError as e:
+        cgroup.remove(plan.cgroups)
+        raise _clone_error(e, plan) from None
+    if pid == 0:
+        contain.run_child(plan, sync_r, status_w, socks and socks[1], reaper_fd)
+    os.close(sync_r)
+    os.close(status_w)
+    os.close(reaper_fd)
+    try:
+        userns.write(pid, plan.maps)
+        cgroup.attach(plan.cgroups, pid)
+        if plan.idmapped:
+            root_fd = mounts.idmapped_root(plan.root, pid)
+            socks[0].sendmsg([b"r"], [(SOL_SOCKET, SCM_RIGHTS, root_fd.to_bytes(4, "little"))])
+            os.close(root_fd)
+            socks[0].close()
+            socks[1].close()
+        if plan.veth:
+            net.create_veth(plan.veth, pid)
+    except OSError as e:
+        _abort(pid, plan)
+        raise JailkitError(f"cannot set up the jail from the host: {e}") from None
+    except BaseException:
+        _abort(pid, plan)
+        raise
+    os.write(sync_w, b"1")
+    failure = _read_all(status_r)
+    if failure:
+        _abort(pid, plan)
+        raise JailkitError(failure.decode(errors="replace"))
+    argv = ["jailkit-wait", "wait", str(pid)]
+    for group in plan.cgroups:
+        argv += ["--cgroup", group.path]
+    if plan.veth:
+        argv += ["--veth", plan.veth.host_name]
+    os.set_inheritable(lock_fd, True)  # the waiter holds the generation's lock
+    os.execv(plan.reaper, argv)

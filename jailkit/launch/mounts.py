@@ -1,0 +1,199 @@
+"""The jail's mount table: planned as data in the launcher, applied by the jail's pid 1.
+
+Everything happens inside the jail's own mount namespace, made private first, so nothing here
+can appear on the host; the host's root is detached after pivot_root. Mount targets are checked
+component by component for symlinks, so a link inside the jail can never point a mount at a
+host path.
+"""
+
+import os
+
+from jailkit.errors import JailkitError
+from jailkit.launch import syscalls as sc
+
+# /proc entries that write to the kernel, not to the jail's own processes
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+TMPFS_FLAGS = sc.MS_NOSUID | sc.MS_NODEV
+
+
+class Mount:
+    """One operation: `kind` at `path` inside the jail, with kind-specific `options`."""
+
+    __slots__ = ("kind", "path", "options")
+
+    def __init__(self, kind: str, path: str, **options):
+        self.kind, self.path, self.options = kind, path, options
+
+    def __repr__(self) -> str:
+        detail = " ".join(f"{k}={v}" for k, v in self.options.items() if v is not None)
+        return f"{self.kind:6} {self.path} {detail}".rstrip()
+
+
+def plan(spec, host_root: str, state_dir: str, pts_gid: int | None) -> list[Mount]:
+    """The ordered mounts for `spec`, the jail tree being `host_root`."""
+    ops = [Mount("root", "/", source=host_root)]
+    made = []  # tmpfs writable paths: nested writable paths are created inside them
+    for w in sorted(spec.writable, key=lambda w: w.path.count("/")):
+        create = any(w.path.startswith(p + "/") for p in made)
+        if w.kind == "tmpfs":
+            data = f"mode={w.mode:o},uid={w.uid},gid={w.gid}"
+            if w.size:
+                data += f",size={w.size}"
+            ops.append(Mount("tmpfs", w.path, data=data, create=create))
+            made.append(w.path)
+        else:
+            ops.append(
+                Mount("bind", w.path, source=os.path.join(state_dir, w.source), create=create)
+            )
+    if spec.mount_proc:
+        ops.append(Mount("proc", "/proc"))
+    if spec.devices:
+        ops.append(Mount("dev", "/dev", devices=spec.devices, pts_gid=pts_gid))
+    if spec.mount_sys:
+        ops.append(Mount("sys", "/sys"))
+    return ops
+
+
+def _target(root: str, path: str, create: bool = False) -> str:
+    """Host path of jail `path`, refusing any symlink on the way (it could lead out of the jail)."""
+    current = root
+    for part in path.strip("/").split("/"):
+        current = f"{current}/{part}"
+        try:
+            is_link = os.path.islink(current)
+            exists = os.path.isdir(current)
+        except OSError:
+            is_link = exists = False
+        if is_link:
+            raise JailkitError(
+                f"{path}: {current[len(root):]} is a symlink in the jail; mount points must be "
+                "real directories (name the link's target in the profile instead)"
+            )
+        if not exists:
+            if not create:
+                raise JailkitError(
+                    f"the jail has no directory {path} to mount on: add it to the profile's "
+                    "directories and rebuild"
+                )
+            os.mkdir(current, 0o755)
+    return current
+
+
+def _remount(target: str, flags: int) -> None:
+    """Remount a bind with `flags`, keeping the flags a user namespace may not clear (locked)."""
+    st = os.statvfs(target)
+    keep = st.f_flag & (sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_BIND | flags | keep)
+
+
+def idmapped_root(host_root: str, userns_pid: int) -> int:
+    """A detached, read-only, nosuid, nodev clone of `host_root` whose on-disk ids are read
+    through the user namespace of `userns_pid` (so on-disk uid 0 is the jail's uid 0).
+
+    Needs real root. Only ever read-only: through a writable idmapped mount the jail's root
+    could create setuid files owned by the host's uid 0 (KERNEL-NOTES).
+    """
+    fd = sc.open_tree(host_root, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
+    try:
+        userns = os.open(f"/proc/{userns_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            attrs = sc.MOUNT_ATTR_IDMAP | sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID
+            sc.mount_setattr(fd, 0, attrs | sc.MOUNT_ATTR_NODEV, userns)
+        finally:
+            os.close(userns)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _root(root: str, op: Mount, root_fd: int | None) -> None:
+    if root_fd is not None:
+        sc.move_mount(root_fd, root)
+        os.close(root_fd)
+        return
+    # pivot_root needs the new root to be a mount point: bind it onto itself.
+    sc.mount(root, root, None, sc.MS_BIND)
+    _remount(root, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
+
+
+def _tmpfs(root: str, op: Mount) -> None:
+    target = _target(root, op.path, op.options["create"])
+    sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS, op.options["data"])
+
+
+def _bind(root: str, op: Mount) -> None:
+    target = _target(root, op.path, op.options["create"])
+    source = op.options["source"]
+    if not os.path.isdir(source) or os.path.islink(source):
+        raise JailkitError(f"writable {op.path}: state directory {source} is missing")
+    sc.mount(source, target, None, sc.MS_BIND)
+    _remount(target, sc.MS_NOSUID | sc.MS_NODEV)
+
+
+def _proc(root: str, op: Mount) -> None:
+    target = _target(root, op.path)
+    sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    for name in PROC_READ_ONLY:
+        path = f"{target}/{name}"
+        if os.path.exists(path):
+            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+            _remount(path, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+def _dev(root: str, op: Mount) -> None:
+    """A tmpfs /dev holding binds of the host's nodes (mknod is refused in a user namespace)."""
+    target = _target(root, op.path)
+    sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=755,size=64k")
+    for name in op.options["devices"]:
+        node = f"{target}/{name}"
+        os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        sc.mount(f"/dev/{name}", node, None, sc.MS_BIND)
+    os.mkdir(f"{target}/pts", 0o755)
+    data = "newinstance,ptmxmode=0666,mode=620"
+    if op.options["pts_gid"] is not None:
+        data += f",gid={op.options['pts_gid']}"
+    sc.mount("devpts", f"{target}/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, data)
+    os.symlink("pts/ptmx", f"{target}/ptmx")
+    os.mkdir(f"{target}/shm")
+    sc.mount("tmpfs", f"{target}/shm", "tmpfs", TMPFS_FLAGS, "mode=1777,size=64m")
+    for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                       ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(link, f"{target}/{name}")
+    _remount(target, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
+
+
+def _sys(root: str, op: Mount) -> None:
+    """The host's /sys, read-only all the way down (a fresh sysfs would need our own netns)."""
+    target = _target(root, op.path)
+    fd = sc.open_tree("/sys", sc.OPEN_TREE_CLONE | sc.AT_RECURSIVE | os.O_CLOEXEC)
+    try:
+        attrs = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+        sc.mount_setattr(fd, sc.AT_RECURSIVE, attrs | sc.MOUNT_ATTR_NOEXEC)
+        sc.move_mount(fd, target)
+    finally:
+        os.close(fd)
+
+
+_APPLY = {"tmpfs": _tmpfs, "bind": _bind, "proc": _proc, "dev": _dev, "sys": _sys}
+
+
+def apply(ops: list[Mount], root: str, root_fd: int | None) -> None:
+    """Set up the jail under host path `root` in this (new, private) mount namespace."""
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing propagates back to the host
+    for op in ops:
+        try:
+            if op.kind == "root":
+                _root(root, op, root_fd)
+            else:
+                _APPLY[op.kind](root, op)
+        except OSError as e:
+            raise JailkitError(f"cannot mount {op.kind} on {op.path} in the jail: {e}") from None
+
+
+def pivot(root: str) -> None:
+    """Make `root` the root and detach the host's: unlike chroot, there is no way back up."""
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")

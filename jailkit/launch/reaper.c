@@ -1,0 +1,169 @@
+/*
+ * jailkit-reaper: the only jailkit code that stays resident while a jail runs.
+ *
+ * A resident CPython costs about 5 MB per jail, so once Python has confined the jail it execs
+ * this small static program (static: it is exec'd from an fd inside the jail, where no host
+ * loader or libc can be trusted to exist). Two modes, one per side of the pid namespace:
+ *
+ *   jailkit-reaper init STOPSIG CMD [ARG...]
+ *       pid 1 of the jail. Starts CMD, forwards every signal it gets to it (SIGTERM becomes the
+ *       profile's stop signal), reaps orphans, and exits with CMD's status (128+N for signal N).
+ *       A service as pid 1 would ignore signals it has no handler for and reap children it
+ *       does not know (vsftpd segfaults).
+ *
+ *   jailkit-reaper wait PID [--cgroup DIR]... [--veth NAME]
+ *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
+ *       and then removes what the launcher made on the host for this jail.
+ *
+ * Both block the signals they forward and take them with sigwaitinfo(): a blocked signal is
+ * queued even for a pid-namespace init, and nothing runs in a signal handler.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int status_code(int status)
+{
+	if (WIFEXITED(status))
+		return WEXITSTATUS(status);
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return 255;
+}
+
+/* Every signal but the ones that report a fault in this process (those must stay deliverable). */
+static void forwarded_set(sigset_t *set)
+{
+	static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
+	sigfillset(set);
+	for (size_t i = 0; i < sizeof(faults) / sizeof(faults[0]); i++)
+		sigdelset(set, faults[i]);
+}
+
+static int run_init(int argc, char **argv)
+{
+	if (argc < 4) {
+		fprintf(stderr, "usage: jailkit-reaper init STOPSIG CMD [ARG...]\n");
+		return 2;
+	}
+	int stop_signal = atoi(argv[2]);
+	sigset_t set, empty;
+	forwarded_set(&set);
+	sigemptyset(&empty);
+	/* The jail must die with its launcher; set again here because exec may have cleared it. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	pid_t child = fork();
+	if (child < 0) {
+		perror("jailkit: fork");
+		return 125;
+	}
+	if (child == 0) {
+		sigprocmask(SIG_SETMASK, &empty, NULL);
+		execvp(argv[3], argv + 3);
+		int err = errno;
+		fprintf(stderr, "jailkit: cannot run %s in the jail: %s\n", argv[3], strerror(err));
+		_exit(err == ENOENT ? 127 : 126);
+	}
+	for (;;) {
+		siginfo_t info;
+		int sig = sigwaitinfo(&set, &info);
+		if (sig < 0)
+			continue; /* EINTR */
+		if (sig == SIGCHLD) {
+			int status;
+			pid_t pid;
+			while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+				if (pid == child)
+					return status_code(status); /* the kernel kills the rest of the jail */
+			continue;
+		}
+		kill(child, sig == SIGTERM ? stop_signal : sig);
+	}
+}
+
+static void run_quietly(char *const argv[])
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+		dup2(null, 1);
+		dup2(null, 2);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	if (pid > 0)
+		waitpid(pid, NULL, 0);
+}
+
+/* A cgroup is busy for a moment after its last task exits; bounded retries (2 s in all). */
+static void remove_cgroup(const char *dir)
+{
+	struct timespec pause = {0, 10 * 1000 * 1000};
+	for (int i = 0; i < 200; i++) {
+		if (rmdir(dir) == 0 || errno == ENOENT)
+			return;
+		if (errno != EBUSY)
+			break;
+		nanosleep(&pause, NULL);
+	}
+	fprintf(stderr, "jailkit: could not remove cgroup %s: %s\n", dir, strerror(errno));
+}
+
+static int run_wait(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: jailkit-reaper wait PID [--cgroup DIR]... [--veth NAME]\n");
+		return 2;
+	}
+	pid_t jail = (pid_t)atol(argv[2]);
+	sigset_t set;
+	forwarded_set(&set);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	int code = -1;
+	while (code < 0) {
+		siginfo_t info;
+		int sig = sigwaitinfo(&set, &info);
+		if (sig < 0)
+			continue;
+		if (sig == SIGCHLD) {
+			int status;
+			if (waitpid(jail, &status, WNOHANG) == jail)
+				code = status_code(status);
+			continue;
+		}
+		kill(jail, sig);
+	}
+	for (int i = 3; i + 1 < argc; i += 2) {
+		if (strcmp(argv[i], "--cgroup") == 0) {
+			remove_cgroup(argv[i + 1]);
+		} else if (strcmp(argv[i], "--veth") == 0) {
+			/* Usually gone with the jail's network namespace already; deleting one end
+			 * removes the pair, so this only closes the window of its asynchronous cleanup. */
+			char *ip[] = {"/sbin/ip", "link", "delete", argv[i + 1], NULL};
+			run_quietly(ip);
+		}
+	}
+	return code;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && strcmp(argv[1], "init") == 0) {
+		sigset_t set;
+		forwarded_set(&set);
+		sigprocmask(SIG_BLOCK, &set, NULL);
+		return run_init(argc, argv);
+	}
+	if (argc >= 2 && strcmp(argv[1], "wait") == 0)
+		return run_wait(argc, argv);
+	fprintf(stderr, "usage: jailkit-reaper init|wait ...\n");
+	return 2;
+}

@@ -1,0 +1,203 @@
+"""The launch spec (`launch.json`, docs/contracts.md): parsed and validated before anything runs.
+
+Plain classes rather than dataclasses: this module is on the `jailkit run` path, where every
+import costs start-up time.
+"""
+
+from jailkit.errors import JailkitError
+from jailkit.launch.caps import CAPABILITIES
+from jailkit.launch.rlimits import RLIMITS
+from jailkit.launch.seccomp import DENIED
+
+NETWORKS = ("host", "none", "veth")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+SIGNALS = {
+    "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGKILL": 9, "SIGUSR1": 10, "SIGUSR2": 12,
+    "SIGTERM": 15, "SIGWINCH": 28, "SIGPWR": 30,
+}
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+# key -> default when launch.json leaves it out: the most restrictive choice
+DEFAULTS = {
+    "workdir": "/",
+    "env": {},
+    "user": {"uid": 0, "gid": 0, "groups": []},
+    "uid_count": None,
+    "hostname": None,
+    "stop_signal": "SIGTERM",
+    "capabilities": [],
+    "rlimits": {},
+    "cgroup": {"memory_max": None, "pids_max": None},
+    "network": "none",
+    "writable": [],
+    "devices": list(DEVICES),
+    "mount_proc": True,
+    "mount_sys": False,
+    "seccomp_allow": [],
+}
+REQUIRED = ("name", "command")
+
+
+def _fail(key: str, problem: str):
+    raise JailkitError(f"launch spec: {key} {problem}")
+
+
+def _int(value, key: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(key, f"must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _str(value, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        _fail(key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _abs_path(value, key: str) -> str:
+    path = _str(value, key)
+    if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
+        _fail(key, f"must be an absolute path without '..', got {value!r}")
+    return path
+
+
+def _list(value, key: str) -> list:
+    if not isinstance(value, list):
+        _fail(key, f"must be a list, got {value!r}")
+    return value
+
+
+def _dict(value, key: str) -> dict:
+    if not isinstance(value, dict):
+        _fail(key, f"must be an object, got {value!r}")
+    return value
+
+
+def parse_size(value, key: str) -> int | None:
+    """Bytes from an integer or a string like '64M' (K, M, G: powers of 1024); None stays None."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return None if value is None else _int(value, key, 1)
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("b").removesuffix("i")
+        number, unit = (text[:-1], text[-1]) if text[-1:] in SIZE_UNITS else (text, "")
+        if number.isdigit() and int(number) > 0:
+            return int(number) * SIZE_UNITS[unit]
+    _fail(key, f"must be a size such as 67108864 or '64M', got {value!r}")
+
+
+class Writable:
+    __slots__ = ("path", "kind", "source", "uid", "gid", "mode", "size")
+
+    def __init__(self, raw: dict, key: str):
+        raw = _dict(raw, key)
+        unknown = set(raw) - set(self.__slots__)
+        if unknown:
+            _fail(key, f"has unknown keys {sorted(unknown)}")
+        self.path = _abs_path(raw.get("path"), f"{key}.path")
+        if self.path == "/":
+            _fail(f"{key}.path", "cannot be / (the root is always read-only)")
+        self.kind = raw.get("kind", "tmpfs")
+        if self.kind not in ("tmpfs", "bind"):
+            _fail(f"{key}.kind", f"must be 'tmpfs' or 'bind', got {self.kind!r}")
+        self.source = raw.get("source")
+        if self.kind == "bind":
+            source = _str(self.source, f"{key}.source")
+            if source.startswith("/") or ".." in source.split("/"):
+                _fail(f"{key}.source", f"must be relative to DIR/state, got {source!r}")
+        self.uid = _int(raw.get("uid", 0), f"{key}.uid")
+        self.gid = _int(raw.get("gid", 0), f"{key}.gid")
+        self.mode = _int(raw.get("mode", 0o755), f"{key}.mode")
+        if self.mode > 0o7777:
+            _fail(f"{key}.mode", f"must be a permission mode, got {oct(self.mode)}")
+        self.size = parse_size(raw.get("size"), f"{key}.size")
+
+
+class LaunchSpec:
+    """A validated launch.json. Attribute names are the contract's keys."""
+
+    __slots__ = (
+        "name", "command", "workdir", "env", "uid", "gid", "groups", "uid_count", "hostname",
+        "stop_signal", "capabilities", "rlimits", "memory_max", "pids_max", "network",
+        "writable", "devices", "mount_proc", "mount_sys", "seccomp_allow",
+    )
+
+    @classmethod
+    def from_dict(cls, raw) -> "LaunchSpec":
+        raw = _dict(raw, "(top level)")
+        for key in REQUIRED:
+            if key not in raw:
+                _fail(key, "is missing")
+        unknown = set(raw) - set(REQUIRED) - set(DEFAULTS)
+        if unknown:
+            _fail(", ".join(sorted(unknown)), "is not a launch spec key (see docs/contracts.md)")
+        data = {**DEFAULTS, **raw}
+        self = cls()
+        self.name = _str(data["name"], "name")
+        command = _list(data["command"], "command")
+        if not command:
+            _fail("command", "is empty")
+        self.command = [_str(arg, "command[]") for arg in command]
+        self.workdir = _abs_path(data["workdir"], "workdir")
+        env = _dict(data["env"], "env")
+        for k, v in env.items():
+            if not k or "=" in k or not isinstance(v, str):
+                _fail(f"env.{k}", f"must be a NAME without '=' and a string value, got {v!r}")
+        self.env = dict(env)
+        user = _dict(data["user"], "user")
+        self.uid = _int(user.get("uid", 0), "user.uid")
+        self.gid = _int(user.get("gid", 0), "user.gid")
+        self.groups = [_int(g, "user.groups[]") for g in _list(user.get("groups", []), "groups")]
+        highest = max([self.uid, self.gid, *self.groups]) + 1
+        count = data["uid_count"]
+        self.uid_count = highest if count is None else _int(count, "uid_count", 1)
+        if self.uid_count < highest:
+            _fail("uid_count", f"must be at least {highest} to map the user's ids")
+        self.hostname = _str(data["hostname"] or self.name, "hostname")
+        if len(self.hostname.encode()) > 64:
+            _fail("hostname", "must be at most 64 bytes")
+        stop = data["stop_signal"]
+        if stop not in SIGNALS:
+            _fail("stop_signal", f"must be one of {', '.join(SIGNALS)}, got {stop!r}")
+        self.stop_signal = SIGNALS[stop]
+        caps = _list(data["capabilities"], "capabilities")
+        for cap in caps:
+            if cap not in CAPABILITIES:
+                _fail("capabilities", f"names an unknown capability {cap!r}")
+        self.capabilities = list(caps)
+        self.rlimits = {}
+        for name, pair in _dict(data["rlimits"], "rlimits").items():
+            if name not in RLIMITS:
+                _fail(f"rlimits.{name}", f"is not one of {', '.join(sorted(RLIMITS))}")
+            if not isinstance(pair, list) or len(pair) != 2:
+                _fail(f"rlimits.{name}", f"must be [soft, hard], got {pair!r}")
+            soft, hard = (None if v is None else _int(v, f"rlimits.{name}") for v in pair)
+            if hard is not None and (soft is None or soft > hard):
+                _fail(f"rlimits.{name}", f"soft limit must not exceed the hard limit: {pair!r}")
+            self.rlimits[name] = (soft, hard)
+        cgroup = _dict(data["cgroup"], "cgroup")
+        unknown = set(cgroup) - {"memory_max", "pids_max"}
+        if unknown:
+            _fail("cgroup", f"has unknown keys {sorted(unknown)}")
+        self.memory_max = parse_size(cgroup.get("memory_max"), "cgroup.memory_max")
+        pids = cgroup.get("pids_max")
+        self.pids_max = None if pids is None else _int(pids, "cgroup.pids_max", 1)
+        if data["network"] not in NETWORKS:
+            _fail("network", f"must be one of {', '.join(NETWORKS)}, got {data['network']!r}")
+        self.network = data["network"]
+        writable = _list(data["writable"], "writable")
+        self.writable = [Writable(w, f"writable[{i}]") for i, w in enumerate(writable)]
+        for dev in _list(data["devices"], "devices"):
+            if dev not in DEVICES:
+                _fail("devices", f"may only name {', '.join(DEVICES)}, got {dev!r}")
+        self.devices = list(data["devices"])
+        for key in ("mount_proc", "mount_sys"):
+            if not isinstance(data[key], bool):
+                _fail(key, f"must be true or false, got {data[key]!r}")
+        self.mount_proc = data["mount_proc"]
+        self.mount_sys = data["mount_sys"]
+        allow = _list(data["seccomp_allow"], "seccomp_allow")
+        for name in allow:
+            if name not in DENIED:
+                _fail("seccomp_allow", f"names {name!r}, which is not in the default deny list")
+        self.seccomp_allow = list(allow)
+        return self

@@ -1,0 +1,134 @@
+"""Profile loading: bundled profiles, `extends` composition, strict validation with file+line."""
+
+import pytest
+from conftest import run_jailkit
+
+from jailkit.profile import ProfileError, as_dict, as_toml, bundled_profiles, load
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(path, **kwargs) -> str:
+    with pytest.raises(ProfileError) as caught:
+        load(str(path), **kwargs)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("name", sorted(bundled_profiles()))
+def test_every_bundled_profile_loads_with_root_user(name):
+    profile = load(name)
+    assert profile.users["root"].uid == 0 and profile.groups["root"].gid == 0
+    assert profile.sources[-1].endswith(f"/profiles/{name}.toml")
+
+
+def test_profiles_command_lists_bundled_profiles():
+    result = run_jailkit("profiles")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == sorted(bundled_profiles())
+    assert {"libc", "pam", "tls", "tzdata", "dns", "shell", "python3"} <= set(names)
+
+
+def test_unknown_key_names_file_line_and_expected_keys(tmp_path):
+    path = write(tmp_path, "p", 'extends = ["libc"]\n\n[service]\ncomand = ["/bin/sh"]\n')
+    message = error_of(path)
+    assert message.startswith(f"{path}:4: service.comand: unknown key")
+    assert "command" in message
+
+
+def test_wrong_type_in_named_table_points_at_its_line(tmp_path):
+    path = write(tmp_path, "p", '[users.www-data]\nuid = "33"\ngid = 33\n\n[groups.www-data]\n'
+                                "gid = 33\n")
+    assert error_of(path) == (f"{path}:2: users.www-data.uid: expected an integer, "
+                              "got str '33'")
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('[writable."/var/log"]\nmode = "999"\n', 'writable./var/log.mode: expected an octal mode'),
+    ('[writable."/var/log"]\nkind = "disk"\n', "expected one of tmpfs, state, got 'disk'"),
+    ('[templates."/etc/../../x"]\ntext = "a"\n', "expected an absolute path without '..'"),
+    ('files = ["etc/passwd"]\n', "files.0: expected an absolute path"),
+    ('devices = ["sda"]\n', "devices.0: expected one of null, zero"),
+    ('[service]\ncapabilities = ["CAP_FLY"]\n', "expected a capability name"),
+    ('[service.limits]\nnofile = [10, 5]\n', "soft <= hard"),
+    ('[users."Bad Name"]\nuid = 1\ngid = 1\n', "expected a user/group name"),
+    ('[templates."/etc/x"]\nmode = "0644"\n', "expected exactly one of `source` or `text`"),
+])
+def test_bad_values_are_refused_with_what_was_expected(tmp_path, body, expected):
+    path = write(tmp_path, "p", body)
+    message = error_of(path)
+    assert message.startswith(f"{path}:") and expected in message
+
+
+def test_invalid_toml_is_one_clear_error(tmp_path):
+    path = write(tmp_path, "p", "binaries = [\n")
+    assert error_of(path).startswith(f"{path}: invalid TOML:")
+
+
+def test_cross_references_are_checked_by_key_path(tmp_path):
+    path = write(tmp_path, "p", 'extends = ["libc"]\n[users.www-data]\nuid = 33\ngid = 33\n')
+    assert "users.www-data.gid: no group has gid 33" in error_of(path)
+    path = write(tmp_path, "q", 'extends = ["libc"]\n[writable."/var/log/x"]\nowner = "ftp"\n')
+    assert 'writable."/var/log/x".owner: no user \'ftp\'' in error_of(path)
+    path = write(tmp_path, "r", 'extends = ["libc"]\n[service]\nuser = "nobody"\n')
+    assert "service.user: no user 'nobody'" in error_of(path)
+    path = write(tmp_path, "s", 'extends = ["libc"]\n[writable."/etc/nginx"]\n')
+    assert "writable directory under /etc" in error_of(path)
+
+
+def test_extends_merges_lists_tables_and_service_keys(tmp_path):
+    write(tmp_path, "base", 'extends = ["libc"]\nbinaries = ["/bin/sh"]\n[variables]\nport = 80\n'
+                            '[service]\ncommand = ["/bin/sh"]\nenv = { A = "1", B = "2" }\n')
+    child = write(tmp_path, "child", 'extends = ["base.toml"]\nbinaries = ["/bin/ls", "/bin/sh"]\n'
+                                     '[variables]\nname = "x"\n[service]\nenv = { B = "3" }\n'
+                                     '[users.nobody]\nuid = 65534\ngid = 65534\n'
+                                     '[groups.nogroup]\ngid = 65534\n')
+    profile = load(str(child))
+    assert profile.name == "child"
+    assert profile.binaries[-2:] == ("/bin/sh", "/bin/ls")
+    assert profile.variables == {"port": 80, "name": "x"}
+    assert dict(profile.service.env) == {"A": "1", "B": "3"}
+    assert profile.service.command == ("/bin/sh",)
+    assert set(profile.users) == {"root", "nobody"}
+    names = [s.rsplit("/", 1)[1] for s in profile.sources]
+    assert names == ["libc.toml", "base.toml", "child.toml"]
+
+
+def test_extends_cycle_and_unknown_base_are_errors(tmp_path):
+    write(tmp_path, "a", 'extends = ["b.toml"]\n')
+    b = write(tmp_path, "b", 'extends = ["a.toml"]\n')
+    assert "cycle" in error_of(b)
+    c = write(tmp_path, "c", 'extends = ["no-such-base"]\n')
+    assert "extends[0]: no bundled profile named 'no-such-base'" in error_of(c)
+
+
+def test_set_overrides_variables_with_their_type(tmp_path):
+    path = write(tmp_path, "p", 'extends = ["libc"]\n[variables]\nport = 8080\nname = "a"\n'
+                                'debug = false\n')
+    profile = load(str(path), {"port": "81", "name": "b", "debug": "yes"})
+    assert profile.variables == {"port": 81, "name": "b", "debug": True}
+    assert "expected int" in error_of(path, overrides={"port": "eighty"})
+    assert "has no such variable (variables: debug, name, port)" in error_of(
+        path, overrides={"prot": "1"})
+
+
+def test_show_prints_a_profile_that_loads_back_the_same(tmp_path):
+    result = run_jailkit("show", "shell")
+    assert result.returncode == 0, result.stderr
+    copy = write(tmp_path, "shell", result.stdout)
+    assert as_dict(load(str(copy))) == as_dict(load("shell"))
+    assert as_toml(load("python3")).count("[users.root]") == 1
+
+
+def test_bad_profile_on_the_command_line_is_one_line_without_traceback(tmp_path):
+    path = write(tmp_path, "p", "binaries = 3\n")
+    for command in (["show"], ["build", "--root", tmp_path / "jail"]):
+        result = run_jailkit(*command, path)
+        assert result.returncode == 2
+        assert result.stderr == f"jailkit: {path}:1: binaries: expected a list, got int 3\n"
+    result = run_jailkit("show", "no-such-profile")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1

@@ -164,18 +164,21 @@ class _Writer:
         digest = hashlib.sha256()
         dst = os.open(name, FILE_FLAGS, 0o600, dir_fd=parent_fd)
         try:
-            host = None
+            host = caps = None
             if entry.content is not None:
                 _write_all(dst, entry.content)
                 digest.update(entry.content)
             else:
-                host = self._copy_host(entry, dst, digest)
+                host, caps = self._copy_host(entry, dst, digest)
             st = self._own(dst, entry)
+            if caps is not None:
+                os.setxattr(dst, CAPS_XATTR, caps)  # after chown, which drops capabilities
             self._record(entry, st, digest.hexdigest(), host)
         finally:
             os.close(dst)
 
-    def _copy_host(self, entry: Entry, dst: int, digest) -> HostStat:
+    @staticmethod
+    def _copy_host(entry: Entry, dst: int, digest) -> tuple[HostStat, bytes | None]:
         try:
             src = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
@@ -187,16 +190,13 @@ class _Writer:
             while chunk := os.read(src, max(CHUNK, st.st_size + 1)):
                 digest.update(chunk)
                 _write_all(dst, chunk)
+            caps = None
             if entry.file_caps:
                 try:
                     caps = os.getxattr(src, CAPS_XATTR)
                 except OSError:
-                    caps = None  # the host file has no capabilities to copy
-                if caps is not None:
-                    if self.owners:
-                        os.fchown(dst, entry.uid, entry.gid)  # chown after setxattr drops caps
-                    os.setxattr(dst, CAPS_XATTR, caps)
-            return HostStat.of(st)
+                    pass  # the host file has no capabilities to copy
+            return HostStat.of(st), caps
         finally:
             os.close(src)
 

@@ -1,0 +1,182 @@
+"""Building is atomic and never harms the host: planted symlinks, foreign directories, mounts,
+SIGKILL mid-build, concurrent builds and running launchers."""
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, jailkit_env, run_jailkit
+
+
+def build(*args, check=True):
+    result = run_jailkit("build", *args)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def snapshot(directory):
+    """Every path under a directory with its content or link target: to prove it was not touched."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                out[path] = ("link", os.readlink(path))
+            elif os.path.isfile(path):
+                out[path] = ("file", open(path, "rb").read(), os.stat(path).st_mode)
+            else:
+                out[path] = ("dir", os.stat(path).st_mode)
+    return out
+
+
+@pytest.fixture
+def decoy(tmp_path):
+    """Stands in for the host's /etc: a planted symlink points here, so a broken builder would
+    write here instead of into the real /etc."""
+    path = tmp_path / "decoy-etc"
+    path.mkdir()
+    (path / "passwd").write_text("decoy\n")
+    (path / "group").write_text("decoy\n")
+    return path
+
+
+def test_symlink_planted_in_old_jail_is_not_followed(tmp_path, decoy):
+    jail = tmp_path / "jail"
+    build("shell", "--root", jail)
+    root = jail / "gen-1/root"
+    for name in os.listdir(root / "etc"):
+        os.unlink(root / "etc" / name)
+    os.rmdir(root / "etc")
+    os.symlink(decoy, root / "etc")
+    os.unlink(root / "usr/bin/cat")
+    os.symlink(decoy / "passwd", root / "usr/bin/cat")
+    before = snapshot(decoy)
+    result = build("shell", "--root", jail)
+    assert "gen-2" in result.stdout
+    assert snapshot(decoy) == before
+    new_root = jail / "current/root"
+    assert not (new_root / "etc").is_symlink()
+    assert (new_root / "etc/passwd").read_text().startswith("root:x:0:0:")
+    assert not (new_root / "usr/bin/cat").is_symlink()
+    assert open(new_root / "usr/bin/cat", "rb").read() == open("/usr/bin/cat", "rb").read()
+    assert not (jail / "gen-1").exists()
+
+
+def test_planted_generation_and_state_symlinks_are_not_followed(tmp_path, decoy):
+    profile = tmp_path / "stateful.toml"
+    profile.write_text('extends = ["shell"]\n[writable."/var/lib/app"]\nkind = "state"\n')
+    jail = tmp_path / "jail"
+    build(profile, "--root", jail)
+    os.symlink(decoy, jail / "gen-9")  # a "leftover generation" pointing at the host
+    before = snapshot(decoy)
+    build(profile, "--root", jail)
+    assert not os.path.lexists(jail / "gen-9") and snapshot(decoy) == before
+    (jail / "state/var/lib/app").rmdir()
+    os.symlink(decoy, jail / "state/var/lib/app")
+    result = build(profile, "--root", jail, check=False)
+    assert result.returncode == 2 and "(a symlink?)" in result.stderr
+    assert snapshot(decoy) == before
+
+
+def test_refuses_root_and_foreign_directories(tmp_path, decoy):
+    result = build("shell", "--root", "/", check=False)
+    assert result.returncode == 2
+    assert result.stderr == "jailkit: refusing to use / as a jail directory; pass --root DIR\n"
+    before = snapshot(decoy)
+    result = build("shell", "--root", decoy, check=False)
+    assert result.returncode == 2
+    assert "is not empty and is not a jailkit jail (it holds group, passwd)" in result.stderr
+    assert snapshot(decoy) == before
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    os.symlink("../decoy-etc", jail / "current")
+    result = build("shell", "--root", jail, check=False)
+    assert result.returncode == 2 and "not to gen-N" in result.stderr
+
+
+def test_directory_copy_never_crosses_into_another_filesystem(tmp_path):
+    source = tmp_path / "data"
+    (source / "mnt").mkdir(parents=True)
+    (source / "kept.txt").write_text("kept\n")
+    profile = tmp_path / "data.toml"
+    profile.write_text(f'extends = ["shell"]\nfiles = ["{source}"]\n')
+    jail = tmp_path / "jail"
+    # the tmpfs lives in a private mount namespace that ends with the shell: nothing leaks
+    script = (f"mount -t tmpfs none {source}/mnt && echo secret > {source}/mnt/f && "
+              f"exec {sys.executable} -m jailkit build {profile} --root {jail}")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, env=jailkit_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"note: skipped {source}/mnt: on another filesystem" in result.stderr
+    copy = jail / f"current/root{source}"
+    assert (copy / "kept.txt").read_text() == "kept\n"
+    assert not (copy / "mnt").exists()
+
+
+def test_sigkill_mid_build_leaves_previous_jail_and_next_build_cleans_up(tmp_path):
+    jail = tmp_path / "jail"
+    build("shell", "--root", jail)
+    proc = subprocess.Popen([sys.executable, "-m", "jailkit", "build", "python3", "--root", jail],
+                            env=jailkit_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    partial = jail / "gen-2/root/usr/lib/python3.11"
+    try:
+        deadline = time.monotonic() + 60
+        while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    assert os.readlink(jail / "current") == "gen-1"
+    assert (jail / "gen-2").exists() and not (jail / "gen-2/manifest.json").exists()
+    assert run_jailkit("check", "shell", "--root", jail).returncode == 0
+    result = build("shell", "--root", jail)
+    assert "up to date" in result.stdout and not (jail / "gen-2").exists()
+    build("python3", "--root", jail)
+    assert os.listdir(jail / "current/root/usr/lib/python3.11")
+
+
+def test_concurrent_builds_wait_for_the_lock(tmp_path):
+    jail = tmp_path / "jail"
+    build("shell", "--root", jail, "--dry-run")
+    jail.mkdir()
+    fd = os.open(jail / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    proc = subprocess.Popen([sys.executable, "-m", "jailkit", "build", "shell", "--root", jail],
+                            env=jailkit_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.communicate()
+        assert os.listdir(jail) == ["lock"]
+    finally:
+        os.close(fd)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert os.readlink(jail / "current") == "gen-1"
+
+
+def test_generation_held_by_a_launcher_is_kept_until_released(tmp_path):
+    profile = tmp_path / "v.toml"
+    profile.write_text('extends = ["shell"]\n[variables]\nv = 1\n'
+                       '[templates."/etc/v"]\ntext = "{{ v }}"\n')
+    jail = tmp_path / "jail"
+    build(profile, "--root", jail)
+    # what `jailkit run` does (docs/contracts.md): a shared flock on the generation directory
+    held = os.open(jail / "gen-1", os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_SH)
+    try:
+        build(profile, "--root", jail, "--set", "v=2")
+        assert os.readlink(jail / "current") == "gen-2"
+        assert (jail / "gen-1/launch.json").exists()
+    finally:
+        os.close(held)
+    build(profile, "--root", jail, "--set", "v=3")
+    assert sorted(os.listdir(jail)) == ["current", "gen-3", "lock"]
+    assert (jail / "current/root/etc/v").read_text() == "3"

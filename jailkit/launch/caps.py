@@ -38,9 +38,11 @@ def drop_bounding(keep: int) -> None:
             sc.prctl(sc.PR_CAPBSET_DROP, cap)
 
 
-def switch_user(uid: int, gid: int, groups: list[int], keep: int) -> None:
-    """Become the service user, keeping exactly the capabilities in `keep` across its exec."""
-    os.setgroups(groups)
+def switch_user(uid: int, gid: int, groups: list[int], keep: int, setgroups: bool) -> None:
+    """Become the service user, keeping exactly the capabilities in `keep` across its exec.
+    `setgroups` is False in a namespace where setgroups(2) is denied (then groups is empty)."""
+    if setgroups:
+        os.setgroups(groups)
     os.setresgid(gid, gid, gid)
     if uid != 0 and keep:
         sc.prctl(sc.PR_SET_KEEPCAPS, 1)  # else setresuid to non-zero empties the permitted set

@@ -12,6 +12,12 @@ from jailkit.launch import caps, mounts, net, rlimits, seccomp
 from jailkit.launch import syscalls as sc
 
 SETUP_FAILED = 125
+_step = "start"  # the step under way, named in the error line
+
+
+def _at(step: str) -> None:
+    global _step
+    _step = step
 
 
 def _wait_for_launcher(sync_fd: int) -> None:
@@ -39,16 +45,22 @@ def _close_fds(keep: set[int]) -> None:
 def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> None:
     spec = plan.spec
     # 1. Wait until the launcher has written our id maps (and moved us into our cgroups).
-    #    Until then this process is still the host's uid 0: do nothing else before.
+    #    Until then this process is still the host's uid 0: do nothing else before. If the
+    #    launcher dies meanwhile, we get SIGKILL (or EOF, had it died before the prctl).
+    _at("waiting for the id maps")
+    sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     _wait_for_launcher(sync_fd)
     # 2. Become the jail's root at once, dropping the host ids (KERNEL-NOTES' trap).
+    _at("switching to the jail's root")
     os.setresgid(0, 0, 0)
     if plan.maps.allow_setgroups:
         os.setgroups([])
     os.setresuid(0, 0, 0)
     # 3. Our own cgroup namespace: the jail sees its cgroup as the root.
+    _at("cgroup namespace")
     sc.unshare(sc.CLONE_NEWCGROUP)
     # 4. Mounts in our private namespace: read-only root, writable dirs, /proc, /dev, /sys.
+    _at("mounts")
     root_fd = None
     if plan.idmapped:
         _, ancillary, _, _ = root_sock.recvmsg(1, 64)
@@ -56,33 +68,42 @@ def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> No
         root_sock.close()
     mounts.apply(plan.mounts, plan.root, root_fd)
     # 5. Hostname (uts namespace) and network (host, or our own namespace's lo and eth0).
+    _at("hostname and network")
     sc.sethostname(spec.hostname)
     net.setup_inside(spec.network, plan.veth)
     # 6. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped).
+    _at("pivot_root")
     mounts.pivot(plan.root)
     # 7. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring.
+    _at("new session and keyring")
     os.setsid()
     sc.join_session_keyring()
     # 8. Privileges: bounding set first (needs CAP_SETPCAP), then the service's ids and caps.
+    _at("capabilities and user")
     caps.drop_bounding(plan.cap_mask)
-    caps.switch_user(spec.uid, spec.gid, spec.groups, plan.cap_mask)
+    caps.switch_user(spec.uid, spec.gid, spec.groups, plan.cap_mask, plan.maps.allow_setgroups)
     # 9. Die with the launcher. Set after the id change, which clears it; then make sure the
     #    launcher did not die in between.
+    _at("parent-death signal")
     sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     if not _launcher_alive(sync_fd):
         os._exit(SETUP_FAILED)
     # 10. Resource limits, working directory.
+    _at("rlimits and workdir")
     rlimits.apply(spec.rlimits)
     try:
         os.chdir(spec.workdir)
     except OSError as e:
         raise JailkitError(f"workdir {spec.workdir}: {e.strerror} in the jail") from None
     # 11. File descriptors: only 0-2 reach the service (the other two are close-on-exec).
+    _at("closing fds")
     _close_fds({status_fd, reaper_fd})
     # 12. no_new_privs (setuid files and file caps grant nothing), then seccomp, last.
+    _at("no_new_privs and seccomp")
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     seccomp.install(spec.seccomp_allow)
     # 13. Become the reaper (pid 1), which starts the service with exactly the profile's env.
+    _at("exec of the reaper")
     sc.execveat(reaper_fd, plan.command, spec.env)
 
 
@@ -100,9 +121,10 @@ def run_child(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> 
     except JailkitError as e:
         message = e.message
     except OSError as e:
-        message = f"setting up the jail failed: {e}"
+        detail = e.args[1] if len(e.args) == 2 else e  # "what: strerror" from syscalls.py
+        message = f"setting up the jail failed at {_step}: {detail}"
     except BaseException as e:  # a bug: still report it as one line through the launcher
-        message = f"internal error while setting up the jail: {e!r}"
+        message = f"internal error while setting up the jail at {_step}: {e!r}"
     try:
         os.write(status_fd, message.encode(errors="replace"))
     finally:

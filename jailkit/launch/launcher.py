@@ -47,6 +47,9 @@ def _abort(pid: int, plan: LaunchPlan) -> None:
 
 def launch(plan: LaunchPlan, lock_fd: int) -> None:
     """Start the jail and exec the waiter; returns only by raising JailkitError."""
+    # From here on, signals stay pending until the waiter takes (and forwards) them: none can
+    # kill this process between making host state (cgroups) and handing its cleanup over.
+    sc.block_signals()
     try:
         reaper_fd = os.open(plan.reaper, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -62,14 +65,17 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         import _socket
 
         socks = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    # Signals stay pending until the waiter takes (and forwards) them.
-    sc.block_signals()
     try:
         pid = sc.clone(plan.clone_flags)
     except OSError as e:
         cgroup.remove(plan.cgroups)
         raise _clone_error(e, plan) from None
     if pid == 0:
+        # The launcher's ends: while the jail held them it could not see the launcher die.
+        os.close(sync_w)
+        os.close(status_r)
+        if socks:
+            socks[0].close()
         contain.run_child(plan, sync_r, status_w, socks and socks[1], reaper_fd)
     os.close(sync_r)
     os.close(status_w)

@@ -1,0 +1,115 @@
+/*
+ * Escape attempts and measurements run inside a jail by tests/test_launch*.py (static, so it
+ * needs nothing from the jail). Each prints one line; the tests read the line, not the status,
+ * unless said otherwise.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int report(const char *what, int rc)
+{
+	printf("%s %s\n", what, rc == 0 ? "ok" : strerror(errno));
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2)
+		return 2;
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "ids")) {
+		/* real and effective ids: a setuid file must not change the effective ones */
+		printf("uid %d euid %d gid %d egid %d\n", getuid(), geteuid(), getgid(), getegid());
+		return 0;
+	}
+	if (!strcmp(cmd, "chroot-escape") && argc == 3) {
+		/* the classic escape: chroot into a subdirectory, then climb out with chdir("..") */
+		mkdir("/tmp/escape", 0755);
+		if (chroot("/tmp/escape") != 0)
+			return report("chroot", -1);
+		for (int i = 0; i < 256; i++)
+			chdir("..");
+		chroot(".");
+		struct stat st;
+		printf("host file %s\n", stat(argv[2], &st) == 0 ? "visible" : "hidden");
+		return 0;
+	}
+	if (!strcmp(cmd, "mount"))
+		return report("mount", mount("none", "/tmp", "tmpfs", 0, NULL));
+	if (!strcmp(cmd, "mknod"))
+		return report("mknod", mknod("/tmp/null", S_IFCHR | 0666, makedev(1, 3)));
+	if (!strcmp(cmd, "ptrace") && argc == 3)
+		return report("ptrace", ptrace(PTRACE_ATTACH, atoi(argv[2]), 0, 0) == -1 ? -1 : 0);
+	if (!strcmp(cmd, "kill") && argc == 3)
+		return report("kill", kill(atoi(argv[2]), SIGTERM));
+	if (!strcmp(cmd, "keyctl"))
+		return report("keyctl", syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3, 0) == -1 ? -1 : 0);
+	if (!strcmp(cmd, "unshare"))
+		return report("unshare", unshare(0x10000000 /* CLONE_NEWUSER */));
+	if (!strcmp(cmd, "fds")) {
+		/* every open descriptor above stderr */
+		printf("fds");
+		for (int fd = 3; fd < 4096; fd++)
+			if (fcntl(fd, F_GETFD) != -1)
+				printf(" %d", fd);
+		printf("\n");
+		return 0;
+	}
+	if (!strcmp(cmd, "hog") && argc == 3) {
+		/* touch up to N MiB, at most: bounded even if the memory limit does not work */
+		long limit = atol(argv[2]);
+		for (long i = 0; i < limit; i++) {
+			char *p = malloc(1 << 20);
+			if (!p)
+				break;
+			memset(p, 1, 1 << 20);
+		}
+		printf("allocated %ld MiB\n", limit);
+		return 0;
+	}
+	if (!strcmp(cmd, "forks") && argc == 3) {
+		/* start up to N children that wait for us; the jail's end kills them */
+		int n = atoi(argv[2]), made = 0;
+		for (int i = 0; i < n; i++) {
+			pid_t pid = fork();
+			if (pid == 0) {
+				pause();
+				_exit(0);
+			}
+			if (pid < 0)
+				break;
+			made++;
+		}
+		printf("forked %d\n", made);
+		return 0;
+	}
+	if (!strcmp(cmd, "serve") && argc == 3) {
+		/* answer one TCP connection on PORT with "hello" */
+		int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+		struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+		setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(s, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(s, 1) != 0)
+			return report("bind", -1);
+		printf("listening\n");
+		fflush(stdout);
+		int c = accept(s, NULL, NULL);
+		write(c, "hello\n", 6);
+		close(c);
+		return 0;
+	}
+	return 2;
+}

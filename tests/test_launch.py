@@ -1,0 +1,408 @@
+"""`jailkit run` in real namespaces: a real jail built by `jailkit build shell`, real escapes.
+
+Launched as root here; as `nobody` in test_launch_nobody.py. A static probe (launch_probe.c,
+compiled with gcc) is placed in the jail to try what a shell cannot.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_jailkit
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the launcher tests run as root (CI)")
+
+PROBE = "/usr/bin/jkprobe"
+
+
+def open_to_all(path: Path) -> None:
+    """Let `nobody` reach a directory under pytest's private tmp root."""
+    for p in [path, *path.parents]:
+        if p == Path("/"):
+            break
+        p.chmod(p.stat().st_mode | 0o011)
+
+
+@pytest.fixture(scope="session")
+def jail(tmp_path_factory) -> Path:
+    """A `shell` jail built by jailkit, with the probe added (owned by the jail's root)."""
+    base = tmp_path_factory.mktemp("launch")
+    open_to_all(base)
+    built = run_jailkit("build", "shell", "--root", base / "shell")
+    assert built.returncode == 0, built.stderr
+    root = base / "shell" / "current" / "root"
+    subprocess.run(
+        ["gcc", "-static", "-O1", "-o", root / PROBE.lstrip("/"), REPO / "tests/launch_probe.c"],
+        check=True,
+    )
+    return base / "shell"
+
+
+def jailkit_run(jail: Path, *command, sets=(), net=None, **kwargs):
+    options = [arg for key_value in sets for arg in ("--set", key_value)]
+    if net:
+        options += ["--net", net]
+    return run_jailkit("run", "shell", "--root", jail, *options, "--", *command,
+                       timeout=60, **kwargs)
+
+
+def sh(jail: Path, script: str, **kwargs):
+    return jailkit_run(jail, "/bin/sh", "-c", script, **kwargs)
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+                found += children
+                todo += children
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for the jail")
+
+
+def host_uid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def start(jail: Path, *command, sets=()):
+    """A running jail (Popen of the launcher, whose pid the waiter keeps) and its processes."""
+    options = [arg for key_value in sets for arg in ("--set", key_value)]
+    proc = subprocess.Popen(
+        [os.environ.get("JAILKIT_PYTHON", "/opt/jailkit/bin/python"), "-m", "jailkit", "run",
+         "shell", "--root", jail, *options, "--", *command],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    # the launcher has become the waiter, and the reaper (pid 1) has started the service
+    wait_for(lambda: os.readlink(f"/proc/{proc.pid}/exe").endswith("jailkit-reaper")
+             and len(descendants(proc.pid)) >= 2)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()  # the launcher's own pid: the jail dies with it (parent-death signal)
+        proc.wait(10)
+
+
+# --- the command runs, and its status comes back -----------------------------------------
+
+
+def test_runs_command_and_passes_exit_status(jail):
+    result = sh(jail, "echo in-jail; exit 7")
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == "in-jail\n"
+
+
+def test_killed_by_signal_is_128_plus_n(jail):
+    assert sh(jail, "kill -KILL $$").returncode == 128 + 9
+
+
+def test_missing_command_is_127_with_a_message(jail):
+    result = jailkit_run(jail, "/bin/no-such-program")
+    assert result.returncode == 127
+    assert "cannot run /bin/no-such-program" in result.stderr
+
+
+def test_environment_is_only_the_profiles(jail):
+    result = jailkit_run(jail, "/bin/env", env={**os.environ, "PYTHONPATH": str(REPO),
+                                                "LEAK_ME": "1"})
+    assert sorted(result.stdout.split()) == ["HOME=/root", "PATH=/usr/bin:/bin", "TERM=dumb"]
+
+
+def test_hostname_and_pid_namespace(jail):
+    result = sh(jail, "uname -n; echo $$; ls /proc")
+    hostname, pid, *listing = result.stdout.split()
+    assert hostname == "shell"
+    assert pid == "2"  # pid 1 is the reaper
+    pids = sorted(int(p) for p in listing if p.isdigit())
+    assert pids[:2] == [1, 2] and len(pids) == 3  # reaper, sh, ls
+
+
+# --- nothing of the host is visible or reachable ----------------------------------------
+
+
+def test_host_files_cannot_be_seen(jail, tmp_path):
+    marker = tmp_path / "host-marker"
+    marker.write_text("secret")
+    result = sh(jail, f"test -e {marker} && echo vis''ible; ls /; cat /proc/1/cmdline | tr '\\0' ' '")
+    assert "visible" not in result.stdout
+    listing = result.stdout.split()
+    assert "home" not in listing and "var" not in listing and "bin" in listing
+    assert "jailkit-reaper init" in result.stdout  # /proc/1 is the jail's own pid 1
+
+
+def test_host_proc_1_root_cannot_be_reached(jail, tmp_path):
+    marker = tmp_path / "host-marker"
+    marker.write_text("secret")
+    result = sh(jail, f"ls /proc/1/root/ ; test -e /proc/1/root{marker} && echo vis''ible")
+    assert "visible" not in result.stdout
+    assert sorted(result.stdout.split()) == sorted(os.listdir(jail / "current" / "root"))
+
+
+def test_host_processes_cannot_be_seen_or_killed(jail):
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        result = sh(jail, f"test -e /proc/{victim.pid} && echo vis''ible; {PROBE} kill {victim.pid}")
+        assert "visible" not in result.stdout
+        assert "kill No such process" in result.stdout
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_classic_chroot_escape_fails(jail, tmp_path):
+    marker = tmp_path / "host-marker"
+    marker.write_text("secret")
+    # without CAP_SYS_CHROOT the chroot itself fails; with it, ".." stops at the pivoted root
+    denied = jailkit_run(jail, PROBE, "chroot-escape", str(marker))
+    assert denied.stdout.strip() == "chroot Operation not permitted"
+    allowed = jailkit_run(jail, PROBE, "chroot-escape", str(marker), sets=[
+        'capabilities=["CAP_SYS_CHROOT"]'])
+    assert allowed.stdout.strip() == "host file hidden", allowed.stderr
+
+
+@pytest.mark.parametrize("attempt", ["mount", "mknod", "ptrace 1", "keyctl", "unshare"])
+def test_privileged_calls_fail(jail, attempt):
+    # even with every capability the profile could list, seccomp refuses these
+    result = jailkit_run(jail, PROBE, *attempt.split(), sets=[
+        'capabilities=["CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_SYS_PTRACE"]'])
+    assert result.stdout.split()[1:] == ["Operation", "not", "permitted"], result.stdout
+
+
+def test_root_and_dev_and_proc_sys_are_read_only(jail):
+    result = sh(jail, "touch /x 2>&1; touch /etc/x 2>&1; echo 1 > /proc/sys/kernel/ostype; "
+                      "echo b > /proc/sysrq-trigger || echo no-sysrq; touch /dev/x; "
+                      "test -c /dev/null && echo null-is-char; echo ok > /tmp/w && cat /tmp/w")
+    assert result.stdout.count("Read-only file system") == 2
+    assert result.stderr.count("Read-only file system") == 2  # /proc/sys and /dev
+    assert "no-sysrq" in result.stdout
+    assert "null-is-char" in result.stdout and "ok" in result.stdout
+
+
+def test_callers_open_fd_is_not_inherited(jail, tmp_path):
+    with open(tmp_path / "secret", "w") as f:
+        result = jailkit_run(jail, PROBE, "fds", pass_fds=[f.fileno()])
+    assert result.stdout.strip() == "fds", result.stderr
+
+
+# --- privileges ----------------------------------------------------------------------------
+
+
+def status_fields(jail, sets=()):
+    result = sh(jail, "cat /proc/self/status", sets=sets)
+    return dict(line.split(":\t") for line in result.stdout.splitlines() if ":\t" in line)
+
+
+def test_non_root_user_has_no_capabilities_no_new_privs_and_seccomp(jail):
+    fields = status_fields(jail, sets=["user.uid=65534", "user.gid=65534"])
+    assert fields["Uid"].split()[0] == "65534"
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapPrm"], 16) == 0
+    assert int(fields["CapBnd"], 16) == 0 and int(fields["CapAmb"], 16) == 0
+    assert fields["NoNewPrivs"] == "1"
+    assert fields["Seccomp"] == "2"
+
+
+def test_listed_capability_is_kept_for_non_root_user(jail):
+    fields = status_fields(jail, sets=["user.uid=65534", "user.gid=65534",
+                                       'capabilities=["CAP_NET_BIND_SERVICE"]'])
+    assert int(fields["CapEff"], 16) == 1 << 10
+    assert int(fields["CapBnd"], 16) == 1 << 10
+
+
+def test_jail_root_is_not_host_root(jail):
+    result = sh(jail, "cat /proc/self/uid_map")
+    inside, outside, count = map(int, result.stdout.split())
+    assert inside == 0 and outside != 0 and count >= 65534
+    proc = start(jail, "/bin/sleep", "30")
+    try:
+        service = descendants(proc.pid)[-1]
+        assert host_uid(service) == outside
+    finally:
+        stop(proc)
+
+
+def test_smuggled_setuid_binary_gains_nothing(jail):
+    root = jail / "current" / "root"
+    smuggled = root / "usr/bin/jkprobe-suid"
+    shutil.copy(root / PROBE.lstrip("/"), smuggled)
+    os.chown(smuggled, 0, 0)
+    smuggled.chmod(0o4755)
+    try:
+        result = jailkit_run(jail, "/usr/bin/jkprobe-suid", "ids",
+                             sets=["user.uid=65534", "user.gid=65534"])
+        assert result.stdout.strip() == "uid 65534 euid 65534 gid 65534 egid 65534"
+    finally:
+        smuggled.unlink()
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+def test_sigterm_is_forwarded(jail):
+    proc = start(jail, "/bin/sh", "-c", "trap 'echo got-term; exit 42' TERM; "
+                                        "while :; do sleep 0.05; done")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 42
+        assert "got-term" in proc.stdout.read()
+    finally:
+        stop(proc)
+
+
+def test_profiles_stop_signal_replaces_sigterm(jail):
+    proc = start(jail, "/bin/sh", "-c", "trap 'exit 43' USR1; trap 'exit 44' TERM; "
+                                        "while :; do sleep 0.05; done",
+                 sets=["stop_signal=SIGUSR1"])
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 43
+    finally:
+        stop(proc)
+
+
+def test_sigint_and_sighup_are_forwarded(jail):
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        proc = start(jail, "/bin/sleep", "30")
+        try:
+            proc.send_signal(sig)
+            assert proc.wait(10) == 128 + sig
+        finally:
+            stop(proc)
+
+
+def test_jail_dies_with_its_launcher(jail):
+    proc = start(jail, "/bin/sleep", "30")
+    inside = descendants(proc.pid)
+    proc.kill()
+    proc.wait(10)
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in inside))
+
+
+def mount_points() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
+
+
+def links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def tree(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
+
+
+def test_nothing_is_left_behind(jail):
+    mounts, nets, files = mount_points(), links(), tree(jail)
+    proc = start(jail, "/bin/sleep", "30", sets=[
+        "network=veth", "cgroup.memory_max=64M", "cgroup.pids_max=32"])
+    try:
+        inside = descendants(proc.pid)
+        groups = [f"/sys/fs/cgroup/{c}/jailkit/shell-{proc.pid}" for c in ("memory", "pids")]
+        assert all(os.path.isdir(g) for g in groups)
+        assert f"jk{proc.pid}" in links()
+        assert mount_points() == mounts  # the jail's mounts live in its own namespace only
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+    finally:
+        stop(proc)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in inside)
+    assert not any(os.path.exists(g) for g in groups)
+    assert links() == nets
+    assert mount_points() == mounts
+    assert tree(jail) == files
+
+
+# --- resources and network -------------------------------------------------------------------
+
+
+def test_memory_limit_kills_a_hog(jail):
+    # the hog stops at 256 MiB by itself, so a broken limit costs at most that
+    result = jailkit_run(jail, PROBE, "hog", "256", sets=["cgroup.memory_max=32M"])
+    assert result.returncode == 128 + signal.SIGKILL, result.stdout
+    assert "allocated" not in result.stdout
+    unlimited = jailkit_run(jail, PROBE, "hog", "48")
+    assert unlimited.stdout.strip() == "allocated 48 MiB"
+
+
+def test_pids_limit_stops_a_fork_flood(jail):
+    # at most 64 forks are ever tried; all die with the jail's pid 1
+    result = jailkit_run(jail, PROBE, "forks", "64", sets=["cgroup.pids_max=16"])
+    made = int(result.stdout.split()[1])
+    assert 0 < made < 16  # pid 1 and the probe count too
+
+
+def test_network_none_has_only_loopback(jail):
+    result = sh(jail, "cat /proc/net/dev", net="none")
+    interfaces = [line.split(":")[0].strip() for line in result.stdout.splitlines()[2:]]
+    assert interfaces == ["lo"]
+
+
+def test_veth_serves_a_low_port_on_the_jails_own_address(jail):
+    proc = start(jail, PROBE, "serve", "80", sets=["network=veth"])
+    try:
+        assert proc.stdout.readline().strip() == "listening"
+        out = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", f"jk{proc.pid}"],
+                             capture_output=True, text=True, check=True).stdout
+        host_addr = out.split()[3].split("/")[0]
+        a, b, c, d = host_addr.split(".")
+        jail_addr = f"{a}.{b}.{c}.{int(d) + 1}"
+        with socket.create_connection((jail_addr, 80), timeout=5) as conn:
+            assert conn.recv(16) == b"hello\n"
+        assert proc.wait(10) == 0
+    finally:
+        stop(proc)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def test_no_jail_built_says_how_to_build(tmp_path):
+    result = run_jailkit("run", "shell", "--root", tmp_path / "none")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "jailkit build shell --root" in result.stderr
+
+
+def test_bad_override_is_one_line(jail):
+    result = jailkit_run(jail, "/bin/true", sets=["network=wifi"])
+    assert result.returncode == 2
+    assert result.stderr == "jailkit: launch spec: network must be one of host, none, veth, " \
+                            "got 'wifi'\n"
+
+
+def test_usage_errors_look_like_click(jail):
+    result = run_jailkit("run", "--net", "wifi", "shell")
+    assert result.returncode == 2
+    assert "Error: Invalid value for '--net'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--set KEY=VALUE" in run_jailkit("run", "--help").stdout
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(jail):
+    result = run_jailkit("run", "shell", "--root", jail, "--dry-run", "--net", "veth")
+    assert result.returncode == 0, result.stderr
+    assert "tmpfs  /tmp" in result.stdout and "proc   /proc" in result.stdout
+    assert "network   veth" in result.stdout

@@ -146,7 +146,7 @@ def test_hostname_and_pid_namespace(jail):
 def test_host_files_cannot_be_seen(jail, tmp_path):
     marker = tmp_path / "host-marker"
     marker.write_text("secret")
-    result = sh(jail, f"test -e {marker} && echo vis''ible; ls /; cat /proc/1/cmdline | tr '\\0' ' '")
+    result = sh(jail, f"test -e {marker} && echo vis''ible; ls /; tr '\\0' ' ' < /proc/1/cmdline")
     assert "visible" not in result.stdout
     listing = result.stdout.split()
     assert "home" not in listing and "var" not in listing and "bin" in listing
@@ -164,7 +164,8 @@ def test_host_proc_1_root_cannot_be_reached(jail, tmp_path):
 def test_host_processes_cannot_be_seen_or_killed(jail):
     victim = subprocess.Popen(["sleep", "60"])
     try:
-        result = sh(jail, f"test -e /proc/{victim.pid} && echo vis''ible; {PROBE} kill {victim.pid}")
+        pid = victim.pid
+        result = sh(jail, f"test -e /proc/{pid} && echo vis''ible; {PROBE} kill {pid}")
         assert "visible" not in result.stdout
         assert "kill No such process" in result.stdout
         assert victim.poll() is None

@@ -21,6 +21,7 @@ code runs (LD_TRACE_LOADED_OBJECTS=1), with a timeout:
 
 import filecmp
 import os
+import pwd
 import re
 import signal
 import stat
@@ -92,6 +93,16 @@ def elf_facts(path: str) -> ElfFacts | None:
         e_phentsize, e_phnum = struct.unpack_from("<HH", data, 42)
         ph_fmt, dyn_fmt = "<IIIIIIII", "<iI"
     machine = struct.unpack_from("<H", data, 18)[0]
+    if e_phentsize != struct.calcsize(ph_fmt):
+        return None  # the loader refuses such a file (and so must a reader of its headers)
+    try:
+        interp, pie = _interp_and_pie(path, is64, e_phoff, e_phentsize, e_phnum, ph_fmt, dyn_fmt)
+    except (OSError, OverflowError, ValueError):
+        return None  # program headers that point nowhere: no facts to rely on
+    return ElfFacts(data[4], machine, interp, pie)
+
+
+def _interp_and_pie(path, is64, e_phoff, e_phentsize, e_phnum, ph_fmt, dyn_fmt):
     interp = None
     pie = False
     with open(path, "rb") as f:
@@ -107,10 +118,10 @@ def elf_facts(path: str) -> ElfFacts | None:
                 p_type, p_offset, _, _, p_filesz = fields[:5]
             if p_type == PT_INTERP:
                 f.seek(p_offset)
-                interp = f.read(p_filesz).split(b"\0")[0].decode(errors="replace")
+                interp = f.read(min(p_filesz, 4096)).split(b"\0")[0].decode(errors="replace")
             elif p_type == PT_DYNAMIC:
                 f.seek(p_offset)
-                dyn = f.read(p_filesz)
+                dyn = f.read(min(p_filesz, 1 << 20))
                 step = struct.calcsize(dyn_fmt)
                 for off in range(0, len(dyn) - step + 1, step):
                     tag, val = struct.unpack_from(dyn_fmt, dyn, off)
@@ -118,7 +129,7 @@ def elf_facts(path: str) -> ElfFacts | None:
                         break
                     if tag == DT_FLAGS_1:
                         pie = bool(val & DF_1_PIE)
-    return ElfFacts(data[4], machine, interp, pie)
+    return interp, pie
 
 
 def shebang(path: str) -> tuple[str, str | None] | None:
@@ -136,12 +147,16 @@ def shebang(path: str) -> tuple[str, str | None] | None:
     return interp.decode(), (arg.decode() or None)
 
 
-def _run(argv, env, cwd) -> subprocess.CompletedProcess:
+def _run(argv, env, cwd, user=None) -> subprocess.CompletedProcess:
+    ids = {}
+    if user is not None:
+        ids = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
     # A session of its own: on a timeout the whole group this call started is killed, nothing else.
     proc = subprocess.Popen(
         argv,
         env=env,
         cwd=cwd,
+        **ids,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -178,21 +193,24 @@ def loader_env(library_path: str | None = None, extra: dict | None = None) -> di
     return env
 
 
-def loader_view(path: str, cwd: str | None = None, library_path: str | None = None) -> LoaderView:
-    """What the loader maps for PATH (a file name as a user would give it, relative to CWD)."""
+def loader_view(
+    path: str, cwd: str | None = None, library_path: str | None = None, user: str | None = None
+) -> LoaderView:
+    """What the loader maps for PATH (a file name as a user would give it, relative to CWD),
+    run as USER if given."""
     full = os.path.join(cwd or os.getcwd(), path)
     script = shebang(full)
     if script is not None:
         # The kernel runs the interpreter; the loader maps the interpreter's closure.
-        return loader_view(script[0], cwd=cwd, library_path=library_path)
+        return loader_view(script[0], cwd=cwd, library_path=library_path, user=user)
     facts = elf_facts(full)
     if facts is None:
-        return LoaderView(error="not an ELF file", how="header")
+        return LoaderView(error="not an ELF file the loader can read", how="header")
     ldso = LOADERS.get((facts.elf_class, facts.machine))
     if ldso is None:
         return LoaderView(error=f"no loader for class {facts.elf_class} machine {facts.machine}")
     env = loader_env(library_path)
-    verify = _run([ldso, "--verify", full], env={}, cwd=cwd)
+    verify = _run([ldso, "--verify", full], env={}, cwd=cwd, user=user)
     if verify.returncode == 1 and facts.interp is None:
         return LoaderView(static=True, how="ld.so --verify")
     if verify.returncode not in (0, 2):
@@ -201,7 +219,9 @@ def loader_view(path: str, cwd: str | None = None, library_path: str | None = No
     rtld_name = ldso
     if facts.interp is not None:
         interp = os.path.realpath(os.path.join(cwd or os.getcwd(), facts.interp))
-        if not any(filecmp.cmp(interp, known, shallow=False) for known in GLIBC_LOADERS):
+        if not os.path.isfile(interp) or not any(
+            filecmp.cmp(interp, known, shallow=False) for known in GLIBC_LOADERS
+        ):
             # Executing it would run unknown code instead of a trace.
             return LoaderView(error=f"PT_INTERP {facts.interp} is not a glibc loader")
         rtld_name = facts.interp
@@ -212,7 +232,10 @@ def loader_view(path: str, cwd: str | None = None, library_path: str | None = No
     else:
         how = f"{rtld_name} FILE"
         argv = [rtld_name, os.path.realpath(full) if facts.interp else path]
-    proc = _run(argv, env=env, cwd=cwd)
+    try:
+        proc = _run(argv, env=env, cwd=cwd, user=user)
+    except OSError as e:  # the kernel refuses to execute it
+        return LoaderView(error=f"exec: {e.strerror}", how=how)
     view = LoaderView(interp=interp, how=how)
     view.static = facts.interp is None and facts.pie_flag
     rtld_real = os.path.realpath(rtld_name)

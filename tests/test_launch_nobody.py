@@ -1,0 +1,118 @@
+"""`jailkit run` launched by an ordinary user (`nobody`): a single-id map, same confinement.
+
+The jail is the root-built one of test_launch.py; the launcher is a world-readable copy of the
+package run with the venv's interpreter, whose reaper lies beside it.
+"""
+
+import os
+import signal
+import subprocess
+
+import pytest
+from test_launch import PROBE, jail, mount_points, wait_for  # noqa: F401 (jail is a fixture)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody (CI)")
+
+NOBODY = 65534
+
+
+def as_nobody():
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+
+
+def command(checkout, jail_dir, *args, sets=()):
+    options = [arg for key_value in sets for arg in ("--set", key_value)]
+    return ["/opt/jailkit/bin/python", "-m", "jailkit", "run", "shell", "--root", str(jail_dir),
+            *options, "--", *args]
+
+
+def nobody_run(checkout, jail_dir, *args, sets=(), **kwargs):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout), "HOME": "/nonexistent"}
+    return subprocess.run(command(checkout, jail_dir, *args, sets=sets), env=env, text=True,
+                          capture_output=True, preexec_fn=as_nobody, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def run(world_readable_checkout, jail):  # noqa: F811
+    def run(*args, **kwargs):
+        return nobody_run(world_readable_checkout, jail, *args, **kwargs)
+
+    return run
+
+
+def test_runs_with_a_single_id_map_and_passes_status(run):
+    result = run("/bin/sh", "-c", "id -u; cat /proc/self/uid_map; exit 5")
+    assert result.returncode == 5, result.stderr
+    uid, inside, outside, count = result.stdout.split()
+    assert (uid, inside, outside, count) == ("0", "0", str(NOBODY), "1")
+
+
+def test_confinement_is_the_same(run, tmp_path):
+    marker = tmp_path / "host-marker"
+    marker.write_text("secret")
+    result = run("/bin/sh", "-c", f"test -e {marker} && echo vis''ible; touch /x; "
+                                  "echo w > /tmp/w && cat /tmp/w; cat /proc/self/status")
+    fields = dict(line.split(":\t") for line in result.stdout.splitlines() if ":\t" in line)
+    assert "visible" not in result.stdout
+    assert "Read-only file system" in result.stderr
+    assert "w" in result.stdout.split()
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0
+    assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"
+
+
+def test_chroot_escape_fails(run, tmp_path):
+    marker = tmp_path / "host-marker"
+    marker.write_text("secret")
+    result = run(PROBE, "chroot-escape", str(marker), sets=['capabilities=["CAP_SYS_CHROOT"]'])
+    assert result.stdout.strip() == "host file hidden", result.stderr
+
+
+@pytest.mark.parametrize("attempt", ["mount", "mknod", "ptrace 1", "keyctl", "unshare"])
+def test_privileged_calls_fail(run, attempt):
+    result = run(PROBE, *attempt.split(), sets=['capabilities=["CAP_SYS_ADMIN", "CAP_MKNOD"]'])
+    assert result.stdout.split()[1:] == ["Operation", "not", "permitted"], result.stderr
+
+
+def test_callers_fd_is_not_inherited(run):
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, True)
+    try:
+        result = run(PROBE, "fds", pass_fds=[read_end])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert result.stdout.strip() == "fds"
+
+
+def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail):  # noqa: F811
+    mounts = mount_points()
+    proc = subprocess.Popen(
+        command(world_readable_checkout, jail, "/bin/sh", "-c",
+                "trap 'exit 42' TERM; while :; do sleep 0.05; done"),
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout)},
+        preexec_fn=as_nobody, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: os.readlink(f"/proc/{proc.pid}/exe").endswith("jailkit-reaper"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 42
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert mount_points() == mounts
+
+
+@pytest.mark.parametrize("sets, cause", [
+    (["network=veth"], "network 'veth' needs root"),
+    (["cgroup.pids_max=10"], "cgroup limits (memory_max, pids_max) need root"),
+    (["user.uid=33"], "an ordinary user can only map one id"),
+])
+def test_what_needs_root_is_a_one_line_error(run, sets, cause):
+    result = run("/bin/true", sets=sets)
+    assert result.returncode == 2
+    assert result.stderr.startswith("jailkit: ") and result.stderr.count("\n") == 1
+    assert cause in result.stderr
+

@@ -246,8 +246,10 @@ def apply(plan: Plan, jail: JailDir, progress=None) -> Result:
             result.updated += [(p, "not in the manifest, dropped") for p in extra]
             for relative, mode in plan.state_dirs.items():
                 jail.state_dir(relative, mode)
+            # a changed closure record alone (ld.so.cache touched, same files) still makes a new
+            # generation, of hard links only, so that the next build can use the record
             if (current is not None and not removed and not result.added and not result.updated
-                    and not result.launch_changed):
+                    and not result.launch_changed and old.closure == plan.closure):
                 return result
             number, result.copied, result.linked = _build(plan, jail, old_root_fd, reasons,
                                                           records, owners, progress)
@@ -284,7 +286,7 @@ def _build(plan, jail, old_root_fd, reasons, records, owners, progress) -> tuple
             writer.close()
             os.close(root_fd)
         manifest.write_new(gen_fd, manifest.NAME,
-                           Manifest(plan.name, number, writer.records).dumps())
+                           Manifest(plan.name, number, writer.records, plan.closure).dumps())
         manifest.write_new(gen_fd, "launch.json", json.dumps(plan.launch, indent=2) + "\n")
         return number, writer.copied, writer.linked
     except OSError as e:

@@ -77,11 +77,14 @@ def show(profile, sets, as_json):
     click.echo(json.dumps(as_dict(loaded), indent=2) if as_json else as_toml(loaded), nl=False)
 
 
-def _plan(profile, sets):
+def _plan(profile, sets, root):
+    from jailkit.manifest import previous_closure
     from jailkit.plan import make_plan
     from jailkit.profile import load
 
-    return make_plan(load(profile, _overrides(sets)))
+    loaded = load(profile, _overrides(sets))
+    root = _root(root, loaded.name)
+    return make_plan(loaded, previous_closure(root) if root.is_dir() else None), root
 
 
 def _print_plan(plan) -> None:
@@ -143,14 +146,13 @@ def _report(result, plan, root: Path, as_json: bool, verbose: bool) -> None:
 @_one_line_errors
 def build(profile, root, dry_run, sets, as_json):
     """Build the jail for PROFILE (a bundled name or a .toml path) into its jail directory."""
-    plan = _plan(profile, sets)
+    plan, root = _plan(profile, sets, root)
     if dry_run:
         if as_json:
             click.echo(json.dumps({**plan.summary(), "launch": plan.launch}, indent=2))
         else:
             _print_plan(plan)
         return
-    root = _root(root, plan.name)
     result = _apply(plan, root, as_json, create=True)
     _report(result, plan, root, as_json, verbose=False)
 
@@ -166,8 +168,7 @@ def update(profile, root, sets, as_json):
 
     Files whose host source and jail copy are unchanged are kept; DIR/state is never touched.
     """
-    plan = _plan(profile, sets)
-    root = _root(root, plan.name)
+    plan, root = _plan(profile, sets, root)
     result = _apply(plan, root, as_json, create=False)
     _report(result, plan, root, as_json, verbose=True)
 

@@ -39,6 +39,7 @@ class Manifest:
     profile: str
     generation: int
     records: dict[str, Record]
+    closure: dict | None = None  # jailkit.plan's closure cache record
 
     def dumps(self) -> str:
         return json.dumps({
@@ -46,6 +47,7 @@ class Manifest:
             "profile": self.profile,
             "generation": self.generation,
             "entries": [asdict(r) for r in self.records.values()],
+            "closure": self.closure,
         }, separators=(",", ":"))
 
     @classmethod
@@ -59,7 +61,7 @@ class Manifest:
                 host = item.pop("host")
                 record = Record(**item, host=HostStat(**host) if host else None)
                 records[record.path] = record
-            return cls(data["profile"], data["generation"], records)
+            return cls(data["profile"], data["generation"], records, data.get("closure"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ManifestError(f"{origin}: not a jailkit manifest ({e}); "
                                 "rebuild the jail") from None
@@ -72,6 +74,24 @@ def read(gen_fd: int, origin: str) -> Manifest:
         raise ManifestError(f"{origin}/{NAME}: {e.strerror}; rebuild the jail") from None
     with os.fdopen(fd) as f:
         return Manifest.loads(f.read(), f"{origin}/{NAME}")
+
+
+def previous_closure(jail_path) -> dict | None:
+    """The closure cache of the jail at `jail_path`, if one is built there (else None)."""
+    from jailkit.jaildir import JailDir
+
+    try:
+        with JailDir(jail_path) as jail:
+            number = jail.current()
+            if number is None:
+                return None
+            gen_fd = jail.open_generation(number)
+            try:
+                return read(gen_fd, str(jail_path)).closure
+            finally:
+                os.close(gen_fd)
+    except (JailkitError, OSError):
+        return None  # no usable previous build: resolve afresh
 
 
 def read_json(gen_fd: int, name: str) -> dict | None:

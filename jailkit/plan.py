@@ -63,6 +63,7 @@ class Plan:
     launch: dict
     state_dirs: dict[str, int] = field(default_factory=dict)  # DIR/state subdir -> mode
     notes: list[str] = field(default_factory=list)
+    closure: dict = field(default_factory=dict)  # kept in the manifest for the next build
 
     def summary(self) -> dict:
         counts = {"dir": 0, "file": 0, "symlink": 0}
@@ -230,7 +231,29 @@ def expand(patterns, what: str) -> list[str]:
     return out
 
 
-def _closure_files(profile: Profile) -> list[str]:
+LD_CACHE = "/etc/ld.so.cache"
+
+
+def _identity(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dict]:
+    """Host files the profile's binaries and libraries need, and the cache record to keep.
+
+    The closure is reused from `cache` (the previous build's record) when the profile names the
+    same inputs and no file it consulted (nor ld.so.cache) changed size, mtime or inode: a
+    rebuild then parses no ELF file."""
+    key = [*profile.binaries, *profile.libraries,
+           *expand([p for p in (*profile.binaries, *profile.libraries) if "*" in p], "globs")]
+    if cache and cache.get("key") == key and all(
+            _identity(path) == identity for path, identity in cache["stats"].items()):
+        return cache["files"], cache
+
     from jailkit.closure import find_library, resolve
 
     inputs = expand(profile.binaries, "binaries")
@@ -250,7 +273,9 @@ def _closure_files(profile: Profile) -> list[str]:
             users = ", ".join(result.needed_by.get(name, [])) or path
             raise PlanError(f"{users} needs {name}: not found on this host")
         files.extend(result.files)
-    return list(dict.fromkeys(files))
+    files = list(dict.fromkeys(files))
+    stats = {path: _identity(path) for path in (LD_CACHE, *files)}
+    return files, {"key": key, "files": files, "stats": stats}
 
 
 def _account_files(planner: _Planner, profile: Profile) -> None:
@@ -329,13 +354,15 @@ def _depth_first(path: str) -> list[str]:
     return path.split("/")
 
 
-def make_plan(profile: Profile) -> Plan:
-    """Everything the jail for `profile` will hold, and how it will be launched."""
+def make_plan(profile: Profile, closure_cache: dict | None = None) -> Plan:
+    """Everything the jail for `profile` will hold, and how it will be launched.
+    `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed."""
     from jailkit.templates import render
 
     planner = _Planner(profile)
     planner.add(Entry("/", "dir"))
-    for path in _closure_files(profile):
+    closure_files, closure = _closure_files(profile, closure_cache)
+    for path in closure_files:
         planner.host_path(path)
     for path in expand(profile.files, "files"):
         planner.host_path(path, walk=True)
@@ -364,4 +391,5 @@ def make_plan(profile: Profile) -> Plan:
     state_dirs = {w.path.lstrip("/"): w.mode
                   for w in profile.writable.values() if w.kind == "state"}
     entries = {path: planner.entries[path] for path in sorted(planner.entries, key=_depth_first)}
-    return Plan(profile.name, entries, _launch(profile, planner), state_dirs, planner.notes)
+    return Plan(profile.name, entries, _launch(profile, planner), state_dirs, planner.notes,
+                closure)

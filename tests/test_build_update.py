@@ -1,0 +1,86 @@
+"""Rebuilds and `jailkit update`: only what changed is redone, state is kept, modes are reset."""
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+from conftest import jailkit_env, run_jailkit
+
+
+def jailkit_ok(*args):
+    result = run_jailkit(*args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_noop_rebuild_copies_nothing_and_reads_no_file_contents(tmp_path):
+    jail = tmp_path / "jail"
+    jailkit_ok("build", "shell", "--root", jail)
+    log = tmp_path / "strace.log"
+    result = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", log,
+         sys.executable, "-m", "jailkit", "build", "shell", "--root", jail, "--json"],
+        capture_output=True, text=True, env=jailkit_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert not summary["changed"] and summary["copied"] == 0 and summary["linked"] == 0
+    assert sorted(os.listdir(jail)) == ["current", "gen-1", "lock"]
+    manifest = json.loads((jail / "current/manifest.json").read_text())
+    sources = {e["source"] for e in manifest["entries"] if e["source"]}
+    opened = set()
+    for line in log.read_text().splitlines():
+        match = re.search(r'open(?:at)?\((?:[A-Z0-9_]+|\d+), "([^"]+)", ([A-Z_|]+)', line)
+        if match and "O_DIRECTORY" not in match.group(2) and "= -1" not in line:
+            opened.add(match.group(1))
+    assert sources, "the manifest names its host sources"
+    assert not opened & sources, "a no-op rebuild opened host files it copies"
+    assert not {p for p in opened if "/gen-1/root/" in p or p.startswith(str(jail / "gen-1/root"))}
+    assert "manifest.json" in opened  # it decided from the manifest, relative to the gen dir fd
+
+
+def test_update_keeps_state_and_reports_profile_edits(tmp_path):
+    profile = tmp_path / "svc.toml"
+    profile.write_text('extends = ["shell"]\n[writable."/var/lib/svc"]\nkind = "state"\n'
+                       'mode = "0700"\n')
+    jail = tmp_path / "jail"
+    jailkit_ok("build", profile, "--root", jail)
+    (jail / "state/var/lib/svc/data.db").write_text("written by the service\n")
+    profile.write_text(profile.read_text().replace('extends = ["shell"]',
+                                                   'extends = ["shell"]\nbinaries = ["/bin/nl"]'))
+    result = jailkit_ok("update", profile, "--root", jail)
+    assert "added    /usr/bin/nl" in result.stdout
+    assert re.search(r"gen-2 in .*: 1 files copied, \d+ unchanged, 1 added, 0 updated, 0 removed",
+                     result.stdout)
+    assert (jail / "state/var/lib/svc/data.db").read_text() == "written by the service\n"
+    assert stat.S_IMODE((jail / "state/var/lib/svc").stat().st_mode) == 0o700
+    profile.write_text(profile.read_text().replace('binaries = ["/bin/nl"]', ""))
+    result = jailkit_ok("update", profile, "--root", jail)
+    assert "removed  /usr/bin/nl" in result.stdout
+    assert not (jail / "current/root/usr/bin/nl").exists()
+    assert (jail / "state/var/lib/svc/data.db").exists()
+
+
+def test_update_resets_modes_and_unchanged_files_are_hard_links(tmp_path):
+    jail = tmp_path / "jail"
+    jailkit_ok("build", "shell", "--root", jail)
+    old_root = jail / "gen-1/root"
+    os.chmod(old_root / "usr/bin/ls", 0o4777)
+    dash_inode = (old_root / "usr/bin/dash").stat().st_ino
+    result = jailkit_ok("update", "shell", "--root", jail, "--json")
+    out = json.loads(result.stdout)
+    assert out["updated"] == [{"path": "/usr/bin/ls",
+                               "reason": "mode 4777 in the jail, reset to 0755"}]
+    assert out["copied"] == 1 and out["linked"] == out["files"] - 1
+    new_root = jail / "current/root"
+    assert stat.S_IMODE((new_root / "usr/bin/ls").stat().st_mode) == 0o755
+    assert (new_root / "usr/bin/dash").stat().st_ino == dash_inode
+    assert run_jailkit("check", "shell", "--root", jail).returncode == 0
+
+
+def test_update_without_a_jail_is_an_error(tmp_path):
+    result = run_jailkit("update", "shell", "--root", tmp_path / "none")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"jailkit: no jail at {tmp_path}/none")

@@ -1,4 +1,4 @@
-"""`jailkit check`: every byte is hashed; tampering, strays, setuid, world-writable, stale sources."""
+"""`jailkit check`: every byte hashed; tampering, strays, setuid, world-writable, stale sources."""
 
 import json
 import os
@@ -89,7 +89,8 @@ def test_stale_host_source_is_reported_and_update_fixes_it(tmp_path):
     assert result.returncode == 1
     assert json.loads(result.stdout) == [{
         "kind": "stale", "path": f"{host}/data.txt",
-        "detail": f"host source {host}/data.txt changed since the build: `jailkit update` the jail"}]
+        "detail": f"host source {host}/data.txt changed since the build: "
+                  "`jailkit update` the jail"}]
     result = run_jailkit("update", profile, "--root", jail)
     assert result.returncode == 0, result.stderr
     assert f"updated  {host}/data.txt: host file changed" in result.stdout

@@ -37,6 +37,14 @@ LOADERS = {
 GLIBC_LOADERS = {os.path.realpath(p) for p in LOADERS.values()}
 # The loader itself in a library list: printed under its own name, so compared by this key.
 RTLD = "<ld.so>"
+
+
+def file_key(name: str, real: str | None) -> str:
+    """A found name with a slash is a file: the loader prints it with $ORIGIN etc. expanded,
+    jailkit as written in DT_NEEDED, so both are compared by the file they name."""
+    return f"<file {real}>" if "/" in name and real is not None else name
+
+
 TIMEOUT = 20
 
 PT_INTERP = 3
@@ -250,7 +258,9 @@ def loader_view(
             view.libs.append((name, None))
             continue
         real = os.path.realpath(os.path.join(cwd or os.getcwd(), found or name))
-        view.libs.append((RTLD if name == rtld_name and real == rtld_real else name, real))
+        view.libs.append(
+            (RTLD if name == rtld_name and real == rtld_real else file_key(name, real), real)
+        )
     if proc.returncode != 0:
         err = _LOAD_ERROR.search(proc.stderr)
         if err:
@@ -273,7 +283,8 @@ def normalize_jailkit(entry: dict, rtld: str | None, cwd: str | None = None) -> 
     for lib in entry.get("libs") or []:
         path = lib.get("path")
         real = os.path.realpath(os.path.join(base, path)) if path else None
-        libs.append((RTLD if real is not None and real == rtld_real else lib.get("name"), real))
+        key = RTLD if real is not None and real == rtld_real else file_key(lib.get("name"), real)
+        libs.append((key, real))
     interp = entry.get("interp")
     return LoaderView(
         interp=os.path.realpath(os.path.join(base, interp)) if interp else None,

@@ -20,6 +20,7 @@ from loader_truth import (
     RTLD,
     LoaderView,
     differences,
+    file_key,
     loader_view,
     normalize_jailkit,
     rtld_for,
@@ -248,12 +249,30 @@ def test_origin_of_symlinked_program_is_its_real_directory(build):
     assert found(truth, "libapp.so") == str(root / "app/lib/libapp.so")
 
 
+TOKEN_DIRS = [
+    "lib",
+    "lib64",
+    "lib32",
+    "lib/x86_64-linux-gnu",
+    "lib/i386-linux-gnu",
+    "x86_64",
+    "haswell",
+    "xeon_phi",
+    "i386",
+    "i486",
+    "i586",
+    "i686",
+]
+
+
+@pytest.mark.parametrize("bits", [64, 32])
 @pytest.mark.parametrize("token", ["$LIB", "${LIB}", "$PLATFORM", "${PLATFORM}"])
-def test_lib_and_platform_tokens(build, token):
-    candidates = ["lib", "lib64", "lib/x86_64-linux-gnu", "x86_64", "haswell", "xeon_phi", "i686"]
-    for sub in candidates:
-        build.lib(f"t/{sub}/libtok.so")
-    prog = build.exe("t/prog", build.root / "t/lib/libtok.so", flags=[runpath(f"$ORIGIN/{token}")])
+def test_lib_and_platform_tokens(build, token, bits):
+    flags = ["-m32"] if bits == 32 else []
+    for sub in TOKEN_DIRS:
+        build.lib(f"t/{sub}/libtok.so", flags=flags)
+    lib = build.root / "t/lib/libtok.so"
+    prog = build.exe("t/prog", lib, flags=[*flags, runpath(f"$ORIGIN/{token}")])
     truth, _, _ = check(prog)
     hit = found(truth, "libtok.so")
     assert hit and hit.startswith(str(build.root / "t")), truth.libs
@@ -263,7 +282,7 @@ def test_needed_with_absolute_path(build):
     lib = build.lib("abs/libabs.so", soname=None)
     prog = build.exe("prog", lib)
     truth, _, _ = check(prog)
-    assert found(truth, str(lib)) == str(lib)
+    assert found(truth, file_key(str(lib), str(lib))) == str(lib)
 
 
 def test_needed_with_relative_path_is_relative_to_cwd(build):
@@ -271,12 +290,72 @@ def test_needed_with_relative_path_is_relative_to_cwd(build):
     build.lib("rel/librel.so", soname=None)
     prog = build.exe("prog", "rel/librel.so", cwd=root)  # DT_NEEDED is "rel/librel.so"
     truth, _, _ = check(prog, cwd=root)
-    assert found(truth, "rel/librel.so") == str(root / "rel/librel.so")
+    librel = str(root / "rel/librel.so")
+    assert found(truth, file_key("rel/librel.so", librel)) == librel
     elsewhere = root / "elsewhere"
     elsewhere.mkdir()
     truth, _, proc = check(prog, cwd=elsewhere)
     assert truth.missing == ["rel/librel.so"]
     assert "rel/librel.so" in proc.stderr
+
+
+def test_origin_in_a_needed_name(build):
+    # A DT_NEEDED of "$ORIGIN/sub/libin.so" (the dependency's SONAME) is expanded like a path.
+    lib = build.lib("app/sub/libin.so", soname="$ORIGIN/sub/libin.so")
+    prog = build.exe("app/prog", lib)
+    truth, entry, _ = check(prog)
+    assert [path for _, path in truth.libs if path and path.endswith("libin.so")] == [str(lib)]
+    assert {"name": "$ORIGIN/sub/libin.so", "path": str(lib)} in entry["libs"]
+
+
+def test_empty_and_relative_rpath_elements_are_relative_to_cwd(build):
+    root = build.root
+    lib = build.lib("rel/librp.so")
+    prog = build.exe("prog", lib, flags=["-Wl,--disable-new-dtags,-rpath,nowhere::rel"])
+    truth, _, _ = check(prog, cwd=root / "rel")  # found through the empty element
+    assert found(truth, "librp.so") == str(lib)
+    truth, _, _ = check(prog, cwd=root)  # found through "rel"
+    assert found(truth, "librp.so") == str(lib)
+
+
+def test_origin_in_library_path_is_the_programs(build):
+    lib = build.lib("app/lib/liblp.so")
+    prog = build.exe("app/prog", lib)
+    truth, _, _ = check(prog, library_path="$ORIGIN/lib")
+    assert found(truth, "liblp.so") == str(lib)
+
+
+def test_same_file_under_two_names_is_one_object(build):
+    # libtwo.so is a symlink to libone.so in another directory: the loader finds the same inode
+    # and maps it once.
+    one = build.lib("a/libone.so")
+    two = build.lib("b/libtwo.so")
+    prog = build.exe("prog", one, two, flags=[rpath("$ORIGIN/a", "$ORIGIN/b")])
+    two.unlink()
+    two.symlink_to(one)
+    truth, _, _ = check(prog)
+    assert found(truth, "libone.so") == str(one)
+    assert "libtwo.so" not in dict(truth.libs)
+
+
+def test_directory_where_a_library_is_expected(build):
+    (build.root / "d/libdir.so").mkdir(parents=True)
+    good = build.lib("e/libdir.so")
+    prog = build.exe("prog", good, flags=[rpath(build.root / "d", good.parent)])
+    truth, entry, _ = check(prog)
+    # ld.so has no strerror: it says "Error 21" where jailkit may say "Is a directory".
+    assert truth.error.startswith("cannot read file data: ")
+    assert "cannot read file data" in entry["error"] and "libdir.so" in entry["error"]
+
+
+def test_dependency_cycle(build):
+    # liba needs libb, which needs liba: each is mapped once.
+    build.lib("c/liba.so")
+    libb = build.lib("c/libb.so", build.root / "c/liba.so")
+    liba = build.lib("c/liba.so", libb)
+    prog = build.exe("prog", liba, flags=[rpath(build.root / "c")])
+    truth, _, _ = check(prog)
+    assert found(truth, "libb.so") == str(libb)
 
 
 # -- hwcaps --------------------------------------------------------------------------------

@@ -391,15 +391,33 @@ def test_glibc_hwcaps_falls_back_in_priority_order(build):
 
 
 @pytest.mark.parametrize(
-    "subdirs", [["tls", "x86_64"], ["x86_64"], ["tls"], ["tls/x86_64", "x86_64/x86_64"]]
+    "bits,subdirs",
+    [
+        (64, ["tls", "x86_64"]),
+        (64, ["x86_64"]),
+        (64, ["tls"]),
+        (64, ["tls/x86_64", "x86_64/x86_64"]),
+        (32, ["i686", "sse2", "tls"]),
+        (32, ["sse2"]),
+        (32, ["tls/i686", "i686/sse2"]),
+    ],
 )
-def test_legacy_hwcap_subdirectories(build, subdirs):
+def test_legacy_hwcap_subdirectories(build, bits, subdirs):
+    flags = ["-m32"] if bits == 32 else []
     for sub in subdirs:
-        build.lib(f"h/{sub}/liblegacy.so")
-    base = build.lib("h/liblegacy.so")
-    prog = build.exe("prog", base, flags=[rpath(build.root / "h")])
+        build.lib(f"h/{sub}/liblegacy.so", flags=flags)
+    base = build.lib("h/liblegacy.so", flags=flags)
+    prog = build.exe("prog", base, flags=[*flags, rpath(build.root / "h")])
     truth, _, _ = check(prog)
     assert found(truth, "liblegacy.so") != str(base), "no legacy subdirectory was used"
+
+
+def test_i386_has_no_glibc_hwcaps(build):
+    build.lib("h/glibc-hwcaps/x86-64-v2/libnohw.so", flags=["-m32"])
+    base = build.lib("h/libnohw.so", flags=["-m32"])
+    prog = build.exe("prog", base, flags=["-m32", rpath(build.root / "h")])
+    truth, _, _ = check(prog)
+    assert found(truth, "libnohw.so") == str(base)
 
 
 # -- default directories and their exceptions ----------------------------------------------------

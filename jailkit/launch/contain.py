@@ -61,19 +61,18 @@ def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> No
     sc.unshare(sc.CLONE_NEWCGROUP)
     # 4. Mounts in our private namespace: read-only root, writable dirs, /proc, /dev, /sys.
     _at("mounts")
-    root_fd = None
+    sources = {}
     if plan.idmapped:
-        _, ancillary, _, _ = root_sock.recvmsg(1, 64)
-        root_fd = _received_fd(b"".join(data for _, _, data in ancillary))
-        root_sock.close()
-    mounts.apply(plan.mounts, plan.root, root_fd)
+        sources = _receive_sources(root_sock, [m.options["source"] for m in plan.mounts
+                                               if m.options.get("source")])
+    mounts.apply(plan.mounts, sources)
     # 5. Hostname (uts namespace) and network (host, or our own namespace's lo and eth0).
     _at("hostname and network")
     sc.sethostname(spec.hostname)
     net.setup_inside(spec.network, plan.veth)
     # 6. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped).
     _at("pivot_root")
-    mounts.pivot(plan.root)
+    mounts.pivot()
     # 7. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring.
     _at("new session and keyring")
     os.setsid()
@@ -107,10 +106,15 @@ def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> No
     sc.execveat(reaper_fd, plan.command, spec.env)
 
 
-def _received_fd(fds: bytes) -> int:
-    if len(fds) < 4:
-        raise JailkitError("did not receive the jail's root mount from the launcher")
-    return int.from_bytes(fds[:4], "little")
+def _receive_sources(sock, paths: list[str]) -> dict[str, int]:
+    """The launcher's detached mounts (SCM_RIGHTS), one per source path, in order."""
+    _, ancillary, _, _ = sock.recvmsg(1, 4 * len(paths) + 64)
+    sock.close()
+    raw = b"".join(data for _, _, data in ancillary)
+    if len(raw) != 4 * len(paths):
+        raise JailkitError("did not receive the jail's mounts from the launcher")
+    fds = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
+    return dict(zip(paths, fds, strict=True))
 
 
 def run_child(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> None:

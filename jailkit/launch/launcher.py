@@ -84,9 +84,11 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         userns.write(pid, plan.maps)
         cgroup.attach(plan.cgroups, pid)
         if plan.idmapped:
-            root_fd = mounts.idmapped_root(plan.root, pid)
-            socks[0].sendmsg([b"r"], [(SOL_SOCKET, SCM_RIGHTS, root_fd.to_bytes(4, "little"))])
-            os.close(root_fd)
+            fds = mounts.detached_sources(plan.mounts, plan.maps, pid)
+            raw = b"".join(fd.to_bytes(4, "little") for fd in fds)
+            socks[0].sendmsg([b"m"], [(SOL_SOCKET, SCM_RIGHTS, raw)])
+            for fd in fds:
+                os.close(fd)
             socks[0].close()
             socks[1].close()
         if plan.veth:

@@ -1,9 +1,12 @@
 """The jail's mount table: planned as data in the launcher, applied by the jail's pid 1.
 
 Everything happens inside the jail's own mount namespace, made private first, so nothing here
-can appear on the host; the host's root is detached after pivot_root. Mount targets are checked
-component by component for symlinks, so a link inside the jail can never point a mount at a
-host path.
+can appear on the host; the host's root is detached after pivot_root. The jail's pid 1 runs
+as the jail's (unprivileged) root and may not be allowed to walk the host path to the jail, so
+a root launcher hands it detached mounts of the tree and the state directories
+(`detached_sources`); it attaches the tree on a staging tmpfs and works from inside it (its
+cwd). Every mount target is checked component by component for symlinks, so a link inside the
+jail can never point a mount at a host path.
 """
 
 import os
@@ -42,9 +45,8 @@ def plan(spec, host_root: str, state_dir: str, pts_gid: int | None) -> list[Moun
             ops.append(Mount("tmpfs", w.path, data=data, create=create))
             made.append(w.path)
         else:
-            ops.append(
-                Mount("bind", w.path, source=os.path.join(state_dir, w.source), create=create)
-            )
+            source = os.path.join(state_dir, w.source)
+            ops.append(Mount("bind", w.path, source=source, create=create, uid=w.uid, gid=w.gid))
     if spec.mount_proc:
         ops.append(Mount("proc", "/proc"))
     if spec.devices:
@@ -54,9 +56,44 @@ def plan(spec, host_root: str, state_dir: str, pts_gid: int | None) -> list[Moun
     return ops
 
 
-def _target(root: str, path: str, create: bool = False) -> str:
-    """Host path of jail `path`, refusing any symlink on the way (it could lead out of the jail)."""
-    current = root
+def detached_sources(ops: list[Mount], maps, userns_pid: int) -> list[int]:
+    """As root, in the launcher: a detached mount for each op with a host source, in order.
+
+    The jail's pid 1 attaches them in its own namespace; it runs as the jail's unprivileged root
+    and may not be allowed to walk the host path to the jail. The tree is idmapped (its on-disk
+    ids read as the jail's) and read-only; a state directory is not idmapped (the jail's root
+    could create setuid-root files through it) but owned by the jail's mapped ids instead.
+    """
+    fds = []
+    try:
+        for op in ops:
+            source = op.options.get("source")
+            if source is None:
+                continue
+            if op.kind == "root":
+                fds.append(idmapped_root(source, userns_pid))
+                continue
+            if not os.path.isdir(source) or os.path.islink(source):
+                raise JailkitError(f"state directory {source} is missing: rebuild the jail")
+            os.chown(source, maps.host_uid(op.options["uid"]), maps.host_gid(op.options["gid"]),
+                     follow_symlinks=False)
+            fd = sc.open_tree(source, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
+            fds.append(fd)
+            sc.mount_setattr(fd, 0, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+STAGING = "/tmp/.jailkit-root"  # in the jail's own namespace, on a private tmpfs
+
+
+def _target(path: str, create: bool = False) -> str:
+    """Jail `path` relative to the new root (the cwd), refusing any symlink on the way: it
+    could lead out of the jail."""
+    current = "."
     for part in path.strip("/").split("/"):
         current = f"{current}/{part}"
         try:
@@ -66,7 +103,7 @@ def _target(root: str, path: str, create: bool = False) -> str:
             is_link = exists = False
         if is_link:
             raise JailkitError(
-                f"{path}: {current[len(root):]} is a symlink in the jail; mount points must be "
+                f"{path}: {current[1:]} is a symlink in the jail; mount points must be "
                 "real directories (name the link's target in the profile instead)"
             )
         if not exists:
@@ -107,32 +144,43 @@ def idmapped_root(host_root: str, userns_pid: int) -> int:
     return fd
 
 
-def _root(root: str, op: Mount, root_fd: int | None) -> None:
-    if root_fd is not None:
-        sc.move_mount(root_fd, root)
-        os.close(root_fd)
-        return
-    # pivot_root needs the new root to be a mount point: bind it onto itself.
-    sc.mount(root, root, None, sc.MS_BIND)
-    _remount(root, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
+def _root(op: Mount, fds: dict[str, int]) -> None:
+    """Attach the jail tree (read-only, nosuid, nodev) on a staging tmpfs and move into it:
+    pivot_root needs the new root to be a mount point."""
+    fd = fds.get(op.options["source"])
+    if fd is None:  # an ordinary user's launch: the tree as it is on disk
+        fd = sc.open_tree(op.options["source"], sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
+        attrs = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+        sc.mount_setattr(fd, 0, attrs)
+    staging = os.path.dirname(STAGING)
+    sc.mount("tmpfs", staging, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=700,size=16k")
+    os.mkdir(STAGING, 0o700)
+    sc.move_mount(fd, STAGING)
+    os.close(fd)
+    os.chdir(STAGING)
 
 
-def _tmpfs(root: str, op: Mount) -> None:
-    target = _target(root, op.path, op.options["create"])
+def _tmpfs(op: Mount, fds: dict[str, int]) -> None:
+    target = _target(op.path, op.options["create"])
     sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS, op.options["data"])
 
 
-def _bind(root: str, op: Mount) -> None:
-    target = _target(root, op.path, op.options["create"])
+def _bind(op: Mount, fds: dict[str, int]) -> None:
+    target = _target(op.path, op.options["create"])
+    fd = fds.get(op.options["source"])
+    if fd is not None:
+        sc.move_mount(fd, target)
+        os.close(fd)
+        return
     source = op.options["source"]
     if not os.path.isdir(source) or os.path.islink(source):
-        raise JailkitError(f"writable {op.path}: state directory {source} is missing")
+        raise JailkitError(f"state directory {source} is missing: rebuild the jail")
     sc.mount(source, target, None, sc.MS_BIND)
     _remount(target, sc.MS_NOSUID | sc.MS_NODEV)
 
 
-def _proc(root: str, op: Mount) -> None:
-    target = _target(root, op.path)
+def _proc(op: Mount, fds: dict[str, int]) -> None:
+    target = _target(op.path)
     sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for name in PROC_READ_ONLY:
         path = f"{target}/{name}"
@@ -141,9 +189,9 @@ def _proc(root: str, op: Mount) -> None:
             _remount(path, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
 
 
-def _dev(root: str, op: Mount) -> None:
+def _dev(op: Mount, fds: dict[str, int]) -> None:
     """A tmpfs /dev holding binds of the host's nodes (mknod is refused in a user namespace)."""
-    target = _target(root, op.path)
+    target = _target(op.path)
     sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=755,size=64k")
     for name in op.options["devices"]:
         node = f"{target}/{name}"
@@ -163,9 +211,9 @@ def _dev(root: str, op: Mount) -> None:
     _remount(target, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
 
 
-def _sys(root: str, op: Mount) -> None:
+def _sys(op: Mount, fds: dict[str, int]) -> None:
     """The host's /sys, read-only all the way down (a fresh sysfs would need our own netns)."""
-    target = _target(root, op.path)
+    target = _target(op.path)
     fd = sc.open_tree("/sys", sc.OPEN_TREE_CLONE | sc.AT_RECURSIVE | os.O_CLOEXEC)
     try:
         attrs = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
@@ -175,25 +223,23 @@ def _sys(root: str, op: Mount) -> None:
         os.close(fd)
 
 
-_APPLY = {"tmpfs": _tmpfs, "bind": _bind, "proc": _proc, "dev": _dev, "sys": _sys}
+_APPLY = {"root": _root, "tmpfs": _tmpfs, "bind": _bind, "proc": _proc, "dev": _dev, "sys": _sys}
 
 
-def apply(ops: list[Mount], root: str, root_fd: int | None) -> None:
-    """Set up the jail under host path `root` in this (new, private) mount namespace."""
+def apply(ops: list[Mount], fds: dict[str, int]) -> None:
+    """Set up the jail in this (new, private) mount namespace; leaves the cwd at its root.
+    `fds`: the launcher's detached_sources, by source path (empty for an ordinary user's)."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing propagates back to the host
     for op in ops:
         try:
-            if op.kind == "root":
-                _root(root, op, root_fd)
-            else:
-                _APPLY[op.kind](root, op)
+            _APPLY[op.kind](op, fds)
         except OSError as e:
             raise JailkitError(f"cannot mount {op.kind} on {op.path} in the jail: {e}") from None
 
 
-def pivot(root: str) -> None:
-    """Make `root` the root and detach the host's: unlike chroot, there is no way back up."""
-    os.chdir(root)
+def pivot() -> None:
+    """Make the cwd (the jail's root mount) the root and detach the host's: unlike chroot,
+    there is no way back up."""
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")

@@ -148,6 +148,27 @@ def test_fuzzed_program_headers(tmp_path, sample):
     check_damaged(paths)
 
 
+def test_dynamic_segment_is_found_by_its_address(tmp_path, sample):
+    # The loader reads the dynamic section from memory (PT_DYNAMIC's p_vaddr in a PT_LOAD), never
+    # at p_offset: a wrong p_offset changes nothing for it, and must not make jailkit read
+    # something else as the dynamic section.
+    phoff, phentsize, phnum = phdr_table(sample)
+    (entry,) = [
+        phoff + i * phentsize
+        for i in range(phnum)
+        if struct.unpack_from("<I", sample, phoff + i * phentsize)[0] == 2
+    ]
+    paths = []
+    for value in (0, 64, len(sample) - 16, 2**63):
+        data = bytearray(sample)
+        struct.pack_into("<Q", data, entry + 8, value)
+        path = tmp_path / f"dynoffset{value}"
+        path.write_bytes(bytes(data))
+        path.chmod(0o755)
+        paths.append(path)
+    check_damaged(paths)
+
+
 def test_fuzzed_dynamic_sections(tmp_path, sample):
     offset, size = dynamic_segment(sample)
     rng = random.Random(11)

@@ -530,6 +530,19 @@ def test_i386_program(build):
     assert found(truth, "libc.so.6") == real("/lib32/libc.so.6")
 
 
+def test_i386_skips_cache_entries_of_the_other_abi(build):
+    # /etc/ld.so.cache has an x86-64 libz.so.1 but no i386 one: an i386 program must not get it.
+    stub = build._gcc(
+        build.root / "stub/libz.so.1",
+        "int g(void){return 1;}\n",
+        ["-m32", "-shared", "-fPIC", "-Wl,-soname,libz.so.1"],
+    )
+    prog = build._gcc(build.root / "prog32", "int main(void){return 0;}\n", ["-m32", stub])
+    stub.unlink()
+    truth, _, _ = check(prog)
+    assert found(truth, "libz.so.1") in (None, real("/usr/lib32/libz.so.1"))
+
+
 def write_script(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o755)

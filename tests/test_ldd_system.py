@@ -74,8 +74,10 @@ def test_every_executable_matches_the_loader(directory):
     )
 
 
-def test_every_library_matches_the_loader():
-    files = libraries("/usr/lib/x86_64-linux-gnu")
+# /usr/lib32 (Debian's libc6-i386, from gcc-multilib) runs the same rules through the i386 loader.
+@pytest.mark.parametrize("directory", ["/usr/lib/x86_64-linux-gnu", "/usr/lib32"])
+def test_every_library_matches_the_loader(directory):
+    files = libraries(directory)
     problems = compare(files)
     assert not problems, f"{len(problems)} differences over {len(files)} files:\n" + "\n".join(
         problems

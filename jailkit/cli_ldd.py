@@ -7,7 +7,7 @@ import click
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.argument("files", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object keyed by each FILE.")
 @click.option("--tree", is_flag=True, help="Show which object needs which library.")
 @click.option(

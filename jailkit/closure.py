@@ -121,7 +121,7 @@ class Resolver:
             raise LoadError(f"{path}: too many levels of `#!` interpreters")
         program, argument = interpreter
         if not os.path.isabs(program):
-            program = os.path.abspath(program)
+            program = unnormalized_absolute(program)
         result.scripts.append(program)
         self._resolve_program(program, result, depth + 1)
         # `#!/usr/bin/env NAME` runs NAME from PATH: the jail needs it too.
@@ -148,7 +148,7 @@ class Resolver:
             result.interp = result.interp or info.interp
         # As executed, $ORIGIN of the program is the directory of its real path (the kernel
         # passes the resolved file); a library given alone is loaded as `ld.so FILE` does.
-        where = os.path.realpath(path) if executed else os.path.abspath(path)
+        where = os.path.realpath(path) if executed else unnormalized_absolute(path)
         main = LoadedObject(path, info, {path}, None, os.path.dirname(where))
         link_map = [main]
         interp_path = info.interp or rules.interp
@@ -166,7 +166,9 @@ class Resolver:
 
     def _map_dependencies(self, main, link_map, rules, result) -> None:
         queue = deque([main])
-        seen_libs = {(lib.name, lib.path) for lib in result.libs}
+        # The loader lists each object once, under the name that first loaded it, and each
+        # missing name where it was first needed.
+        listed = {lib.path or lib.name for lib in result.libs}
         while queue:
             requester = queue.popleft()
             for name in requester.info.needed:
@@ -180,11 +182,14 @@ class Resolver:
                 if obj is None:
                     if name not in result.missing:
                         result.missing.append(name)
+                    if name not in listed:
+                        listed.add(name)
+                        result.libs.append(Lib(name, None))
                     continue
                 if new:
                     queue.append(obj)
-                if obj.info is not main.info and (name, obj.path) not in seen_libs:
-                    seen_libs.add((name, obj.path))
+                if obj.info is not main.info and obj.path not in listed:
+                    listed.add(obj.path)
                     result.libs.append(Lib(name, obj.path))
 
     def _map_object(self, name, requester, main, link_map, rules):
@@ -207,7 +212,7 @@ class Resolver:
             if (obj.info.dev, obj.info.ino) == (info.dev, info.ino):
                 obj.names.add(name)
                 return obj, False
-        directory = os.path.dirname(os.path.abspath(path))
+        directory = os.path.dirname(unnormalized_absolute(path))
         obj = LoadedObject(path, info, {name}, requester, directory)
         link_map.append(obj)
         return obj, True
@@ -316,6 +321,11 @@ def read_shebang(path: str) -> tuple[str, str] | None:
         raise ElfError(f"{path}: `#!` line names no interpreter")
     program, _, argument = line.replace(b"\t", b" ").partition(b" ")
     return os.fsdecode(program), os.fsdecode(argument.strip())
+
+
+def unnormalized_absolute(path: str) -> str:
+    """An absolute path as the loader makes one: the cwd prefixed, `..` kept (it is physical)."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
 def find_in_path(name: str) -> str | None:

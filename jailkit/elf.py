@@ -201,11 +201,13 @@ class ElfReader:
         return data[:end].decode("utf-8", "surrogateescape")
 
     def _read_dynamic(self, fd, path, structs, phdr, loads, size, info, struct_parse) -> None:
+        # The loader reads the dynamic array where PT_DYNAMIC's address is mapped, not at p_offset.
         entry_size = structs.Elf_Dyn.sizeof()
+        offset = self._vaddr_to_offset(path, phdr["p_vaddr"], loads)
         count = min(phdr["p_filesz"] // entry_size, MAX_DYNAMIC_ENTRIES)
-        if phdr["p_offset"] + count * entry_size > size:
+        if offset + count * entry_size > size:
             raise ElfError(f"{path}: dynamic segment lies beyond the end of the file")
-        raw = os.pread(fd, count * entry_size, phdr["p_offset"])
+        raw = os.pread(fd, count * entry_size, offset)
         strtab = None
         needed_offsets: list[int] = []
         named: dict[str, int] = {}

@@ -136,6 +136,8 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the jails are compared as root launches them)")
+    # as installed (.ci/setup): the launch path from bytecode, even under PYTHONDONTWRITEBYTECODE
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "jailkit")], check=True)
     with tempfile.TemporaryDirectory(prefix="bench-launch-") as tmp:
         jail = Path(tmp) / "shell"
         subprocess.run([*JAILKIT, "build", "shell", "--root", str(jail)], check=True,

@@ -16,7 +16,6 @@ import os
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from jailkit import manifest
 from jailkit.errors import JailkitError
@@ -35,16 +34,19 @@ class ApplyError(JailkitError):
     """The plan could not be written to disk."""
 
 
-@dataclass
 class Result:
-    generation: int  # the generation DIR/current points to afterwards
-    changed: bool  # False: the jail already matched the plan, nothing was written
-    copied: int = 0  # files copied from the host (or written from generated content)
-    linked: int = 0  # unchanged files hard-linked from the previous generation
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    updated: list[tuple[str, str]] = field(default_factory=list)  # (path, why it was redone)
-    launch_changed: bool = False
+    """What a build did: the generation DIR/current points to afterwards; `changed` False when the
+    jail already matched the plan; files copied (or written) and hard-linked from the previous
+    generation; paths added, removed and redone (with why)."""
+
+    def __init__(self, generation: int, changed: bool, removed: list[str], launch_changed: bool):
+        self.generation = generation
+        self.changed = changed
+        self.copied = self.linked = 0
+        self.added: list[str] = []
+        self.removed = removed
+        self.updated: list[tuple[str, str]] = []
+        self.launch_changed = launch_changed
 
     def to_dict(self) -> dict:
         return {"generation": self.generation, "changed": self.changed, "copied": self.copied,
@@ -242,8 +244,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _previous(jail: JailDir, number: int | None):
-    """(manifest, tree lstat snapshot, launch dict, root fd) of generation `number`, or Nones."""
+def _previous(jail: JailDir, number: int | None, known: Manifest | None):
+    """(manifest, tree lstat snapshot, launch dict, root fd) of generation `number`, or Nones.
+    `known`: its manifest if already read (generation numbers are never reused while current)."""
     if number is None:
         return None, {}, None, None
     try:
@@ -252,7 +255,8 @@ def _previous(jail: JailDir, number: int | None):
         return None, {}, None, None
     try:
         try:
-            old = manifest.read(gen_fd, f"{jail.path}/gen-{number}")
+            old = known if known and known.generation == number else manifest.read(
+                gen_fd, f"{jail.path}/gen-{number}")
             root_fd = open_dir("root", gen_fd)
         except (JailkitError, OSError):
             return None, {}, None, None  # unreadable: rebuild everything from the host
@@ -261,13 +265,14 @@ def _previous(jail: JailDir, number: int | None):
         os.close(gen_fd)
 
 
-def apply(plan: Plan, jail: JailDir, progress=None) -> Result:
-    """Make `jail` hold exactly `plan`. `progress(n)` is called as entries are done."""
+def apply(plan: Plan, jail: JailDir, progress=None, previous: Manifest | None = None) -> Result:
+    """Make `jail` hold exactly `plan`. `progress(n)` is called as entries are done; `previous`
+    is the current generation's manifest when the caller has read it already."""
     owners = os.geteuid() == 0
     with jail.locked():
         current = jail.current()
         jail.remove_stale(keep={current} if current is not None else set())
-        old, seen, old_launch, old_root_fd = _previous(jail, current)
+        old, seen, old_launch, old_root_fd = _previous(jail, current, previous)
         try:
             records = old.records if old else {}
             reasons = {path: _why_redo(entry, records.get(path), seen.get(path), owners)

@@ -78,13 +78,15 @@ def show(profile, sets, as_json):
 
 
 def _plan(profile, sets, root):
-    from jailkit.manifest import previous_closure
+    """(plan, jail directory, its current manifest or None)."""
+    from jailkit.manifest import previous
     from jailkit.plan import make_plan
     from jailkit.profile import load
 
     loaded = load(profile, _overrides(sets))
     root = _root(root, loaded.name)
-    return make_plan(loaded, previous_closure(root) if root.is_dir() else None), root
+    built = previous(root) if root.is_dir() else None
+    return make_plan(loaded, built.closure if built else None), root, built
 
 
 def _print_plan(plan) -> None:
@@ -103,15 +105,15 @@ def _print_plan(plan) -> None:
         click.echo(f"note: {note}")
 
 
-def _apply(plan, root: Path, quiet: bool, create: bool):
+def _apply(plan, root: Path, built, quiet: bool, create: bool):
     from jailkit.apply import apply
     from jailkit.jaildir import JailDir
 
     with JailDir(root, create=create) as jail:
         if quiet or not sys.stdout.isatty():
-            return apply(plan, jail)
+            return apply(plan, jail, previous=built)
         with click.progressbar(length=len(plan.entries), label=f"building {plan.name}") as bar:
-            return apply(plan, jail, bar.update)
+            return apply(plan, jail, bar.update, built)
 
 
 def _report(result, plan, root: Path, as_json: bool, verbose: bool) -> None:
@@ -146,14 +148,14 @@ def _report(result, plan, root: Path, as_json: bool, verbose: bool) -> None:
 @_one_line_errors
 def build(profile, root, dry_run, sets, as_json):
     """Build the jail for PROFILE (a bundled name or a .toml path) into its jail directory."""
-    plan, root = _plan(profile, sets, root)
+    plan, root, built = _plan(profile, sets, root)
     if dry_run:
         if as_json:
             click.echo(json.dumps({**plan.summary(), "launch": plan.launch}, indent=2))
         else:
             _print_plan(plan)
         return
-    result = _apply(plan, root, as_json, create=True)
+    result = _apply(plan, root, built, as_json, create=True)
     _report(result, plan, root, as_json, verbose=False)
 
 
@@ -168,8 +170,8 @@ def update(profile, root, sets, as_json):
 
     Files whose host source and jail copy are unchanged are kept; DIR/state is never touched.
     """
-    plan, root = _plan(profile, sets, root)
-    result = _apply(plan, root, as_json, create=False)
+    plan, root, built = _plan(profile, sets, root)
+    result = _apply(plan, root, built, as_json, create=False)
     _report(result, plan, root, as_json, verbose=True)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from jailkit.errors import JailkitError
 from jailkit.plan import HostStat
@@ -17,8 +17,7 @@ class ManifestError(JailkitError):
     """A manifest that cannot be read."""
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     path: str
     type: str  # "dir" | "file" | "symlink"
     mode: int  # permission bits, as set in the tree
@@ -34,19 +33,21 @@ class Record:
     file_caps: bool = False
 
 
-@dataclass
 class Manifest:
-    profile: str
-    generation: int
-    records: dict[str, Record]
-    closure: dict | None = None  # jailkit.plan's closure cache record
+    def __init__(self, profile: str, generation: int, records: dict[str, Record],
+                 closure: dict | None = None):
+        self.profile = profile
+        self.generation = generation
+        self.records = records
+        self.closure = closure  # jailkit.plan's closure cache record
 
     def dumps(self) -> str:
         return json.dumps({
             "version": VERSION,
             "profile": self.profile,
             "generation": self.generation,
-            "entries": [asdict(r) for r in self.records.values()],
+            "entries": [r._asdict() | {"host": r.host._asdict() if r.host else None}
+                        for r in self.records.values()],
             "closure": self.closure,
         }, separators=(",", ":"))
 
@@ -76,8 +77,8 @@ def read(gen_fd: int, origin: str) -> Manifest:
         return Manifest.loads(f.read(), f"{origin}/{NAME}")
 
 
-def previous_closure(jail_path) -> dict | None:
-    """The closure cache of the jail at `jail_path`, if one is built there (else None)."""
+def previous(jail_path) -> Manifest | None:
+    """The manifest of the jail built at `jail_path`, if there is one (else None)."""
     from jailkit.jaildir import JailDir
 
     try:
@@ -87,11 +88,11 @@ def previous_closure(jail_path) -> dict | None:
                 return None
             gen_fd = jail.open_generation(number)
             try:
-                return read(gen_fd, str(jail_path)).closure
+                return read(gen_fd, str(jail_path))
             finally:
                 os.close(gen_fd)
     except (JailkitError, OSError):
-        return None  # no usable previous build: resolve afresh
+        return None  # no usable previous build: everything is planned afresh
 
 
 def read_json(gen_fd: int, name: str) -> dict | None:

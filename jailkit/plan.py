@@ -8,7 +8,7 @@ import glob
 import hashlib
 import os
 import stat
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from jailkit.errors import JailkitError
 from jailkit.profile import Profile
@@ -24,8 +24,7 @@ class PlanError(JailkitError):
     """The profile asks for something the host cannot provide or that contradicts itself."""
 
 
-@dataclass(frozen=True)
-class HostStat:
+class HostStat(NamedTuple):
     """Identity of a host file when it was planned: if all four match later, it did not change."""
 
     size: int
@@ -38,8 +37,7 @@ class HostStat:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     path: str  # absolute path inside the jail
     type: str  # "dir" | "file" | "symlink"
     mode: int = 0o755
@@ -56,14 +54,18 @@ class Entry:
         return hashlib.sha256(self.content).hexdigest() if self.content is not None else None
 
 
-@dataclass
 class Plan:
-    name: str
-    entries: dict[str, Entry]  # depth-first: each directory, then what it holds
-    launch: dict
-    state_dirs: dict[str, int] = field(default_factory=dict)  # DIR/state subdir -> mode
-    notes: list[str] = field(default_factory=list)
-    closure: dict = field(default_factory=dict)  # kept in the manifest for the next build
+    """What to build: entries depth-first (each directory, then what it holds), launch.json,
+    DIR/state subdirectories (-> mode), notes for the user, and the closure cache record."""
+
+    def __init__(self, name: str, entries: dict[str, Entry], launch: dict,
+                 state_dirs: dict[str, int], notes: list[str], closure: dict):
+        self.name = name
+        self.entries = entries
+        self.launch = launch
+        self.state_dirs = state_dirs
+        self.notes = notes
+        self.closure = closure
 
     def summary(self) -> dict:
         counts = {"dir": 0, "file": 0, "symlink": 0}
@@ -189,14 +191,17 @@ class _Planner:
     def tree_symlink(self, path: str) -> None:
         """A symlink met inside a copied directory: kept, and what it points to is copied too when
         that is a file (the /etc/ssl/certs hash links); a link to a directory is kept dangling."""
-        real = os.path.realpath(path)
-        if os.path.isfile(real):
-            self.host_path(path)
+        target = os.readlink(path)
+        self.add(Entry(path, "symlink", mode=0o777, target=target))
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # dangling on the host too
+        if stat.S_ISREG(st.st_mode):
+            # the link's own directory is a real one (walked), so the next hop starts there
+            self.host_path(os.path.join(os.path.dirname(path), target))
         else:
-            self.add(Entry(path, "symlink", mode=0o777, target=os.readlink(path)))
-            if not os.path.exists(real):
-                return
-            self.notes.append(f"{path} points to directory {real}, which is not copied")
+            self.notes.append(f"{path} points to a directory, which is not copied")
 
     def excluded(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.profile.exclude)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from jailkit.errors import JailkitError
 
@@ -41,8 +41,7 @@ class ProfileError(JailkitError):
     """A profile that cannot be used as written."""
 
 
-@dataclass(frozen=True)
-class User:
+class User(NamedTuple):
     name: str
     uid: int
     gid: int
@@ -52,15 +51,13 @@ class User:
     password: str | None = None  # a crypt(3) hash or "!"/"*"; only then an /etc/shadow line
 
 
-@dataclass(frozen=True)
-class Group:
+class Group(NamedTuple):
     name: str
     gid: int
     members: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Directory:
+class Directory(NamedTuple):
     """An empty directory created in the (read-only) tree, with its owner and mode."""
 
     path: str
@@ -69,8 +66,7 @@ class Directory:
     mode: int = 0o755
 
 
-@dataclass(frozen=True)
-class Writable:
+class Writable(NamedTuple):
     """A directory mounted writable at run time: `tmpfs` (empty each start) or `state` (kept)."""
 
     path: str
@@ -81,8 +77,7 @@ class Writable:
     size: str | None = None
 
 
-@dataclass(frozen=True)
-class Template:
+class Template(NamedTuple):
     """A jinja2 template (`source`, relative to the profile that names it, or inline `text`)."""
 
     dest: str
@@ -93,8 +88,7 @@ class Template:
     group: str = "root"
 
 
-@dataclass(frozen=True)
-class Service:
+class Service(NamedTuple):
     command: tuple[str, ...] = ("/bin/sh",)
     workdir: str = "/"
     env: tuple[tuple[str, str], ...] = (("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),)
@@ -114,9 +108,15 @@ class Service:
     pids_max: int | None = None
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     name: str
+    variables: dict
+    users: dict[str, User]
+    groups: dict[str, Group]
+    directories: dict[str, Directory]
+    writable: dict[str, Writable]
+    templates: dict[str, Template]
+    service: Service
     description: str = ""
     sources: tuple[str, ...] = ()  # profile files, bases first
     binaries: tuple[str, ...] = ()
@@ -126,13 +126,6 @@ class Profile:
     keep_setuid: tuple[str, ...] = ()
     keep_file_caps: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
-    variables: dict = field(default_factory=dict)
-    users: dict[str, User] = field(default_factory=dict)
-    groups: dict[str, Group] = field(default_factory=dict)
-    directories: dict[str, Directory] = field(default_factory=dict)
-    writable: dict[str, Writable] = field(default_factory=dict)
-    templates: dict[str, Template] = field(default_factory=dict)
-    service: Service = field(default_factory=Service)
 
 
 # --- locating ------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ Options:
   --set KEY=VALUE        Override a launch.json key (dotted for nested keys, VALUE as
                          JSON or a plain string), e.g. --set user.uid=33
                          --set cgroup.memory_max=64M. Repeatable.
+  --pass-fd N            Let the service inherit open file descriptor N (every other
+                         one but 0-2 is closed). Repeatable.
   --dry-run              Print what would be done, and do nothing.
   -h, --help             Show this message and exit.
 """
@@ -42,11 +44,12 @@ class UsageError(Exception):
 
 
 class Options:
-    __slots__ = ("profile", "root", "sets", "dry_run", "command", "help")
+    __slots__ = ("profile", "root", "sets", "pass_fds", "dry_run", "command", "help")
 
     def __init__(self):
         self.profile = self.root = self.command = None
         self.sets: list[tuple[str, str]] = []
+        self.pass_fds: list[int] = []
         self.dry_run = self.help = False
 
 
@@ -67,13 +70,18 @@ def parse(argv: list[str]) -> Options:
             opts.dry_run = True
             continue
         name, eq, value = arg.partition("=")
-        if name in ("--root", "--net", "--set"):
+        if name in ("--root", "--net", "--set", "--pass-fd"):
             if not eq:
                 if not args:
                     raise UsageError(f"Option '{name}' requires an argument.")
                 value = args.pop(0)
             if name == "--root":
                 opts.root = value
+            elif name == "--pass-fd":
+                if not value.isdigit() or int(value) < 3:
+                    raise UsageError(f"Invalid value for '--pass-fd': {value!r} is not a "
+                                     "descriptor number above 2.")
+                opts.pass_fds.append(int(value))
             elif name == "--net":
                 if value not in NETWORKS:
                     raise UsageError(
@@ -131,7 +139,7 @@ def run(opts: Options) -> int:
     if opts.command:
         raw["command"] = opts.command
     spec = LaunchSpec.from_dict(raw)
-    plan = LaunchPlan(spec, jail.root, jail.state, os.getpid())
+    plan = LaunchPlan(spec, jail.root, jail.state, os.getpid(), opts.pass_fds)
     if opts.dry_run:
         print(plan.describe())
         return 0

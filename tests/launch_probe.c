@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <grp.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -34,6 +35,16 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "ids")) {
 		/* real and effective ids: a setuid file must not change the effective ones */
 		printf("uid %d euid %d gid %d egid %d\n", getuid(), geteuid(), getgid(), getegid());
+		return 0;
+	}
+	if (!strcmp(cmd, "become") && argc == 3) {
+		/* switch to another id of the jail, as a service's master process drops to a worker */
+		int id = atoi(argv[2]);
+		if (setgroups(0, NULL) != 0 || setresgid(id, id, id) != 0 || setresuid(id, id, id) != 0)
+			return report("become", -1);
+		printf("uid %d euid %d gid %d egid %d\n", getuid(), geteuid(), getgid(), getegid());
+		fflush(stdout);
+		pause(); /* until the test has looked at it from the host */
 		return 0;
 	}
 	if (!strcmp(cmd, "chroot-escape") && argc == 3) {
@@ -60,6 +71,8 @@ int main(int argc, char **argv)
 		return report("keyctl", syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3, 0) == -1 ? -1 : 0);
 	if (!strcmp(cmd, "unshare"))
 		return report("unshare", unshare(0x10000000 /* CLONE_NEWUSER */));
+	if (!strcmp(cmd, "write-fd") && argc == 4)
+		return report("write-fd", write(atoi(argv[2]), argv[3], strlen(argv[3])) > 0 ? 0 : -1);
 	if (!strcmp(cmd, "fds")) {
 		/* every open descriptor above stderr */
 		printf("fds");

@@ -245,6 +245,29 @@ def test_jail_root_is_not_host_root(jail):
         stop(proc)
 
 
+def test_several_ids_are_mapped_for_services_that_switch(jail):
+    # nginx's master drops its workers to www-data (33): the id must exist, as a host uid that
+    # is neither root nor the jail's root
+    proc = start(jail, PROBE, "become", "33", sets=['capabilities=["CAP_SETUID", "CAP_SETGID"]'])
+    try:
+        assert proc.stdout.readline().strip() == "uid 33 euid 33 gid 33 egid 33"
+        worker = descendants(proc.pid)[-1]
+        base = host_uid(descendants(proc.pid)[0])  # the reaper runs as the jail's root
+        assert base != 0 and host_uid(worker) == base + 33
+    finally:
+        stop(proc)
+
+
+def test_explicitly_passed_fd_reaches_the_service(jail, tmp_path):
+    out = tmp_path / "out"
+    with open(out, "w") as f:
+        fd = f.fileno()
+        result = run_jailkit("run", "shell", "--root", jail, "--pass-fd", fd, "--",
+                             PROBE, "write-fd", fd, "through\n", pass_fds=[fd])
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == "through\n"
+
+
 def test_smuggled_setuid_binary_gains_nothing(jail):
     root = jail / "current" / "root"
     smuggled = root / "usr/bin/jkprobe-suid"

@@ -94,9 +94,12 @@ def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> No
         os.chdir(spec.workdir)
     except OSError as e:
         raise JailkitError(f"workdir {spec.workdir}: {e.strerror} in the jail") from None
-    # 11. File descriptors: only 0-2 reach the service (the other two are close-on-exec).
+    # 11. File descriptors: only 0-2 and those passed on purpose reach the service (the status
+    #     pipe and the reaper are close-on-exec).
     _at("closing fds")
-    _close_fds({status_fd, reaper_fd})
+    _close_fds({status_fd, reaper_fd, *plan.pass_fds})
+    for fd in plan.pass_fds:
+        os.set_inheritable(fd, True)
     # 12. no_new_privs (setuid files and file caps grant nothing), then seccomp, last.
     _at("no_new_privs and seccomp")
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)

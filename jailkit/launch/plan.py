@@ -20,10 +20,11 @@ def reaper_path() -> str:
 class LaunchPlan:
     __slots__ = (
         "spec", "root", "idmapped", "maps", "clone_flags", "mounts", "cgroups", "veth",
-        "cap_mask", "command", "reaper",
+        "cap_mask", "command", "reaper", "pass_fds",
     )
 
-    def __init__(self, spec: LaunchSpec, root: str, state: str, launcher_pid: int):
+    def __init__(self, spec: LaunchSpec, root: str, state: str, launcher_pid: int,
+                 pass_fds: list[int] = ()):
         self.spec = spec
         self.root = root
         self.maps = userns.plan(spec.uid, spec.gid, spec.groups, spec.uid_count)
@@ -45,6 +46,12 @@ class LaunchPlan:
         self.veth = net.Veth(launcher_pid) if spec.network == "veth" else None
         self.cap_mask = caps.mask(spec.capabilities)
         self.reaper = reaper_path()
+        for fd in pass_fds:
+            try:
+                os.fstat(fd)
+            except OSError:
+                raise JailkitError(f"--pass-fd {fd}: descriptor {fd} is not open") from None
+        self.pass_fds = list(pass_fds)
         self.command = [REAPER_NAME, "init", str(spec.stop_signal), *spec.command]
 
     def describe(self) -> str:
@@ -66,6 +73,7 @@ class LaunchPlan:
             + (f" minus {', '.join(s.seccomp_allow)}" if s.seccomp_allow else ""),
             f"env       {s.env}",
             f"workdir   {s.workdir}",
+            f"fds       0 1 2 {' '.join(map(str, self.pass_fds))}".rstrip(),
             f"command   {s.command} (pid 1: {self.reaper}, stop signal {s.stop_signal})",
         ]
         return "\n".join(lines)

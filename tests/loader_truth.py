@@ -47,6 +47,7 @@ def file_key(name: str, real: str | None) -> str:
 
 TIMEOUT = 20
 
+ET_EXEC = 2
 PT_INTERP = 3
 PT_DYNAMIC = 2
 DT_FLAGS_1 = 0x6FFFFFFB
@@ -62,6 +63,7 @@ class ElfFacts:
 
     elf_class: int
     machine: int
+    e_type: int
     interp: str | None
     pie_flag: bool  # DF_1_PIE: a PIE executable rather than a library (decides static-pie)
 
@@ -107,7 +109,8 @@ def elf_facts(path: str) -> ElfFacts | None:
         interp, pie = _interp_and_pie(path, is64, e_phoff, e_phentsize, e_phnum, ph_fmt, dyn_fmt)
     except (OSError, OverflowError, ValueError):
         return None  # program headers that point nowhere: no facts to rely on
-    return ElfFacts(data[4], machine, interp, pie)
+    e_type = struct.unpack_from("<H", data, 16)[0]
+    return ElfFacts(data[4], machine, e_type, interp, pie)
 
 
 def _interp_and_pie(path, is64, e_phoff, e_phentsize, e_phnum, ph_fmt, dyn_fmt):
@@ -219,9 +222,10 @@ def loader_view(
         return LoaderView(error=f"no loader for class {facts.elf_class} machine {facts.machine}")
     env = loader_env(library_path)
     verify = _run([ldso, "--verify", full], env={}, cwd=cwd, user=user)
-    if verify.returncode == 1 and facts.interp is None:
+    if verify.returncode == 1 and facts.interp is None and facts.e_type == ET_EXEC:
+        # The kernel runs it without any loader; ld.so FILE would crash on its fixed addresses.
         return LoaderView(static=True, how="ld.so --verify")
-    if verify.returncode not in (0, 2):
+    if verify.returncode not in (0, 1, 2):
         return LoaderView(error=f"ld.so --verify exit {verify.returncode}", how="ld.so --verify")
     interp = None
     rtld_name = ldso
@@ -234,7 +238,9 @@ def loader_view(
             return LoaderView(error=f"PT_INTERP {facts.interp} is not a glibc loader")
         rtld_name = facts.interp
     st = os.stat(full)
-    if facts.interp is not None and os.access(full, os.X_OK) and not _secure_exec(full, st):
+    # verify 1: ld.so cannot load it; only the trace through ld.so says why (never exec it).
+    loadable = verify.returncode != 1
+    if loadable and facts.interp and os.access(full, os.X_OK) and not _secure_exec(full, st):
         how = "exec"
         argv = [path if "/" in path else "./" + path]
     else:
@@ -255,7 +261,10 @@ def loader_view(
         if name.startswith("linux-vdso") or name.startswith("linux-gate"):
             continue
         if found == "not found":
-            view.libs.append((name, None))
+            # The loader fakes a map per object needing a missing name (faked maps never match
+            # a later request), so the name repeats; nothing is mapped for any of them.
+            if (name, None) not in view.libs:
+                view.libs.append((name, None))
             continue
         real = os.path.realpath(os.path.join(cwd or os.getcwd(), found or name))
         view.libs.append(
@@ -338,8 +347,9 @@ def differences(path: str, truth: LoaderView, got: LoaderView, missing: list | N
                         f"{path}: {name}: loader says {t.get(name, 'not mapped')}, "
                         f"jailkit says {g.get(name, 'not mapped')}"
                     )
-            if len(g_libs) != len(g):
-                out.append(f"{path}: jailkit lists a name twice: {[n for n, _ in g_libs]}")
+            if len(g_libs) != len(g) or len(t_libs) != len(t):
+                t_names, g_names = [n for n, _ in t_libs], [n for n, _ in g_libs]
+                out.append(f"{path}: a name listed twice: loader {t_names}, jailkit {g_names}")
     if missing is not None and sorted(missing) != sorted(truth.missing):
         out.append(f"{path}: missing: loader says {truth.missing}, jailkit says {missing}")
     return out

@@ -4,7 +4,6 @@ entry.main() sends `jailkit run ...` here directly; the click group only lists t
 (and forwards to `main` if reached another way). Usage errors look like click's and exit 2.
 """
 
-import json
 import os
 import sys
 
@@ -88,7 +87,7 @@ def parse(argv: list[str]) -> Options:
                         f"Invalid value for '--net': {value!r} is not one of "
                         + ", ".join(f"'{n}'" for n in NETWORKS) + "."
                     )
-                opts.sets.append(("network", json.dumps(value)))
+                opts.sets.append(("network", f'"{value}"'))
             else:
                 key, eq2, setting = value.partition("=")
                 if not eq2 or not key:
@@ -112,10 +111,12 @@ def profile_name(profile: str) -> str:
 
 
 def apply_sets(raw: dict, sets: list[tuple[str, str]]) -> dict:
-    raw = json.loads(json.dumps(raw))  # a deep copy
+    """`raw` (changed in place) with each KEY=VALUE set; VALUE is JSON, or else a string."""
+    from jailkit.launch.jsonload import loads
+
     for key, text in sets:
         try:
-            value = json.loads(text)
+            value = loads(text)
         except ValueError:
             value = text
         node = raw

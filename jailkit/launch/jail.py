@@ -5,10 +5,10 @@ shutil: `jailkit run` only needs a readlink, one flock and one JSON file.
 """
 
 import fcntl
-import json
 import os
 
 from jailkit.errors import JailkitError
+from jailkit.launch.jsonload import loads
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -67,6 +67,6 @@ class Jail:
         with open(fd, "rb") as f:
             data = f.read()
         try:
-            return json.loads(data)
-        except ValueError as e:
+            return loads(data.decode())
+        except (ValueError, UnicodeDecodeError) as e:
             raise JailkitError(f"{self.generation}/launch.json is not valid JSON ({e})") from None

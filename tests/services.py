@@ -1,0 +1,124 @@
+"""Running a bundled service profile for real: build its jail, `jailkit run` it in the background,
+wait until its port answers, stop it with SIGTERM and check that nothing is left on the host."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import jailkit_env, run_jailkit
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, picked by the kernel on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build(profile: str, root: Path, *sets: str) -> None:
+    options = [arg for key_value in sets for arg in ("--set", key_value)]
+    result = run_jailkit("build", profile, "--root", root, *options, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every process below `pid` (start time: a reused pid is not it)."""
+    children: dict[int, list[int]] = {}
+    start: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        start[int(entry)] = fields[19]
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = start[child]
+            todo.append(child)
+    return found
+
+
+def alive(pid: int, started: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19] == started
+    except OSError:
+        return False
+
+
+def host_uids(pids) -> set[int]:
+    """Real uids (as the host sees them) of the given processes."""
+    uids = set()
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            uids.update(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+    return uids
+
+
+def mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
+
+
+class Service:
+    """`jailkit run PROFILE --root ROOT` as a subprocess of the test; its output goes to a file."""
+
+    def __init__(self, profile: str, root: Path, log: Path):
+        self.root = root
+        self.log_path = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jailkit", "run", profile, "--root", str(root)],
+            stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env=jailkit_env())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_port(self, port: int, seconds: float = 30) -> None:
+        """Until something accepts connections on 127.0.0.1:port (or the service exits)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.log()}"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"nothing answers on port {port}: {self.log()}")
+
+    def processes(self) -> dict[int, str]:
+        return descendants(self.proc.pid)
+
+    def stop(self) -> int:
+        """SIGTERM to jailkit; its exit status, once it and every process it started are gone."""
+        inside = self.processes()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            status = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"jailkit run ignored SIGTERM: {self.log()}") from None
+        deadline = time.monotonic() + 10
+        while any(alive(p, s) for p, s in inside.items()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p, s in inside.items() if alive(p, s)], "jail processes left running"
+        assert mounts_under(self.root) == [], "mounts left under the jail directory"
+        return status
+
+    def kill(self) -> None:
+        """Cleanup after a failed test: the launcher takes the whole jail with it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

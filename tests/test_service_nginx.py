@@ -1,0 +1,95 @@
+"""The bundled nginx profile, for real: built, run by `jailkit run`, fetched over 127.0.0.1."""
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from services import Service, build, free_port, host_uids
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
+
+
+def jail_uid(pid: int, host_uid: int) -> int:
+    """The uid a process has inside its own user namespace."""
+    with open(f"/proc/{pid}/uid_map") as f:
+        for inside, outside, count in (map(int, line.split()) for line in f):
+            if outside <= host_uid < outside + count:
+                return inside + host_uid - outside
+    raise AssertionError(f"uid {host_uid} is not mapped in the jail of {pid}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A docroot of our own: an extending profile copies it into the jail at the same path."""
+    base = tmp_path_factory.mktemp("nginx")
+    docroot = base / "site"
+    docroot.mkdir(mode=0o755)
+    (docroot / "index.html").write_text("<p>jailed</p>\n")
+    (docroot / "blob.bin").write_bytes(os.urandom(300_000))
+    for path in docroot.iterdir():
+        path.chmod(0o644)
+    profile = base / "mysite.toml"
+    profile.write_text(f'extends = ["nginx"]\nfiles = ["{docroot}"]\n')
+    return base, profile, docroot
+
+
+@pytest.fixture
+def nginx(site):
+    base, profile, docroot = site
+    port = free_port()
+    build(str(profile), base / "jail", f"port={port}", f"docroot={docroot}")
+    service = Service(str(profile), base / "jail", base / "nginx.log")
+    try:
+        service.wait_port(port)
+        yield service, port, docroot
+    finally:
+        service.kill()
+
+
+def get(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_serves_exact_bytes_and_404_then_stops_cleanly(nginx):
+    service, port, docroot = nginx
+    assert get(port, "/blob.bin") == (200, (docroot / "blob.bin").read_bytes())
+    assert get(port, "/") == (200, b"<p>jailed</p>\n")
+    assert get(port, "/missing.html")[0] == 404
+    assert service.stop() == 0, service.log()
+
+
+def test_master_is_jail_root_and_workers_are_www_data(nginx):
+    service, port, _ = nginx
+    get(port, "/")
+    nginxes = {}
+    for pid in service.processes():
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        if cmdline.startswith(b"nginx: "):
+            nginxes[pid] = cmdline
+    masters = [p for p, c in nginxes.items() if c.startswith(b"nginx: master")]
+    workers = [p for p, c in nginxes.items() if c.startswith(b"nginx: worker")]
+    assert len(masters) == 1 and workers, nginxes
+    (master_uid,) = host_uids(masters)
+    assert master_uid != 0  # the jail's root is not the host's
+    assert jail_uid(masters[0], master_uid) == 0
+    assert {jail_uid(p, u) for p in workers for u in host_uids([p])} == {33}
+    assert service.stop() == 0, service.log()
+
+
+def test_ten_seconds_of_wrk_without_errors(nginx):
+    service, port, _ = nginx
+    result = subprocess.run(["wrk", "-t2", "-c32", "-d10s", f"http://127.0.0.1:{port}/blob.bin"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "requests in" in result.stdout
+    assert int(result.stdout.split(" requests in")[0].split()[-1]) > 100, result.stdout
+    assert "Socket errors" not in result.stdout, result.stdout
+    assert "Non-2xx" not in result.stdout, result.stdout
+    assert service.stop() == 0, service.log()

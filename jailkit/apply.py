@@ -8,8 +8,6 @@ no generation is made. A build killed at any point leaves DIR/current on the pre
 next build removes the half-built generation.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os

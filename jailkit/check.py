@@ -5,8 +5,6 @@ every byte. Files are opened through directory descriptors with O_NOFOLLOW, so a
 in the jail is reported, never followed.
 """
 
-from __future__ import annotations
-
 import hashlib
 import os
 import stat

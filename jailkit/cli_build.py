@@ -2,8 +2,8 @@
 
 import functools
 import json
+import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -34,10 +34,10 @@ def _overrides(values) -> dict[str, str]:
     return out
 
 
-def _root(root, name: str) -> Path:
+def _root(root, name: str) -> str:
     from jailkit.jaildir import default_root
 
-    return Path(root) if root else default_root(name)
+    return root or default_root(name)
 
 
 root_option = click.option("--root", type=click.Path(file_okay=False),
@@ -85,7 +85,7 @@ def _plan(profile, sets, root):
 
     loaded = load(profile, _overrides(sets))
     root = _root(root, loaded.name)
-    built = previous(root) if root.is_dir() else None
+    built = previous(root) if os.path.isdir(root) else None
     return make_plan(loaded, built.closure if built else None), root, built
 
 
@@ -105,7 +105,7 @@ def _print_plan(plan) -> None:
         click.echo(f"note: {note}")
 
 
-def _apply(plan, root: Path, built, quiet: bool, create: bool):
+def _apply(plan, root: str, built, quiet: bool, create: bool):
     from jailkit.apply import apply
     from jailkit.jaildir import JailDir
 
@@ -116,7 +116,7 @@ def _apply(plan, root: Path, built, quiet: bool, create: bool):
             return apply(plan, jail, bar.update, built)
 
 
-def _report(result, plan, root: Path, as_json: bool, verbose: bool) -> None:
+def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
     if as_json:
         click.echo(json.dumps({"root": str(root), **plan.summary(), **result.to_dict()}, indent=2))
         return
@@ -188,8 +188,8 @@ def check(profile, root, as_json):
     if root is None:
         from jailkit.profile import locate
 
-        root = _root(None, locate(profile).stem)
-    with JailDir(Path(root)) as jail:
+        root = _root(None, os.path.basename(locate(profile)).removesuffix(".toml"))
+    with JailDir(root) as jail:
         findings = check_jail(jail)
     if as_json:
         click.echo(json.dumps([f._asdict() for f in findings], indent=2))

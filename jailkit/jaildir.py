@@ -3,15 +3,11 @@ launch.json}, DIR/state, DIR/lock. Every operation goes through a descriptor of 
 follows a symlink that a jail (or whoever wrote into DIR) may have planted.
 """
 
-from __future__ import annotations
-
 import fcntl
 import os
 import re
-import shutil
 import stat
 from contextlib import contextmanager
-from pathlib import Path
 
 from jailkit.errors import JailkitError
 
@@ -24,12 +20,12 @@ class JailDirError(JailkitError):
     """A jail directory that cannot be used."""
 
 
-def default_root(name: str) -> Path:
+def default_root(name: str) -> str:
     """Where a jail lives without --root: /var/lib/jailkit/NAME for root, else the XDG data dir."""
     if os.geteuid() == 0:
-        return Path("/var/lib/jailkit") / name
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
-    return Path(data) / "jailkit" / name
+        return f"/var/lib/jailkit/{name}"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return f"{data}/jailkit/{name}"
 
 
 def open_dir(name: str, dir_fd: int) -> int:
@@ -44,13 +40,13 @@ def is_jail_listing(names) -> bool:
 class JailDir:
     """An open jail directory. Use as a context manager to close its descriptor."""
 
-    def __init__(self, path: Path, create: bool = False):
-        self.path = Path(os.path.abspath(path))
-        if self.path == Path("/") or (self.path.exists() and os.path.samefile(self.path, "/")):
+    def __init__(self, path, create: bool = False):
+        self.path = os.path.abspath(path)
+        if self.path == "/" or (os.path.exists(self.path) and os.path.samefile(self.path, "/")):
             raise JailDirError("refusing to use / as a jail directory; pass --root DIR")
         if create:
             try:
-                self.path.mkdir(parents=True, exist_ok=True, mode=0o755)
+                os.makedirs(self.path, mode=0o755, exist_ok=True)
             except OSError as e:
                 raise JailDirError(f"cannot create jail directory {self.path}: "
                                    f"{e.strerror}") from None
@@ -146,7 +142,7 @@ class JailDir:
                                f"{e.strerror}") from None
 
     def _has_mounts(self, name: str) -> bool:
-        inside = os.path.realpath(self.path / name) + "/"
+        inside = os.path.realpath(os.path.join(self.path, name)) + "/"
         return any(point.startswith(inside) for point in _mount_points())
 
     def remove_stale(self, keep: set[int]) -> list[int]:
@@ -177,6 +173,8 @@ class JailDir:
                     os.unlink("launch.json", dir_fd=fd)
                 except FileNotFoundError:
                     pass
+                import shutil  # only when there is something to delete
+
                 shutil.rmtree(f"gen-{number}", dir_fd=self.fd)
                 removed.append(number)
             finally:

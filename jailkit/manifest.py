@@ -1,7 +1,5 @@
 """DIR/gen-N/manifest.json: every entry of a jail tree as built, for `check`, `update`, export."""
 
-from __future__ import annotations
-
 import json
 import os
 from typing import NamedTuple
@@ -52,7 +50,7 @@ class Manifest:
         }, separators=(",", ":"))
 
     @classmethod
-    def loads(cls, text: str, origin: str) -> Manifest:
+    def loads(cls, text: str, origin: str) -> "Manifest":
         try:
             data = json.loads(text)
             if data.get("version") != VERSION:

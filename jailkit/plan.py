@@ -1,8 +1,6 @@
 """The build plan: what the jail tree will hold, as data. Reads the host (metadata and ELF headers),
 writes nothing; `--dry-run` prints it and `jailkit.apply` materialises it."""
 
-from __future__ import annotations
-
 import fnmatch
 import glob
 import hashlib
@@ -33,7 +31,7 @@ class HostStat(NamedTuple):
     dev: int
 
     @classmethod
-    def of(cls, st: os.stat_result) -> HostStat:
+    def of(cls, st: os.stat_result) -> "HostStat":
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 

@@ -4,17 +4,16 @@ Loading is pure: it reads the profile files (and nothing else) and returns a fro
 Every structural error names the file and line (or the key path) and what was expected.
 """
 
-from __future__ import annotations
-
 import json
+import os
 import re
 import tomllib
-from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from jailkit.errors import JailkitError
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
+                           "profiles")
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 NETWORKS = ("host", "none", "veth")
@@ -131,18 +130,19 @@ class Profile(NamedTuple):
 # --- locating ------------------------------------------------------------------------------
 
 
-def bundled_profiles() -> dict[str, Path]:
+def bundled_profiles() -> dict[str, str]:
     """Bundled profile names -> files."""
-    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.toml"))}
+    names = sorted(n for n in os.listdir(BUNDLED_DIR) if n.endswith(".toml"))
+    return {n.removesuffix(".toml"): os.path.join(BUNDLED_DIR, n) for n in names}
 
 
-def locate(spec: str, relative_to: Path | None = None) -> Path:
+def locate(spec: str, relative_to: str | None = None) -> str:
     """A bundled name, or a path to a file (relative to the extending profile's directory)."""
     if "/" in spec or spec.endswith(".toml"):
-        path = Path(spec) if relative_to is None else relative_to / spec
-        if not path.is_file():
+        path = spec if relative_to is None else os.path.join(relative_to, spec)
+        if not os.path.isfile(path):
             raise ProfileError(f"profile file {path} does not exist")
-        return path.resolve()
+        return os.path.realpath(path)
     bundled = bundled_profiles()
     if spec not in bundled:
         names = ", ".join(bundled) or "none"
@@ -157,10 +157,11 @@ def locate(spec: str, relative_to: Path | None = None) -> Path:
 class _Source:
     """One profile file's text, to point errors at the line that holds a key."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: str):
         self.path = path
         try:
-            self.text = path.read_text()
+            with open(path, encoding="utf-8") as f:
+                self.text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise ProfileError(f"cannot read profile {path}: {e}") from None
 
@@ -227,12 +228,11 @@ def _strings(src, keypath, value) -> tuple[str, ...]:
 
 def _abs_path(src, keypath, value, allow_glob=False) -> str:
     _typed(src, keypath, value, str)
-    parts = PurePosixPath(value).parts
     if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
         src.fail(keypath, f"expected an absolute path without '..', got {value!r}")
     if not allow_glob and any(c in value for c in "*?["):
         src.fail(keypath, f"expected a path without glob characters, got {value!r}")
-    return "/" + "/".join(parts[1:])
+    return "/" + "/".join(p for p in value.split("/") if p not in ("", "."))
 
 
 def _name(src, keypath, value) -> str:
@@ -285,7 +285,7 @@ def _table(src, keypath, value, fields: dict) -> dict:
     return out
 
 
-def _read_file(path: Path) -> dict:
+def _read_file(path: str) -> dict:
     """Parse and structurally validate one profile file; returns a dict of checked, typed values."""
     src = _Source(path)
     try:
@@ -422,8 +422,8 @@ def _read_file(path: Path) -> dict:
         if ("source" in tpl) == ("text" in tpl):
             src.fail(("templates", dest), "expected exactly one of `source` or `text`")
         if "source" in tpl:
-            tpl["source"] = str((path.parent / tpl["source"]).resolve())
-            if not Path(tpl["source"]).is_file():
+            tpl["source"] = os.path.realpath(os.path.join(os.path.dirname(path), tpl["source"]))
+            if not os.path.isfile(tpl["source"]):
                 src.fail(("templates", dest, "source"), f"template file {tpl['source']} not found")
     for uname, entry in top.get("users", {}).items():
         for key in ("uid", "gid"):
@@ -464,7 +464,7 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _compose(path: Path, stack: tuple[Path, ...]) -> tuple[dict, tuple[str, ...]]:
+def _compose(path: str, stack: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
     if path in stack:
         chain = " -> ".join(str(p) for p in (*stack, path))
         raise ProfileError(f"profiles extend each other in a cycle: {chain}")
@@ -472,7 +472,7 @@ def _compose(path: Path, stack: tuple[Path, ...]) -> tuple[dict, tuple[str, ...]
     merged, sources = {}, ()
     for i, parent in enumerate(top.pop("extends", ())):
         try:
-            parent_path = locate(parent, path.parent)
+            parent_path = locate(parent, os.path.dirname(path))
         except ProfileError as e:
             raise ProfileError(f"{path}: extends[{i}]: {e}") from None
         data, parent_sources = _compose(parent_path, (*stack, path))
@@ -486,7 +486,8 @@ def load(spec: str, overrides: dict[str, str] | None = None) -> Profile:
     """Load a bundled profile by name or a profile file by path, with its bases and --set values."""
     path = locate(spec)
     data, sources = _compose(path, ())
-    return _build(path.stem, data, sources, overrides or {})
+    name = os.path.basename(path).removesuffix(".toml")
+    return _build(name, data, sources, overrides or {})
 
 
 def _coerce(name: str, text: str, default):

@@ -4,9 +4,6 @@ Templates come from profiles, which may be shared: they are rendered in jinja2's
 variable the profile does not define is an error rather than an empty string.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
 
 from jailkit.errors import JailkitError
 from jailkit.profile import Template
@@ -24,7 +21,11 @@ def render(template: Template, variables: dict) -> str:
                                autoescape=False)
     origin = template.source or f"inline template for {template.dest}"
     try:
-        text = Path(template.source).read_text() if template.source else template.text
+        if template.source:
+            with open(template.source, encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = template.text
         return env.from_string(text).render(**variables)
     except OSError as e:
         raise TemplateError(f"{origin}: cannot read: {e.strerror}") from None

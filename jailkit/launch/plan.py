@@ -13,8 +13,10 @@ REAPER_NAME = "jailkit-reaper"
 
 
 def reaper_path() -> str:
-    """The compiled reaper (jailkit/launch/reaper.c), installed by .ci/setup beside the venv."""
-    return os.path.join(sys.prefix, "libexec", "jailkit", REAPER_NAME)
+    """The compiled reaper (jailkit/launch/reaper.c), installed by .ci/setup beside the venv's
+    bin/ (found from the interpreter's path: sys.prefix is only the venv's once site has run)."""
+    prefix = os.path.dirname(os.path.dirname(sys.executable))
+    return os.path.join(prefix, "libexec", "jailkit", REAPER_NAME)
 
 
 class LaunchPlan:

@@ -278,6 +278,19 @@ def test_lib_and_platform_tokens(build, token, bits):
     assert hit and hit.startswith(str(build.root / "t")), truth.libs
 
 
+@pytest.mark.parametrize("element", ["${ORIGIN}/o", "$ORIGINAL/o", "$ORIGIN_X/o", "$FOO/o", "$/o"])
+def test_dynamic_string_token_spelling(build, element):
+    # Only a known name, optionally in braces, ending at a character that cannot continue a name,
+    # is a token; anything else stays literal (and is then a path relative to the cwd).
+    root = build.root
+    literal = root / "cwd" / element
+    build.lib(f"cwd/{element}/libspell.so")
+    build.lib("app/o/libspell.so")
+    prog = build.exe("app/prog", literal / "libspell.so", flags=[runpath(element)])
+    truth, _, _ = check(prog, cwd=root / "cwd")
+    assert found(truth, "libspell.so") is not None
+
+
 def test_needed_with_absolute_path(build):
     lib = build.lib("abs/libabs.so", soname=None)
     prog = build.exe("prog", lib)

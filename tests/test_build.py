@@ -257,3 +257,21 @@ def test_python3_jail_runs_the_standard_library(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "42\n"
     assert not (root / "usr/lib/python3/dist-packages").exists()
+
+
+@pytest.mark.parametrize("base", ["libc", "dns", "tzdata", "tls", "pam", "python3"])
+def test_every_bundled_base_builds_on_this_host_and_checks_clean(tmp_path, base):
+    profile = tmp_path / f"with-{base}.toml"
+    profile.write_text(f'extends = ["{base}", "shell"]\n')
+    jail = tmp_path / "jail"
+    build(profile, "--root", jail)
+    result = run_jailkit("check", profile, "--root", jail)
+    assert result.returncode == 0, result.stdout
+    result = in_jail(jail / "current/root", "cat /etc/nsswitch.conf /etc/passwd >/dev/null && "
+                                            "ls /etc")
+    assert result.returncode == 0, result.stderr
+    if base == "pam":
+        assert {"pam.d", "login.defs"} <= set(result.stdout.split())
+        assert (jail / "current/root/etc/pam.d/common-password").is_file()
+    if base == "dns":
+        assert "hosts: files dns" in (jail / "current/root/etc/nsswitch.conf").read_text()

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,19 +21,15 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the launcher tests ru
 PROBE = "/usr/bin/jkprobe"
 
 
-def open_to_all(path: Path) -> None:
-    """Let `nobody` reach a directory under pytest's private tmp root."""
-    for p in [path, *path.parents]:
-        if p == Path("/"):
-            break
-        p.chmod(p.stat().st_mode | 0o011)
-
-
 @pytest.fixture(scope="session")
-def jail(tmp_path_factory) -> Path:
-    """A `shell` jail built by jailkit, with the probe added (owned by the jail's root)."""
-    base = tmp_path_factory.mktemp("launch")
-    open_to_all(base)
+def jail() -> Path:
+    """A `shell` jail built by jailkit, with the probe added (owned by the jail's root).
+
+    Not under pytest's tmp root: pytest makes that 0700 again whenever another session starts,
+    and `nobody` must reach this one (test_launch_nobody.py).
+    """
+    base = Path(tempfile.mkdtemp(prefix="jailkit-launch-"))
+    base.chmod(0o711)
     built = run_jailkit("build", "shell", "--root", base / "shell")
     assert built.returncode == 0, built.stderr
     root = base / "shell" / "current" / "root"
@@ -40,7 +37,8 @@ def jail(tmp_path_factory) -> Path:
         ["gcc", "-static", "-O1", "-o", root / PROBE.lstrip("/"), REPO / "tests/launch_probe.c"],
         check=True,
     )
-    return base / "shell"
+    yield base / "shell"
+    shutil.rmtree(base)
 
 
 def jailkit_run(jail: Path, *command, sets=(), net=None, **kwargs):

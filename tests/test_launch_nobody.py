@@ -5,10 +5,14 @@ package run with the venv's interpreter, whose reaper lies beside it.
 """
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+from conftest import REPO
 from test_launch import PROBE, jail, mount_points, wait_for  # noqa: F401 (jail is a fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody (CI)")
@@ -35,9 +39,22 @@ def nobody_run(checkout, jail_dir, *args, sets=(), **kwargs):
 
 
 @pytest.fixture(scope="module")
-def run(world_readable_checkout, jail):  # noqa: F811
+def checkout() -> Path:
+    """A copy of the package `nobody` can import, outside pytest's tmp root (which pytest makes
+    0700 again whenever another session starts, as the shared world_readable_checkout is)."""
+    base = Path(tempfile.mkdtemp(prefix="jailkit-launch-src-"))
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "jailkit", base / "jailkit", ignore=skip)
+    for path in [base, *base.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield base
+    shutil.rmtree(base)
+
+
+@pytest.fixture(scope="module")
+def run(checkout, jail):  # noqa: F811
     def run(*args, **kwargs):
-        return nobody_run(world_readable_checkout, jail, *args, **kwargs)
+        return nobody_run(checkout, jail, *args, **kwargs)
 
     return run
 
@@ -86,12 +103,12 @@ def test_callers_fd_is_not_inherited(run):
     assert result.stdout.strip() == "fds"
 
 
-def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail):  # noqa: F811
+def test_sigterm_is_forwarded_and_nothing_is_left(checkout, jail):  # noqa: F811
     mounts = mount_points()
     proc = subprocess.Popen(
-        command(world_readable_checkout, jail, "/bin/sh", "-c",
+        command(checkout, jail, "/bin/sh", "-c",
                 "trap 'exit 42' TERM; while :; do sleep 0.05; done"),
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout)},
         preexec_fn=as_nobody, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:

@@ -84,3 +84,31 @@ def test_update_without_a_jail_is_an_error(tmp_path):
     result = run_jailkit("update", "shell", "--root", tmp_path / "none")
     assert result.returncode == 2
     assert result.stderr.startswith(f"jailkit: no jail at {tmp_path}/none")
+
+
+def test_state_written_by_the_running_service_survives_update(tmp_path):
+    profile = tmp_path / "svc.toml"
+    profile.write_text("""extends = ["shell"]
+[users.www-data]
+uid = 33
+gid = 33
+[groups.www-data]
+gid = 33
+[writable."/var/lib/app"]
+kind = "state"
+owner = "www-data"
+group = "www-data"
+mode = "0750"
+[service]
+user = "www-data"
+""")
+    jail = tmp_path / "jail"
+    jailkit_ok("build", profile, "--root", jail)
+    script = "id -un; echo kept >> /var/lib/app/data; cat /var/lib/app/data"
+    result = jailkit_ok("run", "svc", "--root", jail, "--", "/bin/sh", "-c", script)
+    assert result.stdout == "www-data\nkept\n"
+    profile.write_text(profile.read_text() + '[writable."/var/log/app"]\nowner = "www-data"\n')
+    assert "gen-2" in jailkit_ok("update", profile, "--root", jail).stdout
+    result = jailkit_ok("run", "svc", "--root", jail, "--", "/bin/sh", "-c",
+                        script + "; echo x > /var/log/app/l && cat /var/log/app/l")
+    assert result.stdout == "www-data\nkept\nkept\nx\n"

@@ -205,6 +205,29 @@ def test_device_files_and_fifo_do_not_hang(tmp_path):
     assert_all_refused(paths, results, proc)
 
 
+def test_fifo_as_library_candidate_does_not_hang(tmp_path):
+    # The loader itself would block for ever opening it; jailkit must stop with an error.
+    src = tmp_path / "m.c"
+    src.write_text("int main(void) { return 0; }\n")
+    lib_src = tmp_path / "l.c"
+    lib_src.write_text("int f(void) { return 1; }\n")
+    lib = tmp_path / "good/libfifo.so"
+    lib.parent.mkdir()
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-Wl,-soname,libfifo.so", "-o", str(lib), str(lib_src)],
+        check=True,
+    )
+    (tmp_path / "bad").mkdir()
+    os.mkfifo(tmp_path / "bad/libfifo.so")
+    prog = tmp_path / "prog"
+    rpath = f"-Wl,--disable-new-dtags,-rpath,{tmp_path / 'bad'}:{lib.parent}"
+    cmd = ["gcc", "-o", str(prog), str(src), "-Wl,--no-as-needed", str(lib), rpath]
+    subprocess.run(cmd, check=True)
+    results, proc = ldd_json(prog)
+    assert_all_refused([prog], results, proc)
+    assert "libfifo.so" in results[str(prog)]["error"]
+
+
 def test_script_loops_and_bad_interpreters(tmp_path):
     itself = tmp_path / "itself"
     itself.write_text(f"#!{itself}\n")

@@ -512,6 +512,39 @@ def test_non_elf_candidate_stops_the_loader(build, content, reason):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_device_as_candidate(build, device):
+    # The loader opens whatever the name leads to; a device gives it no ELF header.
+    good = build.lib("good/libdev.so")
+    (build.root / "bad").mkdir()
+    (build.root / "bad/libdev.so").symlink_to(device)
+    prog = build.exe("prog", good, flags=[rpath(build.root / "bad", good.parent)])
+    truth, entry, proc = check(prog)
+    assert truth.error in ("invalid ELF header", "file too short")
+    assert truth.error in entry["error"] and "libdev.so" in entry["error"]
+
+
+def test_path_elements_that_are_not_directories(build):
+    root = build.root
+    (root / "file").write_text("a regular file where a directory is expected\n")
+    x = build.lib("ok/libnd1.so")
+    y = build.lib("ok/libnd2.so")
+    elements = [root / "file", root / "file/sub", root / "absent", root / "ok"]
+    prog = build.exe("prog", x, y, flags=[rpath(*elements)])
+    truth, _, _ = check(prog)
+    assert found(truth, "libnd1.so") == str(x) and found(truth, "libnd2.so") == str(y)
+
+
+def test_unreadable_candidate_is_used_by_root(build):
+    # Mode 000 does not stop root (CAP_DAC_OVERRIDE): the loader opens it and uses it.
+    first = build.lib("first/libperm.so")
+    second = build.lib("second/libperm.so")
+    first.chmod(0)
+    prog = build.exe("prog", second, flags=[rpath(first.parent, second.parent)])
+    truth, _, _ = check(prog)
+    assert found(truth, "libperm.so") == str(first)
+
+
 # -- program kinds -------------------------------------------------------------------------------
 
 

@@ -4,9 +4,10 @@ Tests only. jailkit itself never runs the files it inspects; here running the lo
 and it is done only in the ways where the loader lists objects and exits before any of the file's
 code runs (LD_TRACE_LOADED_OBJECTS=1), with a timeout:
 
-- `ld.so --verify FILE` first: it maps the file without running it and says whether it is static
-  (1), dynamic without PT_INTERP (2: a library or a static-pie), or dynamic with PT_INTERP (0).
-  A static file is never traced: it would ignore the variable and run.
+- `ld.so --verify FILE` first: it maps the file without running it and says whether it cannot be
+  loaded as a dynamic object (1: a static ET_EXEC, or a broken file), is dynamic without PT_INTERP
+  (2: a library or a static-pie), or dynamic with PT_INTERP (0). A static file is never traced: it
+  would ignore the variable and run. A broken one is traced only through ld.so, for its message.
 - A dynamic executable is executed itself, as the kernel would run it: that is the only way to get
   $ORIGIN of a symlinked program right (the directory of its real path, /proc/self/exe).
 - A setuid/setgid or file-capability executable runs in the loader's secure mode (AT_SECURE) unless
@@ -194,13 +195,12 @@ def _secure_exec(path: str, st: os.stat_result) -> bool:
     return os.getuid() != 0
 
 
-def loader_env(library_path: str | None = None, extra: dict | None = None) -> dict:
+def loader_env(library_path: str | None = None) -> dict:
     """A clean environment: no inherited LD_* variable may change what the loader does."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
     env["LD_TRACE_LOADED_OBJECTS"] = "1"
     if library_path is not None:
         env["LD_LIBRARY_PATH"] = library_path
-    env.update(extra or {})
     return env
 
 

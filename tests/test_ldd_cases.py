@@ -507,6 +507,8 @@ def test_non_elf_candidate_stops_the_loader(build, content, reason):
     prog = build.exe("prog", good, flags=[rpath(bad.parent, good.parent)])
     truth, entry, proc = check(prog)
     assert truth.error == reason
+    # The loader names the candidate it opened: jailkit names it too, with the same reason.
+    assert os.path.basename(truth.error_object) == "libbad.so"
     assert reason in entry["error"] and "libbad.so" in entry["error"]
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

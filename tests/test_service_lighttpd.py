@@ -1,0 +1,73 @@
+"""The bundled lighttpd profile, for real: built, run by `jailkit run`, fetched over 127.0.0.1."""
+
+import json
+import os
+import stat
+import urllib.error
+import urllib.request
+
+import pytest
+from services import Service, build, free_port, host_uids
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
+
+
+@pytest.fixture(scope="module")
+def lighttpd(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lighttpd")
+    docroot = base / "site"
+    docroot.mkdir(mode=0o755)
+    (docroot / "index.html").write_text("<p>lit</p>\n")
+    (docroot / "data.json").write_bytes(b'{"n": 1}')
+    (docroot / "blob.bin").write_bytes(os.urandom(100_000))
+    for path in docroot.iterdir():
+        path.chmod(0o644)
+    profile = base / "lit.toml"
+    profile.write_text(f'extends = ["lighttpd"]\nfiles = ["{docroot}"]\n')
+    port = free_port()
+    build(str(profile), base / "jail", f"port={port}", f"docroot={docroot}")
+    service = Service(str(profile), base / "jail", base / "lighttpd.log")
+    try:
+        service.wait_port(port)
+        yield service, port, docroot
+    finally:
+        service.kill()
+
+
+def get(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, None, e.read()
+
+
+def test_static_site_with_content_types_and_404(lighttpd):
+    _, port, docroot = lighttpd
+    assert get(port, "/") == (200, "text/html; charset=utf-8", b"<p>lit</p>\n")
+    assert get(port, "/data.json") == (200, "application/json", b'{"n": 1}')
+    blob = (docroot / "blob.bin").read_bytes()
+    assert get(port, "/blob.bin") == (200, "application/octet-stream", blob)
+    assert get(port, "/nothing-here")[0] == 404
+
+
+def test_runs_as_www_data_with_a_real_dev_null_and_no_shell_or_perl(lighttpd):
+    service, _, _ = lighttpd
+    (pid,) = [p for p in service.processes()
+              if open(f"/proc/{p}/comm").read().strip() == "lighttpd"]
+    (host_uid,) = host_uids([pid])
+    with open(f"/proc/{pid}/uid_map") as f:
+        inside, outside, _ = map(int, f.readline().split())
+    assert host_uid - outside + inside == 33
+    null = os.stat(f"/proc/{pid}/root/dev/null")
+    assert stat.S_ISCHR(null.st_mode)
+    assert (os.major(null.st_rdev), os.minor(null.st_rdev)) == (1, 3)
+    manifest = json.loads((service.root / "current/manifest.json").read_text())
+    names = {e["path"].rsplit("/", 1)[1] for e in manifest["entries"]}
+    assert not names & {"sh", "dash", "bash", "perl"}, names & {"sh", "dash", "bash", "perl"}
+
+
+def test_stops_on_sigterm_leaving_nothing(lighttpd):
+    service, port, _ = lighttpd
+    assert get(port, "/")[0] == 200
+    assert service.stop() == 0, service.log()

@@ -231,6 +231,11 @@ def test_listed_capability_is_kept_for_non_root_user(jail):
     assert int(fields["CapBnd"], 16) == 1 << 10
 
 
+def test_rlimits_from_the_profile(jail):
+    result = sh(jail, "ulimit -Sn; ulimit -Hn", sets=['rlimits={"nofile": [64, 128]}'])
+    assert result.stdout.split() == ["64", "128"], result.stderr
+
+
 def test_jail_root_is_not_host_root(jail):
     result = sh(jail, "cat /proc/self/uid_map")
     inside, outside, count = map(int, result.stdout.split())
@@ -284,9 +289,10 @@ def test_smuggled_setuid_binary_gains_nothing(jail):
 
 
 def test_sigterm_is_forwarded(jail):
-    proc = start(jail, "/bin/sh", "-c", "trap 'echo got-term; exit 42' TERM; "
+    proc = start(jail, "/bin/sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; "
                                         "while :; do sleep 0.05; done")
     try:
+        assert proc.stdout.readline() == "ready\n"  # the trap is set
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 42
         assert "got-term" in proc.stdout.read()
@@ -295,10 +301,11 @@ def test_sigterm_is_forwarded(jail):
 
 
 def test_profiles_stop_signal_replaces_sigterm(jail):
-    proc = start(jail, "/bin/sh", "-c", "trap 'exit 43' USR1; trap 'exit 44' TERM; "
+    proc = start(jail, "/bin/sh", "-c", "trap 'exit 43' USR1; trap 'exit 44' TERM; echo ready; "
                                         "while :; do sleep 0.05; done",
                  sets=["stop_signal=SIGUSR1"])
     try:
+        assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 43
     finally:

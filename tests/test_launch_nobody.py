@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from test_launch import PROBE, jail, mount_points, wait_for  # noqa: F401 (jail is a fixture)
+from test_launch import PROBE, jail, mount_points  # noqa: F401 (jail is a fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody (CI)")
 
@@ -107,12 +107,12 @@ def test_sigterm_is_forwarded_and_nothing_is_left(checkout, jail):  # noqa: F811
     mounts = mount_points()
     proc = subprocess.Popen(
         command(checkout, jail, "/bin/sh", "-c",
-                "trap 'exit 42' TERM; while :; do sleep 0.05; done"),
+                "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"),
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout)},
-        preexec_fn=as_nobody, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=as_nobody, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        wait_for(lambda: os.readlink(f"/proc/{proc.pid}/exe").endswith("jailkit-reaper"))
+        assert proc.stdout.readline() == "ready\n"  # the trap is set
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 42
     finally:

@@ -27,9 +27,15 @@ def mask(names: list[str]) -> int:
     return bits
 
 
+_last_cap = None
+
+
 def last_cap() -> int:
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        return int(f.read())
+    global _last_cap
+    if _last_cap is None:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            _last_cap = int(f.read())
+    return _last_cap
 
 
 def drop_bounding(keep: int) -> None:

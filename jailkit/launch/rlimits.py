@@ -1,30 +1,17 @@
 """Resource limits from the profile, set just before the service starts (they are inherited)."""
 
-import resource
+from jailkit.launch import syscalls as sc
 
+# name -> RLIMIT_* number (Linux x86_64)
 RLIMITS = {
-    "as": resource.RLIMIT_AS,
-    "core": resource.RLIMIT_CORE,
-    "cpu": resource.RLIMIT_CPU,
-    "data": resource.RLIMIT_DATA,
-    "fsize": resource.RLIMIT_FSIZE,
-    "locks": 10,  # RLIMIT_LOCKS: not exported by the resource module
-    "memlock": resource.RLIMIT_MEMLOCK,
-    "msgqueue": resource.RLIMIT_MSGQUEUE,
-    "nice": resource.RLIMIT_NICE,
-    "nofile": resource.RLIMIT_NOFILE,
-    "nproc": resource.RLIMIT_NPROC,
-    "rss": resource.RLIMIT_RSS,
-    "rtprio": resource.RLIMIT_RTPRIO,
-    "rttime": resource.RLIMIT_RTTIME,
-    "sigpending": resource.RLIMIT_SIGPENDING,
-    "stack": resource.RLIMIT_STACK,
+    "cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6, "nofile": 7,
+    "memlock": 8, "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12, "nice": 13,
+    "rtprio": 14, "rttime": 15,
 }
 
 
 def apply(limits: dict[str, tuple[int | None, int | None]]) -> None:
     """Set each (soft, hard) pair; None means unlimited. Raising a hard limit fails (EPERM)."""
     for name, (soft, hard) in limits.items():
-        unlimited = resource.RLIM_INFINITY
-        soft = unlimited if soft is None else soft
-        resource.setrlimit(RLIMITS[name], (soft, unlimited if hard is None else hard))
+        soft = sc.RLIM_INFINITY if soft is None else soft
+        sc.setrlimit(RLIMITS[name], soft, sc.RLIM_INFINITY if hard is None else hard)

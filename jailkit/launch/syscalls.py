@@ -202,6 +202,20 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_syscall(SYS_CAPSET, ctypes.byref(header), data), "capset")
 
 
+class _Rlimit(ctypes.Structure):
+    _fields_ = [("soft", ctypes.c_ulong), ("hard", ctypes.c_ulong)]
+
+
+RLIM_INFINITY = (1 << 64) - 1
+
+
+def setrlimit(resource: int, soft: int, hard: int) -> None:
+    # not the resource module: it is imported lazily nowhere on this path (after pivot_root
+    # there is no Python library left to import from)
+    _check(_libc.setrlimit(ctypes.c_int(resource), ctypes.byref(_Rlimit(soft, hard))),
+           f"setrlimit {resource}")
+
+
 def join_session_keyring() -> None:
     _check(_syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None), "keyctl")
 

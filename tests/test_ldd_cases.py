@@ -4,6 +4,7 @@ Every test checks two things: that the loader's own answer shows the rule at wor
 really exercises it), and that `jailkit ldd --json` gives the same answer.
 """
 
+import grp
 import json
 import os
 import re
@@ -247,6 +248,24 @@ def test_origin_of_symlinked_program_is_its_real_directory(build):
     truth, _, _ = check(root / "bin/prog")
     assert truth.how == "exec"
     assert found(truth, "libapp.so") == str(root / "app/lib/libapp.so")
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o2755])
+def test_setid_program_through_a_symlink(build, mode):
+    # Secure mode would ignore the trace variable, so the loader is asked through ld.so with the
+    # real path; $ORIGIN must still be the real directory, as when the kernel executes it.
+    build.lib("app/lib/libsid.so")
+    wrong = build.lib("bin/lib/libsid.so")
+    prog = build.exe("app/prog", wrong, flags=[runpath("$ORIGIN/lib")])
+    os.chown(prog, 0, grp.getgrnam("nogroup").gr_gid)
+    (build.root / "bin/prog").symlink_to(prog)
+    prog.chmod(mode)
+    try:
+        truth, _, _ = check(build.root / "bin/prog")
+    finally:
+        prog.chmod(0o755)  # leave no setuid program behind
+    assert truth.how != "exec"
+    assert found(truth, "libsid.so") == str(build.root / "app/lib/libsid.so")
 
 
 TOKEN_DIRS = [

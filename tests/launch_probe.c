@@ -71,6 +71,15 @@ int main(int argc, char **argv)
 		return report("keyctl", syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3, 0) == -1 ? -1 : 0);
 	if (!strcmp(cmd, "unshare"))
 		return report("unshare", unshare(0x10000000 /* CLONE_NEWUSER */));
+	if (!strcmp(cmd, "clone-userns")) {
+		/* the other way to a nested user namespace, not covered by a filter on unshare */
+		pid_t pid = syscall(SYS_clone, 0x10000000 /* CLONE_NEWUSER */ | SIGCHLD, 0, 0, 0, 0);
+		if (pid == 0)
+			_exit(0);
+		if (pid > 0)
+			waitpid(pid, NULL, 0);
+		return report("clone-userns", pid > 0 ? 0 : -1);
+	}
 	if (!strcmp(cmd, "write-fd") && argc == 4)
 		return report("write-fd", write(atoi(argv[2]), argv[3], strlen(argv[3])) > 0 ? 0 : -1);
 	if (!strcmp(cmd, "fds")) {

@@ -191,6 +191,11 @@ def test_privileged_calls_fail(jail, attempt):
     assert result.stdout.split()[1:] == ["Operation", "not", "permitted"], result.stdout
 
 
+def test_no_nested_user_namespace(jail):
+    result = jailkit_run(jail, PROBE, "clone-userns")
+    assert result.stdout.startswith("clone-userns ") and "ok" not in result.stdout, result.stdout
+
+
 def test_root_and_dev_and_proc_sys_are_read_only(jail):
     result = sh(jail, "touch /x 2>&1; touch /etc/x 2>&1; echo 1 > /proc/sys/kernel/ostype; "
                       "echo b > /proc/sysrq-trigger || echo no-sysrq; touch /dev/x; "

@@ -8,7 +8,7 @@ On any failure it reports one line through `status_fd` and exits: the launcher p
 import os
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, mounts, net, rlimits, seccomp
+from jailkit.launch import caps, mounts, net, rlimits, seccomp, userns
 from jailkit.launch import syscalls as sc
 
 SETUP_FAILED = 125
@@ -66,10 +66,12 @@ def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> No
         sources = _receive_sources(root_sock, [m.options["source"] for m in plan.mounts
                                                if m.options.get("source")])
     mounts.apply(plan.mounts, sources)
-    # 5. Hostname (uts namespace) and network (host, or our own namespace's lo and eth0).
+    # 5. Hostname (uts namespace), network (host, or our own namespace's lo and eth0), and no
+    #    nested user namespaces (through the host's /proc, still writable for our namespace).
     _at("hostname and network")
     sc.sethostname(spec.hostname)
     net.setup_inside(spec.network, plan.veth)
+    userns.forbid_nested()
     # 6. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped).
     _at("pivot_root")
     mounts.pivot()

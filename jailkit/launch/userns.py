@@ -81,3 +81,11 @@ def write(pid: int, maps: IdMaps) -> None:
         f.write("allow" if maps.allow_setgroups else "deny")
     with open(f"/proc/{pid}/gid_map", "w") as f:
         f.write(f"0 {maps.gid_base} {count}\n")
+
+
+def forbid_nested() -> None:
+    """No user namespaces inside the jail: a nested one would hand its creator a full set of
+    capabilities (over its own namespaces) again. The limit is per user namespace and covers
+    clone, clone3 and unshare alike; the jail cannot raise it (its /proc/sys is read-only)."""
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")

@@ -204,6 +204,33 @@ def test_rpath_of_the_program_after_the_chain(build):
     assert found(truth, "libz2.so") == str(a / "libz2.so")
 
 
+def test_filter_and_auxiliary_libraries_are_mapped(build):
+    # DT_FILTER (-F) and DT_AUXILIARY (-f) name objects the loader maps with the filter, each placed
+    # just before its filter in the load order.
+    d = build.root / "d"
+    build.lib("d/libfiltee.so")
+    build.lib("d/libaux.so")
+    flt = build.lib("d/libfilter.so", flags=["-Wl,-F,libfiltee.so"])
+    aux = build.lib("d/libauxf.so", flags=["-Wl,-f,libaux.so"])
+    prog = build.exe("prog", flt, aux, flags=[rpath(d)])
+    truth, _, _ = check(prog)
+    names = [name for name, _ in truth.libs]
+    assert names.index("libfiltee.so") + 1 == names.index("libfilter.so")
+    assert names.index("libaux.so") + 1 == names.index("libauxf.so")
+
+
+def test_missing_filtee(build):
+    # Without its filtee a filter cannot be used: the program does not start.
+    d = build.root / "d"
+    filtee = build.lib("d/libfiltee.so")
+    flt = build.lib("d/libfilter.so", flags=["-Wl,-F,libfiltee.so"])
+    prog = build.exe("prog", flt, flags=[rpath(d)])
+    filtee.unlink()
+    truth, _, proc = check(prog)
+    assert truth.missing == ["libfiltee.so"]
+    assert proc.returncode != 0
+
+
 # -- $ORIGIN and other dynamic string tokens --------------------------------------------------
 
 

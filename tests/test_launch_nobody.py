@@ -34,8 +34,10 @@ def command(checkout, jail_dir, *args, sets=()):
 
 def nobody_run(checkout, jail_dir, *args, sets=(), **kwargs):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout), "HOME": "/nonexistent"}
+    # cwd: `python -m` puts it first on sys.path, and the checkout must be the world-readable copy
     return subprocess.run(command(checkout, jail_dir, *args, sets=sets), env=env, text=True,
-                          capture_output=True, preexec_fn=as_nobody, timeout=60, **kwargs)
+                          capture_output=True, preexec_fn=as_nobody, timeout=60, cwd="/",
+                          **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,7 @@ def test_sigterm_is_forwarded_and_nothing_is_left(checkout, jail):  # noqa: F811
         command(checkout, jail, "/bin/sh", "-c",
                 "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"),
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout)},
-        preexec_fn=as_nobody, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=as_nobody, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
     )
     try:
         assert proc.stdout.readline() == "ready\n"  # the trap is set
@@ -133,3 +135,28 @@ def test_what_needs_root_is_a_one_line_error(run, sets, cause):
     assert result.stderr.startswith("jailkit: ") and result.stderr.count("\n") == 1
     assert cause in result.stderr
 
+
+
+def test_subordinate_ids_give_an_ordinary_user_several_ids(checkout, jail):  # noqa: F811
+    # /etc/subuid and /etc/subgid with a range for nobody, only in a private mount namespace of
+    # this test (never on the host); newuidmap reads them there
+    with tempfile.NamedTemporaryFile("w", prefix="jailkit-subid-", delete=False) as f:
+        f.write("nobody:200000:65536\n")
+    os.chmod(f.name, 0o644)
+    try:
+        script = (
+            f"mount --bind {f.name} /etc/subuid && mount --bind {f.name} /etc/subgid && "
+            "cd / && exec setpriv --reuid=65534 --regid=65534 --clear-groups "
+            f"env PATH=/usr/bin:/bin PYTHONPATH={checkout} "
+            + " ".join(command(checkout, jail, "/bin/sh", "-c",
+                               f"'cat /proc/self/uid_map; {PROBE} ids'",
+                               sets=["user.uid=33", "user.gid=33"]))
+        )
+        result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                 script], capture_output=True, text=True, timeout=60)
+    finally:
+        os.unlink(f.name)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split() for line in lines[:2]] == [["0", "65534", "1"], ["1", "200000", "65535"]]
+    assert lines[2] == "uid 33 euid 33 gid 33 egid 33"

@@ -37,7 +37,7 @@ class LaunchPlan:
         self.clone_flags = (
             BASE_NAMESPACES | sc.CLONE_NEWUTS | net.clone_flags(spec.network)
         )
-        pts_gid = 5 if self.maps.count > 5 else None  # the tty group, when it is mapped
+        pts_gid = 5 if self.maps.host_gid(5) is not None else None  # tty, when it is mapped
         self.mounts = mounts.plan(spec, root, state, pts_gid)
         self.cgroups = cgroup.plan(spec.name, launcher_pid, spec.memory_max, spec.pids_max)
         if self.cgroups and os.geteuid() != 0:

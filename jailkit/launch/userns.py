@@ -1,10 +1,13 @@
 """User namespace id maps: which host ids the jail's ids 0..N-1 are.
 
-Launched by root, the jail gets a range of unprivileged host ids: the `jailkit` line of
-/etc/subuid and /etc/subgid, else DEFAULT_RANGE. Its uid 0 is then nobody on the host, and
-services that switch between several ids (nginx, vsftpd, sshd) work. Launched by an ordinary
-user, only that user's own uid and gid can be mapped (to 0): enough for services that never
-change ids.
+Launched by root, the jail's ids 0..N-1 are a range of unprivileged host ids: the `jailkit` line
+of /etc/subuid and /etc/subgid, else DEFAULT_RANGE. Its uid 0 is then nobody on the host, and
+services that switch between several ids (nginx, vsftpd, sshd) work.
+
+Launched by an ordinary user with subordinate ids of their own (/etc/subuid and /etc/subgid, and
+newuidmap/newgidmap from the uidmap package to write them): the jail's 0 is that user, 1..N-1
+their subordinate range. Without them, only the user's own uid and gid can be mapped (to 0),
+with setgroups denied: enough for services that never change ids.
 """
 
 import os
@@ -13,74 +16,124 @@ from jailkit.errors import JailkitError
 
 SUBID_OWNER = "jailkit"
 DEFAULT_RANGE = (1_000_000_000, 65536)  # far above the 100000+ ranges useradd hands out
+NEWUIDMAP = "/usr/bin/newuidmap"
+NEWGIDMAP = "/usr/bin/newgidmap"
 
 
 class IdMaps:
-    """The maps one jail gets; `host_uid(n)` is the host id of jail id n."""
+    """The maps one jail gets, as (inside, outside, count) ranges; `host_uid(n)` is the host id
+    of jail id n. `helpers`: written by newuidmap/newgidmap (an ordinary user's ranges)."""
 
-    __slots__ = ("uid_base", "gid_base", "count", "allow_setgroups")
+    __slots__ = ("uids", "gids", "allow_setgroups", "helpers")
 
-    def __init__(self, uid_base: int, gid_base: int, count: int, allow_setgroups: bool):
-        self.uid_base, self.gid_base, self.count = uid_base, gid_base, count
-        self.allow_setgroups = allow_setgroups
+    def __init__(self, uids: list[tuple[int, int, int]], gids: list[tuple[int, int, int]],
+                 allow_setgroups: bool, helpers: bool = False):
+        self.uids, self.gids = uids, gids
+        self.allow_setgroups, self.helpers = allow_setgroups, helpers
 
-    def host_uid(self, uid: int) -> int:
-        return self.uid_base + uid
+    @staticmethod
+    def _host(ranges: list[tuple[int, int, int]], n: int) -> int | None:
+        for inside, outside, count in ranges:
+            if inside <= n < inside + count:
+                return outside + n - inside
+        return None
 
-    def host_gid(self, gid: int) -> int:
-        return self.gid_base + gid
+    def host_uid(self, uid: int) -> int | None:
+        return self._host(self.uids, uid)
+
+    def host_gid(self, gid: int) -> int | None:
+        return self._host(self.gids, gid)
 
     def describe(self) -> str:
-        last = self.count - 1
-        return f"uid 0-{last} -> {self.uid_base}+, gid 0-{last} -> {self.gid_base}+"
+        def ranges(kind, items):
+            return ", ".join(f"{kind} {i}-{i + c - 1} -> {o}-{o + c - 1}" for i, o, c in items)
+
+        how = " (newuidmap)" if self.helpers else ""
+        return f"{ranges('uid', self.uids)}; {ranges('gid', self.gids)}{how}"
 
 
-def read_subid(path: str, owner: str = SUBID_OWNER) -> tuple[int, int] | None:
-    """The first `owner:start:count` range in a subuid/subgid file, or None."""
+def read_subid(path: str, owners: tuple[str, ...]) -> tuple[int, int] | None:
+    """The first `owner:start:count` range of one of `owners` in a subuid/subgid file, or None."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise JailkitError(f"cannot read {path}: {e.strerror}") from None
     for line in lines:
         fields = line.strip().split(":")
-        if len(fields) == 3 and fields[0] == owner and fields[1].isdigit() and fields[2].isdigit():
+        if len(fields) == 3 and fields[0] in owners and fields[1].isdigit() and fields[2].isdigit():
             return int(fields[1]), int(fields[2])
     return None
+
+
+def _user_names(uid: int) -> tuple[str, ...]:
+    """How /etc/subuid may name this user: by name or by number (as newuidmap accepts)."""
+    import pwd  # only for an ordinary user's launch, on the host, before any jail exists
+
+    try:
+        return (pwd.getpwuid(uid).pw_name, str(uid))
+    except KeyError:
+        return (str(uid),)
 
 
 def plan(uid: int, gid: int, groups: list[int], uid_count: int) -> IdMaps:
     """The id maps for a jail whose user is uid/gid/groups and which needs uid_count ids."""
     if os.geteuid() == 0:
-        ranges = []
+        bases = []
         for path in ("/etc/subuid", "/etc/subgid"):
-            found = read_subid(path) or DEFAULT_RANGE
+            found = read_subid(path, (SUBID_OWNER,)) or DEFAULT_RANGE
             if found[1] < uid_count:
                 raise JailkitError(
                     f"{path}: the {SUBID_OWNER} range has {found[1]} ids but the jail needs "
                     f"{uid_count}: give '{SUBID_OWNER}:{found[0]}:{uid_count}' or more"
                 )
-            ranges.append(found[0])
-        return IdMaps(ranges[0], ranges[1], uid_count, True)
+            bases.append(found[0])
+        return IdMaps([(0, bases[0], uid_count)], [(0, bases[1], uid_count)], True)
+    own_uid, own_gid = os.geteuid(), os.getegid()
+    if uid_count > 1 and os.path.exists(NEWUIDMAP) and os.path.exists(NEWGIDMAP):
+        names = _user_names(own_uid)
+        sub_uid = read_subid("/etc/subuid", names)
+        sub_gid = read_subid("/etc/subgid", names)
+        if sub_uid and sub_gid:
+            count = min(uid_count - 1, sub_uid[1], sub_gid[1])
+            maps = IdMaps([(0, own_uid, 1), (1, sub_uid[0], count)],
+                          [(0, own_gid, 1), (1, sub_gid[0], count)], True, helpers=True)
+            if all(maps.host_uid(i) is not None for i in (uid, gid, *groups)):
+                return maps
     if uid != 0 or gid != 0 or groups:
         raise JailkitError(
             f"the jail runs as uid {uid} gid {gid}, but an ordinary user can only map one id "
-            f"(to 0): run jailkit as root, or run the service as user 0 (--set user.uid=0 "
-            f"--set user.gid=0 --set user.groups=[])"
+            f"(to 0) without subordinate ids: add a range for this user to /etc/subuid and "
+            f"/etc/subgid (with newuidmap from the uidmap package), run jailkit as root, or run "
+            f"the service as user 0 (--set user.uid=0 --set user.gid=0 --set user.groups=[])"
         )
-    return IdMaps(os.geteuid(), os.getegid(), 1, False)
+    return IdMaps([(0, own_uid, 1)], [(0, own_gid, 1)], False)
+
+
+def _run_helper(helper: str, pid: int, ranges: list[tuple[int, int, int]]) -> None:
+    args = [str(n) for r in ranges for n in r]
+    child = os.posix_spawn(helper, [helper, str(pid), *args], {})
+    _, status = os.waitpid(child, 0)
+    if status != 0:
+        raise JailkitError(f"{helper} {pid} {' '.join(args)} failed: check /etc/subuid and "
+                           "/etc/subgid for this user")
 
 
 def write(pid: int, maps: IdMaps) -> None:
     """Write the maps of child `pid` (a process cannot write a range map for itself)."""
-    count = maps.count
+    if maps.helpers:
+        _run_helper(NEWUIDMAP, pid, maps.uids)
+        _run_helper(NEWGIDMAP, pid, maps.gids)
+        return
     with open(f"/proc/{pid}/uid_map", "w") as f:
-        f.write(f"0 {maps.uid_base} {count}\n")
+        f.write("".join(f"{i} {o} {c}\n" for i, o, c in maps.uids))
     with open(f"/proc/{pid}/setgroups", "w") as f:
         # an unprivileged gid map is only accepted with setgroups denied
         f.write("allow" if maps.allow_setgroups else "deny")
     with open(f"/proc/{pid}/gid_map", "w") as f:
-        f.write(f"0 {maps.gid_base} {count}\n")
+        f.write("".join(f"{i} {o} {c}\n" for i, o, c in maps.gids))
 
 
 def forbid_nested() -> None:

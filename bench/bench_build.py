@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# the console script users run (the editable install points it at this checkout)
+JAILKIT = [os.path.join(sys.prefix, "bin", "jailkit")]
 PYTHON_LIB = sorted(glob.glob("/usr/lib/python3.[0-9]*"))[-1]
 PYTHON_ETC = f"/etc/{os.path.basename(PYTHON_LIB)}"
 
@@ -106,7 +108,7 @@ def measure(work: Path, etc: Path, label: str, profile: str, section: str, runs:
             jk_runs: int) -> tuple[float, Path]:
     ours, theirs = [], []
     # untimed: compiles jailkit's bytecode and reads the host files into the page cache
-    timed(in_private_ns(etc, [sys.executable, "-m", "jailkit", "build", profile, "--root",
+    timed(in_private_ns(etc, [*JAILKIT, "build", profile, "--root",
                               str(work / f"warm-{label}")]))
     for i in range(max(runs, jk_runs)):
         if i < jk_runs:
@@ -116,7 +118,7 @@ def measure(work: Path, etc: Path, label: str, profile: str, section: str, runs:
         if i < runs:
             root = work / f"jailkit-{label}-{i}"
             ours.append(timed(in_private_ns(etc, [
-                sys.executable, "-m", "jailkit", "build", profile, "--root", str(root)])))
+                *JAILKIT, "build", profile, "--root", str(root)])))
     ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
     jk_entries, jk_bytes = tree_size(work / f"jk-{label}-0")
     our_entries, our_bytes = tree_size(root / "current/root")
@@ -147,7 +149,7 @@ def main() -> int:
         measure(work, etc, "nginx", str(nginx), "bench-nginx", args.runs + 2, args.jk_runs + 3)
         print("goal: nginx cold <= 1x jk_init, bytes <= 1x")
         noop = statistics.median(
-            timed(in_private_ns(etc, [sys.executable, "-m", "jailkit", "build", "python3",
+            timed(in_private_ns(etc, [*JAILKIT, "build", "python3",
                                       "--root", str(root)]))
             for _ in range(args.runs + 2))
         print(f"python3 no-op rebuild: {noop:.3f} s vs cold {cold:.3f} s -> {noop / cold:.3f}x "

@@ -4,6 +4,7 @@ import pytest
 from conftest import run_jailkit
 
 from jailkit.profile import ProfileError, as_dict, as_toml, bundled_profiles, load
+from jailkit.templates import TemplateError, _source, _substitute, render, render_jinja2
 
 
 def write(tmp_path, name, text):
@@ -132,3 +133,22 @@ def test_bad_profile_on_the_command_line_is_one_line_without_traceback(tmp_path)
         assert result.stderr == f"jailkit: {path}:1: binaries: expected a list, got int 3\n"
     result = run_jailkit("show", "no-such-profile")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(bundled_profiles()))
+def test_templates_render_as_jinja2_renders_them(name):
+    profile = load(name)
+    for template in profile.templates.values():
+        text, origin = _source(template)
+        assert render(template, profile.variables) == render_jinja2(text, profile.variables, origin)
+
+
+def test_only_placeholder_templates_skip_jinja2():
+    variables = {"port": 80, "on": True, "name": "x"}
+    assert _substitute("listen {{port}};\n{{ on }} {{ name }}\n", variables, "t") == \
+        "listen 80;\nTrue x\n"
+    for text in ("{% if on %}x{% endif %}", "{{ port + 1 }}", "{{ name|upper }}", "{# c #}y"):
+        assert _substitute(text, variables, "t") is None
+        assert render_jinja2(text, variables, "t")  # jinja2 renders what substitution leaves
+    with pytest.raises(TemplateError, match="'nope' is undefined"):
+        _substitute("{{ nope }}", variables, "t")

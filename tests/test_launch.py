@@ -206,6 +206,39 @@ def test_root_and_dev_and_proc_sys_are_read_only(jail):
     assert "null-is-char" in result.stdout and "ok" in result.stdout
 
 
+def test_state_directory_is_owned_by_the_jails_ids_not_host_root(jail):
+    state = jail / "state" / "spool"
+    state.mkdir(parents=True)
+    try:
+        result = sh(jail, "echo kept > /tmp/file; cp /usr/bin/jkprobe /tmp/p; chmod 4755 /tmp/p; "
+                          "grep ' /tmp ' /proc/self/mountinfo",
+                    sets=['writable=[{"path": "/tmp", "kind": "bind", "source": "spool"}]'])
+        assert result.returncode == 0, result.stderr
+        assert "nosuid" in result.stdout.split()[5] and "nodev" in result.stdout.split()[5]
+        assert (state / "file").read_text() == "kept\n"  # persistent, on the host's disk
+        owner = (state / "file").stat().st_uid
+        assert owner != 0 and state.stat().st_uid == owner  # the jail's root, as a mapped id
+        assert (state / "p").stat().st_uid == owner  # its setuid file is not a host root one
+    finally:
+        shutil.rmtree(jail / "state")
+
+
+def test_sys_only_when_asked_and_read_only(jail):
+    assert "no-sys" in sh(jail, "test -e /sys/class || echo no-sys").stdout
+    missing = sh(jail, "true", sets=["mount_sys=true"])
+    assert missing.returncode == 2
+    assert "the jail has no directory /sys" in missing.stderr
+    sys_dir = jail / "current" / "root" / "sys"
+    sys_dir.mkdir()
+    try:
+        result = sh(jail, "ls /sys/class/net; echo x > /sys/kernel/uevent_helper",
+                    sets=["mount_sys=true"])
+        assert "lo" in result.stdout.split()
+        assert "Read-only file system" in result.stderr
+    finally:
+        sys_dir.rmdir()
+
+
 def test_callers_open_fd_is_not_inherited(jail, tmp_path):
     with open(tmp_path / "secret", "w") as f:
         result = jailkit_run(jail, PROBE, "fds", pass_fds=[f.fileno()])

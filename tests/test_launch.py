@@ -460,6 +460,19 @@ def test_bad_override_is_one_line(jail):
                             "got 'wifi'\n"
 
 
+def test_no_user_namespaces_is_one_line_naming_the_cause(jail):
+    # a user namespace of the test's own in which no further one may be made
+    script = ("echo 0 > /proc/sys/user/max_user_namespaces && "
+              f"exec {os.environ.get('JAILKIT_PYTHON', '/opt/jailkit/bin/python')} -m jailkit "
+              f"run shell --root {jail} -- /bin/true")
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("jailkit: cannot create the jail's namespaces (No space left")
+    assert result.stderr.count("\n") == 1 and "max_user_namespaces" in result.stderr
+
+
 def test_usage_errors_look_like_click(jail):
     result = run_jailkit("run", "--net", "wifi", "shell")
     assert result.returncode == 2

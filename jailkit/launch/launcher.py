@@ -8,6 +8,7 @@ it has exec'd. Finally this process execs the native waiter, which keeps nothing
 resident, forwards signals, and cleans up after the jail exits.
 """
 
+import errno
 import os
 
 from jailkit.errors import JailkitError
@@ -19,14 +20,15 @@ SCM_RIGHTS = 1
 SOL_SOCKET = 1
 
 
-def _clone_error(err: OSError, plan: LaunchPlan) -> JailkitError:
-    if os.geteuid() != 0:
-        hint = "user namespaces may be disabled for ordinary users (sysctl " \
-               "kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0), or run as root"
+def _clone_error(err: OSError) -> JailkitError:
+    if err.errno == errno.ENOSPC:
+        hint = "the limit of user namespaces is reached: raise sysctl user.max_user_namespaces"
+    elif os.geteuid() != 0:
+        hint = ("user namespaces may be disabled for ordinary users (sysctl "
+                "kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0), or run as root")
     else:
-        hint = "the kernel needs user, mount, pid, ipc and uts namespaces " \
-               "(check user.max_user_namespaces)"
-    return JailkitError(f"cannot create the jail's namespaces ({err.strerror}): {hint}")
+        hint = "the kernel needs user, mount, pid, ipc and uts namespaces"
+    return JailkitError(f"cannot create the jail's namespaces ({os.strerror(err.errno)}): {hint}")
 
 
 def _read_all(fd: int) -> bytes:
@@ -69,7 +71,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         pid = sc.clone(plan.clone_flags)
     except OSError as e:
         cgroup.remove(plan.cgroups)
-        raise _clone_error(e, plan) from None
+        raise _clone_error(e) from None
     if pid == 0:
         # The launcher's ends: while the jail held them it could not see the launcher die.
         os.close(sync_w)

@@ -47,6 +47,12 @@ class LaunchPlan:
             )
         self.veth = net.Veth(launcher_pid) if spec.network == "veth" else None
         self.cap_mask = caps.mask(spec.capabilities)
+        unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > caps.last_cap()]
+        if unknown:
+            raise JailkitError(
+                f"this kernel has no {', '.join(unknown)} (its last capability is number "
+                f"{caps.last_cap()}): take it out of the profile's capabilities"
+            )
         self.reaper = reaper_path()
         for fd in pass_fds:
             try:

@@ -456,6 +456,7 @@ def test_glibc_hwcaps_falls_back_in_priority_order(build):
         (64, ["x86_64"]),
         (64, ["tls"]),
         (64, ["tls/x86_64", "x86_64/x86_64"]),
+        (64, ["x86_64", "tls", "glibc-hwcaps/x86-64-v2"]),  # glibc-hwcaps come first
         (32, ["i686", "sse2", "tls"]),
         (32, ["sse2"]),
         (32, ["tls/i686", "i686/sse2"]),

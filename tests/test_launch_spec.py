@@ -1,0 +1,164 @@
+"""The launcher's pure parts: launch.json validation, `run`'s argument parser, the JSON reader,
+subordinate id files; and the seccomp program, installed in a real process."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, jailkit_env
+
+from jailkit.cli_run import UsageError, apply_sets, parse
+from jailkit.errors import JailkitError
+from jailkit.launch.jsonload import loads
+from jailkit.launch.spec import LaunchSpec, parse_size
+from jailkit.launch.userns import read_subid
+
+CONTRACT_EXAMPLE = {
+    "name": "nginx",
+    "command": ["/usr/sbin/nginx", "-g", "daemon off;"],
+    "workdir": "/",
+    "env": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    "user": {"uid": 0, "gid": 0, "groups": []},
+    "uid_count": 65536,
+    "hostname": "nginx",
+    "stop_signal": "SIGTERM",
+    "capabilities": ["CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN"],
+    "rlimits": {"nofile": [1024, 1024]},
+    "cgroup": {"memory_max": None, "pids_max": None},
+    "network": "host",
+    "writable": [{"path": "/var/log/nginx", "kind": "tmpfs", "source": None,
+                  "uid": 0, "gid": 0, "mode": 493, "size": "16m"}],
+    "devices": ["null", "zero", "full", "random", "urandom", "tty"],
+    "mount_proc": True,
+    "mount_sys": False,
+    "seccomp_allow": [],
+}
+
+
+def test_contract_example_is_accepted():
+    spec = LaunchSpec.from_dict(CONTRACT_EXAMPLE)
+    assert spec.command == ["/usr/sbin/nginx", "-g", "daemon off;"]
+    assert spec.stop_signal == 15 and spec.uid_count == 65536
+    assert spec.rlimits == {"nofile": (1024, 1024)}
+    assert spec.writable[0].size == 16 << 20 and spec.writable[0].mode == 0o755
+
+
+def test_missing_keys_default_to_the_most_restrictive():
+    spec = LaunchSpec.from_dict({"name": "x", "command": ["/bin/true"]})
+    assert spec.network == "none" and spec.capabilities == [] and spec.env == {}
+    assert spec.hostname == "x" and spec.uid_count == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"command": []}, "command is empty"),
+    ({"colour": "red"}, "colour is not a launch spec key"),
+    ({"network": "wifi"}, "network must be one of host, none, veth"),
+    ({"workdir": "srv"}, "workdir must be an absolute path"),
+    ({"writable": [{"path": "/a/../etc"}]}, "writable[0].path must be an absolute path"),
+    ({"writable": [{"path": "/a", "kind": "bind", "source": "../../etc"}]},
+     "writable[0].source must be relative to DIR/state"),
+    ({"writable": [{"path": "/"}]}, "writable[0].path cannot be /"),
+    ({"user": {"uid": 33, "gid": 33}, "uid_count": 10}, "uid_count must be at least 34"),
+    ({"capabilities": ["CAP_FLY"]}, "unknown capability 'CAP_FLY'"),
+    ({"rlimits": {"nofile": [2048, 1024]}}, "soft limit must not exceed the hard limit"),
+    ({"rlimits": {"files": [1, 1]}}, "rlimits.files is not one of"),
+    ({"stop_signal": "SIGSTOP"}, "stop_signal must be one of"),
+    ({"seccomp_allow": ["read"]}, "not in the default deny list"),
+    ({"devices": ["sda"]}, "devices may only name"),
+    ({"cgroup": {"memory_max": "lots"}}, "cgroup.memory_max must be a size"),
+    ({"mount_proc": "yes"}, "mount_proc must be true or false"),
+])
+def test_bad_specs_are_one_line_errors(change, message):
+    with pytest.raises(JailkitError) as err:
+        LaunchSpec.from_dict({**CONTRACT_EXAMPLE, **change})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sizes():
+    assert parse_size("64M", "k") == 64 << 20
+    assert parse_size("16m", "k") == 16 << 20
+    assert parse_size("1GiB", "k") == 1 << 30
+    assert parse_size(4096, "k") == 4096
+    assert parse_size(None, "k") is None
+    with pytest.raises(JailkitError):
+        parse_size("-1k", "k")
+
+
+def test_run_arguments():
+    opts = parse(["--root=/j", "--net", "none", "--set", "user.uid=33", "--pass-fd", "5",
+                  "--dry-run", "shell", "--", "/bin/sh", "-c", "--root"])
+    assert opts.profile == "shell" and opts.root == "/j" and opts.dry_run
+    assert opts.sets == [("network", '"none"'), ("user.uid", "33")]
+    assert opts.pass_fds == [5]
+    assert opts.command == ["/bin/sh", "-c", "--root"]  # nothing after -- is an option
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "Missing argument 'PROFILE'"),
+    (["shell", "--net", "wifi"], "Invalid value for '--net'"),
+    (["shell", "--root"], "Option '--root' requires an argument"),
+    (["shell", "extra"], "Got unexpected extra argument (extra)"),
+    (["shell", "--set", "novalue"], "is not KEY=VALUE"),
+    (["shell", "--pass-fd", "1"], "not a descriptor number above 2"),
+    (["--frobnicate", "shell"], "No such option: --frobnicate"),
+])
+def test_run_usage_errors(argv, message):
+    with pytest.raises(UsageError) as err:
+        parse(argv)
+    assert message in str(err.value)
+
+
+def test_sets_apply_json_or_strings_to_nested_keys():
+    raw = {"user": {"uid": 0}, "hostname": "a"}
+    apply_sets(raw, [("user.uid", "33"), ("hostname", "web"), ("cgroup.pids_max", "64"),
+                     ("capabilities", '["CAP_CHOWN"]')])
+    assert raw == {"user": {"uid": 33}, "hostname": "web", "cgroup": {"pids_max": 64},
+                   "capabilities": ["CAP_CHOWN"]}
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": [1, 2.5, -3e2, null, true, false, "\\u00e9\\n"], "b": {}}', ' [] ', '"x"', "0",
+])
+def test_json_reader_agrees_with_json(text):
+    assert loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "[1,]", "{} {}", "NaN", '{"a": Infinity}', "[1"])
+def test_json_reader_refuses_what_is_not_strict_json(text):
+    with pytest.raises(ValueError):
+        loads(text)
+
+
+def test_subid_files(tmp_path):
+    path = tmp_path / "subuid"
+    path.write_text("alice:100000:65536\njailkit:2000000:65536\n1001:300000:1000\nbad line\n")
+    assert read_subid(str(path), ("jailkit",)) == (2000000, 65536)
+    assert read_subid(str(path), ("bob", "1001")) == (300000, 1000)
+    assert read_subid(str(path), ("carol",)) is None
+    assert read_subid(str(tmp_path / "missing"), ("jailkit",)) is None
+
+
+SECCOMP_PROBE = """
+import ctypes, sys
+from jailkit.launch import seccomp, syscalls as sc
+sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+seccomp.install(sys.argv[1:])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+results = []
+for nr in (250, 165, 39):  # keyctl(GET_KEYRING_ID), mount(NULL...), getpid
+    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_long(0), ctypes.c_long(-3), None, None, 0)
+    results.append(ctypes.get_errno() if ret == -1 else 0)
+print(*results)
+"""
+
+
+@pytest.mark.parametrize("allow, expected", [
+    ([], "1 1 0"),  # keyctl and mount: EPERM; getpid allowed
+    (["keyctl"], "0 1 0"),  # a profile takes keyctl out of the deny list
+])
+def test_seccomp_filter_in_a_real_process(allow, expected):
+    result = subprocess.run([sys.executable, "-c", SECCOMP_PROBE, *allow], capture_output=True,
+                            text=True, env=jailkit_env(REPO), timeout=30)
+    assert result.stdout.split() == expected.split(), result.stderr

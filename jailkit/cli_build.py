@@ -77,7 +77,7 @@ def show(profile, sets, as_json):
     click.echo(json.dumps(as_dict(loaded), indent=2) if as_json else as_toml(loaded), nl=False)
 
 
-def _plan(profile, sets, root):
+def _plan(profile, sets, root, create=False, dry_run=False):
     """(plan, jail directory, its current manifest or None)."""
     from jailkit.manifest import previous
     from jailkit.plan import make_plan
@@ -86,7 +86,14 @@ def _plan(profile, sets, root):
     loaded = load(profile, _overrides(sets))
     root = _root(root, loaded.name)
     built = previous(root) if os.path.isdir(root) else None
-    return make_plan(loaded, built.closure if built else None), root, built
+    cache = built.closure if built else None
+    if not os.path.isdir(root) and (dry_run or not loaded.generated):
+        return make_plan(loaded, cache), root, built
+    from jailkit.jaildir import JailDir
+
+    # generated keys and password hashes are kept in the jail directory: checked to be one first
+    with JailDir(root, create=create and not dry_run) as jail:
+        return make_plan(loaded, cache, jail.fd, generate=not dry_run), root, built
 
 
 def _print_plan(plan) -> None:
@@ -148,7 +155,7 @@ def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
 @_one_line_errors
 def build(profile, root, dry_run, sets, as_json):
     """Build the jail for PROFILE (a bundled name or a .toml path) into its jail directory."""
-    plan, root, built = _plan(profile, sets, root)
+    plan, root, built = _plan(profile, sets, root, create=True, dry_run=dry_run)
     if dry_run:
         if as_json:
             click.echo(json.dumps({**plan.summary(), "launch": plan.launch}, indent=2))

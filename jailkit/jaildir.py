@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from jailkit.errors import JailkitError
 
 GEN_RE = re.compile(r"^gen-([0-9]+)$")
-OWN_NAMES = {"current", "current.tmp", "lock", "state"}
+OWN_NAMES = {"current", "current.tmp", "lock", "state", "generated"}
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

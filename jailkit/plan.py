@@ -281,7 +281,34 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
     return files, {"key": key, "files": files, "stats": stats}
 
 
-def _account_files(planner: _Planner, profile: Profile) -> None:
+def _previous_hashes(jail_fd: int | None) -> tuple[str, ...]:
+    """Password hashes in the jail's current /etc/shadow (none before the first build)."""
+    if jail_fd is None:
+        return ()
+    try:
+        fd = os.open("current/root/etc/shadow", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=jail_fd)
+    except OSError:
+        return ()
+    with open(fd, encoding="utf-8", errors="replace") as f:
+        return tuple(line.split(":")[1] for line in f if line.count(":") >= 2)
+
+
+def _password(user, profile: Profile, jail_fd: int | None) -> str:
+    """The shadow field for a user: as written, or rendered (`{{ local_password | crypt }}`)."""
+    if "{{" not in user.password:
+        return user.password
+    from jailkit.templates import render_jinja2
+
+    value = render_jinja2(user.password, profile.variables, f"users.{user.name}.password",
+                          _previous_hashes(jail_fd))
+    if ":" in value or "\n" in value:
+        raise PlanError(f"profile {profile.name}: users.{user.name}.password renders to something "
+                        "that is not a password hash (use the `crypt` filter)")
+    return value
+
+
+def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = None) -> None:
     users = sorted(profile.users.values(), key=lambda u: u.uid)
     planner.generated("/etc/passwd", "".join(
         f"{u.name}:x:{u.uid}:{u.gid}:{u.gecos}:{u.home}:{u.shell}\n" for u in users))
@@ -293,7 +320,8 @@ def _account_files(planner: _Planner, profile: Profile) -> None:
         # empty "last change" field: password ageing off, so nobody is forced to change it
         gid = profile.groups["shadow"].gid if "shadow" in profile.groups else 0
         planner.generated("/etc/shadow", "".join(
-            f"{u.name}:{u.password}::0:99999:7:::\n" for u in shadowed), 0o640, 0, gid)
+            f"{u.name}:{_password(u, profile, jail_fd)}::0:99999:7:::\n" for u in shadowed),
+            0o640, 0, gid)
     if "/etc/nsswitch.conf" not in profile.templates:
         planner.generated("/etc/nsswitch.conf", NSSWITCH)
 
@@ -357,9 +385,30 @@ def _depth_first(path: str) -> list[str]:
     return path.split("/")
 
 
-def make_plan(profile: Profile, closure_cache: dict | None = None) -> Plan:
+def _generated(planner: _Planner, profile: Profile, jail_fd: int | None, create: bool) -> None:
+    """Keys and certificates made once per jail (jailkit.generate); in a plan that will not be
+    applied (--dry-run) those not made yet are empty placeholders."""
+    from jailkit.generate import generated_files
+    from jailkit.templates import render_jinja2
+
+    for item in profile.generated.values():
+        uid, gid = planner.owner(item.owner, item.group)
+        subject = render_jinja2(item.subject, profile.variables, f"generated.{item.dest}.subject")
+        files = generated_files(item, subject, jail_fd, create) if jail_fd is not None else None
+        if files is None:
+            planner.notes.append(f"{item.dest}: a {item.kind} made at build time, once per jail")
+            files = {item.dest: b""}
+        for path, content in files.items():
+            mode = item.mode if path == item.dest else 0o644  # an ssh host key's .pub is public
+            planner.add(Entry(path, "file", mode=mode, uid=uid, gid=gid, content=content))
+
+
+def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int | None = None,
+              generate: bool = True) -> Plan:
     """Everything the jail for `profile` will hold, and how it will be launched.
-    `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed."""
+    `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed.
+    `jail_fd`: the jail directory, for what is kept across builds (generated keys, password
+    hashes); `generate`: make the generated files that are missing there (not for --dry-run)."""
     from jailkit.templates import render
 
     planner = _Planner(profile)
@@ -369,7 +418,9 @@ def make_plan(profile: Profile, closure_cache: dict | None = None) -> Plan:
         planner.host_path(path)
     for path in expand(profile.files, "files"):
         planner.host_path(path, walk=True)
-    _account_files(planner, profile)
+    _account_files(planner, profile, jail_fd)
+    if profile.generated:
+        _generated(planner, profile, jail_fd, generate)
     for tpl in profile.templates.values():
         uid, gid = planner.owner(tpl.owner, tpl.group)
         planner.generated(tpl.dest, render(tpl, profile.variables), tpl.mode, uid, gid)

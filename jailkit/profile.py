@@ -34,6 +34,9 @@ SIGNALS = (
 )  # fmt: skip
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 SIZE_RE = re.compile(r"^([0-9]+)([kmg]?)$")
+VARIABLE_RE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
+# built-in generators of files made once per jail (jailkit.generate); never a profile's command
+GENERATORS = ("tls-cert", "ssh-host-key-ed25519", "ssh-host-key-ecdsa", "ssh-host-key-rsa")
 
 
 class ProfileError(JailkitError):
@@ -87,6 +90,18 @@ class Template(NamedTuple):
     group: str = "root"
 
 
+class Generated(NamedTuple):
+    """A file made once per jail at build time by a built-in generator (a private key and its
+    certificate, an ssh host key), kept in DIR/generated and reused by every later build."""
+
+    dest: str
+    kind: str  # one of GENERATORS
+    subject: str = "localhost"  # tls-cert: the certificate's name (may use {{ variables }})
+    mode: int = 0o600
+    owner: str = "root"
+    group: str = "root"
+
+
 class Service(NamedTuple):
     command: tuple[str, ...] = ("/bin/sh",)
     workdir: str = "/"
@@ -115,6 +130,7 @@ class Profile(NamedTuple):
     directories: dict[str, Directory]
     writable: dict[str, Writable]
     templates: dict[str, Template]
+    generated: dict[str, Generated]
     service: Service
     description: str = ""
     sources: tuple[str, ...] = ()  # profile files, bases first
@@ -132,8 +148,8 @@ class Profile(NamedTuple):
 
 def bundled_profiles() -> dict[str, str]:
     """Bundled profile names -> files."""
-    names = sorted(n for n in os.listdir(BUNDLED_DIR) if n.endswith(".toml"))
-    return {n.removesuffix(".toml"): os.path.join(BUNDLED_DIR, n) for n in names}
+    names = sorted(n.removesuffix(".toml") for n in os.listdir(BUNDLED_DIR) if n.endswith(".toml"))
+    return {n: os.path.join(BUNDLED_DIR, f"{n}.toml") for n in names}
 
 
 def locate(spec: str, relative_to: str | None = None) -> str:
@@ -311,6 +327,9 @@ def _read_file(path: str) -> dict:
     def name(k, v):
         return _name(src, k, v)
 
+    def user_name(k, v):
+        return v if VARIABLE_RE.match(v) else name(k, v)
+
     def user(k, v):
         return _table(src, k, v, {
             "uid": lambda k, v: _id(src, k, v), "gid": lambda k, v: _id(src, k, v),
@@ -337,6 +356,10 @@ def _read_file(path: str) -> dict:
     def template(k, v):
         return _table(src, k, v, {"source": string, "text": string, "mode": mode,
                                   "owner": name, "group": name})
+
+    def generated(k, v):
+        return _table(src, k, v, {"kind": lambda k, v: _one_of(src, k, v, GENERATORS),
+                                  "subject": string, "mode": mode, "owner": name, "group": name})
 
     def keyed(check_key, check_value):
         def run(k, v):
@@ -411,11 +434,12 @@ def _read_file(path: str) -> dict:
         "keep_file_caps": abs_paths,
         "devices": devices,
         "variables": keyed(lambda k, key: key, variable),
-        "users": keyed(name, user),
+        "users": keyed(user_name, user),
         "groups": keyed(name, group),
         "directories": keyed(lambda k, p: _abs_path(src, k, p), directory),
         "writable": keyed(lambda k, p: _abs_path(src, k, p), writable),
         "templates": keyed(lambda k, p: _abs_path(src, k, p), template),
+        "generated": keyed(lambda k, p: _abs_path(src, k, p), generated),
         "service": service,
     })
     for dest, tpl in top.get("templates", {}).items():
@@ -425,6 +449,9 @@ def _read_file(path: str) -> dict:
             tpl["source"] = os.path.realpath(os.path.join(os.path.dirname(path), tpl["source"]))
             if not os.path.isfile(tpl["source"]):
                 src.fail(("templates", dest, "source"), f"template file {tpl['source']} not found")
+    for dest, entry in top.get("generated", {}).items():
+        if "kind" not in entry:
+            src.fail(("generated", dest), f"missing `kind` (one of {', '.join(GENERATORS)})")
     for uname, entry in top.get("users", {}).items():
         for key in ("uid", "gid"):
             if key not in entry:
@@ -441,7 +468,9 @@ def _read_file(path: str) -> dict:
 LIST_KEYS = (
     "binaries", "libraries", "files", "exclude", "keep_setuid", "keep_file_caps", "devices",
 )  # fmt: skip
-TABLE_KEYS = ("variables", "users", "groups", "directories", "writable", "templates")
+TABLE_KEYS = (
+    "variables", "users", "groups", "directories", "writable", "templates", "generated",
+)  # fmt: skip
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -508,6 +537,21 @@ def _coerce(name: str, text: str, default):
     raise ProfileError(f"--set {name}={text}: expected {type(default).__name__} like {default!r}")
 
 
+def _user_name(key: str, variables: dict, where: str) -> str:
+    """A user's name: as written, or the value of the variable it names (`{{ local_user }}`)."""
+    match = VARIABLE_RE.match(key)
+    if not match:
+        return key
+    if match.group(1) not in variables:
+        raise ProfileError(f"{where}: users.\"{key}\": no variable {match.group(1)!r}; define it "
+                           "under [variables]")
+    value = str(variables[match.group(1)])
+    if not NAME_RE.match(value):
+        raise ProfileError(f"{where}: {match.group(1)} = {value!r} is not a user name (lower case, "
+                           "digits, '_', '-', at most 32); pass another with --set")
+    return value
+
+
 def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     """Semantic checks on the composed profile (cross references), then the frozen Profile."""
     where = f"profile {name}"
@@ -520,7 +564,10 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
 
     groups = {g: Group(g, e["gid"], tuple(e.get("members", ()))) for g, e in
               data.get("groups", {}).items()}
-    users = {u: User(u, **e) for u, e in data.get("users", {}).items()}
+    users = {}
+    for key, entry in data.get("users", {}).items():
+        uname = _user_name(key, variables, where)
+        users[uname] = User(uname, **entry)
     gids = {g.gid for g in groups.values()}
     for user in users.values():
         if user.gid not in gids:
@@ -549,6 +596,10 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
                 for p, e in data.get("writable", {}).items()}
     templates = {p: Template(p, **owned("templates", p, e))
                  for p, e in data.get("templates", {}).items()}
+    generated = {p: Generated(p, **owned("generated", p, e))
+                 for p, e in data.get("generated", {}).items()}
+    for path in generated.keys() & templates.keys():
+        raise ProfileError(f"{where}: {path} is both a template and a generated file")
     for path in writable:
         if path == "/" or path.split("/")[1] in ("etc", "lib", "lib64", "usr", "bin", "sbin"):
             raise ProfileError(f"{where}: writable.\"{path}\": a writable directory under /etc, "
@@ -586,6 +637,7 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
         directories=directories,
         writable=writable,
         templates=templates,
+        generated=generated,
         service=service,
     )
 
@@ -602,6 +654,10 @@ def as_dict(profile: Profile) -> dict:
     def users(u: User):
         row = {"uid": u.uid, "gid": u.gid, "home": u.home, "shell": u.shell, "gecos": u.gecos}
         return row | ({"password": u.password} if u.password is not None else {})
+
+    def generated(g: Generated):
+        return {"kind": g.kind, "subject": g.subject, "mode": octal(g.mode), "owner": g.owner,
+                "group": g.group}
 
     def template(t: Template):
         body = {"source": t.source} if t.source else {"text": t.text}
@@ -630,6 +686,7 @@ def as_dict(profile: Profile) -> dict:
         "writable": {p: {"owner": w.owner, "group": w.group, "mode": octal(w.mode), "kind": w.kind}
                      | ({"size": w.size} if w.size else {}) for p, w in profile.writable.items()},
         "templates": {p: template(t) for p, t in profile.templates.items()},
+        "generated": {p: generated(g) for p, g in profile.generated.items()},
         "service": service,
     }
 

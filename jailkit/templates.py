@@ -3,7 +3,9 @@
 Templates come from profiles, which may be shared: they are rendered in jinja2's sandbox, and a
 variable the profile does not define is an error rather than an empty string. A template whose only
 jinja2 syntax is `{{ name }}` is rendered by plain substitution, which gives jinja2's output for the
-str/int/float/bool values a profile can hold, without importing jinja2 (~70 ms).
+str/int/float/bool values a profile can hold, without importing jinja2 (~70 ms). Two filters:
+`crypt` (a password as an /etc/shadow hash) and `public_keys` (ssh public key lines, given as text
+or as the path of a file holding them).
 """
 
 import re
@@ -44,22 +46,95 @@ def _substitute(text: str, variables: dict, origin: str) -> str | None:
     return PLACEHOLDER.sub(value, text)
 
 
-def render(template: Template, variables: dict) -> str:
+KEY_TYPES = (
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)  # fmt: skip
+
+
+def crypt(password: str, previous: tuple[str, ...] = ()) -> str:
+    """A yescrypt hash (Debian's default, what pam_unix in the jail verifies) of `password`.
+
+    A hash in `previous` (the jail's current /etc/shadow) that already matches is kept, so that a
+    rebuild with the same password changes nothing; else a new one with a random salt."""
+    import ctypes
+
+    if not password:
+        raise TemplateError("crypt: the password is empty; pass one with --set")
+    try:
+        libcrypt = ctypes.CDLL("libcrypt.so.1")
+    except OSError:
+        raise TemplateError("crypt: libcrypt.so.1 is not installed (Debian: libcrypt1)") from None
+    libcrypt.crypt.restype = ctypes.c_char_p
+    libcrypt.crypt.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+    libcrypt.crypt_gensalt.restype = ctypes.c_char_p
+    libcrypt.crypt_gensalt.argtypes = (ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p,
+                                       ctypes.c_int)
+    secret = password.encode()
+    for old in previous:
+        if old.startswith("$") and libcrypt.crypt(secret, old.encode()) == old.encode():
+            return old
+    salt = libcrypt.crypt_gensalt(b"$y$", 0, None, 0)  # random bytes from the kernel
+    hashed = libcrypt.crypt(secret, salt) if salt else None
+    if not hashed or not hashed.startswith(b"$y$"):
+        raise TemplateError("crypt: libcrypt could not make a yescrypt hash")
+    return hashed.decode()
+
+
+def public_keys(value: str) -> str:
+    """authorized_keys lines from ssh public key text, or from the file it names (`/...`)."""
+    import base64
+    import binascii
+
+    text = value
+    if value.startswith("/"):
+        try:
+            with open(value, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TemplateError(f"public key file {value}: cannot read: "
+                                f"{getattr(e, 'strerror', None) or e}") from None
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise TemplateError(f"no ssh public key in {value!r}: give a key line (ssh-ed25519 "
+                            "AAAA... comment) or the path of a .pub file")
+    for line in lines:
+        fields = line.split()
+        try:
+            # the key blob starts with its own type name: a truncated or pasted-wrong key fails
+            ok = len(fields) >= 2 and fields[0] in KEY_TYPES and base64.b64decode(
+                fields[1], validate=True)[4:4 + len(fields[0])] == fields[0].encode()
+        except binascii.Error:
+            ok = False
+        if not ok:
+            raise TemplateError(f"not an ssh public key line: {line[:60]!r} (expected TYPE "
+                                "BASE64 [comment], TYPE one of ssh-ed25519, ssh-rsa, ecdsa-...)")
+    return "\n".join(lines) + "\n"
+
+
+def render(template: Template, variables: dict, previous_hashes: tuple[str, ...] = ()) -> str:
+    """`previous_hashes`: password hashes the `crypt` filter keeps when they still match."""
     text, origin = _source(template)
     plain = _substitute(text, variables, origin)
     if plain is not None:
         return plain
-    return render_jinja2(text, variables, origin)
+    return render_jinja2(text, variables, origin, previous_hashes)
 
 
-def render_jinja2(text: str, variables: dict, origin: str) -> str:
+def render_jinja2(text: str, variables: dict, origin: str,
+                  previous_hashes: tuple[str, ...] = ()) -> str:
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
     env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                autoescape=False)
+    env.filters["crypt"] = lambda password: crypt(str(password), previous_hashes)
+    env.filters["public_keys"] = lambda value: public_keys(str(value))
     try:
         return env.from_string(text).render(**variables)
+    except TemplateError as e:
+        raise TemplateError(f"{origin}: {e}") from None
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"{origin}:{e.lineno}: {e.message}") from None
     except jinja2.TemplateError as e:

@@ -1,0 +1,143 @@
+"""Files made once per jail at build time (private keys, certificates) and kept across rebuilds.
+
+A host key or certificate that changed on every `jailkit build` or `update` would break every
+client that trusted it, so each is made once by a built-in generator (openssl, ssh-keygen: fixed
+arguments, never a command from a profile) into DIR/generated/DEST/, next to a record of what was
+asked for, and read back by every later build. Asking for something else (another subject, another
+kind) makes a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+from jailkit.errors import JailkitError
+from jailkit.jaildir import DIR_FLAGS
+from jailkit.profile import Generated
+
+PARAMS = "params.json"
+SUBJECT_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}$")
+
+
+class GenerateError(JailkitError):
+    """A generator that could not make its file."""
+
+
+def _commands(kind: str, subject: str, out: str) -> list[list[str]]:
+    if kind == "tls-cert":
+        # key and certificate in one PEM file: nginx, lighttpd and others read both from it
+        names = f"DNS:{subject},DNS:localhost,IP:127.0.0.1,IP:::1"
+        return [["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650", "-subj",
+                 f"/CN={subject}", "-addext", f"subjectAltName={names}", "-keyout",
+                 f"{out}.key", "-out", f"{out}.crt"]]
+    key_type = kind.removeprefix("ssh-host-key-")
+    return [["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "", "-f", out]]
+
+
+def _outputs(kind: str, dest: str, out: str) -> dict[str, bytes]:
+    """Jail path -> content of what the generator made."""
+    if kind == "tls-cert":
+        with open(f"{out}.key", "rb") as key, open(f"{out}.crt", "rb") as cert:
+            return {dest: key.read() + cert.read()}
+    with open(out, "rb") as private, open(f"{out}.pub", "rb") as public:
+        return {dest: private.read(), f"{dest}.pub": public.read()}
+
+
+def _open_dirs(jail_fd: int, relative: str, create: bool) -> int | None:
+    """Descriptor of DIR/generated/RELATIVE, walked without following symlinks; None if absent."""
+    fd = os.dup(jail_fd)
+    for part in ["generated", *relative.split("/")]:
+        try:
+            if create:
+                os.mkdir(part, 0o700, dir_fd=fd)
+        except FileExistsError:
+            pass
+        try:
+            child = os.open(part, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        except OSError as e:
+            os.close(fd)
+            raise GenerateError(f"generated/{relative} in the jail directory: {part} is not a "
+                                f"directory (a symlink?): {e.strerror}") from None
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _read(fd: int, names: list[str]) -> dict[str, bytes] | None:
+    out = {}
+    for name in names:
+        try:
+            with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd),
+                      "rb") as f:
+                out[name] = f.read()
+        except FileNotFoundError:
+            return None
+    return out
+
+
+def generated_files(item: Generated, subject: str, jail_fd: int,
+                    create: bool) -> dict[str, bytes] | None:
+    """Jail path -> content for `item`: the kept copy when it was made for the same kind and
+    subject, else newly made and kept in the jail directory `jail_fd` (when `create`; otherwise
+    None)."""
+    if not SUBJECT_RE.match(subject):
+        raise GenerateError(f"{item.dest}: subject {subject!r} is not a host name")
+    params = json.dumps({"kind": item.kind, "subject": subject}, sort_keys=True).encode()
+    fd = _open_dirs(jail_fd, item.dest.strip("/"), create)
+    if fd is None:
+        return None
+    try:
+        names = [PARAMS] + ["0", "1"][: 1 if item.kind == "tls-cert" else 2]
+        kept = _read(fd, names)
+        if kept is not None and kept[PARAMS] == params:
+            return dict(zip(_jail_paths(item), (kept[n] for n in names[1:]), strict=True))
+        if not create:
+            return None
+        made = _make(item, subject)
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+        # the record last: a build killed halfway makes the files again next time
+        for name, content in (*zip(names[1:], made.values(), strict=True), (PARAMS, params)):
+            with open(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                              os.O_CLOEXEC, 0o600, dir_fd=fd), "wb") as f:
+                f.write(content)
+                os.fsync(f.fileno())
+        return made
+    finally:
+        os.close(fd)
+
+
+def _jail_paths(item: Generated) -> list[str]:
+    return [item.dest] if item.kind == "tls-cert" else [item.dest, f"{item.dest}.pub"]
+
+
+def _make(item: Generated, subject: str) -> dict[str, bytes]:
+    work = tempfile.mkdtemp(prefix="jailkit-gen-")  # private (0700) until read back
+    try:
+        out = os.path.join(work, "out")
+        for command in _commands(item.kind, subject, out):
+            try:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                        stdin=subprocess.DEVNULL)
+            except FileNotFoundError:
+                raise GenerateError(f"{item.dest}: {command[0]} is not installed (needed to make "
+                                    f"a {item.kind}); install it and build again") from None
+            if result.returncode != 0:
+                reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+                raise GenerateError(f"{item.dest}: {command[0]} failed making a {item.kind}: "
+                                    f"{reason}")
+        return _outputs(item.kind, item.dest, out)
+    finally:
+        shutil.rmtree(work)

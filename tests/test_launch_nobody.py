@@ -160,3 +160,17 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(checkout, jail):  # n
     lines = result.stdout.splitlines()
     assert [line.split() for line in lines[:2]] == [["0", "65534", "1"], ["1", "200000", "65535"]]
     assert lines[2] == "uid 33 euid 33 gid 33 egid 33"
+
+
+def test_state_directory_is_bound_for_an_ordinary_user(run, jail):  # noqa: F811
+    state = jail / "state" / "spool"
+    state.mkdir(parents=True)
+    os.chown(state, NOBODY, NOBODY)  # as `nobody` built it
+    try:
+        result = run("/bin/sh", "-c", "echo kept > /tmp/file",
+                     sets=['writable=[{"path": "/tmp", "kind": "bind", "source": "spool"}]'])
+        assert result.returncode == 0, result.stderr
+        assert (state / "file").read_text() == "kept\n"
+        assert (state / "file").stat().st_uid == NOBODY
+    finally:
+        shutil.rmtree(jail / "state")

@@ -73,17 +73,46 @@ def detached_sources(ops: list[Mount], maps, userns_pid: int) -> list[int]:
             if op.kind == "root":
                 fds.append(idmapped_root(source, userns_pid))
                 continue
-            if not os.path.isdir(source) or os.path.islink(source):
-                raise JailkitError(f"state directory {source} is missing: rebuild the jail")
+            _check_state(source)
             os.chown(source, maps.host_uid(op.options["uid"]), maps.host_gid(op.options["gid"]),
                      follow_symlinks=False)
-            fd = sc.open_tree(source, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
-            fds.append(fd)
-            sc.mount_setattr(fd, 0, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+            fds.append(_clone(source, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV))
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
+    return fds
+
+
+def _check_state(source: str) -> None:
+    if not os.path.isdir(source) or os.path.islink(source):
+        raise JailkitError(f"state directory {source} is missing: rebuild the jail")
+
+
+def _clone(source: str, attrs: int) -> int:
+    """A detached copy of the mount at `source`, with `attrs` set on it."""
+    fd = sc.open_tree(source, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
+    try:
+        sc.mount_setattr(fd, 0, attrs)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _clone_sources(ops: list[Mount]) -> dict[str, int]:
+    """In an ordinary user's jail (their own ids, so their own paths are reachable): the same
+    detached mounts as detached_sources, without idmapping or chown, made before the staging
+    tmpfs covers /tmp, where the jail directory may lie."""
+    fds = {}
+    for op in ops:
+        source = op.options.get("source")
+        if op.kind == "root":
+            fds[source] = _clone(source, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID
+                                 | sc.MOUNT_ATTR_NODEV)
+        elif source is not None:
+            _check_state(source)
+            fds[source] = _clone(source, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
     return fds
 
 
@@ -147,11 +176,7 @@ def idmapped_root(host_root: str, userns_pid: int) -> int:
 def _root(op: Mount, fds: dict[str, int]) -> None:
     """Attach the jail tree (read-only, nosuid, nodev) on a staging tmpfs and move into it:
     pivot_root needs the new root to be a mount point."""
-    fd = fds.get(op.options["source"])
-    if fd is None:  # an ordinary user's launch: the tree as it is on disk
-        fd = sc.open_tree(op.options["source"], sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
-        attrs = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
-        sc.mount_setattr(fd, 0, attrs)
+    fd = fds[op.options["source"]]
     staging = os.path.dirname(STAGING)
     sc.mount("tmpfs", staging, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=700,size=16k")
     os.mkdir(STAGING, 0o700)
@@ -167,16 +192,9 @@ def _tmpfs(op: Mount, fds: dict[str, int]) -> None:
 
 def _bind(op: Mount, fds: dict[str, int]) -> None:
     target = _target(op.path, op.options["create"])
-    fd = fds.get(op.options["source"])
-    if fd is not None:
-        sc.move_mount(fd, target)
-        os.close(fd)
-        return
-    source = op.options["source"]
-    if not os.path.isdir(source) or os.path.islink(source):
-        raise JailkitError(f"state directory {source} is missing: rebuild the jail")
-    sc.mount(source, target, None, sc.MS_BIND)
-    _remount(target, sc.MS_NOSUID | sc.MS_NODEV)
+    fd = fds[op.options["source"]]
+    sc.move_mount(fd, target)
+    os.close(fd)
 
 
 def _proc(op: Mount, fds: dict[str, int]) -> None:
@@ -230,6 +248,11 @@ def apply(ops: list[Mount], fds: dict[str, int]) -> None:
     """Set up the jail in this (new, private) mount namespace; leaves the cwd at its root.
     `fds`: the launcher's detached_sources, by source path (empty for an ordinary user's)."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing propagates back to the host
+    if not fds:
+        try:
+            fds = _clone_sources(ops)
+        except OSError as e:
+            raise JailkitError(f"cannot open the jail's tree or state: {e}") from None
     for op in ops:
         try:
             _APPLY[op.kind](op, fds)

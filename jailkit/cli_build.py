@@ -178,6 +178,9 @@ def update(profile, root, sets, as_json):
     Files whose host source and jail copy are unchanged are kept; DIR/state is never touched.
     """
     plan, root, built = _plan(profile, sets, root)
+    if built is not None and built.profile != plan.name:
+        raise JailkitError(f"{root} holds a jail of profile {built.profile!r}, not {plan.name!r}; "
+                           "`jailkit build` replaces it")
     result = _apply(plan, root, built, as_json, create=False)
     _report(result, plan, root, as_json, verbose=True)
 

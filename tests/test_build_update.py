@@ -112,3 +112,13 @@ user = "www-data"
     result = jailkit_ok("run", "svc", "--root", jail, "--", "/bin/sh", "-c",
                         script + "; echo x > /var/log/app/l && cat /var/log/app/l")
     assert result.stdout == "www-data\nkept\nkept\nx\n"
+
+
+def test_update_refuses_a_jail_of_another_profile(tmp_path):
+    jail = tmp_path / "jail"
+    jailkit_ok("build", "shell", "--root", jail)
+    result = run_jailkit("update", "python3", "--root", jail)
+    assert result.returncode == 2
+    assert result.stderr == (f"jailkit: {jail} holds a jail of profile 'shell', not 'python3'; "
+                             "`jailkit build` replaces it\n")
+    assert os.readlink(jail / "current") == "gen-1"

@@ -199,7 +199,14 @@ def _bind(op: Mount, fds: dict[str, int]) -> None:
 
 def _proc(op: Mount, fds: dict[str, int]) -> None:
     target = _target(op.path)
-    sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    try:
+        sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    except PermissionError:
+        # the kernel refuses a new proc while the host's has mounts over parts of it
+        raise JailkitError(
+            "cannot mount a fresh /proc in the jail: the host's /proc has mounts over parts of "
+            "it (in a container?); run on the host, or set mount_proc false in the profile"
+        ) from None
     for name in PROC_READ_ONLY:
         path = f"{target}/{name}"
         if os.path.exists(path):

@@ -6,9 +6,10 @@ import os
 import stat
 import struct
 import subprocess
+import sys
 
 import pytest
-from conftest import run_jailkit
+from conftest import jailkit_env, run_jailkit
 
 from jailkit.launch.spec import LaunchSpec
 
@@ -275,3 +276,13 @@ def test_every_bundled_base_builds_on_this_host_and_checks_clean(tmp_path, base)
         assert (jail / "current/root/etc/pam.d/common-password").is_file()
     if base == "dns":
         assert "hosts: files dns" in (jail / "current/root/etc/nsswitch.conf").read_text()
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    jail = tmp_path / "jail"
+    command = f"{sys.executable} -m jailkit build shell --root {jail}"
+    on_tty = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                            text=True, env=jailkit_env(), timeout=120)
+    assert on_tty.returncode == 0, on_tty.stdout
+    assert "building shell  [####################################]  100%" in on_tty.stdout
+    assert "building" not in build("shell", "--root", tmp_path / "other").stdout

@@ -59,10 +59,11 @@ def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, own
         return "new"
     if seen is None:
         return "missing from the jail, restored"
+    if old.type != entry.type:
+        return f"was a {old.type}, now a {entry.type}"
     kind = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "symlink": stat.S_ISLNK}[old.type]
-    if old.type != entry.type or not kind(seen.st_mode):
-        return f"was a {old.type}, now a {entry.type}" if old.type != entry.type else \
-            "replaced in the jail, restored"
+    if not kind(seen.st_mode):
+        return "replaced in the jail, restored"
     if entry.type == "symlink":
         if entry.target != old.target:
             return f"target now {entry.target}"
@@ -286,7 +287,7 @@ def apply(plan: Plan, jail: JailDir, progress=None, previous: Manifest | None = 
                 jail.state_dir(relative, mode)
             # a changed closure record alone (ld.so.cache touched, same files) still makes a new
             # generation, of hard links only, so that the next build can use the record
-            if (current is not None and not removed and not result.added and not result.updated
+            if (old is not None and not removed and not result.added and not result.updated
                     and not result.launch_changed and old.closure == plan.closure):
                 return result
             number, result.copied, result.linked = _build(plan, jail, old_root_fd, reasons,

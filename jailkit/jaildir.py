@@ -133,13 +133,17 @@ class JailDir:
     def _mkdir_at(dir_fd: int, name: str, mode: int) -> int:
         try:
             os.mkdir(name, mode, dir_fd=dir_fd)
+            created = True
         except FileExistsError:
-            pass
+            created = False
         try:
-            return open_dir(name, dir_fd)
+            fd = open_dir(name, dir_fd)
         except OSError as e:
             raise JailDirError(f"state path component {name!r} is not a directory (a symlink?): "
                                f"{e.strerror}") from None
+        if created:
+            os.fchmod(fd, mode)  # the umask must not take group write from a shared upload dir
+        return fd
 
     def _has_mounts(self, name: str) -> bool:
         inside = os.path.realpath(os.path.join(self.path, name)) + "/"

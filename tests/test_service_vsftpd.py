@@ -1,0 +1,175 @@
+"""The bundled vsftpd profile, for real: built, run by `jailkit run`, used with ftplib and lftp."""
+
+import ftplib
+import io
+import os
+import random
+import socket
+import subprocess
+import time
+
+import pytest
+from services import Service, build, free_port
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
+
+TERMINATED = 128 + 15  # vsftpd has no SIGTERM handler: the stop signal ends it
+
+
+def free_range(count: int) -> tuple[int, int]:
+    """`count` consecutive ports nobody listens on now."""
+    for _ in range(100):
+        low = random.randrange(40000, 60000)
+        sockets = []
+        try:
+            for port in range(low, low + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return low, low + count - 1
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise AssertionError("no free port range")
+
+
+@pytest.fixture(scope="module")
+def anon(tmp_path_factory):
+    base = tmp_path_factory.mktemp("vsftpd")
+    anon_root = base / "pub"
+    anon_root.mkdir(mode=0o755)
+    (anon_root / "hello.txt").write_text("hello over ftp\n")
+    (anon_root / "data.bin").write_bytes(os.urandom(200_000))
+    for path in anon_root.iterdir():
+        path.chmod(0o644)
+    profile = base / "ftpsite.toml"
+    # the local user's password from the profile itself
+    profile.write_text(f'extends = ["vsftpd"]\nfiles = ["{anon_root}"]\n'
+                       '[variables]\nlocal_password = "from the profile"\n')
+    return base, profile, anon_root
+
+
+def start(anon, name: str, *sets: str):
+    base, profile, anon_root = anon
+    port = free_port()
+    low, high = free_range(8)
+    root = base / name
+    build(str(profile), root, f"port={port}", f"anon_root={anon_root}", f"pasv_min={low}",
+          f"pasv_max={high}", *sets)
+    service = Service(str(profile), root, base / f"{name}.log")
+    service.wait_port(port)
+    return service, port, (low, high)
+
+
+@pytest.fixture
+def vsftpd(anon):
+    service, port, pasv = start(anon, "jail")
+    try:
+        yield service, port, pasv, anon[2]
+    finally:
+        service.kill()
+
+
+def connect(port: int) -> ftplib.FTP:
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", port, timeout=10)
+    return ftp
+
+
+def retr(ftp: ftplib.FTP, name: str) -> bytes:
+    out = io.BytesIO()
+    ftp.retrbinary(f"RETR {name}", out.write)
+    return out.getvalue()
+
+
+def test_anonymous_download_through_the_passive_range(vsftpd):
+    service, port, (low, high), anon_root = vsftpd
+    ftp = connect(port)
+    assert ftp.login().startswith("230")
+    assert sorted(ftp.nlst()) == ["data.bin", "hello.txt"]
+    assert low <= ftp.makepasv()[1] <= high
+    assert retr(ftp, "data.bin") == (anon_root / "data.bin").read_bytes()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.storbinary("STOR x.txt", io.BytesIO(b"no"))  # anonymous users cannot write
+    ftp.quit()
+    assert service.stop() == TERMINATED, service.log()
+
+
+def test_local_user_logs_in_through_pam_lists_downloads_uploads(vsftpd):
+    service, port, _, _ = vsftpd
+    ftp = connect(port)
+    assert ftp.login("ftpuser", "from the profile").startswith("230")
+    assert ftp.pwd() == "/"  # chrooted into its home
+    ftp.cwd("files")
+    payload = os.urandom(50_000)
+    ftp.storbinary("STOR upload.bin", io.BytesIO(payload))
+    assert "upload.bin" in ftp.nlst()
+    assert retr(ftp, "upload.bin") == payload
+    ftp.quit()
+    # kept on the host in the jail's state directory, owned by the user's mapped uid
+    stored = service.root / "state/srv/ftp-local/files/upload.bin"
+    assert stored.read_bytes() == payload
+    assert stored.stat().st_uid != 0
+    assert service.stop() == TERMINATED, service.log()
+
+
+def test_wrong_password_and_root_are_refused(vsftpd):
+    service, port, _, _ = vsftpd
+    for user, password in (("ftpuser", "wrong"), ("root", "from the profile")):
+        ftp = connect(port)
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            ftp.login(user, password)
+        ftp.close()
+    assert service.stop() == TERMINATED, service.log()
+
+
+def test_password_from_set_replaces_the_profiles(anon, tmp_path):
+    service, port, _ = start(anon, "jail-set", "local_password=given with set")
+    note = tmp_path / "note.txt"
+    note.write_text("sent with lftp\n")
+    try:
+        ftp = connect(port)
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            ftp.login("ftpuser", "from the profile")
+        ftp.close()
+        result = subprocess.run(
+            ["lftp", "-u", "ftpuser,given with set", "-p", str(port), "-e",
+             f"set ftp:passive-mode on; cls -1 /; put {note} -o /files/note.txt; "
+             "cat /files/note.txt; bye", "127.0.0.1"],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "/files/\nsent with lftp\n"
+        assert service.stop() == TERMINATED, service.log()
+    finally:
+        service.kill()
+
+
+def zombies(service: Service) -> list[int]:
+    found = []
+    for pid in service.processes():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def test_two_hundred_sessions_in_a_row(vsftpd):
+    service, port, _, anon_root = vsftpd
+    expected = (anon_root / "hello.txt").read_bytes()
+    for _ in range(200):
+        ftp = connect(port)
+        ftp.login()
+        assert retr(ftp, "hello.txt") == expected
+        ftp.quit()
+    assert service.proc.poll() is None, service.log()
+    deadline = time.monotonic() + 10
+    while (zombies(service) or len(service.processes()) > 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert zombies(service) == []  # the jail's pid 1 reaped every session
+    assert len(service.processes()) == 2  # pid 1 and the listener
+    assert service.stop() == TERMINATED, service.log()

@@ -7,8 +7,8 @@ compiled with gcc) is placed in the jail to try what a shell cannot.
 import os
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,12 +83,38 @@ def host_uid(pid: int) -> int:
         return int(next(line for line in f if line.startswith("Uid:")).split()[1])
 
 
-def start(jail: Path, *command, sets=()):
+def in_netns(netns: int | None) -> list[str]:
+    """A command prefix entering the network namespace of process `netns` (nsenter execs, so
+    the pid stays the launcher's)."""
+    return ["nsenter", f"--net=/proc/{netns}/ns/net", "--"] if netns else []
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of the test's own (held by a sleep it kills by pid), so that a veth
+    and its test addresses never touch the host's own network."""
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "600"])
+    try:
+        ours = os.readlink("/proc/self/ns/net")
+        wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != ours)
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def links_in(netns: int) -> set[str]:
+    out = subprocess.run([*in_netns(netns), "ip", "-o", "link"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
+
+
+def start(jail: Path, *command, sets=(), netns=None):
     """A running jail (Popen of the launcher, whose pid the waiter keeps) and its processes."""
     options = [arg for key_value in sets for arg in ("--set", key_value)]
     proc = subprocess.Popen(
-        [os.environ.get("JAILKIT_PYTHON", "/opt/jailkit/bin/python"), "-m", "jailkit", "run",
-         "shell", "--root", jail, *options, "--", *command],
+        [*in_netns(netns), os.environ.get("JAILKIT_PYTHON", "/opt/jailkit/bin/python"), "-m",
+         "jailkit", "run", "shell", "--root", jail, *options, "--", *command],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -381,15 +407,16 @@ def tree(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
 
 
-def test_nothing_is_left_behind(jail):
+def test_nothing_is_left_behind(jail, netns):
     mounts, nets, files = mount_points(), links(), tree(jail)
-    proc = start(jail, "/bin/sleep", "30", sets=[
+    test_links = links_in(netns)
+    proc = start(jail, "/bin/sleep", "30", netns=netns, sets=[
         "network=veth", "cgroup.memory_max=64M", "cgroup.pids_max=32"])
     try:
         inside = descendants(proc.pid)
         groups = [f"/sys/fs/cgroup/{c}/jailkit/shell-{proc.pid}" for c in ("memory", "pids")]
         assert all(os.path.isdir(g) for g in groups)
-        assert f"jk{proc.pid}" in links()
+        assert f"jk{proc.pid}" in links_in(netns)
         assert mount_points() == mounts  # the jail's mounts live in its own namespace only
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 128 + signal.SIGTERM
@@ -397,6 +424,7 @@ def test_nothing_is_left_behind(jail):
         stop(proc)
     assert not any(os.path.exists(f"/proc/{pid}") for pid in inside)
     assert not any(os.path.exists(g) for g in groups)
+    assert links_in(netns) == test_links
     assert links() == nets
     assert mount_points() == mounts
     assert tree(jail) == files
@@ -427,17 +455,25 @@ def test_network_none_has_only_loopback(jail):
     assert interfaces == ["lo"]
 
 
-def test_veth_serves_a_low_port_on_the_jails_own_address(jail):
-    proc = start(jail, PROBE, "serve", "80", sets=["network=veth"])
+CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], 80), timeout=5) as conn:
+    sys.stdout.write(conn.recv(16).decode())
+"""
+
+
+def test_veth_serves_a_low_port_on_the_jails_own_address(jail, netns):
+    proc = start(jail, PROBE, "serve", "80", sets=["network=veth"], netns=netns)
     try:
         assert proc.stdout.readline().strip() == "listening"
-        out = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", f"jk{proc.pid}"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([*in_netns(netns), "ip", "-o", "-4", "addr", "show", "dev",
+                              f"jk{proc.pid}"], capture_output=True, text=True, check=True).stdout
         host_addr = out.split()[3].split("/")[0]
         a, b, c, d = host_addr.split(".")
         jail_addr = f"{a}.{b}.{c}.{int(d) + 1}"
-        with socket.create_connection((jail_addr, 80), timeout=5) as conn:
-            assert conn.recv(16) == b"hello\n"
+        client = subprocess.run([*in_netns(netns), sys.executable, "-c", CLIENT, jail_addr],
+                                capture_output=True, text=True, timeout=30)
+        assert client.stdout == "hello\n", client.stderr
         assert proc.wait(10) == 0
     finally:
         stop(proc)

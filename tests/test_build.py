@@ -12,6 +12,8 @@ import pytest
 from conftest import jailkit_env, run_jailkit
 
 from jailkit.launch.spec import LaunchSpec
+from jailkit.plan import make_plan
+from jailkit.profile import bundled_profiles, load
 
 CAPS_XATTR = "security.capability"
 
@@ -286,3 +288,36 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     assert on_tty.returncode == 0, on_tty.stdout
     assert "building shell  [####################################]  100%" in on_tty.stdout
     assert "building" not in build("shell", "--root", tmp_path / "other").stdout
+
+
+@pytest.mark.parametrize("name", sorted(bundled_profiles()))
+def test_every_bundled_profile_plans_a_valid_launch_spec(tmp_path, name):
+    # on top of shell, so that bases (which name no command of their own) are runnable too
+    profile = tmp_path / f"{name}-on-shell.toml"
+    profile.write_text(f'extends = ["shell", "{name}"]\n')
+    plan = make_plan(load(str(profile)), generate=False)
+    LaunchSpec.from_dict(plan.launch)
+    assert plan.launch["command"] == list(load(name).service.command)
+    assert plan.entries["/etc/passwd"].content.startswith(b"root:x:0:0:")
+
+
+def test_directory_copy_keeps_links_and_honours_excludes(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "sub/__pycache__").mkdir(parents=True)
+    (tree / "sub/__pycache__/x.pyc").write_bytes(b"pyc")
+    (tree / "sub/keep.txt").write_text("keep\n")
+    (tree / "outside.txt").write_text("reached through a link\n")
+    os.symlink("../outside.txt", tree / "sub/to-file")
+    os.symlink("/no/such/target", tree / "sub/dangling")
+    os.symlink("/usr/share", tree / "sub/to-dir")
+    profile = write_profile(tmp_path, f'files = ["{tree}/sub"]\nexclude = ["*/__pycache__"]\n')
+    result = build(profile, "--root", tmp_path / "j")
+    assert f"note: {tree}/sub/to-dir points to a directory, which is not copied" in result.stderr
+    copy = tmp_path / f"j/current/root{tree}"
+    assert (copy / "sub/keep.txt").read_text() == "keep\n"
+    assert not (copy / "sub/__pycache__").exists()
+    assert os.readlink(copy / "sub/to-file") == "../outside.txt"
+    assert (copy / "outside.txt").read_text() == "reached through a link\n"
+    assert os.readlink(copy / "sub/dangling") == "/no/such/target"
+    assert os.readlink(copy / "sub/to-dir") == "/usr/share"
+    assert not (tmp_path / "j/current/root/usr/share").exists()

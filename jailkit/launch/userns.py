@@ -127,18 +127,23 @@ def write(pid: int, maps: IdMaps) -> None:
         _run_helper(NEWUIDMAP, pid, maps.uids)
         _run_helper(NEWGIDMAP, pid, maps.gids)
         return
-    with open(f"/proc/{pid}/uid_map", "w") as f:
-        f.write("".join(f"{i} {o} {c}\n" for i, o, c in maps.uids))
-    with open(f"/proc/{pid}/setgroups", "w") as f:
-        # an unprivileged gid map is only accepted with setgroups denied
-        f.write("allow" if maps.allow_setgroups else "deny")
-    with open(f"/proc/{pid}/gid_map", "w") as f:
-        f.write("".join(f"{i} {o} {c}\n" for i, o, c in maps.gids))
+    _write_proc(f"/proc/{pid}/uid_map", "".join(f"{i} {o} {c}\n" for i, o, c in maps.uids))
+    # an unprivileged gid map is only accepted with setgroups denied
+    _write_proc(f"/proc/{pid}/setgroups", "allow" if maps.allow_setgroups else "deny")
+    _write_proc(f"/proc/{pid}/gid_map", "".join(f"{i} {o} {c}\n" for i, o, c in maps.gids))
+
+
+def _write_proc(path: str, text: str) -> None:
+    """One write(2), as these files require."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def forbid_nested() -> None:
     """No user namespaces inside the jail: a nested one would hand its creator a full set of
     capabilities (over its own namespaces) again. The limit is per user namespace and covers
     clone, clone3 and unshare alike; the jail cannot raise it (its /proc/sys is read-only)."""
-    with open("/proc/sys/user/max_user_namespaces", "w") as f:
-        f.write("0")
+    _write_proc("/proc/sys/user/max_user_namespaces", "0")

@@ -147,7 +147,7 @@ class JailDir:
 
     def _has_mounts(self, name: str) -> bool:
         inside = os.path.realpath(os.path.join(self.path, name)) + "/"
-        return any(point.startswith(inside) for point in _mount_points())
+        return any(point.startswith(inside) for point in mount_points())
 
     def remove_stale(self, keep: set[int]) -> list[int]:
         """Delete generations not in `keep` that no launcher holds (see docs/contracts.md)."""
@@ -186,10 +186,11 @@ class JailDir:
         return removed
 
 
-def _mount_points() -> list[str]:
+def mount_points() -> set[str]:
+    """Every mount point this process sees."""
     with open("/proc/self/mountinfo") as f:
         # field 5 is the mount point, with space, tab, newline and backslash octal-escaped
-        return [line.split()[4].encode().decode("unicode_escape") for line in f]
+        return {line.split()[4].encode().decode("unicode_escape") for line in f}
 
 
 def walk_tree(root_fd: int) -> dict[str, os.stat_result]:
@@ -213,21 +214,3 @@ def walk_tree(root_fd: int) -> dict[str, os.stat_result]:
         finally:
             os.close(fd)
     return out
-
-
-def open_parent(root_fd: int, path: str) -> tuple[int, str]:
-    """(descriptor of the directory holding jail `path`, last component), walking from the jail
-    root one component at a time with O_NOFOLLOW: a planted symlink fails (ELOOP/ENOTDIR)."""
-    parts = [p for p in path.split("/") if p]
-    if not parts or ".." in parts:
-        raise JailDirError(f"refusing jail path {path!r}")
-    fd = os.dup(root_fd)
-    try:
-        for part in parts[:-1]:
-            child = open_dir(part, fd)
-            os.close(fd)
-            fd = child
-    except OSError:
-        os.close(fd)
-        raise
-    return fd, parts[-1]

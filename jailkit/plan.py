@@ -160,7 +160,12 @@ class _Planner:
         self.add(Entry(path, "file", mode=mode, source=path, host=HostStat.of(st), file_caps=caps))
 
     def tree(self, top: str, top_st: os.stat_result) -> None:
-        """Copy a host directory: same filesystem only, symlinks kept, excludes honoured."""
+        """Copy a host directory: same filesystem only, symlinks kept, excludes honoured. A mount
+        point below `top` is skipped even on the same filesystem: a bind mount of a parent
+        directory would otherwise make the copy endless."""
+        from jailkit.jaildir import mount_points
+
+        mounts = mount_points()
         self.add(Entry(top, "dir", mode=top_st.st_mode & 0o755))
         pending = [top]
         while pending:
@@ -174,8 +179,8 @@ class _Planner:
                 if self.excluded(item.path):
                     continue
                 st = item.stat(follow_symlinks=False)
-                if st.st_dev != top_st.st_dev:
-                    self.notes.append(f"skipped {item.path}: on another filesystem than {top}")
+                if st.st_dev != top_st.st_dev or item.path in mounts:
+                    self.notes.append(f"skipped {item.path}: a mount point (not copied from {top})")
                 elif stat.S_ISDIR(st.st_mode):
                     self.add(Entry(item.path, "dir", mode=st.st_mode & 0o755))
                     pending.append(item.path)
@@ -419,8 +424,6 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
     for path in expand(profile.files, "files"):
         planner.host_path(path, walk=True)
     _account_files(planner, profile, jail_fd)
-    if profile.generated:
-        _generated(planner, profile, jail_fd, generate)
     for tpl in profile.templates.values():
         uid, gid = planner.owner(tpl.owner, tpl.group)
         planner.generated(tpl.dest, render(tpl, profile.variables), tpl.mode, uid, gid)
@@ -442,6 +445,8 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
         if _lookup(planner.entries, path) is None:
             raise PlanError(f"profile {profile.name}: {what} {path} would not exist in the jail; "
                             "add it to binaries, files or directories")
+    if profile.generated:  # last: a profile that fails to plan makes no key
+        _generated(planner, profile, jail_fd, generate)
     state_dirs = {w.path.lstrip("/"): w.mode
                   for w in profile.writable.values() if w.kind == "state"}
     entries = {path: planner.entries[path] for path in sorted(planner.entries, key=_depth_first)}

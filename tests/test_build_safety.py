@@ -99,23 +99,27 @@ def test_refuses_root_and_foreign_directories(tmp_path, decoy):
     assert result.returncode == 2 and "not to gen-N" in result.stderr
 
 
-def test_directory_copy_never_crosses_into_another_filesystem(tmp_path):
+def test_directory_copy_never_crosses_into_another_filesystem_or_mount(tmp_path):
     source = tmp_path / "data"
     (source / "mnt").mkdir(parents=True)
+    (source / "loop").mkdir()
     (source / "kept.txt").write_text("kept\n")
     profile = tmp_path / "data.toml"
     profile.write_text(f'extends = ["shell"]\nfiles = ["{source}"]\n')
     jail = tmp_path / "jail"
     # the tmpfs lives in a private mount namespace that ends with the shell: nothing leaks
+    # and a bind mount of the directory into itself: same filesystem, still not to be entered
     script = (f"mount -t tmpfs none {source}/mnt && echo secret > {source}/mnt/f && "
+              f"mount --bind {source} {source}/loop && "
               f"exec {sys.executable} -m jailkit build {profile} --root {jail}")
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                             capture_output=True, text=True, env=jailkit_env(), timeout=120)
     assert result.returncode == 0, result.stderr
-    assert f"note: skipped {source}/mnt: on another filesystem" in result.stderr
+    for name in ("mnt", "loop"):
+        assert f"note: skipped {source}/{name}: a mount point (not copied" in result.stderr
     copy = jail / f"current/root{source}"
     assert (copy / "kept.txt").read_text() == "kept\n"
-    assert not (copy / "mnt").exists()
+    assert not (copy / "mnt").exists() and not (copy / "loop").exists()
 
 
 def test_sigkill_mid_build_leaves_previous_jail_and_next_build_cleans_up(tmp_path):

@@ -12,6 +12,7 @@ machine is passed over; one that is not ELF at all stops the loader, as it stops
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -171,7 +172,7 @@ class Resolver:
         listed = {lib.path or lib.name for lib in result.libs}
         while queue:
             requester = queue.popleft()
-            for name in requester.info.needed:
+            for tag, name in requester.info.dependencies:
                 result.needed_by.setdefault(name, [])
                 if requester.path not in result.needed_by[name]:
                     result.needed_by[name].append(requester.path)
@@ -180,20 +181,26 @@ class Resolver:
                     Lib(name, obj.path if obj else None)
                 )
                 if obj is None:
-                    if name not in result.missing:
+                    # A missing DT_AUXILIARY is listed by the loader but does not stop the program.
+                    if tag != "DT_AUXILIARY" and name not in result.missing:
                         result.missing.append(name)
                     if name not in listed:
                         listed.add(name)
-                        result.libs.append(Lib(name, None))
+                        list_object(result.libs, Lib(name, None), tag, requester)
                     continue
-                if new:
+                if obj.info is main.info or obj.path in listed:
+                    continue
+                listed.add(obj.path)
+                if new and tag == "DT_NEEDED":
                     queue.append(obj)
-                if obj.info is not main.info and obj.path not in listed:
-                    listed.add(obj.path)
-                    result.libs.append(Lib(name, obj.path))
+                elif new:
+                    queue.appendleft(obj)  # a filtee's needs are taken next
+                list_object(result.libs, Lib(name, obj.path), tag, requester)
 
     def _map_object(self, name, requester, main, link_map, rules):
         """The object a DT_NEEDED name maps to: (object, newly loaded?), or (None, False)."""
+        if name == "" and requester is not main:
+            return main, False  # the executed program's link-map name is ""
         for obj in link_map:
             if name in obj.names or name == obj.info.soname:
                 obj.names.add(name)
@@ -274,14 +281,22 @@ class Resolver:
         return path, self.reader.read(path)
 
     def _probe(self, path: str, rules: LoaderRules) -> tuple[str, str | None] | None:
+        # The loader opens any kind of file and judges what read() gives; only a FIFO is not
+        # opened here, since the loader would block on it for ever.
         try:
-            fd, _ = open_regular(path)
-        except ElfError:
-            if os.path.isdir(path):
-                return path, "cannot read file data: Is a directory"
-            return None  # absent or unreadable: the loader tries the next candidate
+            st = os.stat(path)
+        except OSError:
+            return None  # absent: the loader tries the next candidate
+        if stat.S_ISFIFO(st.st_mode):
+            return path, "a FIFO: the loader would block opening it"
         try:
-            head = os.pread(fd, 64, 0)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            return None  # unreadable: the loader tries the next candidate
+        try:
+            head = os.pread(fd, 64, 0) if stat.S_ISREG(st.st_mode) else os.read(fd, 64)
+        except OSError as e:
+            return path, f"cannot read file data: {e.strerror}"
         finally:
             os.close(fd)
         problem = header_problem(head, rules.ei_class, rules.machine, len(head))
@@ -290,6 +305,15 @@ class Resolver:
         if problem is None:
             problem = loadable_problem(head, rules)
         return None if problem == "skip" else (path, problem)
+
+
+def list_object(libs: list[Lib], lib: Lib, tag: str, requester: LoadedObject) -> None:
+    """Add a newly mapped object where the loader lists it: a filtee just before its filter."""
+    if tag == "DT_NEEDED":
+        libs.append(lib)
+        return
+    position = next((i for i, x in enumerate(libs) if x.path == requester.path), len(libs))
+    libs.insert(position, lib)
 
 
 def loadable_problem(head: bytes, rules: LoaderRules) -> str | None:

@@ -46,6 +46,8 @@ class ElfInfo:
     interp: str | None = None
     dynamic: bool = False
     needed: list[str] = field(default_factory=list)
+    # DT_NEEDED, DT_AUXILIARY and DT_FILTER names in dynamic-array order, as (tag, name)
+    dependencies: list[tuple[str, str]] = field(default_factory=list)
     rpath: str | None = None
     runpath: str | None = None
     soname: str | None = None
@@ -209,22 +211,22 @@ class ElfReader:
             raise ElfError(f"{path}: dynamic segment lies beyond the end of the file")
         raw = os.pread(fd, count * entry_size, offset)
         strtab = None
-        needed_offsets: list[int] = []
+        dependency_offsets: list[tuple[str, int]] = []
         named: dict[str, int] = {}
         for i in range(count):
             entry = structs.Elf_Dyn.parse(raw[i * entry_size : (i + 1) * entry_size])
             tag, value = entry["d_tag"], entry["d_val"]
             if tag == "DT_NULL":
                 break
-            if tag == "DT_NEEDED":
-                needed_offsets.append(value)
+            if tag in ("DT_NEEDED", "DT_AUXILIARY", "DT_FILTER"):
+                dependency_offsets.append((tag, value))
             elif tag == "DT_STRTAB":
                 strtab = value
             elif tag == "DT_FLAGS_1":
                 info.flags_1 = value
             elif tag in ("DT_RPATH", "DT_RUNPATH", "DT_SONAME"):
                 named[tag] = value
-        if not needed_offsets and not named:
+        if not dependency_offsets and not named:
             return
         if strtab is None:
             raise ElfError(f"{path}: dynamic segment has no string table")
@@ -233,7 +235,8 @@ class ElfReader:
         def string(offset: int) -> str:
             return self._read_string(fd, path, strtab_offset + offset, MAX_STRING, size)
 
-        info.needed = [string(offset) for offset in needed_offsets]
+        info.dependencies = [(tag, string(offset)) for tag, offset in dependency_offsets]
+        info.needed = [name for tag, name in info.dependencies if tag == "DT_NEEDED"]
         if "DT_RUNPATH" in named:
             info.runpath = string(named["DT_RUNPATH"])
         elif "DT_RPATH" in named:  # glibc ignores DT_RPATH when DT_RUNPATH is present

@@ -19,7 +19,7 @@ def jailkit_env(pythonpath: Path = REPO) -> dict:
 
 
 def run_jailkit(*args, check=False, env=None, **kwargs) -> subprocess.CompletedProcess:
-    """Run `jailkit ARGS` from this checkout in a fresh interpreter; returns the completed process."""
+    """Run `jailkit ARGS` from this checkout in a fresh interpreter."""
     return subprocess.run(
         [sys.executable, "-m", "jailkit", *map(str, args)],
         capture_output=True,
@@ -32,9 +32,11 @@ def run_jailkit(*args, check=False, env=None, **kwargs) -> subprocess.CompletedP
 
 @pytest.fixture(scope="session")
 def world_readable_checkout(tmp_path_factory) -> Path:
-    """A copy of the package that an unprivileged user can import (the checkout may sit under /root)."""
+    """A copy of the package that user nobody can import (the checkout may sit under /root)."""
     base = tmp_path_factory.mktemp("jailkit-src")
-    shutil.copytree(REPO / "jailkit", base / "jailkit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "jailkit", base / "jailkit", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for path in [base, *base.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     for parent in base.parents:

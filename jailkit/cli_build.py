@@ -92,8 +92,14 @@ def _plan(profile, sets, root, create=False, dry_run=False):
     from jailkit.jaildir import JailDir
 
     # generated keys and password hashes are kept in the jail directory: checked to be one first
+    new = not os.path.isdir(root)
     with JailDir(root, create=create and not dry_run) as jail:
-        return make_plan(loaded, cache, jail.fd, generate=not dry_run), root, built
+        try:
+            return make_plan(loaded, cache, jail.fd, generate=not dry_run), root, built
+        except JailkitError:
+            if new:
+                os.rmdir(root)  # made just now, and still empty: the plan failed before any key
+            raise
 
 
 def _print_plan(plan) -> None:

@@ -81,8 +81,10 @@ def crypt(password: str, previous: tuple[str, ...] = ()) -> str:
     return hashed.decode()
 
 
-def public_keys(value: str) -> str:
-    """authorized_keys lines from ssh public key text, or from the file it names (`/...`)."""
+def public_keys(value: str, variable: str | None = None) -> str:
+    """authorized_keys lines from ssh public key text, or from the file it names (`/...`);
+    errors say to pass `variable` with --set."""
+    fix = f"; pass --set {variable}=KEY-LINE-OR-FILE" if variable else ""
     import base64
     import binascii
 
@@ -93,12 +95,12 @@ def public_keys(value: str) -> str:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise TemplateError(f"public key file {value}: cannot read: "
-                                f"{getattr(e, 'strerror', None) or e}") from None
+                                f"{getattr(e, 'strerror', None) or e}{fix}") from None
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         raise TemplateError(f"no ssh public key in {value!r}: give a key line (ssh-ed25519 "
-                            "AAAA... comment) or the path of a .pub file")
+                            f"AAAA... comment) or the path of a .pub file{fix}")
     for line in lines:
         fields = line.split()
         try:
@@ -109,7 +111,8 @@ def public_keys(value: str) -> str:
             ok = False
         if not ok:
             raise TemplateError(f"not an ssh public key line: {line[:60]!r} (expected TYPE "
-                                "BASE64 [comment], TYPE one of ssh-ed25519, ssh-rsa, ecdsa-...)")
+                                f"BASE64 [comment], TYPE one of ssh-ed25519, ssh-rsa, ecdsa-...)"
+                                f"{fix}")
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +133,7 @@ def render_jinja2(text: str, variables: dict, origin: str,
     env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                autoescape=False)
     env.filters["crypt"] = lambda password: crypt(str(password), previous_hashes)
-    env.filters["public_keys"] = lambda value: public_keys(str(value))
+    env.filters["public_keys"] = lambda value, variable=None: public_keys(str(value), variable)
     try:
         return env.from_string(text).render(**variables)
     except TemplateError as e:

@@ -1,0 +1,104 @@
+"""The bundled sshd profile, for real: an sftp-only server used with OpenSSH's sftp and ssh."""
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+from services import Service, build, free_port
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """The user's key pair, made here."""
+    base = tmp_path_factory.mktemp("sshd")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tester",
+                    "-f", base / "id"], check=True)
+    return base
+
+
+@pytest.fixture
+def sshd(client):
+    port = free_port()
+    root = client / "jail"
+    build("sshd", root, f"port={port}", "sftp_user=alice", f"sftp_pubkey={client / 'id.pub'}")
+    host_key = (root / "current/root/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+    (client / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    service = Service("sshd", root, client / "sshd.log")
+    try:
+        service.wait_port(port)
+        yield service, port
+    finally:
+        service.kill()
+
+
+def options(client, user="alice"):
+    """Only this test's key and the jail's own host key are trusted (no user config)."""
+    return ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-i", str(client / "id"), "-o", f"UserKnownHostsFile={client / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"User={user}"]
+
+
+def sftp(client, port, batch: str, user="alice"):
+    return subprocess.run(["sftp", *options(client, user), "-P", str(port), "-b", "-",
+                           "127.0.0.1"], input=batch, capture_output=True, text=True, timeout=60)
+
+
+def test_host_keys_are_private_and_kept_across_rebuilds(client, sshd):
+    service, port = sshd
+    keys = service.root / "current/root/etc/ssh"
+    for name in ("ssh_host_ed25519_key", "ssh_host_ecdsa_key"):
+        assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600
+        assert stat.S_IMODE((keys / f"{name}.pub").stat().st_mode) == 0o644
+    before = (keys / "ssh_host_ed25519_key").read_bytes()
+    build("sshd", service.root, f"port={port}", "sftp_user=alice",
+          f"sftp_pubkey={client / 'id.pub'}")
+    assert (keys / "ssh_host_ed25519_key").read_bytes() == before
+    other = client / "other-jail"
+    build("sshd", other, f"sftp_pubkey={client / 'id.pub'}")
+    assert (other / "current/root/etc/ssh/ssh_host_ed25519_key").read_bytes() != before
+    assert service.stop() == 0, service.log()
+
+
+def test_sftp_put_and_get_with_the_users_key(client, sshd, tmp_path):
+    service, port = sshd
+    payload = os.urandom(300_000)
+    (tmp_path / "up.bin").write_bytes(payload)
+    result = sftp(client, port, f"put {tmp_path / 'up.bin'} up.bin\npwd\n"
+                                f"get up.bin {tmp_path / 'down.bin'}\n")
+    assert result.returncode == 0, result.stderr + service.log()
+    assert "Remote working directory: /files" in result.stdout
+    assert (tmp_path / "down.bin").read_bytes() == payload
+    assert (service.root / "state/srv/sftp/files/up.bin").read_bytes() == payload
+    assert service.stop() == 0, service.log()
+
+
+def test_shell_commands_and_other_users_are_refused(client, sshd, tmp_path):
+    service, port = sshd
+    marker = tmp_path / "ran"
+    result = subprocess.run(["ssh", *options(client), "-p", str(port), "127.0.0.1",
+                             f"echo shell-ran; touch {marker}"],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "shell-ran" not in result.stdout
+    assert "sftp connections only" in result.stdout + result.stderr
+    tty = subprocess.run(["ssh", *options(client), "-tt", "-p", str(port), "127.0.0.1"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert tty.returncode != 0 and "$ " not in tty.stdout
+    for user in ("root", "sftpuser"):
+        assert sftp(client, port, "ls\n", user=user).returncode != 0
+    manifest = json.loads((service.root / "current/manifest.json").read_text())
+    names = {e["path"].rsplit("/", 1)[1] for e in manifest["entries"]}
+    assert not names & {"sh", "dash", "bash"}  # no shell in the jail to escape to
+    assert service.stop() == 0, service.log()
+
+
+def test_missing_public_key_is_one_line(tmp_path):
+    from conftest import run_jailkit
+
+    result = run_jailkit("build", "sshd", "--root", tmp_path / "jail")
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and "no ssh public key" in result.stderr, result.stderr

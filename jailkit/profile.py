@@ -621,6 +621,9 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
                                "in the profile's users/groups")
     if service.group is not None and service.group not in groups:
         raise ProfileError(f"{where}: service.group: no group {service.group!r} in the profile")
+    if len((service.hostname or name).encode()) > 64:
+        raise ProfileError(f"{where}: service.hostname {service.hostname or name!r} is longer "
+                           "than 64 bytes (the kernel's limit); set a shorter one")
     top_id = max([0, *(u.uid for u in users.values()), *gids])
     if top_id >= service.uid_count:
         raise ProfileError(f"{where}: service.uid_count {service.uid_count} does not cover id "

@@ -152,3 +152,10 @@ def test_only_placeholder_templates_skip_jinja2():
         assert render_jinja2(text, variables, "t")  # jinja2 renders what substitution leaves
     with pytest.raises(TemplateError, match="'nope' is undefined"):
         _substitute("{{ nope }}", variables, "t")
+
+
+def test_hostname_is_checked_against_the_kernel_limit(tmp_path):
+    path = write(tmp_path, "h" * 65, 'extends = ["libc"]\n')
+    assert "is longer than 64 bytes" in error_of(path)
+    path.write_text('extends = ["libc"]\n[service]\nhostname = "short"\n')
+    assert load(str(path)).service.hostname == "short"

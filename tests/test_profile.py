@@ -138,9 +138,16 @@ def test_bad_profile_on_the_command_line_is_one_line_without_traceback(tmp_path)
 @pytest.mark.parametrize("name", sorted(bundled_profiles()))
 def test_templates_render_as_jinja2_renders_them(name):
     profile = load(name)
+    def outcome(function, *args):
+        try:
+            return function(*args)
+        except TemplateError as e:  # a value only the user can give (an ssh key)
+            return str(e)
+
     for template in profile.templates.values():
         text, origin = _source(template)
-        assert render(template, profile.variables) == render_jinja2(text, profile.variables, origin)
+        assert outcome(render, template, profile.variables) == outcome(
+            render_jinja2, text, profile.variables, origin)
 
 
 def test_only_placeholder_templates_skip_jinja2():

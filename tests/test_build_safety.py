@@ -184,3 +184,20 @@ def test_generation_held_by_a_launcher_is_kept_until_released(tmp_path):
     build(profile, "--root", jail, "--set", "v=3")
     assert sorted(os.listdir(jail)) == ["current", "gen-3", "lock"]
     assert (jail / "current/root/etc/v").read_text() == "3"
+
+
+def test_paths_that_leave_the_jail_are_refused(tmp_path):
+    from jailkit.plan import PlanError, check_jail_path
+
+    assert check_jail_path("//etc/./passwd") == "/etc/passwd"
+    for path in ("/etc/../../x", "etc/passwd", "/a/..", "/x\0y"):
+        with pytest.raises(PlanError):
+            check_jail_path(path)
+    for key in ('directories."/srv/../../etc"', 'writable."/var/../../tmp"',
+                'templates."/../etc/passwd"'):
+        profile = tmp_path / "escape.toml"
+        profile.write_text(f'extends = ["shell"]\n[{key}]\n' + ('text = "x"\n' if "tem" in key
+                                                                else ""))
+        result = build(profile, "--root", tmp_path / "jail", check=False)
+        assert result.returncode == 2 and "expected an absolute path without '..'" in result.stderr
+        assert not (tmp_path / "jail").exists()

@@ -253,6 +253,7 @@ def test_sys_only_when_asked_and_read_only(jail):
     assert "no-sys" in sh(jail, "test -e /sys/class || echo no-sys").stdout
     missing = sh(jail, "true", sets=["mount_sys=true"])
     assert missing.returncode == 2
+    assert missing.stderr.startswith("jailkit: ") and missing.stderr.count("\n") == 1
     assert "the jail has no directory /sys" in missing.stderr
     sys_dir = jail / "current" / "root" / "sys"
     sys_dir.mkdir()

@@ -2,7 +2,8 @@
 
 This runs as pid 1 of the new pid namespace, cloned by the launcher into new user, mount, pid,
 ipc, uts (and net) namespaces. Each step relies on the ones before it; read top to bottom.
-On any failure it reports one line through `status_fd` and exits: the launcher prints it.
+On any failure it prints one line on stderr and exits 2, as the launcher does for its own
+errors (by then the launcher has become the waiter, which passes the status on and cleans up).
 """
 
 import os
@@ -11,7 +12,7 @@ from jailkit.errors import JailkitError
 from jailkit.launch import caps, mounts, net, rlimits, seccomp, userns
 from jailkit.launch import syscalls as sc
 
-SETUP_FAILED = 125
+SETUP_FAILED = JailkitError.exit_code
 _step = "start"  # the step under way, named in the error line
 
 
@@ -26,7 +27,7 @@ def _wait_for_launcher(sync_fd: int) -> None:
 
 
 def _launcher_alive(sync_fd: int) -> bool:
-    """Still open at the launcher's end (it keeps it until this process has exec'd)."""
+    """Still open at the launcher's end (the waiter it becomes keeps it while the jail runs)."""
     os.set_blocking(sync_fd, False)
     try:
         return os.read(sync_fd, 1) != b""
@@ -42,7 +43,7 @@ def _close_fds(keep: set[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> None:
+def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     spec = plan.spec
     # 1. Wait until the launcher has written our id maps (and moved us into our cgroups).
     #    Until then this process is still the host's uid 0: do nothing else before. If the
@@ -96,10 +97,10 @@ def confine(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> No
         os.chdir(spec.workdir)
     except OSError as e:
         raise JailkitError(f"workdir {spec.workdir}: {e.strerror} in the jail") from None
-    # 11. File descriptors: only 0-2 and those passed on purpose reach the service (the status
+    # 11. File descriptors: only 0-2 and those passed on purpose reach the service (the sync
     #     pipe and the reaper are close-on-exec).
     _at("closing fds")
-    _close_fds({status_fd, reaper_fd, *plan.pass_fds})
+    _close_fds({sync_fd, reaper_fd, *plan.pass_fds})
     for fd in plan.pass_fds:
         os.set_inheritable(fd, True)
     # 12. no_new_privs (setuid files and file caps grant nothing), then seccomp, last.
@@ -122,10 +123,10 @@ def _receive_sources(sock, paths: list[str]) -> dict[str, int]:
     return dict(zip(paths, fds, strict=True))
 
 
-def run_child(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> None:
+def run_child(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     """Entry point of the cloned child: never returns."""
     try:
-        confine(plan, sync_fd, status_fd, root_sock, reaper_fd)
+        confine(plan, sync_fd, root_sock, reaper_fd)
         message = "exec of the reaper returned"
     except JailkitError as e:
         message = e.message
@@ -135,6 +136,6 @@ def run_child(plan, sync_fd: int, status_fd: int, root_sock, reaper_fd: int) -> 
     except BaseException as e:  # a bug: still report it as one line through the launcher
         message = f"internal error while setting up the jail at {_step}: {e!r}"
     try:
-        os.write(status_fd, message.encode(errors="replace"))
+        os.write(2, f"jailkit: {message}\n".encode(errors="replace"))
     finally:
         os._exit(SETUP_FAILED)

@@ -2,10 +2,10 @@
 
 Host side, in order: cgroups are made before the jail exists; the jail is cloned into its new
 namespaces; its id maps are written (it waits, still host uid 0, until they are); it joins its
-cgroups; as root, it is handed an idmapped read-only view of its tree and a veth end. Then the
-jail confines itself (contain.py) and reports failure on a close-on-exec pipe, whose EOF means
-it has exec'd. Finally this process execs the native waiter, which keeps nothing of Python
-resident, forwards signals, and cleans up after the jail exits.
+cgroups; as root, it is handed detached mounts of its tree (idmapped, read-only) and state, and
+a veth end. Then, while the jail confines itself (contain.py, which reports its own errors),
+this process execs the native waiter, which keeps nothing of Python resident, forwards
+signals, passes the jail's exit status on and cleans up after it.
 """
 
 import errno
@@ -31,13 +31,6 @@ def _clone_error(err: OSError) -> JailkitError:
     return JailkitError(f"cannot create the jail's namespaces ({os.strerror(err.errno)}): {hint}")
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _abort(pid: int, plan: LaunchPlan) -> None:
     try:
         os.kill(pid, 9)
@@ -61,7 +54,6 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         ) from None
     cgroup.create(plan.cgroups)
     sync_r, sync_w = os.pipe()  # launcher -> jail: "maps written"; EOF: launcher gone
-    status_r, status_w = os.pipe()  # jail -> launcher: an error line; EOF: exec'd
     socks = None
     if plan.idmapped:
         import _socket
@@ -75,12 +67,10 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
     if pid == 0:
         # The launcher's ends: while the jail held them it could not see the launcher die.
         os.close(sync_w)
-        os.close(status_r)
         if socks:
             socks[0].close()
-        contain.run_child(plan, sync_r, status_w, socks and socks[1], reaper_fd)
+        contain.run_child(plan, sync_r, socks and socks[1], reaper_fd)
     os.close(sync_r)
-    os.close(status_w)
     os.close(reaper_fd)
     try:
         userns.write(pid, plan.maps)
@@ -101,15 +91,14 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
     except BaseException:
         _abort(pid, plan)
         raise
+    # The jail confines itself while this process becomes the waiter (on the other core); from
+    # here the jail reports its own setup errors, and the waiter cleans up after any exit.
     os.write(sync_w, b"1")
-    failure = _read_all(status_r)
-    if failure:
-        _abort(pid, plan)
-        raise JailkitError(failure.decode(errors="replace"))
     argv = ["jailkit-wait", "wait", str(pid)]
     for group in plan.cgroups:
         argv += ["--cgroup", group.path]
     if plan.veth:
         argv += ["--veth", plan.veth.host_name]
     os.set_inheritable(lock_fd, True)  # the waiter holds the generation's lock
+    os.set_inheritable(sync_w, True)  # and the jail's sign that its launcher lives
     os.execv(plan.reaper, argv)

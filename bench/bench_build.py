@@ -3,7 +3,8 @@
 1. python3 (the interpreter, its standard library, CA certificates; ~2,000 entries): cold build
    versus `jk_init` with an equivalent section. Goal: <= 0.1x.
 2. nginx (the bundled profile: binary, mime.types, nginx.conf, www-data): cold build versus
-   `jk_init`. Goal: <= 1x, and the jail no larger.
+   `jk_init`. Goal: <= 1x, and the jail no larger. Also with all of /etc/nginx and
+   /usr/share/nginx copied, as a jk_init section would usually list them.
 3. No-op rebuild of the python3 jail versus its cold build. Goal: <= 0.5x.
 
 jk_init appends to /etc/jailkit/jk_socketd.ini and reads its ini files from /etc/jailkit: it runs
@@ -45,6 +46,30 @@ comment = what jailkit's bundled nginx profile holds (its two templates: nginx.c
 paths = /usr/sbin/nginx, /etc/nginx/mime.types, /etc/nginx/nginx.conf
 users = root, www-data
 groups = root, www-data
+
+[bench-nginx-tree]
+comment = nginx with all of /etc/nginx and /usr/share/nginx, as a jk_init user would list it
+paths = /usr/sbin/nginx, /etc/nginx, /usr/share/nginx
+users = root, www-data
+groups = root, www-data
+"""
+
+# the same as bench-nginx-tree, for jailkit
+NGINX_TREE_PROFILE = """
+extends = ["libc"]
+binaries = ["/usr/sbin/nginx"]
+files = ["/etc/nginx", "/usr/share/nginx"]
+
+[users.www-data]
+uid = 33
+gid = 33
+home = "/var/www"
+
+[groups.www-data]
+gid = 33
+
+[service]
+command = ["/usr/sbin/nginx", "-g", "daemon off;"]
 """
 
 
@@ -122,6 +147,10 @@ def main() -> int:
         print("goal: python3 cold <= 0.1x jk_init")
         measure(work, etc, "nginx", "nginx", "bench-nginx", args.runs + 2, args.jk_runs + 3)
         print("goal: nginx cold <= 1x jk_init, bytes <= 1x")
+        tree_profile = work / "nginx-tree.toml"
+        tree_profile.write_text(NGINX_TREE_PROFILE)
+        measure(work, etc, "nginx-tree", str(tree_profile), "bench-nginx-tree", args.runs + 2,
+                args.jk_runs + 3)
         noop = statistics.median(
             timed(in_private_ns(etc, [*JAILKIT, "build", "python3",
                                       "--root", str(root)]))

@@ -201,3 +201,37 @@ def test_paths_that_leave_the_jail_are_refused(tmp_path):
         result = build(profile, "--root", tmp_path / "jail", check=False)
         assert result.returncode == 2 and "expected an absolute path without '..'" in result.stderr
         assert not (tmp_path / "jail").exists()
+
+
+def test_generation_of_a_running_jailkit_run_is_kept(tmp_path):
+    profile = tmp_path / "v.toml"
+    profile.write_text('extends = ["shell"]\n[variables]\nv = 1\n'
+                       '[templates."/etc/v"]\ntext = "{{ v }}"\n')
+    jail = tmp_path / "jail"
+    build(profile, "--root", jail)
+    service = subprocess.Popen(
+        [sys.executable, "-m", "jailkit", "run", "v", "--root", jail, "--", "/bin/sh", "-c",
+         "cat /etc/v; echo; exec sleep 60"],
+        env=jailkit_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout.readline() == "1\n", service.stderr.read()
+        build(profile, "--root", jail, "--set", "v=2")
+        assert os.readlink(jail / "current") == "gen-2"
+        assert (jail / "gen-1/launch.json").exists() and (jail / "gen-1/root/etc/v").exists()
+    finally:
+        service.kill()  # the launcher we started; its jail dies with it
+        service.wait(timeout=30)
+    released = os.open(jail / "gen-1", os.O_RDONLY | os.O_DIRECTORY)
+    try:  # the jail's own processes go a moment after the launcher
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fcntl.flock(released, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the jail outlived its launcher"
+                time.sleep(0.05)
+    finally:
+        os.close(released)
+    build(profile, "--root", jail, "--set", "v=3")
+    assert sorted(os.listdir(jail)) == ["current", "gen-3", "lock"]

@@ -122,3 +122,20 @@ def test_update_refuses_a_jail_of_another_profile(tmp_path):
     assert result.stderr == (f"jailkit: {jail} holds a jail of profile 'shell', not 'python3'; "
                              "`jailkit build` replaces it\n")
     assert os.readlink(jail / "current") == "gen-1"
+
+
+def imported_modules(*args) -> set[str]:
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "jailkit", *map(str, args)],
+                            capture_output=True, text=True, env=jailkit_env(), timeout=120)
+    assert result.returncode in (0, 1), result.stderr
+    return {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+def test_commands_import_jinja2_and_pyelftools_only_when_needed(tmp_path):
+    jail = tmp_path / "jail"
+    assert "elftools" in imported_modules("build", "shell", "--root", jail)  # cold: closure
+    for args in (["build", "shell", "--root", jail], ["update", "shell", "--root", jail],
+                 ["check", "shell", "--root", jail], ["show", "nginx"], ["profiles"]):
+        modules = imported_modules(*args)
+        assert not {m for m in modules if m.startswith(("elftools", "jinja2"))}, args

@@ -21,6 +21,7 @@ code runs (LD_TRACE_LOADED_OBJECTS=1), with a timeout:
 """
 
 import filecmp
+import functools
 import os
 import pwd
 import re
@@ -49,8 +50,9 @@ def file_key(name: str, real: str | None) -> str:
 TIMEOUT = 20
 
 ET_EXEC = 2
-PT_INTERP = 3
-PT_DYNAMIC = 2
+PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
+DT_NEEDED, DT_STRTAB = 1, 5
+DT_FILTER, DT_AUXILIARY = 0x7FFFFFFF, 0x7FFFFFFD
 DT_FLAGS_1 = 0x6FFFFFFB
 DF_1_PIE = 0x08000000
 
@@ -79,69 +81,95 @@ class LoaderView:
     error: str | None = None  # the loader's own complaint, when it refused to load
     error_object: str | None = None  # the object it was loading when it refused
     how: str = ""  # which way the loader was asked (for failure messages)
+    # Names only DT_AUXILIARY entries ask for: listed when absent, but the program still runs.
+    optional: set[str] = field(default_factory=set)
 
     @property
     def missing(self) -> list[str]:
-        return [name for name, path in self.libs if path is None]
+        return [name for name, path in self.libs if path is None and name not in self.optional]
+
+
+def _headers(path: str):
+    """(ELF header bytes, program headers as (type, offset, vaddr, filesz)), or None."""
+    with open(path, "rb") as f:
+        data = f.read(64)
+        if len(data) < 52 or data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] != 1:
+            return None
+        if data[4] == 2:
+            (phoff,) = struct.unpack_from("<Q", data, 32)
+            phentsize, phnum = struct.unpack_from("<HH", data, 54)
+            fmt, fields = "<IIQQQQQQ", (0, 2, 3, 5)
+        else:
+            (phoff,) = struct.unpack_from("<I", data, 28)
+            phentsize, phnum = struct.unpack_from("<HH", data, 42)
+            fmt, fields = "<IIIIIIII", (0, 1, 2, 4)
+        if phentsize != struct.calcsize(fmt):
+            return None  # the loader refuses such a file (and so must a reader of its headers)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    segments = []
+    for i in range(len(table) // phentsize):
+        entry = struct.unpack_from(fmt, table, i * phentsize)
+        segments.append(tuple(entry[k] for k in fields))
+    return data, segments
+
+
+def _dynamic(path: str, data: bytes, segments) -> list[tuple[int, int]]:
+    dyn_fmt = "<qQ" if data[4] == 2 else "<iI"
+    step = struct.calcsize(dyn_fmt)
+    entries = []
+    for p_type, p_offset, _, p_filesz in segments:
+        if p_type == PT_DYNAMIC:
+            with open(path, "rb") as f:
+                f.seek(p_offset)
+                dyn = f.read(min(p_filesz, 1 << 20))
+            for off in range(0, len(dyn) - step + 1, step):
+                tag, val = struct.unpack_from(dyn_fmt, dyn, off)
+                if tag == 0:
+                    break
+                entries.append((tag, val))
+    return entries
 
 
 def elf_facts(path: str) -> ElfFacts | None:
-    """Class, machine, PT_INTERP and DF_1_PIE read with struct (independent of jailkit's reader)."""
+    """Class, machine, type, PT_INTERP and DF_1_PIE read with struct (independent of jailkit)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(64)
-    except OSError:
-        return None
-    if len(data) < 52 or data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] != 1:
-        return None
-    is64 = data[4] == 2
-    if is64:
-        (e_phoff,) = struct.unpack_from("<Q", data, 32)
-        e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
-        ph_fmt, dyn_fmt = "<IIQQQQQQ", "<qQ"
-    else:
-        (e_phoff,) = struct.unpack_from("<I", data, 28)
-        e_phentsize, e_phnum = struct.unpack_from("<HH", data, 42)
-        ph_fmt, dyn_fmt = "<IIIIIIII", "<iI"
-    machine = struct.unpack_from("<H", data, 18)[0]
-    if e_phentsize != struct.calcsize(ph_fmt):
-        return None  # the loader refuses such a file (and so must a reader of its headers)
-    try:
-        interp, pie = _interp_and_pie(path, is64, e_phoff, e_phentsize, e_phnum, ph_fmt, dyn_fmt)
+        headers = _headers(path)
+        if headers is None:
+            return None
+        data, segments = headers
+        interp = None
+        for p_type, p_offset, _, p_filesz in segments:
+            if p_type == PT_INTERP:
+                with open(path, "rb") as f:
+                    f.seek(p_offset)
+                    raw = f.read(min(p_filesz, 4096))
+                interp = raw.split(b"\0")[0].decode(errors="replace")
+        flags_1 = dict(_dynamic(path, data, segments)).get(DT_FLAGS_1, 0)
     except (OSError, OverflowError, ValueError):
         return None  # program headers that point nowhere: no facts to rely on
-    e_type = struct.unpack_from("<H", data, 16)[0]
-    return ElfFacts(data[4], machine, e_type, interp, pie)
+    machine, e_type = struct.unpack_from("<H", data, 18)[0], struct.unpack_from("<H", data, 16)[0]
+    return ElfFacts(data[4], machine, e_type, interp, bool(flags_1 & DF_1_PIE))
 
 
-def _interp_and_pie(path, is64, e_phoff, e_phentsize, e_phnum, ph_fmt, dyn_fmt):
-    interp = None
-    pie = False
-    with open(path, "rb") as f:
-        f.seek(e_phoff)
-        table = f.read(e_phentsize * e_phnum)
-        for i in range(e_phnum):
-            if (i + 1) * e_phentsize > len(table) or e_phentsize < struct.calcsize(ph_fmt):
-                break
-            fields = struct.unpack_from(ph_fmt, table, i * e_phentsize)
-            if is64:
-                p_type, _, p_offset, _, _, p_filesz = fields[:6]
-            else:
-                p_type, p_offset, _, _, p_filesz = fields[:5]
-            if p_type == PT_INTERP:
-                f.seek(p_offset)
-                interp = f.read(min(p_filesz, 4096)).split(b"\0")[0].decode(errors="replace")
-            elif p_type == PT_DYNAMIC:
-                f.seek(p_offset)
-                dyn = f.read(min(p_filesz, 1 << 20))
-                step = struct.calcsize(dyn_fmt)
-                for off in range(0, len(dyn) - step + 1, step):
-                    tag, val = struct.unpack_from(dyn_fmt, dyn, off)
-                    if tag == 0:
-                        break
-                    if tag == DT_FLAGS_1:
-                        pie = bool(val & DF_1_PIE)
-    return interp, pie
+def dynamic_names(path: str) -> dict[int, list[str]]:
+    """The string values of DT_NEEDED, DT_FILTER and DT_AUXILIARY entries, by tag."""
+    headers = _headers(path)
+    if headers is None:
+        return {}
+    data, segments = headers
+    entries = _dynamic(path, data, segments)
+    strtab = dict(entries).get(DT_STRTAB)
+    names: dict[int, list[str]] = {}
+    for p_type, p_offset, p_vaddr, p_filesz in segments:
+        if strtab is not None and p_type == PT_LOAD and p_vaddr <= strtab < p_vaddr + p_filesz:
+            with open(path, "rb") as f:
+                for tag, val in entries:
+                    if tag in (DT_NEEDED, DT_FILTER, DT_AUXILIARY):
+                        f.seek(p_offset + strtab - p_vaddr + val)
+                        name = f.read(4096).split(b"\0")[0].decode(errors="replace")
+                        names.setdefault(tag, []).append(name)
+    return names
 
 
 def shebang(path: str) -> tuple[str, str | None] | None:
@@ -270,6 +298,7 @@ def loader_view(
         view.libs.append(
             (RTLD if name == rtld_name and real == rtld_real else file_key(name, real), real)
         )
+    _add_filtees(view, full, argv, env, cwd, user)
     if proc.returncode != 0:
         err = _LOAD_ERROR.search(proc.stderr)
         if err:
@@ -278,6 +307,64 @@ def loader_view(
             lines = proc.stderr.strip().splitlines()
             view.error = lines[-1] if lines else f"loader exit {proc.returncode}"
     return view
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(path: str) -> dict[int, list[str]]:
+    try:
+        return dynamic_names(path)
+    except (OSError, OverflowError, ValueError):
+        return {}
+
+
+_DEBUG_PREFIX = re.compile(r"^\s*\d+:\s*")
+_AUX_REQUEST = re.compile(r"^load auxiliary object=(?P<name>.+) requested by file=(?P<by>.+)$")
+_FIND = re.compile(r"^find library=(?P<name>.+) \[\d+\]; searching$")
+_TRYING = re.compile(r"^trying file=(?P<path>.+)$")
+_MAPPED = re.compile(r"^file=(?P<name>.+) \[\d+\];  generating link map$")
+
+
+def _add_filtees(view: LoaderView, full: str, argv, env, cwd, user) -> None:
+    """DT_FILTER and DT_AUXILIARY objects: which absent ones are optional, and those of the file
+    itself, which the trace never prints.
+
+    The loader maps filtees like needed objects, but a missing DT_AUXILIARY one is ignored at
+    run time (the trace still says "not found"). And it moves each filtee just before its filter
+    in the list it prints from the object after the file: the file's own filtees are mapped
+    (before all the rest) but not printed. LD_DEBUG=libs,files shows their lookups.
+    """
+    objects = [full] + [path for _, path in view.libs if path is not None]
+    needed, auxiliary = set(), set()
+    for obj in objects:
+        names = _names(os.path.realpath(obj))
+        needed.update(names.get(DT_NEEDED, []), names.get(DT_FILTER, []))
+        auxiliary.update(names.get(DT_AUXILIARY, []))
+    view.optional = auxiliary - needed
+    own = _names(os.path.realpath(full))
+    if view.how == "exec" or not (own.get(DT_FILTER) or own.get(DT_AUXILIARY)):
+        return
+    debug = _run(argv, env={**env, "LD_DEBUG": "libs,files"}, cwd=cwd, user=user)
+    requests, searched, mapped, last_try = [], set(), {}, None
+    for raw in debug.stderr.splitlines():
+        line = _DEBUG_PREFIX.sub("", raw).strip()
+        if m := _AUX_REQUEST.match(line):
+            if m["by"] == argv[-1]:
+                requests.append(m["name"])
+        elif m := _FIND.match(line):
+            searched.add(m["name"])
+            last_try = None
+        elif m := _TRYING.match(line):
+            last_try = m["path"]
+        elif m := _MAPPED.match(line):
+            mapped[m["name"]] = m["name"] if "/" in m["name"] else last_try
+    front = []
+    for name in requests:
+        if name in mapped:
+            front.append((name, os.path.realpath(os.path.join(cwd or os.getcwd(), mapped[name]))))
+        elif name in searched:  # looked for and not found
+            front.append((name, None))
+        # else: an object already loaded under that name serves it
+    view.libs[:0] = front
 
 
 def normalize_jailkit(entry: dict, rtld: str | None, cwd: str | None = None) -> LoaderView:

@@ -231,6 +231,39 @@ def test_missing_filtee(build):
     assert proc.returncode != 0
 
 
+def test_missing_auxiliary_is_not_fatal(build):
+    # A missing DT_AUXILIARY object is listed as not found, but the program still starts.
+    d = build.root / "d"
+    aux = build.lib("d/libaux.so")
+    auxf = build.lib("d/libauxf.so", flags=["-Wl,-f,libaux.so"])
+    prog = build.exe("prog", auxf, flags=[rpath(d)])
+    aux.unlink()
+    truth, _, proc = check(prog)
+    assert found(truth, "libaux.so") is None and truth.missing == []
+    assert proc.returncode == 0
+    # The truth of "not fatal": run it (our own empty main) and see it start.
+    assert subprocess.run([prog], timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_filters_of_the_library_itself(build, present):
+    # A library given alone (as ld.so FILE loads it) with its own DT_FILTER and DT_AUXILIARY:
+    # the loader maps them before everything else; a missing filtee is fatal, an auxiliary not.
+    filtee = build.lib("d/libfiltee.so")
+    aux = build.lib("d/libaux.so")
+    lib = build.lib(
+        "d/libself.so",
+        real("/lib/x86_64-linux-gnu/libz.so.1"),
+        flags=["-Wl,-F,libfiltee.so", "-Wl,-f,libaux.so", rpath("$ORIGIN")],
+    )
+    if not present:
+        filtee.unlink()
+        aux.unlink()
+    truth, _, proc = check(lib)
+    assert [name for name, _ in truth.libs[:2]] == ["libfiltee.so", "libaux.so"]
+    assert truth.missing == ([] if present else ["libfiltee.so"])
+
+
 # -- $ORIGIN and other dynamic string tokens --------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """The bundled nginx profile, for real: built, run by `jailkit run`, fetched over 127.0.0.1."""
 
 import os
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -93,3 +94,28 @@ def test_ten_seconds_of_wrk_without_errors(nginx):
     assert "Socket errors" not in result.stdout, result.stdout
     assert "Non-2xx" not in result.stdout, result.stdout
     assert service.stop() == 0, service.log()
+
+
+def test_tls_variant_serves_https_with_the_certificate_made_for_this_jail(site, tmp_path):
+    base, _, docroot = site
+    profile = tmp_path / "tlssite.toml"
+    profile.write_text(f'extends = ["nginx-tls"]\nfiles = ["{docroot}"]\n')
+    port = free_port()
+    build(str(profile), tmp_path / "jail", f"port={port}", f"docroot={docroot}")
+    pem = (tmp_path / "jail/current/root/etc/nginx/tls/server.pem").read_text()
+    cert = pem[pem.index("-----BEGIN CERTIFICATE-----"):]
+    context = ssl.create_default_context(cadata=cert)  # trust exactly this jail's certificate
+    service = Service(str(profile), tmp_path / "jail", tmp_path / "nginx.log")
+    try:
+        service.wait_port(port)
+        url = f"https://localhost:{port}/blob.bin"
+        with urllib.request.urlopen(url, context=context, timeout=10) as response:
+            assert (response.status, response.read()) == (200, (docroot / "blob.bin").read_bytes())
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)
+        plain = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
+        assert plain.stdout == "400"  # plain HTTP on the TLS port
+        assert service.stop() == 0, service.log()
+    finally:
+        service.kill()

@@ -267,6 +267,13 @@ def _previous(jail: JailDir, number: int | None, known: Manifest | None):
 def apply(plan: Plan, jail: JailDir, progress=None, previous: Manifest | None = None) -> Result:
     """Make `jail` hold exactly `plan`. `progress(n)` is called as entries are done; `previous`
     is the current generation's manifest when the caller has read it already."""
+    try:
+        return _apply_locked(plan, jail, progress, previous)
+    except OSError as e:  # a full disk, a read-only or vanished jail directory, ...
+        raise ApplyError(f"{jail.path}: {e}; the previous jail is untouched") from None
+
+
+def _apply_locked(plan, jail, progress, previous) -> Result:
     owners = os.geteuid() == 0
     with jail.locked():
         current = jail.current()

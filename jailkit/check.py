@@ -109,12 +109,16 @@ def check_jail(jail: JailDir) -> list[Finding]:
     number = jail.current()
     if number is None:
         raise JailkitError(f"no jail is built in {jail.path}: run `jailkit build` first")
-    gen_fd = jail.open_generation(number)
     try:
-        built = manifest.read(gen_fd, f"{jail.path}/gen-{number}")
-        root_fd = open_dir("root", gen_fd)
-    finally:
-        os.close(gen_fd)
+        gen_fd = jail.open_generation(number)
+        try:
+            built = manifest.read(gen_fd, f"{jail.path}/gen-{number}")
+            root_fd = open_dir("root", gen_fd)
+        finally:
+            os.close(gen_fd)
+    except OSError as e:
+        raise JailkitError(f"{jail.path}/gen-{number}: {e.strerror} (replaced by a build while "
+                           "checking? run again)") from None
     owners = os.geteuid() == 0
     opener = _Opener(root_fd)
     try:

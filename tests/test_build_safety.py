@@ -235,3 +235,19 @@ def test_generation_of_a_running_jailkit_run_is_kept(tmp_path):
         os.close(released)
     build(profile, "--root", jail, "--set", "v=3")
     assert sorted(os.listdir(jail)) == ["current", "gen-3", "lock"]
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_jail(tmp_path):
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    # a 16 MB tmpfs in a private mount namespace (gone with the shell): shell fits, python3 not
+    script = (f"mount -t tmpfs -o size=16m none {jail} && "
+              f"{sys.executable} -m jailkit build shell --root {jail} >/dev/null && "
+              f"{sys.executable} -m jailkit build python3 --root {jail}; echo rc=$?; "
+              f"readlink {jail}/current; {sys.executable} -m jailkit check shell --root {jail}")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, env=jailkit_env(), timeout=120)
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"jailkit: building {jail}/gen-2 failed: [Errno 28] No space left")
+    assert result.stdout.splitlines()[:2] == ["rc=2", "gen-1"]
+    assert result.returncode == 0, result.stderr  # check: the shell jail is as it was built

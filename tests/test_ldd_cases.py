@@ -742,7 +742,7 @@ proc = run_jailkit("ldd", "--json", *job["programs"], timeout=120)
 print(json.dumps({
     "truth": {p: dataclasses.asdict(loader_view(p)) for p in job["programs"]},
     "jailkit": json.loads(proc.stdout), "stderr": proc.stderr,
-}))
+}, default=sorted))
 """
 
 
@@ -776,6 +776,7 @@ def in_private_cache(build: Build, cache_dirs, programs, remove=()) -> dict:
     result = json.loads(proc.stdout)
     for view in result["truth"].values():
         view["libs"] = [tuple(lib) for lib in view["libs"]]
+        view["optional"] = set(view["optional"])
     return result
 
 

@@ -71,7 +71,8 @@ def profiles(as_json):
 @_one_line_errors
 def show(profile, sets, as_json):
     """Print PROFILE (a bundled name or a .toml path) fully resolved, bases merged in."""
-    from jailkit.profile import as_dict, as_toml, load
+    from jailkit.profile import load
+    from jailkit.profile_toml import as_dict, as_toml
 
     loaded = load(profile, _overrides(sets))
     click.echo(json.dumps(as_dict(loaded), indent=2) if as_json else as_toml(loaded), nl=False)

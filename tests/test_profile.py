@@ -3,7 +3,8 @@
 import pytest
 from conftest import run_jailkit
 
-from jailkit.profile import ProfileError, as_dict, as_toml, bundled_profiles, load
+from jailkit.profile import ProfileError, bundled_profiles, load
+from jailkit.profile_toml import as_dict, as_toml
 from jailkit.templates import TemplateError, _source, _substitute, render, render_jinja2
 
 

@@ -170,6 +170,9 @@ class Resolver:
         # The loader lists each object once, under the name that first loaded it, and each
         # missing name where it was first needed.
         listed = {lib.path or lib.name for lib in result.libs}
+        # The link map in the loader's order, the program first (the loader does not list it).
+        program = Lib("", main.path)
+        chain = [program]
         while queue:
             requester = queue.popleft()
             for tag, name in requester.info.dependencies:
@@ -186,7 +189,7 @@ class Resolver:
                         result.missing.append(name)
                     if name not in listed:
                         listed.add(name)
-                        list_object(result.libs, Lib(name, None), tag, requester)
+                        list_object(chain, Lib(name, None), tag, requester)
                     continue
                 if obj.info is main.info or obj.path in listed:
                     continue
@@ -195,7 +198,8 @@ class Resolver:
                     queue.append(obj)
                 elif new:
                     queue.appendleft(obj)  # a filtee's needs are taken next
-                list_object(result.libs, Lib(name, obj.path), tag, requester)
+                list_object(chain, Lib(name, obj.path), tag, requester)
+        result.libs.extend(lib for lib in chain if lib is not program)
 
     def _map_object(self, name, requester, main, link_map, rules):
         """The object a DT_NEEDED name maps to: (object, newly loaded?), or (None, False)."""

@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,16 +33,15 @@ def run_jailkit(*args, check=False, env=None, **kwargs) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="session")
-def world_readable_checkout(tmp_path_factory) -> Path:
-    """A copy of the package that user nobody can import (the checkout may sit under /root)."""
-    base = tmp_path_factory.mktemp("jailkit-src")
-    shutil.copytree(
-        REPO / "jailkit", base / "jailkit", ignore=shutil.ignore_patterns("__pycache__")
-    )
+def world_readable_checkout() -> Iterator[Path]:
+    """A copy of the package and profiles that user nobody can import (the checkout may sit
+    under /root). It lives outside pytest's base directory, which pytest resets to 0700
+    whenever another session starts."""
+    base = Path(tempfile.mkdtemp(prefix="jailkit-src-"))
+    ignore = shutil.ignore_patterns("__pycache__")
+    for part in ("jailkit", "profiles"):
+        shutil.copytree(REPO / part, base / part, ignore=ignore)
     for path in [base, *base.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    for parent in base.parents:
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o011)
-    return base
+    yield base
+    shutil.rmtree(base)

@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -244,11 +245,14 @@ def test_script_loops_and_bad_interpreters(tmp_path):
     assert_all_refused(paths, results, proc)
 
 
-def world_traversable(path: Path) -> None:
-    for parent in [path, *path.parents]:
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o011)
+@pytest.fixture
+def public_dir():
+    """A directory user nobody can enter, outside pytest's base directory (which another pytest
+    session may reset to 0700 at any time)."""
+    path = Path(tempfile.mkdtemp(prefix="jailkit-ldd-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
 
 
 def as_nobody(world_readable_checkout, *args, cwd=None) -> subprocess.CompletedProcess:
@@ -265,9 +269,8 @@ def as_nobody(world_readable_checkout, *args, cwd=None) -> subprocess.CompletedP
     )
 
 
-def test_unreadable_file_as_nobody(tmp_path, world_readable_checkout):
-    world_traversable(tmp_path)
-    secret = tmp_path / "secret"
+def test_unreadable_file_as_nobody(public_dir, world_readable_checkout):
+    secret = public_dir / "secret"
     shutil.copy(SAMPLE, secret)
     secret.chmod(0o000)
     proc = as_nobody(world_readable_checkout, "ldd", "--json", secret)
@@ -275,55 +278,39 @@ def test_unreadable_file_as_nobody(tmp_path, world_readable_checkout):
     assert proc.returncode != 0
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and str(secret) in lines[0], proc.stderr
-    assert json.loads(proc.stdout)[str(secret)]["error"]
+    assert "Permission denied" in json.loads(proc.stdout)[str(secret)]["error"]
 
 
-def test_unreadable_library_candidate_as_nobody(tmp_path, world_readable_checkout):
+def test_unreadable_library_candidate_as_nobody(public_dir, world_readable_checkout):
     # The loader, as nobody, cannot open the first candidate and goes on to the next one.
-    world_traversable(tmp_path)
-    src = tmp_path / "l.c"
+    src = public_dir / "l.c"
     src.write_text("int f(void) { return 1; }\n")
     for d in ("closed", "open"):
-        (tmp_path / d).mkdir()
-        subprocess.run(
-            [
-                "gcc",
-                "-shared",
-                "-fPIC",
-                "-Wl,-soname,libp.so",
-                "-o",
-                str(tmp_path / d / "libp.so"),
-                str(src),
-            ],
-            check=True,
-        )
-    (tmp_path / "closed/libp.so").chmod(0o000)
-    main = tmp_path / "m.c"
+        (public_dir / d).mkdir(mode=0o755)
+        lib = public_dir / d / "libp.so"
+        cmd = ["gcc", "-shared", "-fPIC", "-Wl,-soname,libp.so", "-o", str(lib), str(src)]
+        subprocess.run(cmd, check=True)
+    (public_dir / "closed/libp.so").chmod(0o000)
+    main = public_dir / "m.c"
     main.write_text("int main(void) { return 0; }\n")
-    prog = tmp_path / "prog"
-    subprocess.run(
-        [
-            "gcc",
-            "-o",
-            str(prog),
-            str(main),
-            "-Wl,--no-as-needed",
-            str(tmp_path / "open/libp.so"),
-            f"-Wl,--disable-new-dtags,-rpath,{tmp_path / 'closed'}:{tmp_path / 'open'}",
-        ],
-        check=True,
-    )
-    for path in tmp_path.rglob("*"):
-        if path.name != "libp.so" or path.parent.name != "closed":
-            path.chmod(path.stat().st_mode | 0o055)
+    prog = public_dir / "prog"
+    rpath = f"-Wl,--disable-new-dtags,-rpath,{public_dir / 'closed'}:{public_dir / 'open'}"
+    cmd = [
+        "gcc",
+        "-o",
+        str(prog),
+        str(main),
+        "-Wl,--no-as-needed",
+        str(public_dir / "open/libp.so"),
+    ]
+    subprocess.run([*cmd, rpath], check=True)
     truth = loader_view(str(prog), user="nobody")
-    assert dict(truth.libs)["libp.so"] == str(tmp_path / "open/libp.so"), truth
+    assert dict(truth.libs)["libp.so"] == str(public_dir / "open/libp.so"), truth
     proc = as_nobody(world_readable_checkout, "ldd", "--json", prog)
     assert "Traceback" not in proc.stderr, proc.stderr
     entry = json.loads(proc.stdout)[str(prog)]
-    problems = differences(
-        str(prog), truth, normalize_jailkit(entry, rtld_for(str(prog))), entry["missing"]
-    )
+    got = normalize_jailkit(entry, rtld_for(str(prog)))
+    problems = differences(str(prog), truth, got, entry["missing"])
     assert not problems, "\n".join(problems)
 
 

@@ -146,8 +146,6 @@ class ElfReader:
             os.close(fd)
 
     def _parse(self, fd: int, path: str, st: os.stat_result) -> ElfInfo:
-        from elftools.common.utils import struct_parse
-
         size = st.st_size
         head = os.pread(fd, 64, 0)
         if len(head) < EI_NIDENT or head[:4] != ELF_MAGIC:
@@ -189,7 +187,7 @@ class ElfReader:
                 info.interp = self._read_string(fd, path, phdr["p_offset"], phdr["p_filesz"], size)
             elif phdr["p_type"] == "PT_DYNAMIC":
                 info.dynamic = True
-                self._read_dynamic(fd, path, structs, phdr, loads, size, info, struct_parse)
+                self._read_dynamic(fd, path, structs, phdr, loads, size, info)
         return info
 
     @staticmethod
@@ -202,7 +200,7 @@ class ElfReader:
             raise ElfError(f"{path}: unterminated string in ELF file")
         return data[:end].decode("utf-8", "surrogateescape")
 
-    def _read_dynamic(self, fd, path, structs, phdr, loads, size, info, struct_parse) -> None:
+    def _read_dynamic(self, fd, path, structs, phdr, loads, size, info) -> None:
         # The loader reads the dynamic array where PT_DYNAMIC's address is mapped, not at p_offset.
         entry_size = structs.Elf_Dyn.sizeof()
         offset = self._vaddr_to_offset(path, phdr["p_vaddr"], loads)

@@ -100,6 +100,22 @@ class Service:
     def processes(self) -> dict[int, str]:
         return descendants(self.proc.pid)
 
+    def assert_foreground_under_pid1(self, program: str) -> None:
+        """`program` is the direct child of the jail's pid 1 (jailkit's reaper), not a daemon
+        that forked away from it."""
+        for pid in self.processes():
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f)
+            if status["Name"].strip() != program:
+                continue
+            parent = int(status["PPid"])
+            with open(f"/proc/{parent}/status") as f:
+                parent_status = dict(line.split(":", 1) for line in f)
+            if parent_status["NSpid"].split()[-1] == "1":
+                assert parent_status["Name"].strip() == "jailkit-reaper"
+                return
+        raise AssertionError(f"no {program} whose parent is the jail's pid 1")
+
     def stop(self) -> int:
         """SIGTERM to jailkit; its exit status, once it and every process it started are gone."""
         inside = self.processes()

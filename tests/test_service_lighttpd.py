@@ -43,12 +43,13 @@ def get(port: int, path: str):
 
 
 def test_static_site_with_content_types_and_404(lighttpd):
-    _, port, docroot = lighttpd
+    service, port, docroot = lighttpd
     assert get(port, "/") == (200, "text/html; charset=utf-8", b"<p>lit</p>\n")
     assert get(port, "/data.json") == (200, "application/json", b'{"n": 1}')
     blob = (docroot / "blob.bin").read_bytes()
     assert get(port, "/blob.bin") == (200, "application/octet-stream", blob)
     assert get(port, "/nothing-here")[0] == 404
+    service.assert_foreground_under_pid1("lighttpd")
 
 
 def test_runs_as_www_data_with_a_real_dev_null_and_no_shell_or_perl(lighttpd):

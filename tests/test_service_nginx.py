@@ -62,6 +62,7 @@ def test_serves_exact_bytes_and_404_then_stops_cleanly(nginx):
     assert get(port, "/blob.bin") == (200, (docroot / "blob.bin").read_bytes())
     assert get(port, "/") == (200, b"<p>jailed</p>\n")
     assert get(port, "/missing.html")[0] == 404
+    service.assert_foreground_under_pid1("nginx")
     assert service.stop() == 0, service.log()
 
 

@@ -73,6 +73,7 @@ def test_sftp_put_and_get_with_the_users_key(client, sshd, tmp_path):
     assert "Remote working directory: /files" in result.stdout
     assert (tmp_path / "down.bin").read_bytes() == payload
     assert (service.root / "state/srv/sftp/files/up.bin").read_bytes() == payload
+    service.assert_foreground_under_pid1("sshd")
     assert service.stop() == 0, service.log()
 
 

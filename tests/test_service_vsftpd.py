@@ -94,6 +94,7 @@ def test_anonymous_download_through_the_passive_range(vsftpd):
     with pytest.raises(ftplib.error_perm, match="^550"):
         ftp.storbinary("STOR x.txt", io.BytesIO(b"no"))  # anonymous users cannot write
     ftp.quit()
+    service.assert_foreground_under_pid1("vsftpd")
     assert service.stop() == TERMINATED, service.log()
 
 

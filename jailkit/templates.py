@@ -101,7 +101,7 @@ def public_keys(value: str, variable: str | None = None) -> str:
     if not lines:
         raise TemplateError(f"no ssh public key in {value!r}: give a key line (ssh-ed25519 "
                             f"AAAA... comment) or the path of a .pub file{fix}")
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         fields = line.split()
         try:
             # the key blob starts with its own type name: a truncated or pasted-wrong key fails
@@ -110,9 +110,10 @@ def public_keys(value: str, variable: str | None = None) -> str:
         except binascii.Error:
             ok = False
         if not ok:
-            raise TemplateError(f"not an ssh public key line: {line[:60]!r} (expected TYPE "
-                                f"BASE64 [comment], TYPE one of ssh-ed25519, ssh-rsa, ecdsa-...)"
-                                f"{fix}")
+            # a file's content is not echoed: it may be a secret named by mistake
+            what = f"key line {number} of {value}" if value.startswith("/") else repr(line[:60])
+            raise TemplateError(f"not an ssh public key line: {what} (expected TYPE BASE64 "
+                                f"[comment], TYPE one of ssh-ed25519, ssh-rsa, ecdsa-...){fix}")
     return "\n".join(lines) + "\n"
 
 

@@ -159,3 +159,11 @@ def test_generated_directory_is_not_followed_through_a_symlink(tmp_path):
     result = build("nginx-tls", "--root", jail, "--set", "server_name=other")
     assert result.returncode != 0 and "(a symlink?)" in result.stderr, result.stderr
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_file_that_is_not_a_public_key_is_not_echoed(tmp_path, keys_profile):
+    secret = tmp_path / "secret"
+    secret.write_text("root:$y$j9T$notakey:19000:0:99999:7:::\n")
+    result = build(keys_profile, "--root", tmp_path / "jail", "--set", f"key={secret}")
+    assert result.returncode != 0
+    assert f"key line 1 of {secret}" in result.stderr and "$y$" not in result.stderr

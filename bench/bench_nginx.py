@@ -107,7 +107,10 @@ def main() -> None:
         }
         ports = {"jailed": jail_port, "unjailed": host_port}
         for name, command in commands.items():
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+            # each server in a session of its own, as the jail is (setsid) and as a system
+            # service would be: with sched_autogroup the scheduler shares CPU between sessions,
+            # so an nginx in wrk's own session would compete with wrk differently
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
                                     stdout=logs[name].open("wb"), stderr=subprocess.STDOUT)
             servers.append(proc)
             wait_port(ports[name], proc, logs[name])

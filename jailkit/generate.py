@@ -28,21 +28,21 @@ class GenerateError(JailkitError):
     """A generator that could not make its file."""
 
 
-def _commands(kind: str, subject: str, out: str) -> list[list[str]]:
+def _command(kind: str, subject: str, out: str) -> list[str]:
     if kind == "tls-cert":
-        # key and certificate in one PEM file: nginx, lighttpd and others read both from it
         names = f"DNS:{subject},DNS:localhost,IP:127.0.0.1,IP:::1"
-        return [["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650", "-subj",
-                 f"/CN={subject}", "-addext", f"subjectAltName={names}", "-keyout",
-                 f"{out}.key", "-out", f"{out}.crt"]]
+        return ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650", "-subj",
+                f"/CN={subject}", "-addext", f"subjectAltName={names}", "-keyout", f"{out}.key",
+                "-out", f"{out}.crt"]
     key_type = kind.removeprefix("ssh-host-key-")
-    return [["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "", "-f", out]]
+    return ["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "", "-f", out]
 
 
 def _outputs(kind: str, dest: str, out: str) -> dict[str, bytes]:
     """Jail path -> content of what the generator made."""
     if kind == "tls-cert":
+        # key and certificate in one PEM file: nginx, lighttpd and others read both from it
         with open(f"{out}.key", "rb") as key, open(f"{out}.crt", "rb") as cert:
             return {dest: key.read() + cert.read()}
     with open(out, "rb") as private, open(f"{out}.pub", "rb") as public:
@@ -95,21 +95,22 @@ def generated_files(item: Generated, subject: str, jail_fd: int,
     fd = _open_dirs(jail_fd, item.dest.strip("/"), create)
     if fd is None:
         return None
+    paths = [item.dest] if item.kind == "tls-cert" else [item.dest, f"{item.dest}.pub"]
+    names = [path.rsplit("/", 1)[1] for path in paths]
     try:
-        names = [PARAMS] + ["0", "1"][: 1 if item.kind == "tls-cert" else 2]
-        kept = _read(fd, names)
+        kept = _read(fd, [PARAMS, *names])
         if kept is not None and kept[PARAMS] == params:
-            return dict(zip(_jail_paths(item), (kept[n] for n in names[1:]), strict=True))
+            return {path: kept[name] for path, name in zip(paths, names, strict=True)}
         if not create:
             return None
         made = _make(item, subject)
-        for name in names:
+        for name in (PARAMS, *names):
             try:
                 os.unlink(name, dir_fd=fd)
             except FileNotFoundError:
                 pass
         # the record last: a build killed halfway makes the files again next time
-        for name, content in (*zip(names[1:], made.values(), strict=True), (PARAMS, params)):
+        for name, content in (*zip(names, made.values(), strict=True), (PARAMS, params)):
             with open(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                               os.O_CLOEXEC, 0o600, dir_fd=fd), "wb") as f:
                 f.write(content)
@@ -119,25 +120,24 @@ def generated_files(item: Generated, subject: str, jail_fd: int,
         os.close(fd)
 
 
-def _jail_paths(item: Generated) -> list[str]:
-    return [item.dest] if item.kind == "tls-cert" else [item.dest, f"{item.dest}.pub"]
-
-
 def _make(item: Generated, subject: str) -> dict[str, bytes]:
     work = tempfile.mkdtemp(prefix="jailkit-gen-")  # private (0700) until read back
     try:
         out = os.path.join(work, "out")
-        for command in _commands(item.kind, subject, out):
-            try:
-                result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                                        stdin=subprocess.DEVNULL)
-            except FileNotFoundError:
-                raise GenerateError(f"{item.dest}: {command[0]} is not installed (needed to make "
-                                    f"a {item.kind}); install it and build again") from None
-            if result.returncode != 0:
-                reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
-                raise GenerateError(f"{item.dest}: {command[0]} failed making a {item.kind}: "
-                                    f"{reason}")
+        command = _command(item.kind, subject, out)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                    stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise GenerateError(f"{item.dest}: {command[0]} is not installed (needed to make "
+                                f"a {item.kind}); install it and build again") from None
+        except subprocess.TimeoutExpired:
+            raise GenerateError(f"{item.dest}: {command[0]} did not finish making a "
+                                f"{item.kind} in 120 s") from None
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            raise GenerateError(f"{item.dest}: {command[0]} failed making a {item.kind}: "
+                                f"{reason}")
         return _outputs(item.kind, item.dest, out)
     finally:
         shutil.rmtree(work)

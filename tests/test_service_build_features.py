@@ -167,3 +167,29 @@ def test_a_file_that_is_not_a_public_key_is_not_echoed(tmp_path, keys_profile):
     result = build(keys_profile, "--root", tmp_path / "jail", "--set", f"key={secret}")
     assert result.returncode != 0
     assert f"key line 1 of {secret}" in result.stderr and "$y$" not in result.stderr
+
+
+@pytest.mark.parametrize("kind, public", [("ssh-host-key-rsa", "ssh-rsa "),
+                                          ("ssh-host-key-ecdsa", "ecdsa-sha2-nistp256 "),
+                                          ("ssh-host-key-ed25519", "ssh-ed25519 ")])
+def test_each_ssh_host_key_kind(tmp_path, kind, public):
+    profile = tmp_path / "hk.toml"
+    profile.write_text('extends = ["libc"]\nbinaries = ["/bin/true"]\n'
+                       f'[generated."/etc/hk"]\nkind = "{kind}"\n'
+                       '[service]\ncommand = ["/bin/true"]\n')
+    assert build(profile, "--root", tmp_path / "jail").returncode == 0
+    root = tmp_path / "jail/current/root/etc"
+    assert (root / "hk").read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert stat.S_IMODE((root / "hk").stat().st_mode) == 0o600  # the default mode
+    assert (root / "hk.pub").read_text().startswith(public)
+    check = subprocess.run(["ssh-keygen", "-y", "-f", root / "hk"], capture_output=True,
+                           text=True, check=True)
+    assert check.stdout.split()[:2] == (root / "hk.pub").read_text().split()[:2]
+
+
+def test_generated_entry_without_kind_is_one_line(tmp_path):
+    profile = tmp_path / "bad.toml"
+    profile.write_text('[generated."/etc/hk"]\nmode = "0600"\n')
+    result = build(profile, "--root", tmp_path / "jail")
+    assert result.returncode != 0 and result.stderr.count("\n") == 1
+    assert "missing `kind` (one of tls-cert, ssh-host-key-ed25519" in result.stderr

@@ -244,6 +244,9 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     users = {}
     for key, entry in data.get("users", {}).items():
         uname = _user_name(key, variables, where)
+        if uname in users or uname != key and uname in data["users"]:
+            raise ProfileError(f"{where}: users.\"{key}\" is {uname!r}, a user the profile "
+                               "already has; pass another name with --set")
         users[uname] = User(uname, **entry)
     gids = {g.gid for g in groups.values()}
     for user in users.values():

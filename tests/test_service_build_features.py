@@ -193,3 +193,10 @@ def test_generated_entry_without_kind_is_one_line(tmp_path):
     result = build(profile, "--root", tmp_path / "jail")
     assert result.returncode != 0 and result.stderr.count("\n") == 1
     assert "missing `kind` (one of tls-cert, ssh-host-key-ed25519" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["root", "ftp", "nobody"])
+def test_local_user_cannot_take_the_name_of_another_user(tmp_path, name):
+    result = build("vsftpd", "--root", tmp_path / "jail", "--set", f"local_user={name}")
+    assert result.returncode != 0 and result.stderr.count("\n") == 1
+    assert f"is '{name}', a user the profile already has" in result.stderr, result.stderr

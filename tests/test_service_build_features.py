@@ -200,3 +200,8 @@ def test_local_user_cannot_take_the_name_of_another_user(tmp_path, name):
     result = build("vsftpd", "--root", tmp_path / "jail", "--set", f"local_user={name}")
     assert result.returncode != 0 and result.stderr.count("\n") == 1
     assert f"is '{name}', a user the profile already has" in result.stderr, result.stderr
+
+
+def test_vsftpd_local_user_is_locked_until_a_password_is_given(tmp_path):
+    assert build("vsftpd", "--root", tmp_path / "jail").returncode == 0
+    assert shadow(tmp_path / "jail") == {"ftpuser": "!"}

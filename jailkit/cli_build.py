@@ -96,11 +96,23 @@ def _plan(profile, sets, root, create=False, dry_run=False):
     new = not os.path.isdir(root)
     with JailDir(root, create=create and not dry_run) as jail:
         try:
-            return make_plan(loaded, cache, jail.fd, generate=not dry_run), root, built
+            if dry_run or not loaded.generated:
+                return make_plan(loaded, cache, jail.fd, generate=False), root, built
+            with jail.locked():  # two builds of one jail make its keys once
+                return make_plan(loaded, cache, jail.fd), root, built
         except JailkitError:
             if new:
-                os.rmdir(root)  # made just now, and still empty: the plan failed before any key
+                _remove_new_jail_dir(root)
             raise
+
+
+def _remove_new_jail_dir(root: str) -> None:
+    """Undo the jail directory a failed first build made (only its lock file is in it)."""
+    try:
+        os.unlink(os.path.join(root, "lock"))
+        os.rmdir(root)
+    except OSError:
+        pass  # a key was made before the failure: it stays, and the next build reuses it
 
 
 def _print_plan(plan) -> None:

@@ -5,9 +5,10 @@ import ctypes
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
-from conftest import run_jailkit
+from conftest import jailkit_env, run_jailkit
 
 KEY_LINE = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl "
             "someone@example")
@@ -205,3 +206,17 @@ def test_local_user_cannot_take_the_name_of_another_user(tmp_path, name):
 def test_vsftpd_local_user_is_locked_until_a_password_is_given(tmp_path):
     assert build("vsftpd", "--root", tmp_path / "jail").returncode == 0
     assert shadow(tmp_path / "jail") == {"ftpuser": "!"}
+
+
+def test_failed_first_build_leaves_no_directory_and_concurrent_builds_make_one_key(tmp_path):
+    result = build("sshd", "--root", tmp_path / "failed")  # no sftp_pubkey: fails to plan
+    assert result.returncode != 0 and not (tmp_path / "failed").exists()
+    jail = tmp_path / "jail"
+    builds = [subprocess.Popen([sys.executable, "-m", "jailkit", "build", "nginx-tls", "--root",
+                                str(jail)], env=jailkit_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+              for _ in range(3)]
+    for proc in builds:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    made = (jail / "generated/etc/nginx/tls/server.pem/server.pem").read_bytes()
+    assert (jail / "current/root/etc/nginx/tls/server.pem").read_bytes() == made

@@ -286,8 +286,9 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
     return files, {"key": key, "files": files, "stats": stats}
 
 
-def _previous_hashes(jail_fd: int | None) -> tuple[str, ...]:
-    """Password hashes in the jail's current /etc/shadow (none before the first build)."""
+def _previous_hash(jail_fd: int | None, name: str) -> tuple[str, ...]:
+    """The user's password hash in the jail's current /etc/shadow (none before the first build).
+    Only the user's own: another user's hash is never reused, even for the same password."""
     if jail_fd is None:
         return ()
     try:
@@ -296,7 +297,8 @@ def _previous_hashes(jail_fd: int | None) -> tuple[str, ...]:
     except OSError:
         return ()
     with open(fd, encoding="utf-8", errors="replace") as f:
-        return tuple(line.split(":")[1] for line in f if line.count(":") >= 2)
+        return tuple(fields[1] for fields in (line.split(":") for line in f)
+                     if len(fields) > 2 and fields[0] == name)
 
 
 def _password(user, profile: Profile, jail_fd: int | None) -> str:
@@ -306,7 +308,7 @@ def _password(user, profile: Profile, jail_fd: int | None) -> str:
     from jailkit.templates import render_jinja2
 
     value = render_jinja2(user.password, profile.variables, f"users.{user.name}.password",
-                          _previous_hashes(jail_fd))
+                          _previous_hash(jail_fd, user.name))
     if ":" in value or "\n" in value:
         raise PlanError(f"profile {profile.name}: users.{user.name}.password renders to something "
                         "that is not a password hash (use the `crypt` filter)")

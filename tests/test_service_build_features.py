@@ -220,3 +220,12 @@ def test_failed_first_build_leaves_no_directory_and_concurrent_builds_make_one_k
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     made = (jail / "generated/etc/nginx/tls/server.pem/server.pem").read_bytes()
     assert (jail / "current/root/etc/nginx/tls/server.pem").read_bytes() == made
+
+
+def test_a_hash_is_kept_only_for_its_own_user(tmp_path, account_profile):
+    jail = tmp_path / "jail"
+    assert build(account_profile, "--root", jail).returncode == 0
+    alice = shadow(jail)["alice"]
+    assert build(account_profile, "--root", jail, "--set", "name=bob").returncode == 0
+    bob = shadow(jail)["bob"]
+    assert bob != alice and crypt_check("first secret", bob)

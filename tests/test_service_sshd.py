@@ -6,6 +6,7 @@ import stat
 import subprocess
 
 import pytest
+from conftest import run_jailkit
 from services import Service, build, free_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
@@ -98,8 +99,28 @@ def test_shell_commands_and_other_users_are_refused(client, sshd, tmp_path):
 
 
 def test_missing_public_key_is_one_line(tmp_path):
-    from conftest import run_jailkit
-
     result = run_jailkit("build", "sshd", "--root", tmp_path / "jail")
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1 and "no ssh public key" in result.stderr, result.stderr
+
+
+def test_clients_keep_trusting_the_server_across_update_and_rebuild(client, sshd, tmp_path):
+    service, port = sshd
+    assert sftp(client, port, "pwd\n").returncode == 0
+    assert service.stop() == 0, service.log()
+    updated = run_jailkit("update", "sshd", "--root", service.root, "--set", f"port={port}",
+                          "--set", "sftp_user=alice", "--set", f"sftp_pubkey={client / 'id.pub'}")
+    assert updated.returncode == 0, updated.stderr
+    new_port = free_port()
+    build("sshd", service.root, f"port={new_port}", "sftp_user=alice",
+          f"sftp_pubkey={client / 'id.pub'}")
+    known = (client / "known_hosts").read_text()
+    (client / "known_hosts").write_text(known.replace(f"]:{port} ", f"]:{new_port} "))
+    again = Service("sshd", service.root, tmp_path / "sshd-again.log")
+    try:
+        again.wait_port(new_port)
+        result = sftp(client, new_port, "pwd\n")  # StrictHostKeyChecking against the old key
+        assert result.returncode == 0, result.stderr + again.log()
+        assert again.stop() == 0, again.log()
+    finally:
+        again.kill()

@@ -180,9 +180,14 @@ def test_host_files_cannot_be_seen(jail, tmp_path):
 def test_host_proc_1_root_cannot_be_reached(jail, tmp_path):
     marker = tmp_path / "host-marker"
     marker.write_text("secret")
-    result = sh(jail, f"ls /proc/1/root/ ; test -e /proc/1/root{marker} && echo vis''ible")
+    # The jail's pid 1 holds CAP_KILL, which the service lacks, so the kernel also refuses the
+    # service its /proc/1/root; the service's own root is the jail's.
+    result = sh(jail, f"ls /proc/self/root/ ; test -e /proc/1/root{marker} && echo vis''ible;"
+                " ls /proc/1/root/ 2>&1")
     assert "visible" not in result.stdout
-    assert sorted(result.stdout.split()) == sorted(os.listdir(jail / "current" / "root"))
+    own, pid1 = result.stdout.split("ls: ", 1)
+    assert sorted(own.split()) == sorted(os.listdir(jail / "current" / "root"))
+    assert "Permission denied" in pid1
 
 
 def test_host_processes_cannot_be_seen_or_killed(jail):
@@ -294,6 +299,30 @@ def test_listed_capability_is_kept_for_non_root_user(jail):
                                        'capabilities=["CAP_NET_BIND_SERVICE"]'])
     assert int(fields["CapEff"], 16) == 1 << 10
     assert int(fields["CapBnd"], 16) == 1 << 10
+
+
+def test_pid_1_alone_keeps_kill(jail):
+    # pid 1 holds CAP_KILL (and CAP_SETPCAP to drop it) for itself; the service gets neither.
+    result = sh(jail, "grep -E '^Cap(Eff|Bnd)' /proc/1/status /proc/self/status",
+                sets=["capabilities=[]"])
+    fields = {}
+    for line in result.stdout.splitlines():
+        where, name, value = line.replace(":", " ", 2).split()
+        fields[where.split("/")[2], name] = int(value, 16)
+    kill, setpcap = 1 << 5, 1 << 8
+    assert fields["1", "CapEff"] == kill | setpcap
+    assert fields["self", "CapEff"] == 0 and fields["self", "CapBnd"] == 0
+
+
+def test_stop_signal_reaches_a_service_that_switched_user(jail):
+    # As lighttpd does: started as the jail's root, then running as uid 33 (without CAP_KILL).
+    proc = start(jail, PROBE, "become", "33", sets=['capabilities=["CAP_SETUID", "CAP_SETGID"]'])
+    try:
+        assert proc.stdout.readline().startswith("uid 33 euid 33")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+    finally:
+        stop(proc)
 
 
 def test_rlimits_from_the_profile(jail):

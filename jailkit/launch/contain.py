@@ -80,10 +80,13 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     _at("new session and keyring")
     os.setsid()
     sc.join_session_keyring()
-    # 8. Privileges: bounding set first (needs CAP_SETPCAP), then the service's ids and caps.
+    # 8. Privileges: bounding set first (needs CAP_SETPCAP), then the service's ids and caps,
+    #    with CAP_KILL and CAP_SETPCAP for pid 1 only (the reaper drops them for the service).
     _at("capabilities and user")
-    caps.drop_bounding(plan.cap_mask)
-    caps.switch_user(spec.uid, spec.gid, spec.groups, plan.cap_mask, plan.maps.allow_setgroups)
+    caps.drop_bounding(plan.reaper_cap_mask)
+    caps.switch_user(
+        spec.uid, spec.gid, spec.groups, plan.reaper_cap_mask, plan.maps.allow_setgroups
+    )
     # 9. Die with the launcher. Set after the id change, which clears it; then make sure the
     #    launcher did not die in between.
     _at("parent-death signal")

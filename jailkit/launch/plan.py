@@ -22,7 +22,7 @@ def reaper_path() -> str:
 class LaunchPlan:
     __slots__ = (
         "spec", "root", "idmapped", "maps", "clone_flags", "mounts", "cgroups", "veth",
-        "cap_mask", "command", "reaper", "pass_fds",
+        "cap_mask", "reaper_cap_mask", "command", "reaper", "pass_fds",
     )
 
     def __init__(self, spec: LaunchSpec, root: str, state: str, launcher_pid: int,
@@ -60,7 +60,12 @@ class LaunchPlan:
             except OSError:
                 raise JailkitError(f"--pass-fd {fd}: descriptor {fd} is not open") from None
         self.pass_fds = list(pass_fds)
-        self.command = [REAPER_NAME, "init", str(spec.stop_signal), *spec.command]
+        # pid 1 keeps CAP_KILL to signal a service that switched user, and CAP_SETPCAP to take
+        # both out of the service's bounding set; the service gets neither unless it asks.
+        self.reaper_cap_mask = self.cap_mask | caps.mask(["CAP_KILL", "CAP_SETPCAP"])
+        reaper_only = self.reaper_cap_mask & ~self.cap_mask
+        self.command = [REAPER_NAME, "init", str(spec.stop_signal), str(reaper_only),
+                        *spec.command]
 
     def describe(self) -> str:
         s = self.spec

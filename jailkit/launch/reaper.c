@@ -5,11 +5,14 @@
  * this small static program (static: it is exec'd from an fd inside the jail, where no host
  * loader or libc can be trusted to exist). Two modes, one per side of the pid namespace:
  *
- *   jailkit-reaper init STOPSIG CMD [ARG...]
+ *   jailkit-reaper init STOPSIG DROPCAPS CMD [ARG...]
  *       pid 1 of the jail. Starts CMD, forwards every signal it gets to it (SIGTERM becomes the
  *       profile's stop signal), reaps orphans, and exits with CMD's status (128+N for signal N).
  *       A service as pid 1 would ignore signals it has no handler for and reap children it
- *       does not know (vsftpd segfaults).
+ *       does not know (vsftpd segfaults). pid 1 holds CAP_KILL, so that it can still signal a
+ *       service that switched to another user; DROPCAPS (a bit mask) are the capabilities it
+ *       holds only for itself: CMD's process drops them from every set before the exec (with
+ *       no_new_privs set, the exec cannot give them back).
  *
  *   jailkit-reaper wait PID [--cgroup DIR]... [--veth NAME]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
@@ -25,7 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,13 +53,35 @@ static void forwarded_set(sigset_t *set)
 		sigdelset(set, faults[i]);
 }
 
+/* Bounding first (CAP_SETPCAP, itself maybe among them, goes last), then the other sets. */
+static int drop_capabilities(unsigned long long drop)
+{
+	for (int cap = 0; cap < 64; cap++)
+		if (((drop >> cap) & 1) && cap != CAP_SETPCAP && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
+			return -1;
+	if (((drop >> CAP_SETPCAP) & 1) && prctl(PR_CAPBSET_DROP, CAP_SETPCAP, 0, 0, 0))
+		return -1;
+	struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+	struct __user_cap_data_struct data[2];
+	if (syscall(SYS_capget, &header, data))
+		return -1;
+	for (int i = 0; i < 2; i++) {
+		__u32 keep = ~(__u32)(drop >> (32 * i));
+		data[i].effective &= keep;
+		data[i].permitted &= keep;
+		data[i].inheritable &= keep;
+	}
+	return syscall(SYS_capset, &header, data) ? -1 : 0; /* ambient follows inheritable */
+}
+
 static int run_init(int argc, char **argv)
 {
-	if (argc < 4) {
-		fprintf(stderr, "usage: jailkit-reaper init STOPSIG CMD [ARG...]\n");
+	if (argc < 5) {
+		fprintf(stderr, "usage: jailkit-reaper init STOPSIG DROPCAPS CMD [ARG...]\n");
 		return 2;
 	}
 	int stop_signal = atoi(argv[2]);
+	unsigned long long drop = strtoull(argv[3], NULL, 10);
 	sigset_t set, empty;
 	forwarded_set(&set);
 	sigemptyset(&empty);
@@ -67,9 +94,13 @@ static int run_init(int argc, char **argv)
 	}
 	if (child == 0) {
 		sigprocmask(SIG_SETMASK, &empty, NULL);
-		execvp(argv[3], argv + 3);
+		if (drop_capabilities(drop)) {
+			perror("jailkit: dropping pid 1's own capabilities");
+			_exit(125);
+		}
+		execvp(argv[4], argv + 4);
 		int err = errno;
-		fprintf(stderr, "jailkit: cannot run %s in the jail: %s\n", argv[3], strerror(err));
+		fprintf(stderr, "jailkit: cannot run %s in the jail: %s\n", argv[4], strerror(err));
 		_exit(err == ENOENT ? 127 : 126);
 	}
 	for (;;) {

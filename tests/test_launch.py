@@ -325,6 +325,15 @@ def test_stop_signal_reaches_a_service_that_switched_user(jail):
         stop(proc)
 
 
+def test_rlimit_above_the_launchers_hard_limit_is_one_line_naming_it(jail):
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    result = sh(jail, "true", sets=[f'rlimits={{"nofile": [64, {hard + 1}]}}'])
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and "rlimit nofile" in result.stderr, result.stderr
+
+
 def test_rlimits_from_the_profile(jail):
     result = sh(jail, "ulimit -Sn; ulimit -Hn", sets=['rlimits={"nofile": [64, 128]}'])
     assert result.stdout.split() == ["64", "128"], result.stderr

@@ -3,12 +3,15 @@ wait until its port answers, stop it with SIGTERM and check that nothing is left
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from conftest import jailkit_env, run_jailkit
@@ -138,3 +141,38 @@ class Service:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def static_site(base: Path, parent: str, files: dict[str, bytes]) -> tuple[Path, Path]:
+    """A docroot of our own, and a profile extending `parent` that copies it into the jail at
+    the same path: (docroot, profile)."""
+    docroot = base / "site"
+    docroot.mkdir(mode=0o755)
+    for name, data in files.items():
+        (docroot / name).write_bytes(data)
+        (docroot / name).chmod(0o644)
+    profile = base / f"{parent}-site.toml"
+    profile.write_text(f'extends = ["{parent}"]\nfiles = ["{docroot}"]\n')
+    return docroot, profile
+
+
+@contextlib.contextmanager
+def web_server(profile: Path, base: Path, docroot: Path):
+    """The site's jail built on a free port and running: (service, port); killed afterwards."""
+    port = free_port()
+    build(str(profile), base / "jail", f"port={port}", f"docroot={docroot}")
+    service = Service(str(profile), base / "jail", base / "service.log")
+    try:
+        service.wait_port(port)
+        yield service, port
+    finally:
+        service.kill()
+
+
+def http_get(port: int, path: str) -> tuple[int, str | None, bytes]:
+    """(status, Content-Type, body) of GET http://127.0.0.1:port/path."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, None, e.read()

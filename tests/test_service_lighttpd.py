@@ -3,11 +3,9 @@
 import json
 import os
 import stat
-import urllib.error
-import urllib.request
 
 import pytest
-from services import Service, build, free_port, host_uids
+from services import host_uids, http_get, static_site, web_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
 
@@ -15,40 +13,23 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: 
 @pytest.fixture(scope="module")
 def lighttpd(tmp_path_factory):
     base = tmp_path_factory.mktemp("lighttpd")
-    docroot = base / "site"
-    docroot.mkdir(mode=0o755)
-    (docroot / "index.html").write_text("<p>lit</p>\n")
-    (docroot / "data.json").write_bytes(b'{"n": 1}')
-    (docroot / "blob.bin").write_bytes(os.urandom(100_000))
-    for path in docroot.iterdir():
-        path.chmod(0o644)
-    profile = base / "lit.toml"
-    profile.write_text(f'extends = ["lighttpd"]\nfiles = ["{docroot}"]\n')
-    port = free_port()
-    build(str(profile), base / "jail", f"port={port}", f"docroot={docroot}")
-    service = Service(str(profile), base / "jail", base / "lighttpd.log")
-    try:
-        service.wait_port(port)
+    files = {
+        "index.html": b"<p>lit</p>\n",
+        "data.json": b'{"n": 1}',
+        "blob.bin": os.urandom(100_000),
+    }
+    docroot, profile = static_site(base, "lighttpd", files)
+    with web_server(profile, base, docroot) as (service, port):
         yield service, port, docroot
-    finally:
-        service.kill()
-
-
-def get(port: int, path: str):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.headers["Content-Type"], response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, None, e.read()
 
 
 def test_static_site_with_content_types_and_404(lighttpd):
     service, port, docroot = lighttpd
-    assert get(port, "/") == (200, "text/html; charset=utf-8", b"<p>lit</p>\n")
-    assert get(port, "/data.json") == (200, "application/json", b'{"n": 1}')
+    assert http_get(port, "/") == (200, "text/html; charset=utf-8", b"<p>lit</p>\n")
+    assert http_get(port, "/data.json") == (200, "application/json", b'{"n": 1}')
     blob = (docroot / "blob.bin").read_bytes()
-    assert get(port, "/blob.bin") == (200, "application/octet-stream", blob)
-    assert get(port, "/nothing-here")[0] == 404
+    assert http_get(port, "/blob.bin") == (200, "application/octet-stream", blob)
+    assert http_get(port, "/nothing-here")[0] == 404
     service.assert_foreground_under_pid1("lighttpd")
 
 
@@ -70,5 +51,5 @@ def test_runs_as_www_data_with_a_real_dev_null_and_no_shell_or_perl(lighttpd):
 
 def test_stops_on_sigterm_leaving_nothing(lighttpd):
     service, port, _ = lighttpd
-    assert get(port, "/")[0] == 200
+    assert http_get(port, "/")[0] == 200
     assert service.stop() == 0, service.log()

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from services import Service, build, free_port, host_uids
+from services import Service, build, free_port, host_uids, http_get, static_site, web_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
 
@@ -23,38 +23,22 @@ def jail_uid(pid: int, host_uid: int) -> int:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A docroot of our own: an extending profile copies it into the jail at the same path."""
     base = tmp_path_factory.mktemp("nginx")
-    docroot = base / "site"
-    docroot.mkdir(mode=0o755)
-    (docroot / "index.html").write_text("<p>jailed</p>\n")
-    (docroot / "blob.bin").write_bytes(os.urandom(300_000))
-    for path in docroot.iterdir():
-        path.chmod(0o644)
-    profile = base / "mysite.toml"
-    profile.write_text(f'extends = ["nginx"]\nfiles = ["{docroot}"]\n')
+    files = {"index.html": b"<p>jailed</p>\n", "blob.bin": os.urandom(300_000)}
+    docroot, profile = static_site(base, "nginx", files)
     return base, profile, docroot
 
 
 @pytest.fixture
 def nginx(site):
     base, profile, docroot = site
-    port = free_port()
-    build(str(profile), base / "jail", f"port={port}", f"docroot={docroot}")
-    service = Service(str(profile), base / "jail", base / "nginx.log")
-    try:
-        service.wait_port(port)
+    with web_server(profile, base, docroot) as (service, port):
         yield service, port, docroot
-    finally:
-        service.kill()
 
 
-def get(port: int, path: str):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+def get(port: int, path: str) -> tuple[int, bytes]:
+    status, _, body = http_get(port, path)
+    return status, body
 
 
 def test_serves_exact_bytes_and_404_then_stops_cleanly(nginx):

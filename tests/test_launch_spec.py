@@ -2,6 +2,7 @@
 subordinate id files; and the seccomp program, installed in a real process."""
 
 import json
+import struct
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from conftest import REPO, jailkit_env
 
 from jailkit.cli_run import UsageError, apply_sets, parse
 from jailkit.errors import JailkitError
+from jailkit.launch import seccomp
 from jailkit.launch.jsonload import loads
 from jailkit.launch.spec import LaunchSpec, parse_size
 from jailkit.launch.userns import read_subid
@@ -162,3 +164,36 @@ def test_seccomp_filter_in_a_real_process(allow, expected):
     result = subprocess.run([sys.executable, "-c", SECCOMP_PROBE, *allow], capture_output=True,
                             text=True, env=jailkit_env(REPO), timeout=30)
     assert result.stdout.split() == expected.split(), result.stderr
+
+
+def run_filter(program: bytes, arch: int, nr: int) -> int:
+    """Classic BPF as the kernel runs a seccomp filter, for the few opcodes the filter uses."""
+    insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    pc, accumulator = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == seccomp.LD_W_ABS:
+            accumulator = {0: nr, 4: arch}[k]
+        elif code == seccomp.JEQ_K:
+            pc += jt if accumulator == k else jf
+        elif code == seccomp.JGE_K:
+            pc += jt if accumulator >= k else jf
+        elif code == seccomp.RET_K:
+            return k
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+        pc += 1
+
+
+@pytest.mark.parametrize("allow", [[], ["keyctl", "ptrace", "mount"], list(seccomp.DENIED)])
+def test_seccomp_filter_decides_every_syscall_number(allow):
+    program = seccomp.build(allow)
+    denied = {nr for name, nr in seccomp.DENIED.items() if name not in allow}
+    eperm, allowed = seccomp.RET_ERRNO | seccomp.EPERM, seccomp.RET_ALLOW
+    for nr in range(1024):
+        expected = eperm if nr in denied else allowed
+        assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr) == expected, nr
+    for nr in (seccomp.X32_SYSCALL_BIT, seccomp.X32_SYSCALL_BIT + 250, 2**32 - 1):
+        assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr) == eperm
+    i386 = 0x40000003
+    assert run_filter(program, i386, 250) == seccomp.RET_KILL_PROCESS

@@ -4,11 +4,8 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 NOBODY = 65534
 
@@ -20,18 +17,13 @@ def as_nobody():
 
 
 @pytest.fixture
-def home():
-    """A checkout copy (package and bundled profiles) nobody can read, and a home it owns."""
-    base = Path(tempfile.mkdtemp(prefix="jailkit-build-nobody-"))
-    skip = shutil.ignore_patterns("__pycache__")
-    for name in ("jailkit", "profiles"):
-        shutil.copytree(REPO / name, base / name, ignore=skip)
-    for path in [base, *base.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    (base / "home").mkdir()
-    os.chown(base / "home", NOBODY, NOBODY)
-    yield base
-    shutil.rmtree(base)
+def home(world_readable_checkout):
+    """The checkout copy nobody can read, with a home it owns (removed afterwards)."""
+    home = world_readable_checkout / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    yield world_readable_checkout
+    shutil.rmtree(home)
 
 
 def nobody_jailkit(home, *args):

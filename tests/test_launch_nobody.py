@@ -9,10 +9,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
-from conftest import REPO
 from test_launch import PROBE, jail, mount_points  # noqa: F401 (jail is a fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody (CI)")
@@ -41,22 +39,9 @@ def nobody_run(checkout, jail_dir, *args, sets=(), **kwargs):
 
 
 @pytest.fixture(scope="module")
-def checkout() -> Path:
-    """A copy of the package `nobody` can import, outside pytest's tmp root (which pytest makes
-    0700 again whenever another session starts, as the shared world_readable_checkout is)."""
-    base = Path(tempfile.mkdtemp(prefix="jailkit-launch-src-"))
-    skip = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(REPO / "jailkit", base / "jailkit", ignore=skip)
-    for path in [base, *base.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    yield base
-    shutil.rmtree(base)
-
-
-@pytest.fixture(scope="module")
-def run(checkout, jail):  # noqa: F811
+def run(world_readable_checkout, jail):  # noqa: F811
     def run(*args, **kwargs):
-        return nobody_run(checkout, jail, *args, **kwargs)
+        return nobody_run(world_readable_checkout, jail, *args, **kwargs)
 
     return run
 
@@ -105,12 +90,12 @@ def test_callers_fd_is_not_inherited(run):
     assert result.stdout.strip() == "fds"
 
 
-def test_sigterm_is_forwarded_and_nothing_is_left(checkout, jail):  # noqa: F811
+def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail):  # noqa: F811
     mounts = mount_points()
     proc = subprocess.Popen(
-        command(checkout, jail, "/bin/sh", "-c",
+        command(world_readable_checkout, jail, "/bin/sh", "-c",
                 "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"),
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout)},
         preexec_fn=as_nobody, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
     )
     try:
@@ -137,7 +122,7 @@ def test_what_needs_root_is_a_one_line_error(run, sets, cause):
 
 
 
-def test_subordinate_ids_give_an_ordinary_user_several_ids(checkout, jail):  # noqa: F811
+def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checkout, jail):  # noqa: F811
     # /etc/subuid and /etc/subgid with a range for nobody, only in a private mount namespace of
     # this test (never on the host); newuidmap reads them there
     with tempfile.NamedTemporaryFile("w", prefix="jailkit-subid-", delete=False) as f:
@@ -147,8 +132,8 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(checkout, jail):  # n
         script = (
             f"mount --bind {f.name} /etc/subuid && mount --bind {f.name} /etc/subgid && "
             "cd / && exec setpriv --reuid=65534 --regid=65534 --clear-groups "
-            f"env PATH=/usr/bin:/bin PYTHONPATH={checkout} "
-            + " ".join(command(checkout, jail, "/bin/sh", "-c",
+            f"env PATH=/usr/bin:/bin PYTHONPATH={world_readable_checkout} "
+            + " ".join(command(world_readable_checkout, jail, "/bin/sh", "-c",
                                f"'cat /proc/self/uid_map; {PROBE} ids'",
                                sets=["user.uid=33", "user.gid=33"]))
         )

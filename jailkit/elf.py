@@ -54,10 +54,6 @@ class ElfInfo:
     flags_1: int = 0
 
     @property
-    def bits(self) -> int:
-        return 64 if self.ei_class == ELFCLASS64 else 32
-
-    @property
     def static(self) -> bool:
         """Static or static-pie: nothing for the loader to map."""
         if self.interp is not None:

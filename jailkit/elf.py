@@ -21,7 +21,6 @@ ELFDATA2LSB, ELFDATA2MSB = 1, 2
 ELFOSABI_SYSV, ELFOSABI_GNU = 0, 3
 LIBC_ABI_MAX = 4  # glibc 2.36's libc-abis: DEFAULT, UNIQUE, IFUNC, ABSOLUTE
 ET_EXEC, ET_DYN = 2, 3
-PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
 DF_1_NODEFLIB = 0x800
 DF_1_PIE = 0x08000000
 
@@ -40,7 +39,6 @@ class ElfInfo:
     dev: int
     ino: int
     ei_class: int
-    ei_data: int
     machine: int
     e_type: int
     interp: str | None = None
@@ -162,7 +160,6 @@ class ElfReader:
             dev=st.st_dev,
             ino=st.st_ino,
             ei_class=head[4],
-            ei_data=head[5],
             machine=int.from_bytes(head[18:20], "little" if little else "big"),
             e_type=int.from_bytes(head[16:18], "little" if little else "big"),
         )

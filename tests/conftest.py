@@ -45,3 +45,10 @@ def world_readable_checkout() -> Iterator[Path]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     yield base
     shutil.rmtree(base)
+
+
+@pytest.fixture
+def as_root():
+    """For tests that switch ids or enter namespaces as root: they fail, never skip, elsewhere."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root: run the suite as root, as the README and CI do")

@@ -32,7 +32,7 @@ def nobody_jailkit(home, *args):
                           text=True, capture_output=True, preexec_fn=as_nobody, timeout=120)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody (CI)")
+@pytest.mark.usefixtures("as_root")
 def test_ordinary_user_builds_checks_and_updates_in_xdg_data_dir(home):
     result = nobody_jailkit(home, "build", "shell", "--json")
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_jailkit
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the launcher tests run as root (CI)")
+pytestmark = pytest.mark.usefixtures("as_root")
 
 PROBE = "/usr/bin/jkprobe"
 

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 from test_launch import PROBE, jail, mount_points  # noqa: F401 (jail is a fixture)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody (CI)")
+pytestmark = pytest.mark.usefixtures("as_root")
 
 NOBODY = 65534
 

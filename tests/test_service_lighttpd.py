@@ -7,7 +7,7 @@ import stat
 import pytest
 from services import host_uids, http_get, static_site, web_server
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
+pytestmark = pytest.mark.usefixtures("as_root")
 
 
 @pytest.fixture(scope="module")

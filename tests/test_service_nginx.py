@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from services import Service, build, free_port, host_uids, http_get, static_site, web_server
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
+pytestmark = pytest.mark.usefixtures("as_root")
 
 
 def jail_uid(pid: int, host_uid: int) -> int:

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_jailkit
 from services import Service, build, free_port
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
+pytestmark = pytest.mark.usefixtures("as_root")
 
 
 @pytest.fixture(scope="module")

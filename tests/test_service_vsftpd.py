@@ -11,7 +11,7 @@ import time
 import pytest
 from services import Service, build, free_port
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="services switch ids: run as root (CI)")
+pytestmark = pytest.mark.usefixtures("as_root")
 
 TERMINATED = 128 + 15  # vsftpd has no SIGTERM handler: the stop signal ends it
 

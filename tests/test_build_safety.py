@@ -166,12 +166,18 @@ def test_concurrent_builds_wait_for_the_lock(tmp_path):
     assert os.readlink(jail / "current") == "gen-1"
 
 
-def test_generation_held_by_a_launcher_is_kept_until_released(tmp_path):
+def built_variable_jail(tmp_path):
+    """A shell jail built with /etc/v rendered from variable v (1): (profile, jail directory)."""
     profile = tmp_path / "v.toml"
     profile.write_text('extends = ["shell"]\n[variables]\nv = 1\n'
                        '[templates."/etc/v"]\ntext = "{{ v }}"\n')
     jail = tmp_path / "jail"
     build(profile, "--root", jail)
+    return profile, jail
+
+
+def test_generation_held_by_a_launcher_is_kept_until_released(tmp_path):
+    profile, jail = built_variable_jail(tmp_path)
     # what `jailkit run` does (docs/contracts.md): a shared flock on the generation directory
     held = os.open(jail / "gen-1", os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(held, fcntl.LOCK_SH)
@@ -204,11 +210,7 @@ def test_paths_that_leave_the_jail_are_refused(tmp_path):
 
 
 def test_generation_of_a_running_jailkit_run_is_kept(tmp_path):
-    profile = tmp_path / "v.toml"
-    profile.write_text('extends = ["shell"]\n[variables]\nv = 1\n'
-                       '[templates."/etc/v"]\ntext = "{{ v }}"\n')
-    jail = tmp_path / "jail"
-    build(profile, "--root", jail)
+    profile, jail = built_variable_jail(tmp_path)
     service = subprocess.Popen(
         [sys.executable, "-m", "jailkit", "run", "v", "--root", jail, "--", "/bin/sh", "-c",
          "cat /etc/v; echo; exec sleep 60"],

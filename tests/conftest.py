@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+# Values bundled profiles need from their user (no default can stand in for an ssh key): a real
+# public key line, checked by the profile's `public_keys` filter.
+SETS_NEEDED = {"sshd": {"sftp_pubkey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAg4S0LaxFSOlzj/HU0YiRi"
+                                       "aSMzFK1nVVYdurw0RjquR test@jailkit"}}
+
+
 def jailkit_env(pythonpath: Path = REPO) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(pythonpath)

@@ -11,9 +11,9 @@ import sys
 import pytest
 from conftest import SETS_NEEDED, jailkit_env, run_jailkit
 
+from jailkit.build.plan import make_plan
 from jailkit.launch.spec import LaunchSpec
-from jailkit.plan import make_plan
-from jailkit.profile import bundled_profiles, load
+from jailkit.profile.model import bundled_profiles, load
 
 CAPS_XATTR = "security.capability"
 

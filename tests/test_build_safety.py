@@ -193,7 +193,7 @@ def test_generation_held_by_a_launcher_is_kept_until_released(tmp_path):
 
 
 def test_paths_that_leave_the_jail_are_refused(tmp_path):
-    from jailkit.plan import PlanError, check_jail_path
+    from jailkit.build.plan import PlanError, check_jail_path
 
     assert check_jail_path("//etc/./passwd") == "/etc/passwd"
     for path in ("/etc/../../x", "etc/passwd", "/a/..", "/x\0y"):

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import REPO, jailkit_env
 
-from jailkit.cli_run import UsageError, apply_sets, parse
+from jailkit.cli.run import UsageError, apply_sets, parse
 from jailkit.errors import JailkitError
 from jailkit.launch import seccomp
 from jailkit.launch.jsonload import loads

@@ -3,9 +3,9 @@
 import pytest
 from conftest import SETS_NEEDED, run_jailkit
 
-from jailkit.profile import ProfileError, bundled_profiles, load
-from jailkit.profile_toml import as_dict, as_toml
-from jailkit.templates import TemplateError, _source, _substitute, render, render_jinja2
+from jailkit.profile.dump import as_dict, as_toml
+from jailkit.profile.model import ProfileError, bundled_profiles, load
+from jailkit.profile.templates import TemplateError, _source, _substitute, render, render_jinja2
 
 
 def write(tmp_path, name, text):

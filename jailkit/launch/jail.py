@@ -1,6 +1,6 @@
 """Finding a built jail (layout in docs/contracts.md) and holding it while it runs.
 
-Deliberately separate from jailkit.jaildir (the builder's side), which imports pathlib, re and
+Deliberately separate from jailkit.build.jaildir (the builder's side), which imports pathlib, re and
 shutil: `jailkit run` only needs a readlink, one flock and one JSON file.
 """
 
@@ -14,7 +14,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def default_dir(name: str) -> str:
-    """Same rule as jailkit.jaildir.default_root."""
+    """Same rule as jailkit.build.jaildir.default_root."""
     if os.geteuid() == 0:
         return f"/var/lib/jailkit/{name}"
     data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")

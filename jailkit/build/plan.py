@@ -1,5 +1,5 @@
 """The build plan: what the jail tree will hold, as data. Reads the host (metadata and ELF headers),
-writes nothing; `--dry-run` prints it and `jailkit.apply` materialises it."""
+writes nothing; `--dry-run` prints it and `jailkit.build.apply` materialises it."""
 
 import fnmatch
 import glob
@@ -9,7 +9,7 @@ import stat
 from typing import NamedTuple
 
 from jailkit.errors import JailkitError
-from jailkit.profile import Profile
+from jailkit.profile.model import Profile
 
 NSSWITCH = (
     "# written by jailkit: names come only from the jail's own files\n"
@@ -132,7 +132,7 @@ class _Planner:
         if path in self.chained:
             return
         self.chained.add(path)
-        from jailkit.closure import path_chain
+        from jailkit.elf.closure import path_chain
 
         try:
             chain = path_chain(path)
@@ -163,7 +163,7 @@ class _Planner:
         """Copy a host directory: same filesystem only, symlinks kept, excludes honoured. A mount
         point below `top` is skipped even on the same filesystem: a bind mount of a parent
         directory would otherwise make the copy endless."""
-        from jailkit.jaildir import mount_points
+        from jailkit.build.jaildir import mount_points
 
         mounts = mount_points()
         self.add(Entry(top, "dir", mode=top_st.st_mode & 0o755))
@@ -262,7 +262,7 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
             _identity(path) == identity for path, identity in cache["stats"].items()):
         return cache["files"], cache
 
-    from jailkit.closure import find_library, resolve
+    from jailkit.elf.closure import find_library, resolve
 
     inputs = expand(profile.binaries, "binaries")
     for name in profile.libraries:
@@ -305,7 +305,7 @@ def _password(user, profile: Profile, jail_fd: int | None) -> str:
     """The shadow field for a user: as written, or rendered (`{{ local_password | crypt }}`)."""
     if "{{" not in user.password:
         return user.password
-    from jailkit.templates import render_jinja2
+    from jailkit.profile.templates import render_jinja2
 
     value = render_jinja2(user.password, profile.variables, f"users.{user.name}.password",
                           _previous_hash(jail_fd, user.name))
@@ -393,10 +393,10 @@ def _depth_first(path: str) -> list[str]:
 
 
 def _generated(planner: _Planner, profile: Profile, jail_fd: int | None, create: bool) -> None:
-    """Keys and certificates made once per jail (jailkit.generate); in a plan that will not be
+    """Keys and certificates made once per jail (jailkit.build.generate); in a plan that will not be
     applied (--dry-run) those not made yet are empty placeholders."""
-    from jailkit.generate import generated_files
-    from jailkit.templates import render_jinja2
+    from jailkit.build.generate import generated_files
+    from jailkit.profile.templates import render_jinja2
 
     for item in profile.generated.values():
         uid, gid = planner.owner(item.owner, item.group)
@@ -416,7 +416,7 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
     `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed.
     `jail_fd`: the jail directory, for what is kept across builds (generated keys, password
     hashes); `generate`: make the generated files that are missing there (not for --dry-run)."""
-    from jailkit.templates import render
+    from jailkit.profile.templates import render
 
     planner = _Planner(profile)
     planner.add(Entry("/", "dir"))

@@ -1,7 +1,7 @@
 """Profiles: TOML files describing one service's jail, composed with `extends`.
 
 Loading is pure: it reads the profile files (and nothing else) and returns a frozen `Profile`.
-Each file is checked by `jailkit.profile_schema` (errors with file and line); cross references are
+Each file is checked by `jailkit.profile.schema` (errors with file and line); cross references are
 checked here after composition (errors with the key path).
 """
 
@@ -9,10 +9,11 @@ import os
 import re
 from typing import NamedTuple
 
-from jailkit.profile_schema import NAME_RE, VARIABLE_RE, ProfileError, read_file
+from jailkit.profile.schema import NAME_RE, VARIABLE_RE, ProfileError, read_file
 
-BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
-                           "profiles")
+# the checkout's profiles/, beside the jailkit package (this file is jailkit/profile/model.py)
+BUNDLED_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))), "profiles")
 
 
 class User(NamedTuple):

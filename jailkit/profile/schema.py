@@ -29,7 +29,7 @@ SIGNALS = (
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 SIZE_RE = re.compile(r"^([0-9]+)([kmg]?)$")
 VARIABLE_RE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
-# built-in generators of files made once per jail (jailkit.generate); never a profile's command
+# built-in generators of files made once per jail (jailkit.build.generate), never a command
 GENERATORS = ("tls-cert", "ssh-host-key-ed25519", "ssh-host-key-ecdsa", "ssh-host-key-rsa")
 
 

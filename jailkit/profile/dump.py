@@ -3,7 +3,7 @@
 import json
 import re
 
-from jailkit.profile import LIST_KEYS, Generated, Profile, Template, User
+from jailkit.profile.model import LIST_KEYS, Generated, Profile, Template, User
 
 
 def as_dict(profile: Profile) -> dict:

@@ -186,7 +186,7 @@ def click_command():
 
 
 def __getattr__(name: str):
-    # jailkit.cli's COMMANDS looks up `run_command`; built on demand so importing this module
+    # jailkit.cli.main's COMMANDS looks up `run_command`; built on demand so importing this module
     # never imports click
     if name == "run_command":
         return click_command()

@@ -16,7 +16,9 @@ import stat
 from collections import deque
 from dataclasses import dataclass, field
 
-from jailkit.elf import (
+from jailkit.elf.ldcache import LdCache
+from jailkit.elf.loader import LoaderRules, rules_for
+from jailkit.elf.reader import (
     DF_1_NODEFLIB,
     ELFCLASS64,
     ET_DYN,
@@ -27,8 +29,6 @@ from jailkit.elf import (
     header_problem,
     open_regular,
 )
-from jailkit.ldcache import LdCache
-from jailkit.loader import LoaderRules, rules_for
 
 SCRIPT_DEPTH = 4  # the kernel's limit on nested `#!` interpreters (BINPRM_MAX_RECURSION)
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -372,7 +372,7 @@ def resolve(paths, library_path: str | None = None) -> dict[str, Resolution]:
 
 def find_library(name: str, library_path: str | None = None) -> str | None:
     """Where dlopen(name) from a plain 64-bit program finds a bare soname, or None."""
-    from jailkit.loader import ELFCLASS64, EM_X86_64
+    from jailkit.elf.loader import ELFCLASS64, EM_X86_64
 
     rules = rules_for(ELFCLASS64, EM_X86_64)
     resolver = Resolver(library_path)

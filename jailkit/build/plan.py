@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from jailkit.errors import JailkitError
 from jailkit.profile.model import Profile
+from jailkit.profile.schema import is_glob
 
 NSSWITCH = (
     "# written by jailkit: names come only from the jail's own files\n"
@@ -229,7 +230,7 @@ def expand(patterns, what: str) -> list[str]:
     """Host paths that paths/globs name, in order; a pattern that matches nothing is an error."""
     out = []
     for pattern in patterns:
-        if any(c in pattern for c in "*?["):
+        if is_glob(pattern):
             matches = sorted(glob.glob(pattern))
         else:
             matches = [pattern] if os.path.lexists(pattern) else []
@@ -256,25 +257,27 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
     The closure is reused from `cache` (the previous build's record) when the profile names the
     same inputs and no file it consulted (nor ld.so.cache) changed size, mtime or inode: a
     rebuild then parses no ELF file."""
-    key = [*profile.binaries, *profile.libraries,
-           *expand([p for p in (*profile.binaries, *profile.libraries) if "*" in p], "globs")]
+    inputs = [*profile.binaries, *profile.libraries]
+    key = [*inputs, *expand([p for p in inputs if is_glob(p)], "globs")]
     if cache and cache.get("key") == key and all(
             _identity(path) == identity for path, identity in cache["stats"].items()):
         return cache["files"], cache
 
-    from jailkit.elf.closure import find_library, resolve
+    from jailkit.elf.closure import Resolver
 
+    resolver = Resolver()  # one ld.so.cache parse and one ELF cache for the whole build
     inputs = expand(profile.binaries, "binaries")
     for name in profile.libraries:
         if "/" in name:
             inputs.extend(expand([name], "libraries"))
             continue
-        found = find_library(name)
+        found = resolver.find_library(name)
         if found is None:
             raise PlanError(f"libraries: the loader would not find {name} on this host")
         inputs.append(found)
     files = []
-    for path, result in resolve(inputs).items():
+    for path in inputs:
+        result = resolver.resolve(path)
         if result.error:
             raise PlanError(f"{path}: {result.error}")
         for name in result.missing:

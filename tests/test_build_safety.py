@@ -99,6 +99,7 @@ def test_refuses_root_and_foreign_directories(tmp_path, decoy):
     assert result.returncode == 2 and "not to gen-N" in result.stderr
 
 
+@pytest.mark.usefixtures("as_root")
 def test_directory_copy_never_crosses_into_another_filesystem_or_mount(tmp_path):
     source = tmp_path / "data"
     (source / "mnt").mkdir(parents=True)
@@ -239,6 +240,7 @@ def test_generation_of_a_running_jailkit_run_is_kept(tmp_path):
     assert sorted(os.listdir(jail)) == ["current", "gen-3", "lock"]
 
 
+@pytest.mark.usefixtures("as_root")
 def test_full_disk_is_one_line_and_keeps_the_previous_jail(tmp_path):
     jail = tmp_path / "jail"
     jail.mkdir()

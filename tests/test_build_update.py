@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 
+import pytest
 from conftest import jailkit_env, run_jailkit
 
 
@@ -86,6 +87,7 @@ def test_update_without_a_jail_is_an_error(tmp_path):
     assert result.stderr.startswith(f"jailkit: no jail at {tmp_path}/none")
 
 
+@pytest.mark.usefixtures("as_root")
 def test_state_written_by_the_running_service_survives_update(tmp_path):
     profile = tmp_path / "svc.toml"
     profile.write_text("""extends = ["shell"]

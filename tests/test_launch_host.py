@@ -230,14 +230,28 @@ def test_concurrent_first_launches_get_disjoint_ranges(built, jail):
     assert all(b - a >= 65536 for a, b in zip(distinct, distinct[1:], strict=False))
 
 
-def test_dry_run_shows_the_range_and_subnet(jail):
+def registry() -> str:
+    """root's registry of allocations (jailkit/launch/allocate.py), or "" before the first"""
+    try:
+        with open("/var/lib/jailkit/.allocations") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def test_dry_run_shows_the_range_and_subnet_and_allocates_nothing(jail):
     result = run_jailkit("run", "shell", "--root", jail, "--dry-run", "--net", "veth")
     assert result.returncode == 0, result.stderr
-    ids = next(line for line in result.stdout.splitlines() if line.startswith("ids"))
-    net = next(line for line in result.stdout.splitlines() if line.startswith("network"))
-    assert "-> " in ids and "10.213." in net
-    start_line = ids.split("-> ")[1].split("-")[0]
-    assert uid_map(jail)[0] == int(start_line)  # what dry-run showed is what a run gets
+    lines = result.stdout.splitlines()
+    ids = next(line for line in lines if line.startswith("ids"))
+    net = next(line for line in lines if line.startswith("network"))
+    assert "own range, allocated at its first run" in ids and "10.213." in net
+    assert str(jail) not in registry()  # a dry run keeps nothing
+    first = int(ids.split("-> ")[1].split("-")[0])
+    assert uid_map(jail)[0] == first  # what the dry run showed is what a run gets
+    assert str(jail) in registry()
+    again = run_jailkit("run", "shell", "--root", jail, "--dry-run").stdout
+    assert f"-> {first}-" in again and "allocated at its first run" not in again
 
 
 # --- item 9: each jail its own veth subnet, kept ---------------------------------------------
@@ -270,6 +284,12 @@ def test_two_veth_jails_get_different_subnets_kept_across_restarts(built, jail, 
         procs = [start_veth(jail, netns), start_veth(other, netns)]
         subnets = [veth_addresses(netns, p) for p in procs]
         assert subnets[0] != subnets[1]
+        # a second instance of a running jail would share its /30
+        twice = subprocess.run([*in_netns(netns), sys.executable, "-m", "jailkit", "run",
+                                "shell", "--root", jail, "--net", "veth", "--", "/bin/true"],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                               text=True, timeout=60)
+        one_line_error(twice, "already runs with network veth")
         for p in procs:
             stop(p)
         again = start_veth(jail, netns)

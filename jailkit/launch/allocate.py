@@ -22,6 +22,7 @@ from jailkit.launch import userns
 REGISTRY_DIR = "/var/lib/jailkit"
 REGISTRY = ".allocations"
 LOCK = ".allocations.lock"
+VETH_LOCK = ".veth.lock"  # byte N locked while a jail runs on subnet N
 SUBNETS = 16384  # /30s in 10.213.0.0/16
 # Without a `jailkit` line in /etc/subuid and /etc/subgid: 16384 slices of 65536 ids from
 # 1000000000, below 2^31 (some tools treat larger ids as negative)
@@ -174,3 +175,23 @@ def _allocate(entries: list[list], path: str, count: int, subnet: bool, first_ui
                                "longer use")
         new = True
     return Allocation(first_uid + mine[0], first_gid + mine[0], count, mine[2], new)
+
+
+def hold_subnet(subnet: int) -> int:
+    """Lock the jail's /30 for this launch: two instances of one jail on one subnet would answer
+    each other's traffic. A record lock, kept across the exec of the waiter (whose exit, or any
+    close of the file in this process, releases it); returns its descriptor, inheritable."""
+    dir_fd = _open_registry_dir(create=True)
+    try:
+        fd = os.open(VETH_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, subnet)
+    except OSError:
+        os.close(fd)
+        raise JailkitError("this jail already runs with network veth on its own subnet: stop "
+                           "it first, or run this one with --net none or --net host") from None
+    os.set_inheritable(fd, True)
+    return fd

@@ -4,7 +4,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, cgroup, mounts, net, userns
+from jailkit.launch import allocate, caps, cgroup, mounts, net, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.spec import LaunchSpec
 
@@ -22,7 +22,8 @@ def reaper_path() -> str:
 class LaunchPlan:
     __slots__ = (
         "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
-        "cgroups", "veth", "cap_mask", "reaper_cap_mask", "command", "reaper", "pass_fds",
+        "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "command", "reaper",
+        "pass_fds",
     )
 
     def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
@@ -37,8 +38,6 @@ class LaunchPlan:
         self.allocation = None
         root_range = None
         if os.geteuid() == 0:  # root's jails each get ids (and a subnet) of their own
-            from jailkit.launch import allocate
-
             self.allocation = allocate.for_jail(
                 os.readlink(f"/proc/self/fd/{jail.dir_fd}"), spec.uid_count,
                 spec.network == "veth", dry_run)
@@ -57,9 +56,11 @@ class LaunchPlan:
                 "cgroup limits (memory_max, pids_max) need root here (cgroup v1): run as root "
                 "or --set cgroup.memory_max=null --set cgroup.pids_max=null"
             )
-        self.veth = None
+        self.veth = self.veth_lock = None
         if spec.network == "veth":
             self.veth = net.Veth(self.allocation.subnet, launcher_pid)
+            if not dry_run:
+                self.veth_lock = allocate.hold_subnet(self.allocation.subnet)
         self.cap_mask = caps.mask(spec.capabilities)
         unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > caps.last_cap()]
         if unknown:

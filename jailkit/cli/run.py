@@ -140,7 +140,7 @@ def run(opts: Options) -> int:
     if opts.command:
         raw["command"] = opts.command
     spec = LaunchSpec.from_dict(raw)
-    plan = LaunchPlan(spec, jail.root, jail.state, os.getpid(), opts.pass_fds)
+    plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, opts.dry_run)
     if opts.dry_run:
         print(plan.describe())
         return 0

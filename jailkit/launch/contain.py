@@ -66,7 +66,7 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     if plan.idmapped:
         sources = _receive_sources(root_sock, [m.options["source"] for m in plan.mounts
                                                if m.options.get("source")])
-    mounts.apply(plan.mounts, sources)
+    mounts.apply(plan.mounts, sources, plan.jail)
     # 5. Hostname (uts namespace), network (host, or our own namespace's lo and eth0), and no
     #    nested user namespaces (through the host's /proc, still writable for our namespace).
     _at("hostname and network")

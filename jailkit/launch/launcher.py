@@ -60,7 +60,11 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
 
         socks = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        pid = sc.clone(plan.clone_flags)
+        if plan.allocation:  # its user namespace is its own uid's, not root's
+            pid = userns.clone_owned_by(plan.allocation.uid, plan.allocation.gid,
+                                        plan.clone_flags)
+        else:
+            pid = sc.clone(plan.clone_flags)
     except OSError as e:
         cgroup.remove(plan.cgroups)
         raise _clone_error(e) from None
@@ -76,7 +80,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         userns.write(pid, plan.maps)
         cgroup.attach(plan.cgroups, pid)
         if plan.idmapped:
-            fds = mounts.detached_sources(plan.mounts, plan.maps, pid)
+            fds = mounts.detached_sources(plan.mounts, plan.maps, pid, plan.jail)
             raw = b"".join(fd.to_bytes(4, "little") for fd in fds)
             socks[0].sendmsg([b"m"], [(SOL_SOCKET, SCM_RIGHTS, raw)])
             for fd in fds:

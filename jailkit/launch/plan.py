@@ -4,7 +4,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, cgroup, mounts, net, userns
+from jailkit.launch import allocate, caps, cgroup, mounts, net, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.spec import LaunchSpec
 
@@ -21,31 +21,46 @@ def reaper_path() -> str:
 
 class LaunchPlan:
     __slots__ = (
-        "spec", "root", "idmapped", "maps", "clone_flags", "mounts", "cgroups", "veth",
-        "cap_mask", "reaper_cap_mask", "command", "reaper", "pass_fds",
+        "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
+        "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "command", "reaper",
+        "pass_fds",
     )
 
-    def __init__(self, spec: LaunchSpec, root: str, state: str, launcher_pid: int,
-                 pass_fds: list[int] = ()):
+    def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
+                 dry_run: bool = False):
+        """`jail`: the jail.Jail to run; `dry_run`: allocate nothing for a new jail, only say
+        what it would get."""
         self.spec = spec
-        self.root = root
-        self.maps = userns.plan(spec.uid, spec.gid, spec.groups, spec.uid_count)
-        # Only real root can idmap a filesystem; an ordinary user's jail reads the tree as is.
-        self.idmapped = os.geteuid() == 0
+        self.jail = jail
+        self.root = jail.root
         if spec.network == "veth" and os.geteuid() != 0:
             raise JailkitError("network 'veth' needs root: use --net none or --net host")
+        self.allocation = None
+        root_range = None
+        if os.geteuid() == 0:  # root's jails each get ids (and a subnet) of their own
+            self.allocation = allocate.for_jail(
+                os.readlink(f"/proc/self/fd/{jail.dir_fd}"), spec.uid_count,
+                spec.network == "veth", dry_run)
+            root_range = (self.allocation.uid, self.allocation.gid)
+        self.maps = userns.plan(spec.uid, spec.gid, spec.groups, spec.uid_count, root_range)
+        # Only real root can idmap a filesystem; an ordinary user's jail reads the tree as is.
+        self.idmapped = os.geteuid() == 0
         self.clone_flags = (
             BASE_NAMESPACES | sc.CLONE_NEWUTS | net.clone_flags(spec.network)
         )
         pts_gid = 5 if self.maps.host_gid(5) is not None else None  # tty, when it is mapped
-        self.mounts = mounts.plan(spec, root, state, pts_gid)
+        self.mounts = mounts.plan(spec, jail.root, jail.state, pts_gid)
         self.cgroups = cgroup.plan(spec.name, launcher_pid, spec.memory_max, spec.pids_max)
         if self.cgroups and os.geteuid() != 0:
             raise JailkitError(
                 "cgroup limits (memory_max, pids_max) need root here (cgroup v1): run as root "
                 "or --set cgroup.memory_max=null --set cgroup.pids_max=null"
             )
-        self.veth = net.Veth(launcher_pid) if spec.network == "veth" else None
+        self.veth = self.veth_lock = None
+        if spec.network == "veth":
+            self.veth = net.Veth(self.allocation.subnet, launcher_pid)
+            if not dry_run:
+                self.veth_lock = allocate.hold_subnet(self.allocation.subnet)
         self.cap_mask = caps.mask(spec.capabilities)
         unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > caps.last_cap()]
         if unknown:
@@ -71,7 +86,10 @@ class LaunchPlan:
         s = self.spec
         lines = [
             f"jail      {s.name}: {self.root}",
-            f"ids       {self.maps.describe()}" + (", root idmapped" if self.idmapped else ""),
+            f"ids       {self.maps.describe()}" + (", root idmapped" if self.idmapped else "")
+            + (" (this jail's own range" + (", allocated at its first run)"
+                                            if self.allocation.new else ")")
+               if self.allocation else ""),
             f"user      uid {s.uid} gid {s.gid} groups {s.groups}",
             "namespaces user mount pid ipc uts" + ("" if s.network == "host" else " net"),
             f"network   {s.network}"

@@ -44,6 +44,9 @@ PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
+PR_GET_SECUREBITS = 27
+PR_SET_SECUREBITS = 28
+SECBIT_NO_SETUID_FIXUP = 1 << 2
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
@@ -235,4 +238,34 @@ def execveat(fd: int, argv: list[str], env: dict[str, str]) -> None:
     _check(
         _syscall(SYS_EXECVEAT, ctypes.c_int(fd), b"", c_argv, c_env, ctypes.c_int(AT_EMPTY_PATH)),
         f"execveat {argv[0]}",
+    )
+
+
+SYS_OPENAT2 = 437
+RESOLVE_NO_SYMLINKS = 0x04  # no symlink in any component (magic links included)
+RESOLVE_BENEATH = 0x08  # no component may lead outside dirfd ("..", absolute paths)
+O_PATH = 0o10000000
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """open `path` relative to `dirfd` with the kernel's own resolution limits (no race between
+    a check and the open: the walk itself refuses)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    return _check(
+        _syscall(SYS_OPENAT2, ctypes.c_int(dirfd), _path(path), ctypes.byref(how),
+                 ctypes.c_size_t(ctypes.sizeof(how))),
+        f"openat2 {path}",
+    )
+
+
+def open_tree_fd(fd: int, flags: int) -> int:
+    """open_tree of the directory open at `fd` itself (no path is walked)."""
+    return _check(
+        _syscall(SYS_OPEN_TREE, ctypes.c_int(fd), b"", ctypes.c_uint(flags | AT_EMPTY_PATH)),
+        "open_tree",
     )

@@ -222,6 +222,33 @@ def test_privileged_calls_fail(jail, attempt):
     assert result.stdout.split()[1:] == ["Operation", "not", "permitted"], result.stdout
 
 
+@pytest.mark.parametrize("number", [467, 470, 1000, 0x3FFFFFFF])
+def test_syscalls_newer_than_the_review_are_refused(jail, number):
+    # 467 is open_tree_attr (Linux 6.15), a mount call a deny list written before it missed;
+    # anything above the highest reviewed number is refused until someone reviews it
+    result = jailkit_run(jail, PROBE, "syscall", str(number))
+    assert result.stdout.strip() == f"syscall {number} Operation not permitted", result.stderr
+
+
+@pytest.mark.parametrize("family, expected", [
+    (40, "Address family not supported by protocol"),  # AF_VSOCK: no network namespace applies
+    (17, "Address family not supported by protocol"),  # AF_PACKET, unless seccomp_allow says so
+    (5, "Address family not supported by protocol"),  # AF_APPLETALK, one of many unreviewed
+    (2, "ok"), (10, "ok"), (1, "ok"), (16, "ok"),  # AF_INET, AF_INET6, AF_UNIX, AF_NETLINK
+])
+def test_socket_families_a_service_does_not_need_are_refused(jail, family, expected):
+    # in a network namespace of its own, with CAP_NET_RAW: the kernel alone would allow AF_PACKET
+    result = jailkit_run(jail, PROBE, "socket", str(family), net="none",
+                         sets=['capabilities=["CAP_NET_RAW"]'])
+    assert result.stdout.strip() == f"socket {expected}", result.stderr
+
+
+def test_af_packet_when_the_profile_allows_it(jail):
+    result = jailkit_run(jail, PROBE, "socket", "17", net="none", sets=[
+        'capabilities=["CAP_NET_RAW"]', 'seccomp_allow=["AF_PACKET"]'])
+    assert result.stdout.strip() == "socket ok", result.stderr
+
+
 def test_no_nested_user_namespace(jail):
     result = jailkit_run(jail, PROBE, "clone-userns")
     assert result.stdout.startswith("clone-userns ") and "ok" not in result.stdout, result.stdout

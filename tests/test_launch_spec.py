@@ -166,16 +166,18 @@ def test_seccomp_filter_in_a_real_process(allow, expected):
     assert result.stdout.split() == expected.split(), result.stderr
 
 
-def run_filter(program: bytes, arch: int, nr: int) -> int:
+def run_filter(program: bytes, arch: int, nr: int, arg0: int = 0) -> int:
     """Classic BPF as the kernel runs a seccomp filter, for the few opcodes the filter uses."""
     insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
     pc, accumulator = 0, 0
     while True:
         code, jt, jf, k = insns[pc]
         if code == seccomp.LD_W_ABS:
-            accumulator = {0: nr, 4: arch}[k]
+            accumulator = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF}[k]
         elif code == seccomp.JEQ_K:
             pc += jt if accumulator == k else jf
+        elif code == seccomp.JGT_K:
+            pc += jt if accumulator > k else jf
         elif code == seccomp.JGE_K:
             pc += jt if accumulator >= k else jf
         elif code == seccomp.RET_K:
@@ -185,15 +187,26 @@ def run_filter(program: bytes, arch: int, nr: int) -> int:
         pc += 1
 
 
-@pytest.mark.parametrize("allow", [[], ["keyctl", "ptrace", "mount"], list(seccomp.DENIED)])
+@pytest.mark.parametrize("allow", [[], ["keyctl", "ptrace", "mount"], list(seccomp.ALLOWABLE)])
 def test_seccomp_filter_decides_every_syscall_number(allow):
     program = seccomp.build(allow)
     denied = {nr for name, nr in seccomp.DENIED.items() if name not in allow}
     eperm, allowed = seccomp.RET_ERRNO | seccomp.EPERM, seccomp.RET_ALLOW
+    assert 467 in denied or "open_tree_attr" in allow  # open_tree_attr, new in Linux 6.15
     for nr in range(1024):
-        expected = eperm if nr in denied else allowed
+        if nr in seccomp.SOCKET_CALLS:
+            continue
+        expected = eperm if nr in denied or nr > seccomp.REVIEWED_MAX else allowed
         assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr) == expected, nr
     for nr in (seccomp.X32_SYSCALL_BIT, seccomp.X32_SYSCALL_BIT + 250, 2**32 - 1):
         assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr) == eperm
     i386 = 0x40000003
     assert run_filter(program, i386, 250) == seccomp.RET_KILL_PROCESS
+    # socket and socketpair: decided by the address family in the first argument
+    families = {*seccomp.SOCKET_FAMILIES.values(), *(nr for name, nr in
+                seccomp.OPTIONAL_FAMILIES.items() if name in allow)}
+    for nr in seccomp.SOCKET_CALLS:
+        for family in [*range(64), 1 << 32 | 2, 0xFFFFFFFF]:
+            expected = allowed if family & 0xFFFFFFFF in families else (
+                seccomp.RET_ERRNO | seccomp.EAFNOSUPPORT)
+            assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr, family) == expected, family

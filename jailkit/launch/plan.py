@@ -4,7 +4,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, cgroup, mounts, net, userns
+from jailkit.launch import caps, cgroup, mounts, net, seccomp, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.spec import LaunchSpec
 
@@ -82,7 +82,8 @@ class LaunchPlan:
             f"hostname  {s.hostname}",
             f"caps      {' '.join(s.capabilities) or '(none)'}",
             f"rlimits   {s.rlimits or '(inherited)'}",
-            "seccomp   default deny list"
+            f"seccomp   default deny list, syscalls above {seccomp.REVIEWED_MAX}, socket "
+            "families but AF_UNIX/INET/INET6/NETLINK"
             + (f" minus {', '.join(s.seccomp_allow)}" if s.seccomp_allow else ""),
             f"env       {s.env}",
             f"workdir   {s.workdir}",

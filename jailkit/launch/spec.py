@@ -7,7 +7,7 @@ import costs start-up time.
 from jailkit.errors import JailkitError
 from jailkit.launch.caps import CAPABILITIES
 from jailkit.launch.rlimits import RLIMITS
-from jailkit.launch.seccomp import DENIED
+from jailkit.launch.seccomp import ALLOWABLE
 
 NETWORKS = ("host", "none", "veth")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -197,7 +197,8 @@ class LaunchSpec:
         self.mount_sys = data["mount_sys"]
         allow = _list(data["seccomp_allow"], "seccomp_allow")
         for name in allow:
-            if name not in DENIED:
-                _fail("seccomp_allow", f"names {name!r}, which is not in the default deny list")
+            if name not in ALLOWABLE:
+                _fail("seccomp_allow", f"names {name!r}, which is not in the default deny list "
+                                       "(nor AF_PACKET)")
         self.seccomp_allow = list(allow)
         return self

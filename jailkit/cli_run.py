@@ -144,8 +144,11 @@ def run(opts: Options) -> int:
     if opts.dry_run:
         print(plan.describe())
         return 0
+    from jailkit.launch.dangerous import warnings
     from jailkit.launch.launcher import launch
 
+    for line in warnings(spec.capabilities):  # accepted by name: still say what each opens
+        sys.stderr.write(f"jailkit: warning: {line}\n")
     launch(plan, jail.lock_fd)  # execs the waiter on success
     return 1
 

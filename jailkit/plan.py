@@ -357,6 +357,7 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "hostname": service.hostname or profile.name,
         "stop_signal": service.stop_signal,
         "capabilities": list(service.capabilities),
+        "dangerous_capabilities": list(service.dangerous_capabilities),
         "rlimits": {name: list(limit) for name, limit in service.rlimits},
         "cgroup": {"memory_max": service.memory_max, "pids_max": service.pids_max},
         "network": service.network,

@@ -84,6 +84,7 @@ class Service(NamedTuple):
     hostname: str | None = None  # default: the profile name
     stop_signal: str = "SIGTERM"
     capabilities: tuple[str, ...] = ()
+    dangerous_capabilities: tuple[str, ...] = ()  # accepted by name (jailkit/launch/dangerous.py)
     network: str = "host"
     mount_proc: bool = True
     mount_sys: bool = False
@@ -229,6 +230,23 @@ def _user_name(key: str, variables: dict, where: str) -> str:
     return value
 
 
+def _check_dangerous(where: str, service: Service) -> None:
+    """A capability that breaks the jail's model only by name, in both lists."""
+    from jailkit.launch.dangerous import DANGEROUS_CAPABILITIES, unaccepted
+
+    missing = unaccepted(service.capabilities, service.dangerous_capabilities)
+    if missing:
+        listed = ", ".join(f'"{cap}"' for cap in missing)
+        raise ProfileError(
+            f"{where}: service.capabilities: {', '.join(missing)} would let the service around the "
+            f"jail ({DANGEROUS_CAPABILITIES[missing[0]]}); to accept that, add "
+            f"dangerous_capabilities = [{listed}] to [service], or drop it")
+    for cap in service.dangerous_capabilities:
+        if cap not in service.capabilities:
+            raise ProfileError(f"{where}: service.dangerous_capabilities: {cap} is not in "
+                               "service.capabilities; list it there too, or drop it here")
+
+
 def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     """Semantic checks on the composed profile (cross references), then the frozen Profile."""
     where = f"profile {name}"
@@ -304,6 +322,7 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     if len((service.hostname or name).encode()) > 64:
         raise ProfileError(f"{where}: service.hostname {service.hostname or name!r} is longer "
                            "than 64 bytes (the kernel's limit); set a shorter one")
+    _check_dangerous(where, service)
     top_id = max([0, *(u.uid for u in users.values()), *gids])
     if top_id >= service.uid_count:
         raise ProfileError(f"{where}: service.uid_count {service.uid_count} does not cover id "

@@ -278,6 +278,7 @@ def read_file(path: str) -> dict:
             "hostname": string,
             "stop_signal": lambda k, v: _one_of(src, k, v, SIGNALS),
             "capabilities": caps,
+            "dangerous_capabilities": caps,
             "network": lambda k, v: _one_of(src, k, v, NETWORKS),
             "mount_proc": flag, "mount_sys": flag,
             "seccomp_allow": strings,

@@ -218,7 +218,8 @@ def test_classic_chroot_escape_fails(jail, tmp_path):
 def test_privileged_calls_fail(jail, attempt):
     # even with every capability the profile could list, seccomp refuses these
     result = jailkit_run(jail, PROBE, *attempt.split(), sets=[
-        'capabilities=["CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_SYS_PTRACE"]'])
+        'capabilities=["CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_SYS_PTRACE"]',
+        'dangerous_capabilities=["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]'])
     assert result.stdout.split()[1:] == ["Operation", "not", "permitted"], result.stdout
 
 
@@ -247,6 +248,21 @@ def test_af_packet_when_the_profile_allows_it(jail):
     result = jailkit_run(jail, PROBE, "socket", "17", net="none", sets=[
         'capabilities=["CAP_NET_RAW"]', 'seccomp_allow=["AF_PACKET"]'])
     assert result.stdout.strip() == "socket ok", result.stderr
+
+
+def test_dangerous_capability_at_run_needs_the_same_opt_in(jail):
+    refused = jailkit_run(jail, "/bin/true", sets=['capabilities=["CAP_SYS_PTRACE"]'])
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "--set 'dangerous_capabilities=[\"CAP_SYS_PTRACE\"]'" in refused.stderr
+    sets = ['capabilities=["CAP_SYS_PTRACE"]', 'dangerous_capabilities=["CAP_SYS_PTRACE"]']
+    accepted = jailkit_run(jail, "/bin/true", sets=sets)
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stderr == ("jailkit: warning: CAP_SYS_PTRACE opens reading and writing the "
+                               "memory of every process in the jail, pid 1 included "
+                               "(/proc/PID/mem)\n")
+    options = [arg for key_value in sets for arg in ("--set", key_value)]
+    dry = run_jailkit("run", "shell", "--root", jail, "--dry-run", *options)
+    assert "danger    CAP_SYS_PTRACE opens reading and writing" in dry.stdout, dry.stderr
 
 
 def test_no_nested_user_namespace(jail):

@@ -75,7 +75,8 @@ def test_chroot_escape_fails(run, tmp_path):
 
 @pytest.mark.parametrize("attempt", ["mount", "mknod", "ptrace 1", "keyctl", "unshare"])
 def test_privileged_calls_fail(run, attempt):
-    result = run(PROBE, *attempt.split(), sets=['capabilities=["CAP_SYS_ADMIN", "CAP_MKNOD"]'])
+    result = run(PROBE, *attempt.split(), sets=['capabilities=["CAP_SYS_ADMIN", "CAP_MKNOD"]',
+                                                'dangerous_capabilities=["CAP_SYS_ADMIN"]'])
     assert result.stdout.split()[1:] == ["Operation", "not", "permitted"], result.stderr
 
 

@@ -167,3 +167,37 @@ def test_hostname_is_checked_against_the_kernel_limit(tmp_path):
     assert "is longer than 64 bytes" in error_of(path)
     path.write_text('extends = ["libc"]\n[service]\nhostname = "short"\n')
     assert load(str(path)).service.hostname == "short"
+
+
+# --- capabilities that break the model need an explicit opt-in --------------------------------
+
+
+def test_dangerous_capability_without_opt_in_is_refused_naming_the_fix(tmp_path):
+    path = write(tmp_path, "p", 'extends = ["libc"]\n[service]\n'
+                                'capabilities = ["CAP_NET_BIND_SERVICE", "CAP_SYS_ADMIN"]\n')
+    message = error_of(path)
+    assert "\n" not in message
+    assert "service.capabilities: CAP_SYS_ADMIN" in message
+    assert 'dangerous_capabilities = ["CAP_SYS_ADMIN"]' in message
+
+
+def test_dangerous_capability_must_also_be_in_capabilities(tmp_path):
+    path = write(tmp_path, "p", 'extends = ["libc"]\n[service]\n'
+                                'dangerous_capabilities = ["CAP_SYS_PTRACE"]\n')
+    assert "CAP_SYS_PTRACE is not in service.capabilities" in error_of(path)
+
+
+def test_build_says_what_an_accepted_dangerous_capability_opens(tmp_path):
+    path = write(tmp_path, "p", 'extends = ["shell"]\n[service]\n'
+                                'capabilities = ["CAP_SYS_PTRACE", "CAP_CHOWN"]\n'
+                                'dangerous_capabilities = ["CAP_SYS_PTRACE"]\n')
+    result = run_jailkit("build", path, "--root", tmp_path / "jail", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "CAP_" in line] == [
+        "jailkit: warning: CAP_SYS_PTRACE opens reading and writing the memory of every process "
+        "in the jail, pid 1 included (/proc/PID/mem)"]
+    assert '"dangerous_capabilities": ["CAP_SYS_PTRACE"]' in result.stdout
+    refused = run_jailkit("build", write(tmp_path, "q", 'extends = ["shell"]\n[service]\n'
+                                         'capabilities = ["CAP_BPF"]\n'), "--dry-run")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "dangerous_capabilities" in refused.stderr

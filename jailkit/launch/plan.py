@@ -4,7 +4,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, cgroup, mounts, net, seccomp, userns
+from jailkit.launch import caps, cgroup, dangerous, mounts, net, seccomp, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.spec import LaunchSpec
 
@@ -81,6 +81,7 @@ class LaunchPlan:
             *(f"cgroup    {g!r}" for g in self.cgroups),
             f"hostname  {s.hostname}",
             f"caps      {' '.join(s.capabilities) or '(none)'}",
+            *(f"danger    {line}" for line in dangerous.warnings(s.capabilities)),
             f"rlimits   {s.rlimits or '(inherited)'}",
             f"seccomp   default deny list, syscalls above {seccomp.REVIEWED_MAX}, socket "
             "families but AF_UNIX/INET/INET6/NETLINK"

@@ -6,6 +6,7 @@ import costs start-up time.
 
 from jailkit.errors import JailkitError
 from jailkit.launch.caps import CAPABILITIES
+from jailkit.launch.dangerous import unaccepted
 from jailkit.launch.rlimits import RLIMITS
 from jailkit.launch.seccomp import ALLOWABLE
 
@@ -26,6 +27,7 @@ DEFAULTS = {
     "hostname": None,
     "stop_signal": "SIGTERM",
     "capabilities": [],
+    "dangerous_capabilities": [],
     "rlimits": {},
     "cgroup": {"memory_max": None, "pids_max": None},
     "network": "none",
@@ -117,8 +119,8 @@ class LaunchSpec:
 
     __slots__ = (
         "name", "command", "workdir", "env", "uid", "gid", "groups", "uid_count", "hostname",
-        "stop_signal", "capabilities", "rlimits", "memory_max", "pids_max", "network",
-        "writable", "devices", "mount_proc", "mount_sys", "seccomp_allow",
+        "stop_signal", "capabilities", "dangerous_capabilities", "rlimits", "memory_max",
+        "pids_max", "network", "writable", "devices", "mount_proc", "mount_sys", "seccomp_allow",
     )
 
     @classmethod
@@ -164,6 +166,15 @@ class LaunchSpec:
             if cap not in CAPABILITIES:
                 _fail("capabilities", f"names an unknown capability {cap!r}")
         self.capabilities = list(caps)
+        accepted = _list(data["dangerous_capabilities"], "dangerous_capabilities")
+        missing = unaccepted(caps, accepted)
+        if missing:
+            listed = ", ".join(f'"{cap}"' for cap in missing)
+            _fail("capabilities", f"holds {', '.join(missing)}, which would let the service "
+                                  "around the jail: accept it with "
+                                  f"--set 'dangerous_capabilities=[{listed}]' (or in the "
+                                  "profile), or drop it")
+        self.dangerous_capabilities = list(accepted)
         self.rlimits = {}
         for name, pair in _dict(data["rlimits"], "rlimits").items():
             if name not in RLIMITS:

@@ -149,6 +149,9 @@ def run(opts: Options) -> int:
 
     for line in warnings(spec.capabilities):  # accepted by name: still say what each opens
         sys.stderr.write(f"jailkit: warning: {line}\n")
+    if plan.landlock.missing:
+        sys.stderr.write(f"jailkit: warning: not enforced on this kernel: "
+                         f"{'; '.join(plan.landlock.missing)}\n")
     launch(plan, jail.lock_fd)  # execs the waiter on success
     return 1
 

@@ -333,6 +333,10 @@ def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = No
         planner.generated("/etc/nsswitch.conf", NSSWITCH)
 
 
+def _port_list(ranges) -> list:
+    return [low if low == high else [low, high] for low, high in ranges]
+
+
 def _launch(profile: Profile, planner: _Planner) -> dict:
     service = profile.service
     user = profile.users[service.user]
@@ -361,6 +365,9 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "rlimits": {name: list(limit) for name, limit in service.rlimits},
         "cgroup": {"memory_max": service.memory_max, "pids_max": service.pids_max},
         "network": service.network,
+        "ports": {"bind": _port_list(service.bind_ports),
+                  "connect": _port_list(service.connect_ports)},
+        "require_landlock": service.require_landlock,
         "writable": writable,
         "devices": list(profile.devices),
         "mount_proc": service.mount_proc,

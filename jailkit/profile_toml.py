@@ -31,6 +31,9 @@ def as_dict(profile: Profile) -> dict:
         **({"hostname": s.hostname} if s.hostname else {}), "stop_signal": s.stop_signal,
         "capabilities": list(s.capabilities),
         "dangerous_capabilities": list(s.dangerous_capabilities), "network": s.network,
+        "require_landlock": s.require_landlock,
+        "ports": {key: [low if low == high else f"{low}-{high}" for low, high in ranges]
+                  for key, ranges in (("bind", s.bind_ports), ("connect", s.connect_ports))},
         "mount_proc": s.mount_proc,
         "mount_sys": s.mount_sys, "seccomp_allow": list(s.seccomp_allow), "uid_count": s.uid_count,
         "limits": {**{k: list(v) for k, v in s.rlimits},

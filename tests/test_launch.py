@@ -4,9 +4,11 @@ Launched as root here; as `nobody` in test_launch_nobody.py. A static probe (lau
 compiled with gcc) is placed in the jail to try what a shell cannot.
 """
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -535,6 +537,51 @@ def test_network_none_has_only_loopback(jail):
     result = sh(jail, "cat /proc/net/dev", net="none")
     interfaces = [line.split(":")[0].strip() for line in result.stdout.splitlines()[2:]]
     assert interfaces == ["lo"]
+
+
+def test_network_defaults_to_none(jail):
+    # the `shell` profile says nothing about its network
+    result = run_jailkit("run", "shell", "--root", jail, "--dry-run")
+    assert "network   none" in result.stdout, result.stderr
+    assert '"network": "none"' in (jail / "current" / "launch.json").read_text()
+
+
+@contextlib.contextmanager
+def tcp_listener():
+    """A listening socket of the test's own on a free 127.0.0.1 port (the backlog accepts)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        yield server.getsockname()[1]
+
+
+def test_host_network_binds_only_the_listed_ports(jail):
+    with tcp_listener() as port_a, tcp_listener() as port_b:
+        pass  # two ports free a moment ago, now closed again
+    sets = [f"ports.bind=[{port_a}]"]
+    allowed = jailkit_run(jail, PROBE, "bind-tcp", str(port_a), net="host", sets=sets)
+    assert allowed.stdout.strip() == "bind-tcp ok", allowed.stderr
+    refused = jailkit_run(jail, PROBE, "bind-tcp", str(port_b), net="host", sets=sets)
+    assert refused.stdout.strip() == "bind-tcp Permission denied", refused.stderr
+
+
+def test_host_network_connects_only_to_the_listed_ports(jail):
+    with tcp_listener() as listed, tcp_listener() as other:
+        sets = [f"ports.connect=[{listed}]"]
+        allowed = jailkit_run(jail, PROBE, "connect-tcp", str(listed), net="host", sets=sets)
+        assert allowed.stdout.strip() == "connect-tcp ok", allowed.stderr
+        refused = jailkit_run(jail, PROBE, "connect-tcp", str(other), net="host", sets=sets)
+        assert refused.stdout.strip() == "connect-tcp Permission denied", refused.stderr
+
+
+def test_host_abstract_unix_socket_cannot_be_reached(jail):
+    # abstract unix sockets belong to the network namespace, which `host` shares
+    name = f"jailkit-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind("\0" + name)
+        server.listen(1)
+        result = jailkit_run(jail, PROBE, "connect-abstract", name, net="host")
+    assert result.stdout.strip() == "connect-abstract Operation not permitted", result.stderr
 
 
 CLIENT = """

@@ -11,7 +11,8 @@ from conftest import REPO, jailkit_env
 
 from jailkit.cli_run import UsageError, apply_sets, parse
 from jailkit.errors import JailkitError
-from jailkit.launch import seccomp
+from jailkit.launch import landlock, seccomp
+from jailkit.launch import syscalls as sc
 from jailkit.launch.jsonload import loads
 from jailkit.launch.spec import LaunchSpec, parse_size
 from jailkit.launch.userns import read_subid
@@ -210,3 +211,45 @@ def test_seccomp_filter_decides_every_syscall_number(allow):
             expected = allowed if family & 0xFFFFFFFF in families else (
                 seccomp.RET_ERRNO | seccomp.EAFNOSUPPORT)
             assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr, family) == expected, family
+
+
+LANDLOCK_PROBE = """
+import os, signal, sys
+from jailkit.launch import landlock, syscalls as sc
+sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+landlock.restrict(landlock.Ruleset("none", [], [], int(sys.argv[1])))
+try:
+    os.kill(int(sys.argv[2]), signal.SIGTERM)
+    print("signalled")
+except PermissionError:
+    print("refused")
+"""
+
+
+@pytest.mark.parametrize("abi, expected", [
+    (sc.landlock_abi(), "refused"),  # scoped: no signal to a process outside the domain
+    (5, "signalled"),  # what a kernel before scoping (ABI 6) allows: the check can tell them apart
+])
+def test_landlock_scope_stops_signals_outside_the_jail(abi, expected):
+    assert sc.landlock_abi() >= landlock.SCOPE_ABI  # measured here: ABI 7
+    # same uid, same pid namespace: only the scope can stop the signal
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        result = subprocess.run([sys.executable, "-c", LANDLOCK_PROBE, str(abi), str(victim.pid)],
+                                capture_output=True, text=True, env=jailkit_env(REPO), timeout=30)
+        assert result.stdout.strip() == expected, result.stderr
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_landlock_ruleset_describes_what_this_kernel_cannot_enforce():
+    old = landlock.Ruleset("host", [8080, 30000, 30001, 30002], [], 3)
+    assert old.handled_net == 0 and old.scoped == 0
+    assert old.missing == ["TCP port limits (Landlock ABI 4, Linux 6.7)",
+                           "abstract unix socket and signal scoping (Landlock ABI 6, Linux 6.12)"]
+    new = landlock.Ruleset("host", [8080, 30000, 30001, 30002], [], 7)
+    assert new.missing == []
+    assert new.describe() == ("ABI 7: bind tcp 8080 30000-30002; connect tcp (none); no abstract "
+                              "unix sockets or signals outside the jail")
+    assert landlock.Ruleset("none", [80], [80], 7).describe().startswith("ABI 7: no abstract")

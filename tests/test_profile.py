@@ -1,5 +1,7 @@
 """Profile loading: bundled profiles, `extends` composition, strict validation with file+line."""
 
+import json
+
 import pytest
 from conftest import run_jailkit
 
@@ -201,3 +203,43 @@ def test_build_says_what_an_accepted_dangerous_capability_opens(tmp_path):
                                          'capabilities = ["CAP_BPF"]\n'), "--dry-run")
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "dangerous_capabilities" in refused.stderr
+
+
+# --- network: none unless asked; a host-network jail's TCP ports ------------------------------
+
+
+def test_network_defaults_to_none_and_services_ask_for_the_hosts():
+    assert load("shell").service.network == "none"
+    assert load("python3").service.network == "none"
+    for name in ("nginx", "nginx-tls", "lighttpd", "vsftpd", "sshd"):
+        assert load(name).service.network == "host", name
+
+
+def test_ports_take_variables_and_ranges_after_set():
+    assert load("nginx").service.bind_ports == ((8080, 8080),)
+    assert load("nginx-tls", {"port": "9443"}).service.bind_ports == ((9443, 9443),)
+    vsftpd = load("vsftpd", {"pasv_min": "31000", "pasv_max": "31009"}).service
+    assert vsftpd.bind_ports == ((2121, 2121), (31000, 31009)) and vsftpd.connect_ports == ()
+
+
+def test_build_writes_ports_into_launch_json(tmp_path):
+    result = run_jailkit("build", "lighttpd", "--set", "port=9081", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    launch = json.loads(result.stdout)["launch"]
+    assert launch["ports"] == {"bind": [9081], "connect": []}
+    assert launch["network"] == "host" and launch["require_landlock"] is False
+
+
+@pytest.mark.parametrize("ports, expected", [
+    ('bind = ["http"]', "expected a port, a range such as '30000-30099'"),
+    ("bind = [70000]", "service.ports.bind.0: expected an integer"),
+    ('bind = ["{{ nope }}"]', "service.ports.bind: {{ nope }} names no variable"),
+    ('bind = ["{{ name }}"]', "service.ports.bind: 'web' is not a port"),
+    ('connect = ["90-80"]', "service.ports.connect: '90-80' is the range 90-80, which is empty"),
+    ('listen = [80]', "service.ports.listen: unknown key"),
+])
+def test_bad_ports_are_one_line_errors(tmp_path, ports, expected):
+    path = write(tmp_path, "p", f'extends = ["libc"]\n[variables]\nname = "web"\n'
+                                f'[service.ports]\n{ports}\n')
+    message = error_of(path)
+    assert expected in message and "\n" not in message

@@ -4,7 +4,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, cgroup, dangerous, mounts, net, seccomp, userns
+from jailkit.launch import caps, cgroup, dangerous, landlock, mounts, net, seccomp, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.spec import LaunchSpec
 
@@ -22,7 +22,7 @@ def reaper_path() -> str:
 class LaunchPlan:
     __slots__ = (
         "spec", "root", "idmapped", "maps", "clone_flags", "mounts", "cgroups", "veth",
-        "cap_mask", "reaper_cap_mask", "command", "reaper", "pass_fds",
+        "cap_mask", "reaper_cap_mask", "command", "reaper", "pass_fds", "landlock",
     )
 
     def __init__(self, spec: LaunchSpec, root: str, state: str, launcher_pid: int,
@@ -46,6 +46,14 @@ class LaunchPlan:
                 "or --set cgroup.memory_max=null --set cgroup.pids_max=null"
             )
         self.veth = net.Veth(launcher_pid) if spec.network == "veth" else None
+        self.landlock = landlock.Ruleset(spec.network, spec.ports["bind"], spec.ports["connect"],
+                                         sc.landlock_abi())
+        if self.landlock.missing and spec.require_landlock:
+            raise JailkitError(
+                f"this kernel cannot enforce {' nor '.join(self.landlock.missing)}, which the "
+                "profile requires (require_landlock): run on a newer kernel, or "
+                "--set require_landlock=false to run without"
+            )
         self.cap_mask = caps.mask(spec.capabilities)
         unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > caps.last_cap()]
         if unknown:
@@ -77,6 +85,8 @@ class LaunchPlan:
             f"network   {s.network}"
             + (f" {self.veth.host_name} {self.veth.host_addr} <-> eth0 {self.veth.jail_addr}"
                if self.veth else ""),
+            f"landlock  {self.landlock.describe()}",
+            *(f"landlock  not enforced on this kernel: {what}" for what in self.landlock.missing),
             *(f"mount     {m!r}" for m in self.mounts),
             *(f"cgroup    {g!r}" for g in self.cgroups),
             f"hostname  {s.hostname}",

@@ -31,6 +31,8 @@ DEFAULTS = {
     "rlimits": {},
     "cgroup": {"memory_max": None, "pids_max": None},
     "network": "none",
+    "ports": {"bind": [], "connect": []},
+    "require_landlock": False,
     "writable": [],
     "devices": list(DEVICES),
     "mount_proc": True,
@@ -73,6 +75,23 @@ def _dict(value, key: str) -> dict:
     if not isinstance(value, dict):
         _fail(key, f"must be an object, got {value!r}")
     return value
+
+
+MAX_PORTS = 4096  # per list: one Landlock rule each
+
+
+def _ports(value, key: str) -> list[int]:
+    """Sorted distinct TCP ports from a list of ports and [low, high] ranges."""
+    ports = set()
+    for item in _list(value, key):
+        low, high = item if isinstance(item, list) and len(item) == 2 else (item, item)
+        for bound in (low, high):
+            if isinstance(bound, bool) or not isinstance(bound, int) or not 0 < bound < 65536:
+                _fail(key, f"must hold ports 1-65535 or [low, high] ranges, got {item!r}")
+        ports.update(range(low, high + 1))
+    if len(ports) > MAX_PORTS:
+        _fail(key, f"holds {len(ports)} ports, more than {MAX_PORTS}")
+    return sorted(ports)
 
 
 def parse_size(value, key: str) -> int | None:
@@ -120,7 +139,8 @@ class LaunchSpec:
     __slots__ = (
         "name", "command", "workdir", "env", "uid", "gid", "groups", "uid_count", "hostname",
         "stop_signal", "capabilities", "dangerous_capabilities", "rlimits", "memory_max",
-        "pids_max", "network", "writable", "devices", "mount_proc", "mount_sys", "seccomp_allow",
+        "pids_max", "network", "ports", "require_landlock", "writable", "devices", "mount_proc",
+        "mount_sys", "seccomp_allow",
     )
 
     @classmethod
@@ -195,6 +215,15 @@ class LaunchSpec:
         if data["network"] not in NETWORKS:
             _fail("network", f"must be one of {', '.join(NETWORKS)}, got {data['network']!r}")
         self.network = data["network"]
+        ports = _dict(data["ports"], "ports")
+        unknown = set(ports) - {"bind", "connect"}
+        if unknown:
+            _fail("ports", f"has unknown keys {sorted(unknown)} (bind, connect)")
+        self.ports = {key: _ports(ports.get(key, []), f"ports.{key}")
+                      for key in ("bind", "connect")}
+        if not isinstance(data["require_landlock"], bool):
+            _fail("require_landlock", f"must be true or false, got {data['require_landlock']!r}")
+        self.require_landlock = data["require_landlock"]
         writable = _list(data["writable"], "writable")
         self.writable = [Writable(w, f"writable[{i}]") for i, w in enumerate(writable)]
         for dev in _list(data["devices"], "devices"):

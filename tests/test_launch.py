@@ -584,6 +584,41 @@ def test_host_abstract_unix_socket_cannot_be_reached(jail):
     assert result.stdout.strip() == "connect-abstract Operation not permitted", result.stderr
 
 
+WITHOUT_LANDLOCK = """
+import os, struct, sys
+from jailkit.launch import syscalls as sc
+# a kernel without Landlock, as far as this process and its children can tell: the version
+# query (landlock_create_ruleset, 444) fails with ENOSYS
+insns = [(0x20, 0, 0, 0), (0x15, 0, 1, 444), (0x06, 0, 0, 0x00050000 | 38),
+         (0x06, 0, 0, 0x7FFF0000)]
+sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+sc.set_seccomp_filter(b"".join(struct.pack("=HBBI", *insn) for insn in insns))
+os.execv(sys.executable, [sys.executable, "-m", "jailkit", "run", *sys.argv[1:]])
+"""
+
+
+def run_without_landlock(jail: Path, *args):
+    return subprocess.run([sys.executable, "-c", WITHOUT_LANDLOCK, "shell", "--root", jail,
+                           "--net", "host", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_kernel_without_landlock_is_said_warned_or_refused(jail):
+    dry = run_without_landlock(jail, "--dry-run")
+    assert "landlock  none" in dry.stdout, dry.stderr
+    assert "landlock  not enforced on this kernel: TCP port limits" in dry.stdout
+    ran = run_without_landlock(jail, "--", "/bin/true")
+    assert ran.returncode == 0
+    assert ran.stderr == ("jailkit: warning: not enforced on this kernel: TCP port limits "
+                          "(Landlock ABI 4, Linux 6.7); abstract unix socket and signal scoping "
+                          "(Landlock ABI 6, Linux 6.12)\n")
+    refused = run_without_landlock(jail, "--set", "require_landlock=true", "--", "/bin/true")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "which the profile requires (require_landlock)" in refused.stderr
+    on_this_kernel = jailkit_run(jail, "/bin/true", net="host", sets=["require_landlock=true"])
+    assert on_this_kernel.returncode == 0 and on_this_kernel.stderr == ""
+
+
 CLIENT = """
 import socket, sys
 with socket.create_connection((sys.argv[1], 80), timeout=5) as conn:

@@ -5,13 +5,16 @@ compiled with gcc) is placed in the jail to try what a shell cannot.
 """
 
 import contextlib
+import fcntl
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
@@ -149,6 +152,78 @@ def test_missing_command_is_127_with_a_message(jail):
     result = jailkit_run(jail, "/bin/no-such-program")
     assert result.returncode == 127
     assert "cannot run /bin/no-such-program" in result.stderr
+
+
+# --- the caller's terminal and stdin -----------------------------------------------------------
+
+
+def test_background_run_does_not_read_the_callers_stdin(jail):
+    # not interactive (stdin is not a terminal): the service reads /dev/null, not the pipe
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jailkit", "run", "shell", "--root", jail, "--", "/bin/cat"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"typed for the caller\n")
+        proc.stdin.flush()  # and the pipe stays open
+        assert proc.wait(20) == 0
+        assert proc.stdout.read() == b""
+    finally:
+        stop(proc)
+        proc.stdin.close()
+
+
+def test_interactive_flag_passes_stdin_through(jail):
+    result = run_jailkit("run", "-i", "shell", "--root", jail, "--", "/bin/cat",
+                         input="hello\n", timeout=60)
+    assert result.stdout == "hello\n", result.stderr
+
+
+def run_on_a_terminal(jail: Path, script: str, typed: bytes) -> tuple[bytes, int]:
+    """Run `script` in the jail from a session whose controlling terminal is a pty of the test's
+    (so the launcher is in the terminal's foreground group); type `typed`; return (what the
+    terminal showed, the host terminal's device number)."""
+    master, slave = os.openpty()
+    host_tty = os.fstat(slave).st_rdev
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jailkit", "run", "shell", "--root", jail, "--", "/bin/sh", "-c",
+         script], env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=slave, stdout=slave,
+        stderr=slave, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    try:
+        os.write(master, typed)
+        shown = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            try:
+                chunk = os.read(master, 4096) if ready else b"?"
+            except OSError:  # EIO: every slave end closed
+                break
+            if not chunk:
+                break
+            shown += chunk if chunk != b"?" else b""
+            if proc.poll() is not None and not ready:
+                break
+        assert proc.wait(10) == 0, shown
+        return shown, host_tty
+    finally:
+        stop(proc)
+        os.close(master)
+
+
+def test_interactive_terminal_reaches_the_jail_through_a_pty_of_its_own(jail):
+    shown, host_tty = run_on_a_terminal(jail, f"read line; echo got:$line; {PROBE} tty",
+                                        b"abc\n")
+    assert b"got:abc" in shown
+    kind, rdev = shown.split(b"stdin ")[1].split()[:2]
+    assert kind == b"tty" and int(rdev) != host_tty  # a terminal, but not the caller's
+
+
+def test_end_of_input_on_the_terminal_ends_the_jails_input(jail):
+    shown, _ = run_on_a_terminal(jail, "cat; echo cat-ended", b"line\n\x04")  # ^D
+    assert b"line" in shown and b"cat-ended" in shown
 
 
 def test_environment_is_only_the_profiles(jail):

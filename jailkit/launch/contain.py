@@ -101,8 +101,9 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     except OSError as e:
         raise JailkitError(f"workdir {spec.workdir}: {e.strerror} in the jail") from None
     # 11. File descriptors: only 0-2 and those passed on purpose reach the service (the sync
-    #     pipe and the reaper are close-on-exec).
+    #     pipe and the reaper are close-on-exec); 0-2 are a pty or /dev/null for a terminal.
     _at("closing fds")
+    plan.stdio.attach()  # never the caller's terminal (stdio.py)
     _close_fds({sync_fd, reaper_fd, *plan.pass_fds})
     for fd in plan.pass_fds:
         os.set_inheritable(fd, True)

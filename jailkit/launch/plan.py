@@ -7,6 +7,7 @@ from jailkit.errors import JailkitError
 from jailkit.launch import caps, cgroup, dangerous, landlock, mounts, net, seccomp, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.spec import LaunchSpec
+from jailkit.launch.stdio import Stdio
 
 BASE_NAMESPACES = sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWIPC
 REAPER_NAME = "jailkit-reaper"
@@ -23,11 +24,13 @@ class LaunchPlan:
     __slots__ = (
         "spec", "root", "idmapped", "maps", "clone_flags", "mounts", "cgroups", "veth",
         "cap_mask", "reaper_cap_mask", "command", "reaper", "pass_fds", "landlock",
+        "stdio",
     )
 
     def __init__(self, spec: LaunchSpec, root: str, state: str, launcher_pid: int,
-                 pass_fds: list[int] = ()):
+                 pass_fds: list[int] = (), interactive: bool = False):
         self.spec = spec
+        self.stdio = Stdio(interactive)
         self.root = root
         self.maps = userns.plan(spec.uid, spec.gid, spec.groups, spec.uid_count)
         # Only real root can idmap a filesystem; an ordinary user's jail reads the tree as is.
@@ -99,6 +102,7 @@ class LaunchPlan:
             f"env       {s.env}",
             f"workdir   {s.workdir}",
             f"fds       0 1 2 {' '.join(map(str, self.pass_fds))}".rstrip(),
+            f"stdio     {self.stdio.describe()}",
             f"command   {s.command} (pid 1: {self.reaper}, stop signal {s.stop_signal})",
         ]
         return "\n".join(lines)

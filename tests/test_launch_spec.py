@@ -50,6 +50,9 @@ def test_contract_example_is_accepted():
 def test_missing_keys_default_to_the_most_restrictive():
     spec = LaunchSpec.from_dict({"name": "x", "command": ["/bin/true"]})
     assert spec.network == "none" and spec.capabilities == [] and spec.env == {}
+    assert spec.ports == {"bind": [], "connect": []} and spec.require_landlock is False
+    ranges = LaunchSpec.from_dict({**CONTRACT_EXAMPLE, "ports": {"bind": [[3, 5], 1, 4]}})
+    assert ranges.ports == {"bind": [1, 3, 4, 5], "connect": []}
     assert spec.hostname == "x" and spec.uid_count == 1
 
 
@@ -71,6 +74,13 @@ def test_missing_keys_default_to_the_most_restrictive():
     ({"devices": ["sda"]}, "devices may only name"),
     ({"cgroup": {"memory_max": "lots"}}, "cgroup.memory_max must be a size"),
     ({"mount_proc": "yes"}, "mount_proc must be true or false"),
+    ({"capabilities": ["CAP_BPF"]}, "accept it with --set 'dangerous_capabilities=[\"CAP_BPF\"]'"),
+    ({"ports": {"bind": [0]}}, "ports.bind must hold ports 1-65535 or [low, high] ranges"),
+    ({"ports": {"connect": [[90, 80, 70]]}}, "ports.connect must hold ports 1-65535"),
+    ({"ports": {"bind": [[1, 5000]]}}, "ports.bind holds 5000 ports, more than 4096"),
+    ({"ports": {"listen": [80]}}, "ports has unknown keys ['listen']"),
+    ({"require_landlock": 1}, "require_landlock must be true or false"),
+    ({"seccomp_allow": ["AF_VSOCK"]}, "not in the default deny list (nor AF_PACKET)"),
 ])
 def test_bad_specs_are_one_line_errors(change, message):
     with pytest.raises(JailkitError) as err:
@@ -90,8 +100,9 @@ def test_sizes():
 
 def test_run_arguments():
     opts = parse(["--root=/j", "--net", "none", "--set", "user.uid=33", "--pass-fd", "5",
-                  "--dry-run", "shell", "--", "/bin/sh", "-c", "--root"])
-    assert opts.profile == "shell" and opts.root == "/j" and opts.dry_run
+                  "--dry-run", "-i", "shell", "--", "/bin/sh", "-c", "--root"])
+    assert opts.profile == "shell" and opts.root == "/j" and opts.dry_run and opts.interactive
+    assert not parse(["shell"]).interactive
     assert opts.sets == [("network", '"none"'), ("user.uid", "33")]
     assert opts.pass_fds == [5]
     assert opts.command == ["/bin/sh", "-c", "--root"]  # nothing after -- is an option

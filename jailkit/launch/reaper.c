@@ -205,13 +205,17 @@ static int relay(pid_t jail, const sigset_t *set, int pty, int relay_input)
 			if (read(sfd, &info, sizeof(info)) == sizeof(info))
 				code = forward(jail, (int)info.ssi_signo);
 		}
-		if (fds[1].revents & POLLIN) {
+		if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
 			ssize_t n = read(pty, buf, sizeof(buf));
-			if (n > 0)
+			if (n > 0) {
 				write_all(out, buf, n);
+			} else if (n == 0 || errno != EAGAIN) {
+				/* EIO: no slave left open; only the jail's exit remains to wait for */
+				fds[1].fd = -1;
+				input_open = 0;
+				npending = 0;
+			}
 		}
-		if (fds[1].revents & (POLLHUP | POLLERR) && !(fds[1].revents & POLLIN))
-			fds[1].fd = -1; /* no slave left open: only the jail's exit remains */
 		if (npending && fds[1].revents & POLLOUT) {
 			ssize_t n = write(pty, pending, npending);
 			if (n > 0) {

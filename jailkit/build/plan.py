@@ -336,6 +336,10 @@ def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = No
         planner.generated("/etc/nsswitch.conf", NSSWITCH)
 
 
+def _port_list(ranges) -> list:
+    return [low if low == high else [low, high] for low, high in ranges]
+
+
 def _launch(profile: Profile, planner: _Planner) -> dict:
     service = profile.service
     user = profile.users[service.user]
@@ -360,9 +364,13 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "hostname": service.hostname or profile.name,
         "stop_signal": service.stop_signal,
         "capabilities": list(service.capabilities),
+        "dangerous_capabilities": list(service.dangerous_capabilities),
         "rlimits": {name: list(limit) for name, limit in service.rlimits},
         "cgroup": {"memory_max": service.memory_max, "pids_max": service.pids_max},
         "network": service.network,
+        "ports": {"bind": _port_list(service.bind_ports),
+                  "connect": _port_list(service.connect_ports)},
+        "require_landlock": service.require_landlock,
         "writable": writable,
         "devices": list(profile.devices),
         "mount_proc": service.mount_proc,

@@ -82,9 +82,12 @@ def _plan(profile, sets, root, create=False, dry_run=False):
     """(plan, jail directory, its current manifest or None)."""
     from jailkit.build.manifest import previous
     from jailkit.build.plan import make_plan
+    from jailkit.launch.dangerous import warnings
     from jailkit.profile.model import load
 
     loaded = load(profile, _overrides(sets))
+    for line in warnings(loaded.service.capabilities):  # accepted in the profile: say what it opens
+        click.echo(f"jailkit: warning: {line}", err=True)
     root = _root(root, loaded.name)
     built = previous(root) if os.path.isdir(root) else None
     cache = built.closure if built else None

@@ -9,7 +9,7 @@ errors (by then the launcher has become the waiter, which passes the status on a
 import os
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, mounts, net, rlimits, seccomp, userns
+from jailkit.launch import caps, landlock, mounts, net, rlimits, seccomp, userns
 from jailkit.launch import syscalls as sc
 
 SETUP_FAILED = JailkitError.exit_code
@@ -101,14 +101,17 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     except OSError as e:
         raise JailkitError(f"workdir {spec.workdir}: {e.strerror} in the jail") from None
     # 11. File descriptors: only 0-2 and those passed on purpose reach the service (the sync
-    #     pipe and the reaper are close-on-exec).
+    #     pipe and the reaper are close-on-exec); 0-2 are a pty or /dev/null for a terminal.
     _at("closing fds")
+    plan.stdio.attach()  # never the caller's terminal (stdio.py)
     _close_fds({sync_fd, reaper_fd, *plan.pass_fds})
     for fd in plan.pass_fds:
         os.set_inheritable(fd, True)
-    # 12. no_new_privs (setuid files and file caps grant nothing), then seccomp, last.
+    # 12. no_new_privs (setuid files and file caps grant nothing), Landlock (TCP ports, no
+    #     abstract unix sockets or signals outside the jail), then seccomp, last.
     _at("no_new_privs and seccomp")
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    landlock.restrict(plan.landlock)
     seccomp.install(spec.seccomp_allow)
     # 13. Become the reaper (pid 1), which starts the service with exactly the profile's env.
     _at("exec of the reaper")

@@ -52,6 +52,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
             f"jailkit's pid-1 helper {plan.reaper} is missing ({e.strerror}): run .ci/setup, "
             "which compiles jailkit/launch/reaper.c"
         ) from None
+    plan.stdio.open()  # /dev/null, or a pty in place of the caller's terminal
     cgroup.create(plan.cgroups)
     sync_r, sync_w = os.pipe()  # launcher -> jail: "maps written"; EOF: launcher gone
     socks = None
@@ -98,7 +99,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
     # The jail confines itself while this process becomes the waiter (on the other core); from
     # here the jail reports its own setup errors, and the waiter cleans up after any exit.
     os.write(sync_w, b"1")
-    argv = ["jailkit-wait", "wait", str(pid)]
+    argv = ["jailkit-wait", "wait", str(pid), *plan.stdio.waiter_args()]
     for group in plan.cgroups:
         argv += ["--cgroup", group.path]
     if plan.veth:

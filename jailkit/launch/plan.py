@@ -4,9 +4,10 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.launch import allocate, caps, cgroup, mounts, net, userns
+from jailkit.launch import allocate, caps, cgroup, dangerous, landlock, mounts, net, seccomp, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.spec import LaunchSpec
+from jailkit.launch.stdio import Stdio
 
 BASE_NAMESPACES = sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWIPC
 REAPER_NAME = "jailkit-reaper"
@@ -23,14 +24,15 @@ class LaunchPlan:
     __slots__ = (
         "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
         "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "command", "reaper",
-        "pass_fds",
+        "pass_fds", "landlock", "stdio",
     )
 
     def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
-                 dry_run: bool = False):
+                 dry_run: bool = False, interactive: bool = False):
         """`jail`: the jail.Jail to run; `dry_run`: allocate nothing for a new jail, only say
-        what it would get."""
+        what it would get; `interactive`: the caller's terminal input reaches the jail."""
         self.spec = spec
+        self.stdio = Stdio(interactive)
         self.jail = jail
         self.root = jail.root
         if spec.network == "veth" and os.geteuid() != 0:
@@ -61,6 +63,14 @@ class LaunchPlan:
             self.veth = net.Veth(self.allocation.subnet, launcher_pid)
             if not dry_run:
                 self.veth_lock = allocate.hold_subnet(self.allocation.subnet)
+        self.landlock = landlock.Ruleset(spec.network, spec.ports["bind"], spec.ports["connect"],
+                                         sc.landlock_abi())
+        if self.landlock.missing and spec.require_landlock:
+            raise JailkitError(
+                f"this kernel cannot enforce {' nor '.join(self.landlock.missing)}, which the "
+                "profile requires (require_landlock): run on a newer kernel, or "
+                "--set require_landlock=false to run without"
+            )
         self.cap_mask = caps.mask(spec.capabilities)
         unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > caps.last_cap()]
         if unknown:
@@ -95,16 +105,21 @@ class LaunchPlan:
             f"network   {s.network}"
             + (f" {self.veth.host_name} {self.veth.host_addr} <-> eth0 {self.veth.jail_addr}"
                if self.veth else ""),
+            f"landlock  {self.landlock.describe()}",
+            *(f"landlock  not enforced on this kernel: {what}" for what in self.landlock.missing),
             *(f"mount     {m!r}" for m in self.mounts),
             *(f"cgroup    {g!r}" for g in self.cgroups),
             f"hostname  {s.hostname}",
             f"caps      {' '.join(s.capabilities) or '(none)'}",
+            *(f"danger    {line}" for line in dangerous.warnings(s.capabilities)),
             f"rlimits   {s.rlimits or '(inherited)'}",
-            "seccomp   default deny list"
+            f"seccomp   default deny list, syscalls above {seccomp.REVIEWED_MAX}, socket "
+            "families but AF_UNIX/INET/INET6/NETLINK"
             + (f" minus {', '.join(s.seccomp_allow)}" if s.seccomp_allow else ""),
             f"env       {s.env}",
             f"workdir   {s.workdir}",
             f"fds       0 1 2 {' '.join(map(str, self.pass_fds))}".rstrip(),
+            f"stdio     {self.stdio.describe()}",
             f"command   {s.command} (pid 1: {self.reaper}, stop signal {s.stop_signal})",
         ]
         return "\n".join(lines)

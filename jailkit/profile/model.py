@@ -237,7 +237,7 @@ def _user_name(key: str, variables: dict, where: str) -> str:
 
 def _ports(items, variables: dict, where: str) -> tuple[tuple[int, int], ...]:
     """(low, high) ranges from ports, 'LOW-HIGH' and '{{ variable }}' (checked after --set)."""
-    from jailkit.profile_schema import PORT_RE
+    from jailkit.profile.schema import PORT_RE
 
     def number(text: str) -> int:
         text = text.strip()

@@ -107,8 +107,9 @@ def read_json(gen_fd: int, name: str) -> dict | None:
 
 
 def write_new(gen_fd: int, name: str, text: str) -> None:
-    """Create a file in a fresh generation directory (never replacing or following anything)."""
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+    """Create a file in a fresh generation directory (never replacing or following anything),
+    readable by its owner only: a profile's env (in launch.json) may hold secrets."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                  dir_fd=gen_fd)
     with os.fdopen(fd, "w") as f:
         f.write(text)

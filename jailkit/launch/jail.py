@@ -9,6 +9,7 @@ import os
 
 from jailkit.errors import JailkitError
 from jailkit.launch.jsonload import loads
+from jailkit.launch.trust import check_jail_dir
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -28,7 +29,7 @@ class Jail:
     __slots__ = ("dir", "generation", "root", "state", "raw_spec", "lock_fd")
 
     def __init__(self, directory: str, profile: str):
-        self.dir = os.path.abspath(directory)
+        self.dir = check_jail_dir(os.path.abspath(directory))  # no one else's to swap
         build_hint = f"build it first: jailkit build {profile} --root {directory}"
         try:
             target = os.readlink(f"{self.dir}/current")

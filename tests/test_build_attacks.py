@@ -1,0 +1,105 @@
+"""Attacks on the build side (issue 8): a jail directory another user can swap, a jail file
+modified in place, symlinks and races in copied trees, templates read from anywhere, control
+characters in --set values, and a jail without limits."""
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import run_jailkit
+from test_build_nobody import home, nobody_jailkit  # noqa: F401 (home is a fixture)
+
+NOBODY = 65534
+
+
+def as_nobody():
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode != 0, result.stdout
+    assert result.stderr.startswith("jailkit: ") and result.stderr.count("\n") == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+# --- 1: a jail directory someone else created ------------------------------------------------
+
+
+@pytest.fixture
+def sticky():
+    """A directory as /tmp (sticky, world-writable) that nobody can reach (pytest's are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="jailkit-sticky-"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.usefixtures("as_root")
+def test_directory_precreated_by_another_user_is_refused_for_build_and_run(sticky, tmp_path):
+    planted = sticky / "x"
+    subprocess.run(["mkdir", planted], preexec_fn=as_nobody, check=True)  # nobody got there first
+    result = run_jailkit("build", "shell", "--root", planted)
+    one_line_error(result, f"refusing jail directory {planted}", "owned by uid 65534",
+                   "choose another --root")
+    assert os.listdir(planted) == []
+    # a jail root built, then handed to (or pre-created by) another user: run refuses it too
+    own = tmp_path / "own"
+    assert run_jailkit("build", "shell", "--root", own).returncode == 0
+    os.chown(own, NOBODY, NOBODY)
+    for command in (["run", "shell", "--root", own, "--", "/bin/true"],
+                    ["check", "shell", "--root", own], ["update", "shell", "--root", own],
+                    ["build", "shell", "--root", own]):
+        one_line_error(run_jailkit(*command, timeout=60), "owned by uid 65534")
+
+
+@pytest.mark.usefixtures("as_root")
+def test_ordinary_user_keeps_its_own_jail_in_a_sticky_directory(sticky, home):  # noqa: F811
+    result = nobody_jailkit(home, "build", "shell", "--root", sticky / "mine")
+    assert result.returncode == 0, result.stderr
+    assert (sticky / "mine").stat().st_uid == NOBODY
+    assert nobody_jailkit(home, "check", "shell", "--root", sticky / "mine").returncode == 0
+
+
+@pytest.mark.usefixtures("as_root")
+@pytest.mark.parametrize("parent_mode", [0o777, 0o775, 0o757])
+def test_directory_under_a_parent_others_can_write_is_refused(tmp_path, parent_mode):
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(parent_mode)  # world- or group-writable, not sticky: anyone there can rename
+    result = run_jailkit("build", "shell", "--root", parent / "jail")
+    one_line_error(result, f"{parent} is writable by group or others", f"chmod go-w {parent}")
+    assert not (parent / "jail").exists()
+    parent.chmod(0o755)
+    assert run_jailkit("build", "shell", "--root", parent / "jail").returncode == 0
+    parent.chmod(parent_mode)
+    result = run_jailkit("run", "shell", "--root", parent / "jail", "--", "/bin/true", timeout=60)
+    one_line_error(result, "is writable by group or others")
+
+
+@pytest.mark.usefixtures("as_root")
+def test_directory_under_a_parent_of_another_user_is_refused(tmp_path):
+    parent = tmp_path / "theirs"
+    parent.mkdir()
+    os.chown(parent, NOBODY, NOBODY)
+    result = run_jailkit("build", "shell", "--root", parent / "jail")
+    one_line_error(result, f"{parent} is owned by uid 65534")
+
+
+@pytest.mark.usefixtures("as_root")
+def test_own_directory_works_and_secrets_are_private(tmp_path):
+    jail = tmp_path / "jail"
+    assert run_jailkit("build", "shell", "--root", jail).returncode == 0
+    assert stat.S_IMODE(jail.stat().st_mode) == 0o700
+    gen = jail / "current"
+    for name in ("launch.json", "manifest.json"):
+        assert stat.S_IMODE((gen / name).stat().st_mode) == 0o600
+    result = run_jailkit("run", "shell", "--root", jail, "--", "/bin/echo", "ran", timeout=60)
+    assert result.stdout == "ran\n", result.stderr
+    assert run_jailkit("check", "shell", "--root", jail).returncode == 0

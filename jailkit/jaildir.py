@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from jailkit.errors import JailkitError
 from jailkit.launch.trust import check_jail_dir
 
-GEN_RE = re.compile(r"^gen-([0-9]+)$")
+GEN_RE = re.compile(r"gen-([0-9]+)")
 OWN_NAMES = {"current", "current.tmp", "lock", "state", "generated"}
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -35,7 +35,7 @@ def open_dir(name: str, dir_fd: int) -> int:
 
 
 def is_jail_listing(names) -> bool:
-    return all(n in OWN_NAMES or GEN_RE.match(n) for n in names)
+    return all(n in OWN_NAMES or GEN_RE.fullmatch(n) for n in names)
 
 
 class JailDir:
@@ -93,7 +93,7 @@ class JailDir:
             os.close(fd)
 
     def generations(self) -> list[int]:
-        return sorted(int(m.group(1)) for n in os.listdir(self.fd) if (m := GEN_RE.match(n)))
+        return sorted(int(m.group(1)) for n in os.listdir(self.fd) if (m := GEN_RE.fullmatch(n)))
 
     def current(self) -> int | None:
         """The generation DIR/current points to, or None before the first build."""
@@ -104,7 +104,7 @@ class JailDir:
         except OSError as e:
             raise JailDirError(f"{self.path}/current is not a symlink to a generation: "
                                f"{e.strerror}") from None
-        match = GEN_RE.match(target)
+        match = GEN_RE.fullmatch(target)
         if not match:
             raise JailDirError(f"{self.path}/current points to {target!r}, not to gen-N; "
                                "remove it and rebuild")

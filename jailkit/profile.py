@@ -113,6 +113,7 @@ class Profile(NamedTuple):
     keep_setuid: tuple[str, ...] = ()
     keep_file_caps: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
+    multiline_variables: tuple[str, ...] = ()  # string variables that may hold newlines
 
 
 # --- locating ------------------------------------------------------------------------------
@@ -144,6 +145,7 @@ def locate(spec: str, relative_to: str | None = None) -> str:
 
 LIST_KEYS = (
     "binaries", "libraries", "files", "exclude", "keep_setuid", "keep_file_caps", "devices",
+    "multiline_variables",
 )  # fmt: skip
 TABLE_KEYS = (
     "variables", "users", "groups", "directories", "writable", "templates", "generated",
@@ -214,16 +216,30 @@ def _coerce(name: str, text: str, default):
     raise ProfileError(f"--set {name}={text}: expected {type(default).__name__} like {default!r}")
 
 
+def _refuse_control_characters(value, multiline: bool, what: str) -> None:
+    """Variables are pasted into line-based files (passwd, vsftpd.conf): a newline in a user
+    name or a path would add lines of the caller's choosing there."""
+    if not isinstance(value, str):
+        return
+    allowed = "\n\t" if multiline else ""
+    for char in value:
+        if (char < " " or char == "\x7f") and char not in allowed:
+            fix = ("" if multiline else "; only variables listed in the profile's "
+                   "multiline_variables may hold newlines")
+            raise ProfileError(f"{what}: a control character ({char!r}) in the value is refused"
+                               f"{fix}")
+
+
 def _user_name(key: str, variables: dict, where: str) -> str:
     """A user's name: as written, or the value of the variable it names (`{{ local_user }}`)."""
-    match = VARIABLE_RE.match(key)
+    match = VARIABLE_RE.fullmatch(key)
     if not match:
         return key
     if match.group(1) not in variables:
         raise ProfileError(f"{where}: users.\"{key}\": no variable {match.group(1)!r}; define it "
                            "under [variables]")
     value = str(variables[match.group(1)])
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ProfileError(f"{where}: {match.group(1)} = {value!r} is not a user name (lower case, "
                            "digits, '_', '-', at most 32); pass another with --set")
     return value
@@ -233,10 +249,18 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     """Semantic checks on the composed profile (cross references), then the frozen Profile."""
     where = f"profile {name}"
     variables = dict(data.get("variables", {}))
+    multiline = data.get("multiline_variables", ())
+    for key in multiline:
+        if not isinstance(variables.get(key), str):
+            raise ProfileError(f"{where}: multiline_variables names {key!r}, which is not a "
+                               "string variable under [variables]")
+    for key, value in variables.items():
+        _refuse_control_characters(value, key in multiline, f"{where}: variables.{key}")
     for key, text in overrides.items():
         if key not in variables:
             known = ", ".join(sorted(variables)) or "none"
             raise ProfileError(f"--set {key}: {where} has no such variable (variables: {known})")
+        _refuse_control_characters(text, key in multiline, f"--set {key}=")
         variables[key] = _coerce(key, text, variables[key])
 
     groups = {g: Group(g, e["gid"], tuple(e.get("members", ()))) for g, e in

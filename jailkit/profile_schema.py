@@ -26,9 +26,10 @@ CAPABILITIES = (
 SIGNALS = (
     "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL", "SIGPWR",
 )  # fmt: skip
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-SIZE_RE = re.compile(r"^([0-9]+)([kmg]?)$")
-VARIABLE_RE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
+# always fullmatch: `$` after match() also accepts a trailing newline ("ftpuser\n")
+NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+SIZE_RE = re.compile(r"([0-9]+)([kmg]?)")
+VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 # built-in generators of files made once per jail (jailkit.generate); never a profile's command
 GENERATORS = ("tls-cert", "ssh-host-key-ed25519", "ssh-host-key-ecdsa", "ssh-host-key-rsa")
 
@@ -49,7 +50,8 @@ class _Source:
             raise ProfileError(f"cannot read profile {path}: {e}") from None
 
     def fail(self, keypath: tuple, expected: str):
-        dotted = ".".join(str(k) for k in keypath)
+        # a key with a newline must not break the one-line error
+        dotted = ".".join(str(k) if str(k).isprintable() else repr(k) for k in keypath)
         line = _line_of(self.text, keypath)
         where = f"{self.path}:{line}" if line else str(self.path)
         raise ProfileError(f"{where}: {dotted}: {expected}")
@@ -120,7 +122,7 @@ def _abs_path(src, keypath, value, allow_glob=False) -> str:
 
 def _name(src, keypath, value) -> str:
     _typed(src, keypath, value, str)
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         src.fail(keypath, "expected a user/group name (lower case, digits, '_', '-'), "
                           f"got {value!r}")
     return value
@@ -142,8 +144,8 @@ def _int_range(src, keypath, value, low, high) -> int:
 
 def _size(src, keypath, value) -> int:
     """Bytes from an integer or "64m"-style string."""
-    if isinstance(value, str) and SIZE_RE.match(value.lower()):
-        number, unit = SIZE_RE.match(value.lower()).groups()
+    if isinstance(value, str) and SIZE_RE.fullmatch(value.lower()):
+        number, unit = SIZE_RE.fullmatch(value.lower()).groups()
         return int(number) << {"": 0, "k": 10, "m": 20, "g": 30}[unit]
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
@@ -195,7 +197,7 @@ def read_file(path: str) -> dict:
         return _name(src, k, v)
 
     def user_name(k, v):
-        return v if VARIABLE_RE.match(v) else name(k, v)
+        return v if VARIABLE_RE.fullmatch(v) else name(k, v)
 
     def user(k, v):
         return _table(src, k, v, {
@@ -301,6 +303,7 @@ def read_file(path: str) -> dict:
         "keep_file_caps": abs_paths,
         "devices": devices,
         "variables": keyed(lambda k, key: key, variable),
+        "multiline_variables": strings,
         "users": keyed(user_name, user),
         "groups": keyed(name, group),
         "directories": keyed(lambda k, p: _abs_path(src, k, p), directory),

@@ -103,3 +103,45 @@ def test_own_directory_works_and_secrets_are_private(tmp_path):
     result = run_jailkit("run", "shell", "--root", jail, "--", "/bin/echo", "ran", timeout=60)
     assert result.stdout == "ran\n", result.stderr
     assert run_jailkit("check", "shell", "--root", jail).returncode == 0
+
+
+# --- 13: --set values pasted raw into passwd and configuration files ---------------------------
+
+
+@pytest.mark.parametrize("assignment", [
+    "local_user=a\nroot::0:0::/:/bin/sh",
+    "local_user=ftpuser\n",
+    "anon_root=/srv/ftp\nlocal_root=/",
+    "anon_root=/srv/ftp\r",
+    "anon_root=/srv\tftp",
+])
+def test_control_characters_in_set_values_are_refused(tmp_path, assignment):
+    result = run_jailkit("build", "vsftpd", "--root", tmp_path / "jail", "--set", assignment)
+    name = assignment.split("=")[0]
+    one_line_error(result, f"--set {name}=", "control character")
+    assert not (tmp_path / "jail").exists()
+
+
+def test_user_names_are_matched_whole(tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text('extends = ["shell"]\n[users."bob\\n"]\nuid = 7\ngid = 0\n')
+    one_line_error(run_jailkit("show", profile), "expected a user/group name")
+    profile.write_text('extends = ["shell"]\n[variables]\nwho = "bob"\n'
+                       '[users."{{ who }}"]\nuid = 7\ngid = 0\n')
+    assert run_jailkit("show", profile).returncode == 0
+    one_line_error(run_jailkit("show", profile, "--set", "who=bob\n"), "control character")
+
+
+def test_a_variable_declared_multiline_may_hold_newlines(tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text('extends = ["shell"]\nmultiline_variables = ["banner"]\n'
+                       '[variables]\nbanner = "hello"\n'
+                       '[templates."/etc/motd"]\ntext = "{{ banner }}\\n"\n')
+    jail = tmp_path / "jail"
+    result = run_jailkit("build", profile, "--root", jail, "--set", "banner=two\nlines")
+    assert result.returncode == 0, result.stderr
+    assert (jail / "current/root/etc/motd").read_text() == "two\nlines\n"
+    one_line_error(run_jailkit("build", profile, "--root", jail, "--set", "banner=bell\a"),
+                   "control character")
+    profile.write_text('extends = ["shell"]\nmultiline_variables = ["nope"]\n')
+    one_line_error(run_jailkit("show", profile), "multiline_variables", "nope")

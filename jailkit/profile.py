@@ -52,7 +52,8 @@ class Writable(NamedTuple):
 
 
 class Template(NamedTuple):
-    """A jinja2 template (`source`, relative to the profile that names it, or inline `text`)."""
+    """A jinja2 template: `source`, a path beneath `base` (the directory of the profile file
+    that names it), or inline `text`."""
 
     dest: str
     source: str | None = None
@@ -60,6 +61,7 @@ class Template(NamedTuple):
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
+    base: str | None = None
 
 
 class Generated(NamedTuple):

@@ -316,9 +316,17 @@ def read_file(path: str) -> dict:
         if ("source" in tpl) == ("text" in tpl):
             src.fail(("templates", dest), "expected exactly one of `source` or `text`")
         if "source" in tpl:
-            tpl["source"] = os.path.realpath(os.path.join(os.path.dirname(path), tpl["source"]))
-            if not os.path.isfile(tpl["source"]):
-                src.fail(("templates", dest, "source"), f"template file {tpl['source']} not found")
+            # read beneath this file's directory only (jailkit.templates opens it so): a shared
+            # profile must not copy /etc/shadow into the tree
+            source = tpl["source"]
+            parts = [p for p in source.split("/") if p not in ("", ".")]
+            if source.startswith("/") or ".." in parts or not parts or "\0" in source:
+                src.fail(("templates", dest, "source"), "expected a path relative to the "
+                         f"profile's directory, without '..', got {source!r}")
+            tpl["source"], tpl["base"] = "/".join(parts), os.path.dirname(path)
+            if not os.path.isfile(os.path.join(tpl["base"], tpl["source"])):
+                src.fail(("templates", dest, "source"),
+                         f"template file {os.path.join(tpl['base'], tpl['source'])} not found")
     for dest, entry in top.get("generated", {}).items():
         if "kind" not in entry:
             src.fail(("generated", dest), f"missing `kind` (one of {', '.join(GENERATORS)})")

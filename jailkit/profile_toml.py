@@ -4,6 +4,7 @@ import json
 import re
 
 from jailkit.profile import LIST_KEYS, Generated, Profile, Template, User
+from jailkit.templates import _source
 
 
 def as_dict(profile: Profile) -> dict:
@@ -21,8 +22,10 @@ def as_dict(profile: Profile) -> dict:
                 "group": g.group}
 
     def template(t: Template):
-        body = {"source": t.source} if t.source else {"text": t.text}
-        return body | {"mode": octal(t.mode), "owner": t.owner, "group": t.group}
+        # a source is read beneath its profile's directory only: inlined, the output loads
+        # back from anywhere
+        text = _source(t)[0] if t.source else t.text
+        return {"text": text, "mode": octal(t.mode), "owner": t.owner, "group": t.group}
 
     s = profile.service
     service = {

@@ -145,3 +145,51 @@ def test_a_variable_declared_multiline_may_hold_newlines(tmp_path):
                    "control character")
     profile.write_text('extends = ["shell"]\nmultiline_variables = ["nope"]\n')
     one_line_error(run_jailkit("show", profile), "multiline_variables", "nope")
+
+
+# --- 12: template sources read from anywhere -------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["../../../../../../etc/shadow", "/etc/shadow",
+                                    "link-to-shadow", "sub/link-to-etc/shadow"])
+def test_template_source_must_lie_beneath_the_profile(tmp_path, source):
+    (tmp_path / "link-to-shadow").symlink_to("/etc/shadow")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/link-to-etc").symlink_to("/etc")
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'extends = ["shell"]\n[templates."/etc/stolen"]\nsource = "{source}"\n')
+    jail = tmp_path / "jail"
+    one_line_error(run_jailkit("build", profile, "--root", jail), "source")
+    assert not jail.exists()
+
+
+def test_template_beneath_the_profile_and_its_base_render(tmp_path):
+    (tmp_path / "base/tpl").mkdir(parents=True)
+    (tmp_path / "base/tpl/motd.j2").write_text("base {{ greeting }}\n")
+    (tmp_path / "base/base.toml").write_text(
+        'extends = ["shell"]\n[variables]\ngreeting = "hi"\n'
+        '[templates."/etc/motd"]\nsource = "tpl/motd.j2"\n')
+    (tmp_path / "own.j2").write_text("own {{ greeting }}\n")
+    profile = tmp_path / "p.toml"
+    profile.write_text('extends = ["base/base.toml"]\n'
+                       '[templates."/etc/issue"]\nsource = "./own.j2"\n')
+    jail = tmp_path / "jail"
+    result = run_jailkit("build", profile, "--root", jail)
+    assert result.returncode == 0, result.stderr
+    assert (jail / "current/root/etc/motd").read_text() == "base hi\n"
+    assert (jail / "current/root/etc/issue").read_text() == "own hi\n"
+    shown = tmp_path / "elsewhere/shown.toml"  # `show` inlines sources: it loads back anywhere
+    shown.parent.mkdir()
+    shown.write_text(run_jailkit("show", profile).stdout)
+    assert run_jailkit("build", shown, "--root", tmp_path / "jail2").returncode == 0
+    assert (tmp_path / "jail2/current/root/etc/motd").read_text() == "base hi\n"
+
+
+@pytest.mark.parametrize("text", ['{% for i in range(20000) %}{{ "x" * 100 }}{% endfor %}',
+                                  "{{ filler }}{{ filler }}"])
+def test_rendered_file_size_is_capped(tmp_path, text):
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'extends = ["shell"]\n[variables]\nfiller = "{"y" * 600_000}"\n'
+                       f'[templates."/etc/big"]\ntext = \'{text}\'\n')
+    one_line_error(run_jailkit("build", profile, "--root", tmp_path / "jail"), "/etc/big",
+                   "1 MiB")

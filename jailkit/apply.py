@@ -3,9 +3,9 @@
 The new tree is built in a fresh DIR/gen-N that nobody else writes to, through directory
 descriptors with O_NOFOLLOW/O_EXCL, so a symlink planted in an old jail cannot redirect a write.
 Files unchanged since the previous generation (host source and jail copy both match the manifest
-by size, mtime and inode) are hard-linked from it instead of copied; when nothing at all changed,
-no generation is made. A build killed at any point leaves DIR/current on the previous jail; the
-next build removes the half-built generation.
+by size, mtime, ctime and inode) are hard-linked from it instead of copied; when nothing at all
+changed, no generation is made. A build killed at any point leaves DIR/current on the previous
+jail; the next build removes the half-built generation.
 """
 
 import hashlib
@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from jailkit import manifest
+from jailkit.check import TreeOpener, sha256_of
 from jailkit.errors import JailkitError
 from jailkit.jaildir import JailDir, open_dir, walk_tree
 from jailkit.manifest import Manifest, Record
@@ -53,8 +54,10 @@ class Result:
                 "launch_changed": self.launch_changed}
 
 
-def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, owners: bool):
-    """None when the previous generation's entry can be reused as is, else the reason it cannot."""
+def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, owners: bool,
+              opener):
+    """None when the previous generation's entry can be reused as is, else the reason it cannot.
+    `opener`: the previous tree's directories, to hash a file whose ctime alone changed."""
     if old is None:
         return "new"
     if seen is None:
@@ -82,6 +85,15 @@ def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, own
     elif entry.source != old.source or entry.host != old.host or entry.file_caps != old.file_caps:
         return "host file changed"
     if (seen.st_ino, seen.st_size, seen.st_mtime_ns) != (old.ino, old.size, old.mtime):
+        return "modified in the jail, restored"
+    if seen.st_ctime_ns != old.ctime:
+        # rewritten in place with its mtime put back, or only linked or unlinked elsewhere (a
+        # killed build's leftover generation): the content decides, read this once
+        try:
+            if sha256_of(opener, entry.path) == old.sha256:
+                return None
+        except OSError:
+            pass
         return "modified in the jail, restored"
     return None
 
@@ -150,7 +162,7 @@ class _Writer:
         self.records[entry.path] = Record(
             entry.path, entry.type, entry.mode, entry.uid, entry.gid,
             st.st_size if entry.type == "file" else 0, sha, entry.source, entry.target,
-            st.st_mtime_ns, st.st_ino, host, entry.file_caps)
+            st.st_mtime_ns, st.st_ino, host, entry.file_caps, st.st_ctime_ns)
 
     def root(self, entry: Entry) -> None:
         self._record(entry, self._own(self.stack[0][1], entry))
@@ -281,8 +293,13 @@ def _apply_locked(plan, jail, progress, previous) -> Result:
         old, seen, old_launch, old_root_fd = _previous(jail, current, previous)
         try:
             records = old.records if old else {}
-            reasons = {path: _why_redo(entry, records.get(path), seen.get(path), owners)
-                       for path, entry in plan.entries.items()}
+            opener = old_root_fd is not None and TreeOpener(old_root_fd)
+            try:
+                reasons = {path: _why_redo(entry, records.get(path), seen.get(path), owners,
+                                           opener) for path, entry in plan.entries.items()}
+            finally:
+                if opener:
+                    opener.close()
             removed = sorted(set(records) - set(plan.entries))
             extra = sorted(set(seen) - set(plan.entries) - set(records))
             result = Result(current or 0, False, removed=removed,
@@ -297,19 +314,41 @@ def _apply_locked(plan, jail, progress, previous) -> Result:
             if (old is not None and not removed and not result.added and not result.updated
                     and not result.launch_changed and old.closure == plan.closure):
                 return result
-            number, result.copied, result.linked = _build(plan, jail, old_root_fd, reasons,
-                                                          records, owners, progress)
+            number, result.copied, result.linked, built = _build(
+                plan, jail, old_root_fd, reasons, records, owners, progress)
         finally:
             if old_root_fd is not None:
                 os.close(old_root_fd)
         jail.swap(number)
         jail.remove_stale(keep={number})
+        _settle_ctimes(jail, built)
         result.generation, result.changed = number, True
         return result
 
 
-def _build(plan, jail, old_root_fd, reasons, records, owners, progress) -> tuple[int, int, int]:
-    """Write a new generation; returns (its number, files copied, files hard-linked)."""
+def _settle_ctimes(jail: JailDir, built: Manifest) -> None:
+    """Record each file's ctime as it is once the build is over: linking an inode into the new
+    generation and unlinking it from the old one changed it. (Killed before this, a build
+    leaves earlier ctimes, which the next build checks by hash.)"""
+    gen_fd = jail.open_generation(built.generation)
+    try:
+        root_fd = open_dir("root", gen_fd)
+        try:
+            seen = walk_tree(root_fd)
+        finally:
+            os.close(root_fd)
+        for path, record in built.records.items():
+            st = seen.get(path)
+            if record.type == "file" and st is not None and st.st_ino == record.ino:
+                built.records[path] = record._replace(ctime=st.st_ctime_ns)
+        manifest.replace(gen_fd, manifest.NAME, built.dumps())
+    finally:
+        os.close(gen_fd)
+
+
+def _build(plan, jail, old_root_fd, reasons, records, owners, progress):
+    """Write a new generation; returns (its number, files copied, files hard-linked, its
+    manifest)."""
     number, gen_fd = jail.new_generation()
     try:
         os.mkdir("root", 0o700, dir_fd=gen_fd)
@@ -333,10 +372,10 @@ def _build(plan, jail, old_root_fd, reasons, records, owners, progress) -> tuple
             writer.close()
             os.close(root_fd)
         ordered = {path: writer.records[path] for path in plan.entries}
-        manifest.write_new(gen_fd, manifest.NAME,
-                           Manifest(plan.name, number, ordered, plan.closure).dumps())
+        built = Manifest(plan.name, number, ordered, plan.closure)
+        manifest.write_new(gen_fd, manifest.NAME, built.dumps())
         manifest.write_new(gen_fd, "launch.json", json.dumps(plan.launch, indent=2) + "\n")
-        return number, copied, linked
+        return number, copied, linked, built
     except OSError as e:
         raise ApplyError(f"building {jail.path}/gen-{number} failed: {e}; the previous jail is "
                          "untouched") from None

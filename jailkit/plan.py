@@ -23,16 +23,19 @@ class PlanError(JailkitError):
 
 
 class HostStat(NamedTuple):
-    """Identity of a host file when it was planned: if all four match later, it did not change."""
+    """Identity of a host file when it was planned: if all match later, it did not change.
+    ctime because no process can set it: a file rewritten in place with its mtime put back
+    (os.utime) keeps size, mtime and inode, not ctime. None in manifests of older builds."""
 
     size: int
     mtime_ns: int
     ino: int
     dev: int
+    ctime_ns: int | None = None
 
     @classmethod
     def of(cls, st: os.stat_result) -> "HostStat":
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 class Entry(NamedTuple):
@@ -247,7 +250,7 @@ def _identity(path: str) -> list[int] | None:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dict]:

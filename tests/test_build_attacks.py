@@ -2,6 +2,7 @@
 modified in place, symlinks and races in copied trees, templates read from anywhere, control
 characters in --set values, and a jail without limits."""
 
+import json
 import os
 import shutil
 import stat
@@ -193,3 +194,52 @@ def test_rendered_file_size_is_capped(tmp_path, text):
                        f'[templates."/etc/big"]\ntext = \'{text}\'\n')
     one_line_error(run_jailkit("build", profile, "--root", tmp_path / "jail"), "/etc/big",
                    "1 MiB")
+
+
+# --- 2: a file modified in place with its mtime put back ----------------------------------------
+
+
+def rewrite_keeping_mtime(path, content: bytes):
+    before = os.stat(path)
+    with open(path, "r+b") as f:  # in place: same inode, same size
+        f.write(content)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def test_host_file_modified_in_place_with_mtime_put_back_is_copied_again(tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_bytes(b"old content\n")
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'extends = ["shell"]\nfiles = ["{data}"]\n')
+    jail = tmp_path / "jail"
+    assert run_jailkit("build", profile, "--root", jail).returncode == 0
+    rewrite_keeping_mtime(data, b"NEW CONTENT\n")
+    result = run_jailkit("build", profile, "--root", jail, "--json")
+    assert result.returncode == 0, result.stderr
+    updated = json.loads(result.stdout)["updated"]
+    assert {"path": str(data), "reason": "host file changed"} in updated
+    assert (jail / "current/root" / str(data).lstrip("/")).read_bytes() == b"NEW CONTENT\n"
+    assert run_jailkit("check", profile, "--root", jail).returncode == 0
+
+
+def test_jail_copy_modified_in_place_with_mtime_put_back_is_restored(tmp_path):
+    jail = tmp_path / "jail"
+    assert run_jailkit("build", "shell", "--root", jail).returncode == 0
+    # a second generation of hard links first: the copy is shared by two generations
+    profile = tmp_path / "shell2.toml"
+    profile.write_text('extends = ["shell"]\nfiles = ["/etc/hostname"]\n')
+    assert run_jailkit("build", profile, "--root", jail).returncode == 0
+    copy = jail / "current/root/usr/bin/dash"
+    original = copy.read_bytes()
+    rewrite_keeping_mtime(copy, b"\x7fELF-tampered")
+    result = run_jailkit("build", profile, "--root", jail, "--json")
+    assert result.returncode == 0, result.stderr
+    updated = json.loads(result.stdout)["updated"]
+    assert {"path": "/usr/bin/dash", "reason": "modified in the jail, restored"} in updated
+    assert (jail / "current/root/usr/bin/dash").read_bytes() == original
+    # and with nothing changed since, the next build is a no-op again: ctimes were settled
+    result = run_jailkit("build", profile, "--root", jail, "--json")
+    assert json.loads(result.stdout)["changed"] is False, result.stdout

@@ -8,6 +8,7 @@ changed, no generation is made. A build killed at any point leaves DIR/current o
 jail; the next build removes the half-built generation.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -228,13 +229,19 @@ class _Writer:
     @staticmethod
     def _copy_host(entry: Entry, dst: int, digest) -> tuple[HostStat, bytes | None]:
         try:
-            src = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            src = _open_host(entry.source)
         except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise ApplyError(f"{entry.source}: a directory on its path became a symlink "
+                                 "since the build was planned; build again") from None
             raise ApplyError(f"cannot read {entry.source}: {e.strerror}") from None
         try:
             st = os.fstat(src)
-            if not stat.S_ISREG(st.st_mode):
-                raise ApplyError(f"{entry.source} is no longer a regular file; build again")
+            planned = entry.host
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (planned.dev,
+                                                                          planned.ino):
+                raise ApplyError(f"{entry.source} is not the file planned (replaced since the "
+                                 "build was planned); build again")
             while chunk := os.read(src, max(CHUNK, st.st_size + 1)):
                 digest.update(chunk)
                 _write_all(dst, chunk)
@@ -247,6 +254,24 @@ class _Writer:
             return HostStat.of(st), caps
         finally:
             os.close(src)
+
+
+def _open_host(path: str) -> int:
+    """Open a host file planned by its symlink-free path, one component at a time without
+    following a symlink: a directory the user swaps for a link after planning cannot make root
+    copy what the link leads to."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        *directories, name = path.strip("/").split("/")
+        for part in directories:
+            child = open_dir(part, fd)
+            os.close(fd)
+            fd = child
+        # O_NONBLOCK: a fifo swapped in must not hang the build (fstat then refuses it)
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                       dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

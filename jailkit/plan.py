@@ -97,6 +97,7 @@ class _Planner:
         self.users = {u.name: u for u in profile.users.values()}
         self.groups = {g.name: g for g in profile.groups.values()}
         self.chained: set[str] = set()
+        self.named: list[str] = []  # real paths of the profile's `files`: links may lead there
 
     # -- adding entries, with conflict checks --
 
@@ -125,6 +126,22 @@ class _Planner:
         elif entry.type != "dir":
             raise PlanError(f"{path} would be created under {parent}, which is {_describe(entry)}")
 
+    def add_host(self, entry: Entry) -> None:
+        """An entry copied from the host at the same path. Its parents that nobody named get
+        the host's modes (minus group/other write), not 0755: a 0700 parent stays closed."""
+        missing, parent = [], entry.path.rsplit("/", 1)[0]
+        while parent and parent not in self.entries:
+            missing.append(parent)
+            parent = parent.rsplit("/", 1)[0]
+        for directory in reversed(missing):
+            try:
+                st = os.lstat(directory)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self.add(Entry(directory, "dir", mode=st.st_mode & 0o755), implicit=True)
+        self.add(entry)
+
     def owner(self, user: str, group: str) -> tuple[int, int]:
         return self.users[user].uid, self.groups[group].gid
 
@@ -144,12 +161,12 @@ class _Planner:
         except OSError as e:
             raise PlanError(f"cannot read {path}: {e.strerror}") from None
         for hop, target in chain[:-1]:
-            self.add(Entry(hop, "symlink", mode=0o777, target=target))
+            self.add_host(Entry(hop, "symlink", mode=0o777, target=target))
         if stat.S_ISDIR(st.st_mode):
             if walk:
                 self.tree(final, st)
             else:
-                self.add(Entry(final, "dir", mode=st.st_mode & 0o755))
+                self.add_host(Entry(final, "dir", mode=st.st_mode & 0o755))
         else:
             self.host_file(final, st, path)
 
@@ -160,7 +177,8 @@ class _Planner:
         keep_special = path in self.keep_setuid or asked in self.keep_setuid
         mode = st.st_mode & (0o6755 if keep_special else 0o755)
         caps = path in self.keep_caps or asked in self.keep_caps
-        self.add(Entry(path, "file", mode=mode, source=path, host=HostStat.of(st), file_caps=caps))
+        self.add_host(Entry(path, "file", mode=mode, source=path, host=HostStat.of(st),
+                            file_caps=caps))
 
     def tree(self, top: str, top_st: os.stat_result) -> None:
         """Copy a host directory: same filesystem only, symlinks kept, excludes honoured. A mount
@@ -169,7 +187,7 @@ class _Planner:
         from jailkit.jaildir import mount_points
 
         mounts = mount_points()
-        self.add(Entry(top, "dir", mode=top_st.st_mode & 0o755))
+        self.add_host(Entry(top, "dir", mode=top_st.st_mode & 0o755))
         pending = [top]
         while pending:
             directory = pending.pop()
@@ -185,7 +203,7 @@ class _Planner:
                 if st.st_dev != top_st.st_dev or item.path in mounts:
                     self.notes.append(f"skipped {item.path}: a mount point (not copied from {top})")
                 elif stat.S_ISDIR(st.st_mode):
-                    self.add(Entry(item.path, "dir", mode=st.st_mode & 0o755))
+                    self.add_host(Entry(item.path, "dir", mode=st.st_mode & 0o755))
                     pending.append(item.path)
                 elif stat.S_ISLNK(st.st_mode):
                     self.tree_symlink(item.path)
@@ -196,18 +214,26 @@ class _Planner:
 
     def tree_symlink(self, path: str) -> None:
         """A symlink met inside a copied directory: kept, and what it points to is copied too when
-        that is a file (the /etc/ssl/certs hash links); a link to a directory is kept dangling."""
+        that is a file within the profile's `files` (the /etc/ssl/certs hash links); a link to a
+        directory or out of them is kept dangling."""
         target = os.readlink(path)
-        self.add(Entry(path, "symlink", mode=0o777, target=target))
+        self.add_host(Entry(path, "symlink", mode=0o777, target=target))
         try:
             st = os.stat(path)
         except OSError:
             return  # dangling on the host too
-        if stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
+            self.notes.append(f"{path} points to a directory, which is not copied")
+        elif not self.is_named(os.path.realpath(path)):
+            # whoever can write the tree could make root copy /etc/shadow: kept as a link only
+            self.notes.append(f"{path} points outside the copied trees, to "
+                              f"{os.path.realpath(path)}, which is not copied")
+        else:
             # the link's own directory is a real one (walked), so the next hop starts there
             self.host_path(os.path.join(os.path.dirname(path), target))
-        else:
-            self.notes.append(f"{path} points to a directory, which is not copied")
+
+    def is_named(self, real: str) -> bool:
+        return any(real == top or real.startswith(top.rstrip("/") + "/") for top in self.named)
 
     def excluded(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.profile.exclude)
@@ -426,7 +452,9 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
     closure_files, closure = _closure_files(profile, closure_cache)
     for path in closure_files:
         planner.host_path(path)
-    for path in expand(profile.files, "files"):
+    named = expand(profile.files, "files")
+    planner.named = [os.path.realpath(path) for path in named]
+    for path in named:
         planner.host_path(path, walk=True)
     _account_files(planner, profile, jail_fd)
     for tpl in profile.templates.values():

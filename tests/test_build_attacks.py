@@ -243,3 +243,77 @@ def test_jail_copy_modified_in_place_with_mtime_put_back_is_restored(tmp_path):
     # and with nothing changed since, the next build is a no-op again: ctimes were settled
     result = run_jailkit("build", profile, "--root", jail, "--json")
     assert json.loads(result.stdout)["changed"] is False, result.stdout
+
+
+# --- 4: copying a directory a user controls --------------------------------------------------
+
+
+def test_link_leaving_the_copied_tree_is_kept_as_a_link_never_followed(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("hello\n")
+    (site / "leak").symlink_to("/etc/shadow")
+    (site / "leak-up").symlink_to("../../../../../../../../etc/shadow")
+    (site / "inside").symlink_to("index.html")
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'extends = ["shell"]\nfiles = ["{site}"]\n')
+    jail = tmp_path / "jail"
+    result = run_jailkit("build", profile, "--root", jail)
+    assert result.returncode == 0, result.stderr
+    assert f"note: {site}/leak points outside the copied trees" in result.stderr
+    copy = jail / f"current/root{site}"
+    assert os.readlink(copy / "leak") == "/etc/shadow"
+    assert os.readlink(copy / "leak-up") == "../../../../../../../../etc/shadow"
+    assert (copy / "inside").read_text() == "hello\n"  # a link within the tree still works
+    entries = json.loads((jail / "current/manifest.json").read_text())["entries"]
+    assert not [e for e in entries if e["source"] == "/etc/shadow"]
+    assert not (jail / "current/root/etc/shadow").exists()
+
+
+@pytest.mark.usefixtures("as_root")
+def test_implicit_parents_keep_the_hosts_modes(tmp_path):
+    private = tmp_path / "private"
+    (private / "site").mkdir(parents=True)
+    private.chmod(0o700)
+    (private / "site/index.html").write_text("hello\n")
+    shared = tmp_path / "shared"
+    (shared / "data.txt").parent.mkdir()
+    shared.chmod(0o775)
+    (shared / "data.txt").write_text("data\n")
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'extends = ["shell"]\nfiles = ["{private}/site", "{shared}/data.txt"]\n')
+    jail = tmp_path / "jail"
+    assert run_jailkit("build", profile, "--root", jail).returncode == 0
+    root = jail / "current/root"
+    assert stat.S_IMODE((root / str(private).lstrip("/")).stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / str(shared).lstrip("/")).stat().st_mode) == 0o755  # no g+w
+    assert run_jailkit("check", profile, "--root", jail).returncode == 0
+
+
+@pytest.mark.usefixtures("as_root")
+def test_directory_swapped_for_a_symlink_between_plan_and_copy_is_refused(tmp_path):
+    from jailkit.apply import ApplyError, apply
+    from jailkit.jaildir import JailDir
+    from jailkit.plan import make_plan
+    from jailkit.profile import load
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub/file").write_text("the user's own, world-readable\n")
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / "file").write_text("SECRET\n")
+    (secret / "file").chmod(0o600)
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'extends = ["shell"]\nfiles = ["{tree}"]\n')
+    plan = make_plan(load(str(profile)))
+    assert plan.entries[f"{tree}/sub/file"].mode == 0o644
+    # the user swaps its directory for a link to a root-only one after planning
+    os.rename(tree / "sub", tmp_path / "sub.old")
+    os.symlink(secret, tree / "sub")
+    with JailDir(tmp_path / "jail", create=True) as jail, pytest.raises(ApplyError) as failed:
+        apply(plan, jail)
+    assert f"{tree}/sub/file" in str(failed.value) and "build again" in str(failed.value)
+    assert "\n" not in str(failed.value)
+    copies = [p for p in (tmp_path / "jail").rglob("file") if p.is_file()]
+    assert not [p for p in copies if p.read_text() == "SECRET\n"]

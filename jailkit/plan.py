@@ -362,6 +362,18 @@ def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = No
         planner.generated("/etc/nsswitch.conf", NSSWITCH)
 
 
+def _cgroup_limits(service, notes: list[str]) -> dict:
+    """The profile's cgroup limits, jailkit's defaults filling in when built by root."""
+    from jailkit.profile import DEFAULT_MEMORY_MAX, DEFAULT_PIDS_MAX
+
+    if os.geteuid() == 0:
+        return {"memory_max": service.memory_max or DEFAULT_MEMORY_MAX,
+                "pids_max": service.pids_max or DEFAULT_PIDS_MAX}
+    notes.append("built by an ordinary user: no default cgroup limits (memory_max, pids_max "
+                 "need root here); the nproc, nofile and fsize rlimits still bound the jail")
+    return {"memory_max": service.memory_max, "pids_max": service.pids_max}
+
+
 def _launch(profile: Profile, planner: _Planner) -> dict:
     service = profile.service
     user = profile.users[service.user]
@@ -387,7 +399,7 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "stop_signal": service.stop_signal,
         "capabilities": list(service.capabilities),
         "rlimits": {name: list(limit) for name, limit in service.rlimits},
-        "cgroup": {"memory_max": service.memory_max, "pids_max": service.pids_max},
+        "cgroup": _cgroup_limits(service, planner.notes),
         "network": service.network,
         "writable": writable,
         "devices": list(profile.devices),

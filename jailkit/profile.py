@@ -92,8 +92,8 @@ class Service(NamedTuple):
     seccomp_allow: tuple[str, ...] = ()
     uid_count: int = 65536
     rlimits: tuple[tuple[str, tuple[int, int]], ...] = ()
-    memory_max: int | None = None
-    pids_max: int | None = None
+    memory_max: int | None = None  # None: DEFAULT_MEMORY_MAX when built by root
+    pids_max: int | None = None  # None: DEFAULT_PIDS_MAX when built by root
 
 
 class Profile(NamedTuple):
@@ -116,6 +116,17 @@ class Profile(NamedTuple):
     keep_file_caps: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     multiline_variables: tuple[str, ...] = ()  # string variables that may hold newlines
+
+
+# What a jail gets when its profile says nothing (a profile may raise each): without them a
+# default jail could fork thousands of processes, fill the RAM, write files without end and
+# get half the RAM for a tmpfs. rlimits bind every jail (RLIMIT_NPROC counts per user namespace
+# on this kernel); the cgroup limits only jails built by root, because an ordinary user cannot
+# make cgroups on this cgroup-v1 host (the launcher would refuse to start the jail).
+DEFAULT_RLIMITS = {"nofile": (1024, 4096), "nproc": (256, 256), "fsize": (256 << 20, 256 << 20)}
+DEFAULT_MEMORY_MAX = 512 << 20
+DEFAULT_PIDS_MAX = 512
+DEFAULT_TMPFS_SIZE = "64m"
 
 
 # --- locating ------------------------------------------------------------------------------
@@ -300,6 +311,8 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
                    for p, e in data.get("directories", {}).items()}
     writable = {p: Writable(p, **owned("writable", p, e))
                 for p, e in data.get("writable", {}).items()}
+    writable = {p: w._replace(size=DEFAULT_TMPFS_SIZE) if w.kind == "tmpfs" and not w.size
+                else w for p, w in writable.items()}
     templates = {p: Template(p, **owned("templates", p, e))
                  for p, e in data.get("templates", {}).items()}
     generated = {p: Generated(p, **owned("generated", p, e))
@@ -319,7 +332,8 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     service = Service(
         **raw,
         **({"env": tuple(env.items())} if env is not None else {}),
-        rlimits=tuple(limits.items()), memory_max=memory_max, pids_max=pids_max,
+        rlimits=tuple({**DEFAULT_RLIMITS, **limits}.items()), memory_max=memory_max,
+        pids_max=pids_max,
     )
     for field_, value in (("user", service.user), *(("groups", g) for g in service.groups)):
         if value not in (users if field_ == "user" else groups):

@@ -3,7 +3,15 @@
 import json
 import re
 
-from jailkit.profile import LIST_KEYS, Generated, Profile, Template, User
+from jailkit.profile import (
+    DEFAULT_MEMORY_MAX,
+    DEFAULT_PIDS_MAX,
+    LIST_KEYS,
+    Generated,
+    Profile,
+    Template,
+    User,
+)
 from jailkit.templates import _source
 
 
@@ -85,4 +93,10 @@ def _toml_table(table: dict, prefix: list[str], out: list[str]) -> None:
 def as_toml(profile: Profile) -> str:
     out = [f"# profile {profile.name}, resolved from: {', '.join(profile.sources)}"]
     _toml_table(as_dict(profile), [], out)
+    s = profile.service
+    if s.memory_max is None or s.pids_max is None:
+        defaults = [f"memory_max = \"{DEFAULT_MEMORY_MAX >> 20}m\"" * (s.memory_max is None),
+                    f"pids_max = {DEFAULT_PIDS_MAX}" * (s.pids_max is None)]
+        out.append(f"# when built by root, also: {', '.join(filter(None, defaults))} "
+                   "(cgroup limits: root only here)")
     return "\n".join(out) + "\n"

@@ -317,3 +317,63 @@ def test_directory_swapped_for_a_symlink_between_plan_and_copy_is_refused(tmp_pa
     assert "\n" not in str(failed.value)
     copies = [p for p in (tmp_path / "jail").rglob("file") if p.is_file()]
     assert not [p for p in copies if p.read_text() == "SECRET\n"]
+
+
+# --- 6: a jail without limits ------------------------------------------------------------------
+
+# at most 1500 forks are ever tried, within the run's timeout, even if no limit held; dash
+# stops at the first fork that fails ("Cannot fork"), and every sleeper dies with the jail's
+# pid 1 when it exits; one line per fork made
+FORK_FLOOD = "i=0; while [ $i -lt 1500 ]; do sleep 30 & echo f; i=$((i+1)); done"
+
+
+def forks_made(result) -> int:
+    assert "Cannot fork" in result.stderr, result.stderr
+    return result.stdout.count("f\n")
+
+
+@pytest.mark.usefixtures("as_root")
+def test_default_jail_stops_a_fork_flood(tmp_path):
+    jail = tmp_path / "jail"
+    assert run_jailkit("build", "shell", "--root", jail).returncode == 0
+    launch = json.loads((jail / "current/launch.json").read_text())
+    assert launch["cgroup"] == {"memory_max": 512 << 20, "pids_max": 512}
+    result = run_jailkit("run", "shell", "--root", jail, "--", "/bin/sh", "-c", FORK_FLOOD,
+                         timeout=120)
+    assert 0 < forks_made(result) < 256  # RLIMIT_NPROC (and pids.max) stopped it
+
+
+@pytest.mark.usefixtures("as_root")
+def test_ordinary_users_default_jail_stops_a_fork_flood_without_cgroups(home):  # noqa: F811
+    result = nobody_jailkit(home, "build", "shell", "--dry-run")
+    assert "no default cgroup limits" in result.stdout, result.stderr
+    assert nobody_jailkit(home, "build", "shell").returncode == 0
+    launch = json.loads((home / "home/.local/share/jailkit/shell/current/launch.json").read_text())
+    assert launch["cgroup"] == {"memory_max": None, "pids_max": None}
+    result = nobody_jailkit(home, "run", "shell", "--", "/bin/sh", "-c", FORK_FLOOD)
+    assert 0 < forks_made(result) < 256
+
+
+@pytest.mark.usefixtures("as_root")
+def test_default_tmpfs_size_and_file_size_limit(tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text('extends = ["shell"]\n[writable."/var/spool"]\nmode = "0755"\n'
+                       '[writable."/var/lib/app"]\nkind = "state"\n')
+    jail = tmp_path / "jail"
+    assert run_jailkit("build", profile, "--root", jail).returncode == 0
+    script = ("grep ' /var/spool ' /proc/self/mountinfo; "
+              "head -c 300000000 /dev/zero > /var/lib/app/big; echo status $?")
+    result = run_jailkit("run", profile, "--root", jail, "--", "/bin/sh", "-c", script,
+                         timeout=120)
+    assert "size=65536k" in result.stdout, result.stdout
+    assert "status 0" not in result.stdout  # stopped by RLIMIT_FSIZE (SIGXFSZ)
+    assert (jail / "state/var/lib/app/big").stat().st_size == 256 << 20
+
+
+def test_show_prints_the_default_limits():
+    result = run_jailkit("show", "nginx")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for line in ("nofile = [1024, 4096]", "nproc = [256, 256]", "fsize = [268435456, 268435456]",
+                 'size = "64m"', 'memory_max = "512m", pids_max = 512'):
+        assert line in text, line

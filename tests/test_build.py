@@ -182,8 +182,10 @@ memory_max = "64m"
     LaunchSpec.from_dict(launch)
     assert launch["user"] == {"uid": 33, "gid": 33, "groups": []}
     assert launch["capabilities"] == ["CAP_NET_BIND_SERVICE"]
-    assert launch["rlimits"] == {"nofile": [512, 512]}
-    assert launch["cgroup"] == {"memory_max": 64 << 20, "pids_max": None}
+    # the profile's limits over jailkit's defaults (pids_max: the default, built by root)
+    assert launch["rlimits"] == {"nofile": [512, 512], "nproc": [256, 256],
+                                 "fsize": [256 << 20, 256 << 20]}
+    assert launch["cgroup"] == {"memory_max": 64 << 20, "pids_max": 512}
     assert launch["writable"][0] | {} == {"path": "/var/lib/app", "kind": "bind",
                                           "source": "var/lib/app", "uid": 33, "gid": 33,
                                           "mode": 0o750, "size": None}

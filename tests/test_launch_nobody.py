@@ -48,16 +48,18 @@ def jail(world_readable_checkout):
     os.chown(base, NOBODY, NOBODY)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
            "HOME": "/nonexistent"}
-    built = subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", "build", "shell",
-                            "--root", str(base / "shell")], env=env, text=True, cwd="/",
-                           capture_output=True, preexec_fn=as_nobody, timeout=120)
-    assert built.returncode == 0, built.stderr
-    probe = base / "shell/current/root" / PROBE.lstrip("/")
-    subprocess.run(["gcc", "-static", "-O1", "-o", probe, REPO / "tests/launch_probe.c"],
-                   check=True)
-    os.chown(probe, NOBODY, NOBODY)
-    yield base / "shell"
-    shutil.rmtree(base)
+    try:
+        built = subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", "build", "shell",
+                                "--root", str(base / "shell")], env=env, text=True, cwd="/",
+                               capture_output=True, preexec_fn=as_nobody, timeout=120)
+        assert built.returncode == 0, built.stderr
+        probe = base / "shell/current/root" / PROBE.lstrip("/")
+        subprocess.run(["gcc", "-static", "-O1", "-o", probe, REPO / "tests/launch_probe.c"],
+                       check=True)
+        os.chown(probe, NOBODY, NOBODY)
+        yield base / "shell"
+    finally:
+        shutil.rmtree(base)
 
 
 @pytest.fixture(scope="module")

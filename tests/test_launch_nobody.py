@@ -1,7 +1,8 @@
 """`jailkit run` launched by an ordinary user (`nobody`): a single-id map, same confinement.
 
-The jail is the root-built one of test_launch.py; the launcher is a world-readable copy of the
-package run with the venv's interpreter, whose reaper lies beside it.
+The jail is built by nobody (its own: a jail directory is its owner's alone), with the probe of
+test_launch.py added; the launcher is a world-readable copy of the package run with the venv's
+interpreter, whose reaper lies beside it.
 """
 
 import os
@@ -9,9 +10,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
-from test_launch import PROBE, jail, mount_points  # noqa: F401 (jail is a fixture)
+from conftest import REPO
+from test_launch import PROBE, mount_points
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -39,7 +42,28 @@ def nobody_run(checkout, jail_dir, *args, sets=(), options=(), **kwargs):
 
 
 @pytest.fixture(scope="module")
-def run(world_readable_checkout, jail):  # noqa: F811
+def jail(world_readable_checkout):
+    """A `shell` jail nobody built for itself, with the probe added (owned by the jail's root)."""
+    base = Path(tempfile.mkdtemp(prefix="jailkit-launch-nobody-"))
+    os.chown(base, NOBODY, NOBODY)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+           "HOME": "/nonexistent"}
+    try:
+        built = subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", "build", "shell",
+                                "--root", str(base / "shell")], env=env, text=True, cwd="/",
+                               capture_output=True, preexec_fn=as_nobody, timeout=120)
+        assert built.returncode == 0, built.stderr
+        probe = base / "shell/current/root" / PROBE.lstrip("/")
+        subprocess.run(["gcc", "-static", "-O1", "-o", probe, REPO / "tests/launch_probe.c"],
+                       check=True)
+        os.chown(probe, NOBODY, NOBODY)
+        yield base / "shell"
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.fixture(scope="module")
+def run(world_readable_checkout, jail):
     def run(*args, **kwargs):
         return nobody_run(world_readable_checkout, jail, *args, **kwargs)
 
@@ -108,7 +132,7 @@ def test_callers_fd_is_not_inherited(run):
     assert result.stdout.strip() == "fds"
 
 
-def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail):  # noqa: F811
+def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail):
     mounts = mount_points()
     proc = subprocess.Popen(
         command(world_readable_checkout, jail, "/bin/sh", "-c",
@@ -140,7 +164,7 @@ def test_what_needs_root_is_a_one_line_error(run, sets, cause):
 
 
 
-def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checkout, jail):  # noqa: F811
+def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checkout, jail):
     # /etc/subuid and /etc/subgid with a range for nobody, only in a private mount namespace of
     # this test (never on the host); newuidmap reads them there
     with tempfile.NamedTemporaryFile("w", prefix="jailkit-subid-", delete=False) as f:
@@ -165,7 +189,7 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checko
     assert lines[2] == "uid 33 euid 33 gid 33 egid 33"
 
 
-def test_state_directory_is_bound_for_an_ordinary_user(run, jail):  # noqa: F811
+def test_state_directory_is_bound_for_an_ordinary_user(run, jail):
     state = jail / "state" / "spool"
     state.mkdir(parents=True)
     os.chown(state, NOBODY, NOBODY)  # as `nobody` built it

@@ -21,7 +21,7 @@ from jailkit.errors import JailkitError
 from jailkit.profile.model import Generated
 
 PARAMS = "params.json"
-SUBJECT_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}$")
+SUBJECT_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}")
 
 
 class GenerateError(JailkitError):
@@ -89,7 +89,7 @@ def generated_files(item: Generated, subject: str, jail_fd: int,
     """Jail path -> content for `item`: the kept copy when it was made for the same kind and
     subject, else newly made and kept in the jail directory `jail_fd` (when `create`; otherwise
     None)."""
-    if not SUBJECT_RE.match(subject):
+    if not SUBJECT_RE.fullmatch(subject):
         raise GenerateError(f"{item.dest}: subject {subject!r} is not a host name")
     params = json.dumps({"kind": item.kind, "subject": subject}, sort_keys=True).encode()
     fd = _open_dirs(jail_fd, item.dest.strip("/"), create)

@@ -24,16 +24,19 @@ class PlanError(JailkitError):
 
 
 class HostStat(NamedTuple):
-    """Identity of a host file when it was planned: if all four match later, it did not change."""
+    """Identity of a host file when it was planned: if all match later, it did not change.
+    ctime because no process can set it: a file rewritten in place with its mtime put back
+    (os.utime) keeps size, mtime and inode, not ctime. None in manifests of older builds."""
 
     size: int
     mtime_ns: int
     ino: int
     dev: int
+    ctime_ns: int | None = None
 
     @classmethod
     def of(cls, st: os.stat_result) -> "HostStat":
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 class Entry(NamedTuple):
@@ -95,6 +98,7 @@ class _Planner:
         self.users = {u.name: u for u in profile.users.values()}
         self.groups = {g.name: g for g in profile.groups.values()}
         self.chained: set[str] = set()
+        self.named: list[str] = []  # real paths of the profile's `files`: links may lead there
 
     # -- adding entries, with conflict checks --
 
@@ -123,6 +127,22 @@ class _Planner:
         elif entry.type != "dir":
             raise PlanError(f"{path} would be created under {parent}, which is {_describe(entry)}")
 
+    def add_host(self, entry: Entry) -> None:
+        """An entry copied from the host at the same path. Its parents that nobody named get
+        the host's modes (minus group/other write), not 0755: a 0700 parent stays closed."""
+        missing, parent = [], entry.path.rsplit("/", 1)[0]
+        while parent and parent not in self.entries:
+            missing.append(parent)
+            parent = parent.rsplit("/", 1)[0]
+        for directory in reversed(missing):
+            try:
+                st = os.lstat(directory)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self.add(Entry(directory, "dir", mode=st.st_mode & 0o755), implicit=True)
+        self.add(entry)
+
     def owner(self, user: str, group: str) -> tuple[int, int]:
         return self.users[user].uid, self.groups[group].gid
 
@@ -142,12 +162,12 @@ class _Planner:
         except OSError as e:
             raise PlanError(f"cannot read {path}: {e.strerror}") from None
         for hop, target in chain[:-1]:
-            self.add(Entry(hop, "symlink", mode=0o777, target=target))
+            self.add_host(Entry(hop, "symlink", mode=0o777, target=target))
         if stat.S_ISDIR(st.st_mode):
             if walk:
                 self.tree(final, st)
             else:
-                self.add(Entry(final, "dir", mode=st.st_mode & 0o755))
+                self.add_host(Entry(final, "dir", mode=st.st_mode & 0o755))
         else:
             self.host_file(final, st, path)
 
@@ -158,7 +178,8 @@ class _Planner:
         keep_special = path in self.keep_setuid or asked in self.keep_setuid
         mode = st.st_mode & (0o6755 if keep_special else 0o755)
         caps = path in self.keep_caps or asked in self.keep_caps
-        self.add(Entry(path, "file", mode=mode, source=path, host=HostStat.of(st), file_caps=caps))
+        self.add_host(Entry(path, "file", mode=mode, source=path, host=HostStat.of(st),
+                            file_caps=caps))
 
     def tree(self, top: str, top_st: os.stat_result) -> None:
         """Copy a host directory: same filesystem only, symlinks kept, excludes honoured. A mount
@@ -167,7 +188,7 @@ class _Planner:
         from jailkit.build.jaildir import mount_points
 
         mounts = mount_points()
-        self.add(Entry(top, "dir", mode=top_st.st_mode & 0o755))
+        self.add_host(Entry(top, "dir", mode=top_st.st_mode & 0o755))
         pending = [top]
         while pending:
             directory = pending.pop()
@@ -183,7 +204,7 @@ class _Planner:
                 if st.st_dev != top_st.st_dev or item.path in mounts:
                     self.notes.append(f"skipped {item.path}: a mount point (not copied from {top})")
                 elif stat.S_ISDIR(st.st_mode):
-                    self.add(Entry(item.path, "dir", mode=st.st_mode & 0o755))
+                    self.add_host(Entry(item.path, "dir", mode=st.st_mode & 0o755))
                     pending.append(item.path)
                 elif stat.S_ISLNK(st.st_mode):
                     self.tree_symlink(item.path)
@@ -194,18 +215,26 @@ class _Planner:
 
     def tree_symlink(self, path: str) -> None:
         """A symlink met inside a copied directory: kept, and what it points to is copied too when
-        that is a file (the /etc/ssl/certs hash links); a link to a directory is kept dangling."""
+        that is a file within the profile's `files` (the /etc/ssl/certs hash links); a link to a
+        directory or out of them is kept dangling."""
         target = os.readlink(path)
-        self.add(Entry(path, "symlink", mode=0o777, target=target))
+        self.add_host(Entry(path, "symlink", mode=0o777, target=target))
         try:
             st = os.stat(path)
         except OSError:
             return  # dangling on the host too
-        if stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
+            self.notes.append(f"{path} points to a directory, which is not copied")
+        elif not self.is_named(os.path.realpath(path)):
+            # whoever can write the tree could make root copy /etc/shadow: kept as a link only
+            self.notes.append(f"{path} points outside the copied trees, to "
+                              f"{os.path.realpath(path)}, which is not copied")
+        else:
             # the link's own directory is a real one (walked), so the next hop starts there
             self.host_path(os.path.join(os.path.dirname(path), target))
-        else:
-            self.notes.append(f"{path} points to a directory, which is not copied")
+
+    def is_named(self, real: str) -> bool:
+        return any(real == top or real.startswith(top.rstrip("/") + "/") for top in self.named)
 
     def excluded(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.profile.exclude)
@@ -248,7 +277,7 @@ def _identity(path: str) -> list[int] | None:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dict]:
@@ -340,6 +369,18 @@ def _port_list(ranges) -> list:
     return [low if low == high else [low, high] for low, high in ranges]
 
 
+def _cgroup_limits(service, notes: list[str]) -> dict:
+    """The profile's cgroup limits, jailkit's defaults filling in when built by root."""
+    from jailkit.profile.model import DEFAULT_MEMORY_MAX, DEFAULT_PIDS_MAX
+
+    if os.geteuid() == 0:
+        return {"memory_max": service.memory_max or DEFAULT_MEMORY_MAX,
+                "pids_max": service.pids_max or DEFAULT_PIDS_MAX}
+    notes.append("built by an ordinary user: no default cgroup limits (memory_max, pids_max "
+                 "need root here); the nproc, nofile and fsize rlimits still bound the jail")
+    return {"memory_max": service.memory_max, "pids_max": service.pids_max}
+
+
 def _launch(profile: Profile, planner: _Planner) -> dict:
     service = profile.service
     user = profile.users[service.user]
@@ -366,7 +407,7 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "capabilities": list(service.capabilities),
         "dangerous_capabilities": list(service.dangerous_capabilities),
         "rlimits": {name: list(limit) for name, limit in service.rlimits},
-        "cgroup": {"memory_max": service.memory_max, "pids_max": service.pids_max},
+        "cgroup": _cgroup_limits(service, planner.notes),
         "network": service.network,
         "ports": {"bind": _port_list(service.bind_ports),
                   "connect": _port_list(service.connect_ports)},
@@ -434,7 +475,9 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
     closure_files, closure = _closure_files(profile, closure_cache)
     for path in closure_files:
         planner.host_path(path)
-    for path in expand(profile.files, "files"):
+    named = expand(profile.files, "files")
+    planner.named = [os.path.realpath(path) for path in named]
+    for path in named:
         planner.host_path(path, walk=True)
     _account_files(planner, profile, jail_fd)
     for tpl in profile.templates.values():

@@ -304,7 +304,7 @@ def test_every_bundled_profile_plans_a_valid_launch_spec(tmp_path, name):
     # on top of shell, so that bases (which name no command of their own) are runnable too
     profile = tmp_path / f"{name}-on-shell.toml"
     profile.write_text(f'extends = ["shell", "{name}"]\n')
-    plan = make_plan(load(str(profile), SETS_NEEDED.get(name)), generate=False)
+    plan = make_plan(load(str(profile), SETS_NEEDED.get(name)))
     LaunchSpec.from_dict(plan.launch)
     assert plan.launch["command"] == list(load(name).service.command)
     assert plan.entries["/etc/passwd"].content.startswith(b"root:x:0:0:")
@@ -332,3 +332,24 @@ def test_directory_copy_keeps_links_and_honours_excludes(tmp_path):
     assert os.readlink(copy / "sub/dangling") == "/no/such/target"
     assert os.readlink(copy / "sub/to-dir") == "/usr/share"
     assert not (tmp_path / "j/current/root/usr/share").exists()
+
+
+def test_planning_writes_nothing_and_makes_no_key(tmp_path):
+    from jailkit.build.jaildir import JailDir
+    from jailkit.build.kept import gather
+
+    jail_dir = tmp_path / "jail"
+    jail_dir.mkdir(mode=0o700)
+    profile = load("nginx-tls")
+    with JailDir(jail_dir) as jail:
+        plan = make_plan(profile, gather(jail, profile))
+    assert os.listdir(jail_dir) == []  # no key, no lock, no generation
+    assert [item.dest for item, _ in plan.to_generate] == list(profile.generated)
+    # the build makes the key (in apply); the next plan takes it as kept, and makes nothing
+    build("nginx-tls", "--root", jail_dir)
+    with JailDir(jail_dir) as jail:
+        again = make_plan(profile, gather(jail, profile))
+    assert again.to_generate == []
+    key = next(iter(profile.generated))
+    assert again.entries[key].content == (jail_dir / f"current/root{key}").read_bytes()
+    assert b"PRIVATE KEY" in again.entries[key].content

@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from jailkit.build import manifest
 from jailkit.build.check import TreeOpener, sha256_of
+from jailkit.build.identity import HostStat
 from jailkit.build.jaildir import JailDir, open_dir, walk_tree
 from jailkit.build.manifest import Manifest, Record
-from jailkit.build.plan import Entry, HostStat, Plan
+from jailkit.build.plan import Entry, Plan
 from jailkit.errors import JailkitError
 
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -310,9 +311,24 @@ def apply(plan: Plan, jail: JailDir, progress=None, previous: Manifest | None = 
         raise ApplyError(f"{jail.path}: {e}; the previous jail is untouched") from None
 
 
+def _make_generated(plan: Plan, jail: JailDir) -> Plan:
+    """`plan` with its [generated] files made by their generators and kept in the jail directory:
+    the one thing planning leaves to do, done under the build lock once the plan succeeded."""
+    if not plan.to_generate:
+        return plan
+    from jailkit.build.generate import make_and_keep
+
+    entries = dict(plan.entries)
+    for item, subject in plan.to_generate:
+        for path, content in make_and_keep(jail.fd, item, subject).items():
+            entries[path] = entries[path]._replace(content=content)
+    return plan.with_entries(entries)
+
+
 def _apply_locked(plan, jail, progress, previous) -> Result:
     owners = os.geteuid() == 0
     with jail.locked():
+        plan = _make_generated(plan, jail)
         current = jail.current()
         jail.remove_stale(keep={current} if current is not None else set())
         old, seen, old_launch, old_root_fd = _previous(jail, current, previous)

@@ -11,8 +11,8 @@ import stat
 from typing import NamedTuple
 
 from jailkit.build import manifest
+from jailkit.build.identity import HostStat
 from jailkit.build.jaildir import JailDir, open_dir, walk_tree
-from jailkit.build.plan import HostStat
 from jailkit.errors import JailkitError
 
 CHUNK = 1 << 20

@@ -43,6 +43,7 @@ class JailDir:
 
     def __init__(self, path, create: bool = False):
         self.path = os.path.abspath(path)
+        self._lock_fd: int | None = None  # DIR/lock while this process holds the build lock
         if self.path == "/" or (os.path.exists(self.path) and os.path.samefile(self.path, "/")):
             raise JailDirError("refusing to use / as a jail directory; pass --root DIR")
         real = check_jail_dir(self.path)
@@ -83,13 +84,20 @@ class JailDir:
 
     @contextmanager
     def locked(self):
-        """Exclusive build lock on DIR/lock: concurrent builds of one jail run one after another."""
+        """Exclusive build lock on DIR/lock: concurrent builds of one jail run one after another.
+        Re-entrant: a build holds it from reading what the jail keeps to the swap, and apply
+        takes it again (a second flock of the same file by this process would wait forever)."""
+        if self._lock_fd is not None:
+            yield
+            return
         fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=self.fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
             yield
         finally:
+            self._lock_fd = None
             os.close(fd)
 
     def generations(self) -> list[int]:

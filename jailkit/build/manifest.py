@@ -4,7 +4,7 @@ import json
 import os
 from typing import NamedTuple
 
-from jailkit.build.plan import HostStat
+from jailkit.build.identity import HostStat
 from jailkit.errors import JailkitError
 
 VERSION = 1
@@ -76,24 +76,6 @@ def read(gen_fd: int, origin: str) -> Manifest:
         raise ManifestError(f"{origin}/{NAME}: {e.strerror}; rebuild the jail") from None
     with os.fdopen(fd) as f:
         return Manifest.loads(f.read(), f"{origin}/{NAME}")
-
-
-def previous(jail_path) -> Manifest | None:
-    """The manifest of the jail built at `jail_path`, if there is one (else None)."""
-    from jailkit.build.jaildir import JailDir
-
-    try:
-        with JailDir(jail_path) as jail:
-            number = jail.current()
-            if number is None:
-                return None
-            gen_fd = jail.open_generation(number)
-            try:
-                return read(gen_fd, str(jail_path))
-            finally:
-                os.close(gen_fd)
-    except (JailkitError, OSError):
-        return None  # no usable previous build: everything is planned afresh
 
 
 def read_json(gen_fd: int, name: str) -> dict | None:

@@ -8,6 +8,7 @@ import os
 import stat
 from typing import NamedTuple
 
+from jailkit.build.identity import HostStat, identity_of
 from jailkit.errors import JailkitError
 from jailkit.profile.model import Profile
 from jailkit.profile.schema import is_glob
@@ -21,22 +22,6 @@ NSSWITCH = (
 
 class PlanError(JailkitError):
     """The profile asks for something the host cannot provide or that contradicts itself."""
-
-
-class HostStat(NamedTuple):
-    """Identity of a host file when it was planned: if all match later, it did not change.
-    ctime because no process can set it: a file rewritten in place with its mtime put back
-    (os.utime) keeps size, mtime and inode, not ctime. None in manifests of older builds."""
-
-    size: int
-    mtime_ns: int
-    ino: int
-    dev: int
-    ctime_ns: int | None = None
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> "HostStat":
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 class Entry(NamedTuple):
@@ -61,13 +46,20 @@ class Plan:
     DIR/state subdirectories (-> mode), notes for the user, and the closure cache record."""
 
     def __init__(self, name: str, entries: dict[str, Entry], launch: dict,
-                 state_dirs: dict[str, int], notes: list[str], closure: dict):
+                 state_dirs: dict[str, int], notes: list[str], closure: dict,
+                 to_generate: list | None = None):
         self.name = name
         self.entries = entries
         self.launch = launch
         self.state_dirs = state_dirs
         self.notes = notes
         self.closure = closure
+        # [generated] items (Generated, subject) not made yet: their entries hold empty content
+        # until jailkit.build.apply makes them (the plan itself makes nothing)
+        self.to_generate = to_generate or []
+
+    def with_entries(self, entries: dict[str, Entry]) -> "Plan":
+        return Plan(self.name, entries, self.launch, self.state_dirs, self.notes, self.closure)
 
     def summary(self) -> dict:
         counts = {"dir": 0, "file": 0, "symlink": 0}
@@ -272,14 +264,6 @@ def expand(patterns, what: str) -> list[str]:
 LD_CACHE = "/etc/ld.so.cache"
 
 
-def _identity(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-
-
 def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dict]:
     """Host files the profile's binaries and libraries need, and the cache record to keep.
 
@@ -289,7 +273,7 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
     inputs = [*profile.binaries, *profile.libraries]
     key = [*inputs, *expand([p for p in inputs if is_glob(p)], "globs")]
     if cache and cache.get("key") == key and all(
-            _identity(path) == identity for path, identity in cache["stats"].items()):
+            identity_of(path) == tuple(identity) for path, identity in cache["stats"].items()):
         return cache["files"], cache
 
     from jailkit.elf.closure import Resolver
@@ -314,40 +298,26 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
             raise PlanError(f"{users} needs {name}: not found on this host")
         files.extend(result.files)
     files = list(dict.fromkeys(files))
-    stats = {path: _identity(path) for path in (LD_CACHE, *files)}
+    stats = {path: identity_of(path) for path in (LD_CACHE, *files)}
     return files, {"key": key, "files": files, "stats": stats}
 
 
-def _previous_hash(jail_fd: int | None, name: str) -> tuple[str, ...]:
-    """The user's password hash in the jail's current /etc/shadow (none before the first build).
-    Only the user's own: another user's hash is never reused, even for the same password."""
-    if jail_fd is None:
-        return ()
-    try:
-        fd = os.open("current/root/etc/shadow", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=jail_fd)
-    except OSError:
-        return ()
-    with open(fd, encoding="utf-8", errors="replace") as f:
-        return tuple(fields[1] for fields in (line.split(":") for line in f)
-                     if len(fields) > 2 and fields[0] == name)
-
-
-def _password(user, profile: Profile, jail_fd: int | None) -> str:
-    """The shadow field for a user: as written, or rendered (`{{ local_password | crypt }}`)."""
+def _password(user, profile: Profile, kept) -> str:
+    """The shadow field for a user: as written, or rendered (`{{ local_password | crypt }}`),
+    keeping the user's own previous hash while it still matches (never another user's)."""
     if "{{" not in user.password:
         return user.password
     from jailkit.profile.templates import render_jinja2
 
     value = render_jinja2(user.password, profile.variables, f"users.{user.name}.password",
-                          _previous_hash(jail_fd, user.name))
+                          kept.shadow.get(user.name, ()))
     if ":" in value or "\n" in value:
         raise PlanError(f"profile {profile.name}: users.{user.name}.password renders to something "
                         "that is not a password hash (use the `crypt` filter)")
     return value
 
 
-def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = None) -> None:
+def _account_files(planner: _Planner, profile: Profile, kept) -> None:
     users = sorted(profile.users.values(), key=lambda u: u.uid)
     planner.generated("/etc/passwd", "".join(
         f"{u.name}:x:{u.uid}:{u.gid}:{u.gecos}:{u.home}:{u.shell}\n" for u in users))
@@ -359,7 +329,7 @@ def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = No
         # empty "last change" field: password ageing off, so nobody is forced to change it
         gid = profile.groups["shadow"].gid if "shadow" in profile.groups else 0
         planner.generated("/etc/shadow", "".join(
-            f"{u.name}:{_password(u, profile, jail_fd)}::0:99999:7:::\n" for u in shadowed),
+            f"{u.name}:{_password(u, profile, kept)}::0:99999:7:::\n" for u in shadowed),
             0o640, 0, gid)
     if "/etc/nsswitch.conf" not in profile.templates:
         planner.generated("/etc/nsswitch.conf", NSSWITCH)
@@ -444,42 +414,52 @@ def _depth_first(path: str) -> list[str]:
     return path.split("/")
 
 
-def _generated(planner: _Planner, profile: Profile, jail_fd: int | None, create: bool) -> None:
-    """Keys and certificates made once per jail (jailkit.build.generate); in a plan that will not be
-    applied (--dry-run) those not made yet are empty placeholders."""
-    from jailkit.build.generate import generated_files
+def _generated(planner: _Planner, profile: Profile, kept) -> list:
+    """Keys and certificates made once per jail (jailkit.build.generate): what the jail directory
+    keeps for the same kind and subject, else an empty placeholder that apply fills. Returns the
+    (Generated, subject) pairs still to make."""
+    from jailkit.build.generate import params_of, paths_of
     from jailkit.profile.templates import render_jinja2
 
+    to_generate = []
     for item in profile.generated.values():
         uid, gid = planner.owner(item.owner, item.group)
         subject = render_jinja2(item.subject, profile.variables, f"generated.{item.dest}.subject")
-        files = generated_files(item, subject, jail_fd, create) if jail_fd is not None else None
-        if files is None:
+        made = kept.generated.get(item.dest)
+        if made is not None and made.params == params_of(item, subject):
+            files = made.files
+        else:
             planner.notes.append(f"{item.dest}: a {item.kind} made at build time, once per jail")
-            files = {item.dest: b""}
+            to_generate.append((item, subject))
+            files = dict.fromkeys(paths_of(item), b"")
         for path, content in files.items():
             mode = item.mode if path == item.dest else 0o644  # an ssh host key's .pub is public
             planner.add(Entry(path, "file", mode=mode, uid=uid, gid=gid, content=content))
+    return to_generate
 
 
-def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int | None = None,
-              generate: bool = True) -> Plan:
-    """Everything the jail for `profile` will hold, and how it will be launched.
-    `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed.
-    `jail_fd`: the jail directory, for what is kept across builds (generated keys, password
-    hashes); `generate`: make the generated files that are missing there (not for --dry-run)."""
+def make_plan(profile: Profile, kept=None) -> Plan:
+    """Everything the jail for `profile` will hold, and how it will be launched: pure data, from
+    the profile, the host and what the jail directory `kept` (jailkit.build.kept); it writes
+    nothing and makes no key. The previous build's closure is reused when nothing it used
+    changed."""
+    if kept is None:  # no jail directory: nothing kept (imported late: a build path cost)
+        from jailkit.build.kept import NOTHING
+
+        kept = NOTHING
     from jailkit.profile.templates import render
 
     planner = _Planner(profile)
     planner.add(Entry("/", "dir"))
-    closure_files, closure = _closure_files(profile, closure_cache)
+    closure_files, closure = _closure_files(profile,
+                                            kept.manifest.closure if kept.manifest else None)
     for path in closure_files:
         planner.host_path(path)
     named = expand(profile.files, "files")
     planner.named = [os.path.realpath(path) for path in named]
     for path in named:
         planner.host_path(path, walk=True)
-    _account_files(planner, profile, jail_fd)
+    _account_files(planner, profile, kept)
     for tpl in profile.templates.values():
         uid, gid = planner.owner(tpl.owner, tpl.group)
         planner.generated(tpl.dest, render(tpl, profile.variables), tpl.mode, uid, gid)
@@ -501,10 +481,9 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
         if _lookup(planner.entries, path) is None:
             raise PlanError(f"profile {profile.name}: {what} {path} would not exist in the jail; "
                             "add it to binaries, files or directories")
-    if profile.generated:  # last: a profile that fails to plan makes no key
-        _generated(planner, profile, jail_fd, generate)
+    to_generate = _generated(planner, profile, kept)
     state_dirs = {w.path.lstrip("/"): w.mode
                   for w in profile.writable.values() if w.kind == "state"}
     entries = {path: planner.entries[path] for path in sorted(planner.entries, key=_depth_first)}
     return Plan(profile.name, entries, _launch(profile, planner), state_dirs, planner.notes,
-                closure)
+                closure, to_generate)

@@ -54,8 +54,8 @@ def test_layout_is_reproducible_and_valid(nginx, tmp_path):
     assert config["Cmd"] == ["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]
     assert config["User"] == "0:0" and config["StopSignal"] == "SIGQUIT"
     assert config["ExposedPorts"] == {f"{port}/tcp": {}}
-    assert config["Labels"]["org.jailkit.profile.model"] == "nginx"
-    assert config["Labels"]["org.jailkit.build.manifest-digest"].startswith("sha256:")
+    assert config["Labels"]["org.jailkit.profile"] == "nginx"
+    assert config["Labels"]["org.jailkit.manifest-digest"].startswith("sha256:")
     assert info["created"] == "2023-11-14T22:13:20Z"
     bundle = tmp_path / "unpacked"
     run("umoci", "unpack", "--image", f"{tmp_path / 'a'}:localhost/jailkit/nginx:gen-1", bundle)

@@ -148,7 +148,7 @@ def runtime_config(launch: dict, state_dir: str, root_fs: str = "rootfs") -> dic
         "root": {"path": root_fs, "readonly": True},
         "hostname": spec.hostname,
         "mounts": mounts,
-        "annotations": {"org.jailkit.profile.model": spec.name,
+        "annotations": {"org.jailkit.profile": spec.name,
                         "org.jailkit.stop-signal": str(spec.stop_signal)},
         "linux": linux,
     }

@@ -113,8 +113,8 @@ def image_config(jail: BuiltJail, diff_id: str, ports: list[int], created: str) 
 
 
 def labels(jail: BuiltJail) -> dict:
-    return {"org.jailkit.profile.model": jail.name, "org.jailkit.generation": str(jail.generation),
-            "org.jailkit.build.manifest-digest": jail.manifest_digest}
+    return {"org.jailkit.profile": jail.name, "org.jailkit.generation": str(jail.generation),
+            "org.jailkit.manifest-digest": jail.manifest_digest}
 
 
 def write_layout(jail: BuiltJail, layout: str, ports: list[int]) -> str:

@@ -9,9 +9,7 @@ from typing import NamedTuple
 
 from jailkit.build import generate
 from jailkit.build.jaildir import JailDir
-from jailkit.build.manifest import Manifest
-from jailkit.build.manifest import read as read_manifest
-from jailkit.errors import JailkitError
+from jailkit.build.manifest import Manifest, read_current
 
 
 class Kept(NamedTuple):
@@ -25,21 +23,17 @@ NOTHING = Kept()  # a jail built for the first time, or a plan for no jail direc
 
 def gather(jail: JailDir, profile) -> Kept:
     """Read what `jail` keeps for `profile`, through the jail directory's descriptor."""
+    shadow = {}
     number = jail.current()
-    built = shadow = None
     if number is not None:
         gen_fd = jail.open_generation(number)
         try:
-            try:
-                built = read_manifest(gen_fd, f"{jail.path}/gen-{number}")
-            except (JailkitError, OSError):
-                built = None  # no usable previous build: everything is planned afresh
             shadow = _shadow(gen_fd)
         finally:
             os.close(gen_fd)
     kept = {dest: files for dest, item in profile.generated.items()
             if (files := generate.read_kept(jail.fd, item)) is not None}
-    return Kept(built, shadow or {}, kept)
+    return Kept(read_current(jail), shadow, kept)
 
 
 def _shadow(gen_fd: int) -> dict[str, tuple[str, ...]]:

@@ -78,6 +78,23 @@ def read(gen_fd: int, origin: str) -> Manifest:
         return Manifest.loads(f.read(), f"{origin}/{NAME}")
 
 
+def read_current(jail) -> Manifest | None:
+    """The manifest of the generation the open JailDir `jail` holds now, read through its
+    descriptor; None before the first build or when it is unusable (then everything is planned
+    afresh)."""
+    number = jail.current()
+    if number is None:
+        return None
+    try:
+        gen_fd = jail.open_generation(number)
+        try:
+            return read(gen_fd, f"{jail.path}/gen-{number}")
+        finally:
+            os.close(gen_fd)
+    except (JailkitError, OSError):
+        return None
+
+
 def read_json(gen_fd: int, name: str) -> dict | None:
     """A small JSON file of a generation (launch.json), or None when it is missing or unreadable."""
     try:

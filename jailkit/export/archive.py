@@ -267,8 +267,7 @@ def _restore(tar, archive, loaded: Manifest, launch_bytes: bytes, spec, root: st
     new_dir = not os.path.lexists(root)
     try:
         with JailDir(root, create=True) as jail, jail.locked():
-            current = jail.current()
-            previous = manifest.previous(jail.path) if current is not None else None
+            previous = manifest.read_current(jail)
             if previous is not None:
                 if previous.profile != loaded.profile:
                     raise _refuse(archive, f"{root} holds a jail of profile "

@@ -9,9 +9,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
-from test_launch import PROBE, jail, mount_points  # noqa: F401 (jail is a fixture)
+from test_launch import PROBE, descendants, jail, mount_points  # noqa: F401 (jail: fixture)
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -49,8 +50,10 @@ def run(world_readable_checkout, jail):  # noqa: F811
 def test_runs_with_a_single_id_map_and_passes_status(run):
     result = run("/bin/sh", "-c", "id -u; cat /proc/self/uid_map; exit 5")
     assert result.returncode == 5, result.stderr
+    # the service's namespace, nested in pid 1's, maps the same single id (the host's view of
+    # it, nobody, in test_sigterm_is_forwarded_and_nothing_is_left)
     uid, inside, outside, count = result.stdout.split()
-    assert (uid, inside, outside, count) == ("0", "0", str(NOBODY), "1")
+    assert (uid, inside, outside, count) == ("0", "0", "0", "1")
 
 
 def test_confinement_is_the_same(run, tmp_path):
@@ -100,6 +103,8 @@ def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail)
     )
     try:
         assert proc.stdout.readline() == "ready\n"  # the trap is set
+        service = descendants(proc.pid)[1]  # after the reaper
+        assert Path(f"/proc/{service}/uid_map").read_text().split() == ["0", str(NOBODY), "1"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 42
     finally:
@@ -134,17 +139,24 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checko
             "cd / && exec setpriv --reuid=65534 --regid=65534 --clear-groups "
             f"env PATH=/usr/bin:/bin PYTHONPATH={world_readable_checkout} "
             + " ".join(command(world_readable_checkout, jail, "/bin/sh", "-c",
-                               f"'cat /proc/self/uid_map; {PROBE} ids'",
+                               f"'{PROBE} ids; exec sleep 30'",
                                sets=["user.uid=33", "user.gid=33"]))
         )
-        result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                                 script], capture_output=True, text=True, timeout=60)
+        # unshare and sh exec: the process becomes the launcher, then its waiter
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                 script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout.readline() == "uid 33 euid 33 gid 33 egid 33\n", proc.stderr
+            service = descendants(proc.pid)[1]  # after the reaper
+            # the host's view of the service's ids (inside, its map is its nested namespace's)
+            uid_map = Path(f"/proc/{service}/uid_map").read_text().splitlines()
+        finally:
+            proc.kill()
+            proc.wait(10)
     finally:
         os.unlink(f.name)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert [line.split() for line in lines[:2]] == [["0", "65534", "1"], ["1", "200000", "65535"]]
-    assert lines[2] == "uid 33 euid 33 gid 33 egid 33"
+    assert [line.split() for line in uid_map] == [["0", "65534", "1"], ["1", "200000", "65535"]]
 
 
 def test_state_directory_is_bound_for_an_ordinary_user(run, jail):  # noqa: F811

@@ -22,7 +22,7 @@ def reaper_path() -> str:
 class LaunchPlan:
     __slots__ = (
         "spec", "root", "idmapped", "maps", "clone_flags", "mounts", "cgroups", "veth",
-        "cap_mask", "reaper_cap_mask", "command", "reaper", "pass_fds",
+        "cap_mask", "reaper_cap_mask", "reaper_args", "reaper", "pass_fds",
     )
 
     def __init__(self, spec: LaunchSpec, root: str, state: str, launcher_pid: int,
@@ -60,12 +60,11 @@ class LaunchPlan:
             except OSError:
                 raise JailkitError(f"--pass-fd {fd}: descriptor {fd} is not open") from None
         self.pass_fds = list(pass_fds)
-        # pid 1 keeps CAP_KILL to signal a service that switched user, and CAP_SETPCAP to take
-        # both out of the service's bounding set; the service gets neither unless it asks.
-        self.reaper_cap_mask = self.cap_mask | caps.mask(["CAP_KILL", "CAP_SETPCAP"])
-        reaper_only = self.reaper_cap_mask & ~self.cap_mask
-        self.command = [REAPER_NAME, "init", str(spec.stop_signal), str(reaper_only),
-                        *spec.command]
+        # pid 1 keeps CAP_KILL alone, to signal a service that switched user; the service gets
+        # it only if it asks. pid 1 runs the reaper, adopting the service (its child, in the
+        # nested user namespace) whose pid follows these arguments.
+        self.reaper_cap_mask = caps.mask(["CAP_KILL"])
+        self.reaper_args = [REAPER_NAME, "adopt", str(spec.stop_signal)]
 
     def describe(self) -> str:
         s = self.spec

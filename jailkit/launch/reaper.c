@@ -14,6 +14,10 @@
  *       holds only for itself: CMD's process drops them from every set before the exec (with
  *       no_new_privs set, the exec cannot give them back).
  *
+ *   jailkit-reaper adopt STOPSIG PID
+ *       pid 1 of the jail, as init, for a service that pid 1 started before exec'ing this
+ *       (its own child PID, in a nested user namespace) rather than one it forks itself.
+ *
  *   jailkit-reaper wait PID [--cgroup DIR]... [--veth NAME]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
  *       and then removes what the launcher made on the host for this jail.
@@ -74,6 +78,29 @@ static int drop_capabilities(unsigned long long drop)
 	return syscall(SYS_capset, &header, data) ? -1 : 0; /* ambient follows inheritable */
 }
 
+/* As pid 1: forward signals to `child` (SIGTERM as `stop_signal`), reap every orphan, and
+ * return `child`'s status once it exits. */
+static int supervise(pid_t child, int stop_signal)
+{
+	sigset_t set;
+	forwarded_set(&set);
+	for (;;) {
+		siginfo_t info;
+		int sig = sigwaitinfo(&set, &info);
+		if (sig < 0)
+			continue; /* EINTR */
+		if (sig == SIGCHLD) {
+			int status;
+			pid_t pid;
+			while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+				if (pid == child)
+					return status_code(status); /* the kernel kills the rest of the jail */
+			continue;
+		}
+		kill(child, sig == SIGTERM ? stop_signal : sig);
+	}
+}
+
 static int run_init(int argc, char **argv)
 {
 	if (argc < 5) {
@@ -82,8 +109,7 @@ static int run_init(int argc, char **argv)
 	}
 	int stop_signal = atoi(argv[2]);
 	unsigned long long drop = strtoull(argv[3], NULL, 10);
-	sigset_t set, empty;
-	forwarded_set(&set);
+	sigset_t empty;
 	sigemptyset(&empty);
 	/* The jail must die with its launcher; set again here because exec may have cleared it. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -103,21 +129,18 @@ static int run_init(int argc, char **argv)
 		fprintf(stderr, "jailkit: cannot run %s in the jail: %s\n", argv[4], strerror(err));
 		_exit(err == ENOENT ? 127 : 126);
 	}
-	for (;;) {
-		siginfo_t info;
-		int sig = sigwaitinfo(&set, &info);
-		if (sig < 0)
-			continue; /* EINTR */
-		if (sig == SIGCHLD) {
-			int status;
-			pid_t pid;
-			while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-				if (pid == child)
-					return status_code(status); /* the kernel kills the rest of the jail */
-			continue;
-		}
-		kill(child, sig == SIGTERM ? stop_signal : sig);
+	return supervise(child, stop_signal);
+}
+
+static int run_adopt(int argc, char **argv)
+{
+	if (argc != 4) {
+		fprintf(stderr, "usage: jailkit-reaper adopt STOPSIG PID\n");
+		return 2;
 	}
+	prctl(PR_SET_PDEATHSIG, SIGKILL); /* as in init: exec may have cleared it */
+	/* a SIGCHLD of a child that already exited is pending (blocked since before the exec) */
+	return supervise((pid_t)atol(argv[3]), atoi(argv[2]));
 }
 
 static void run_quietly(char *const argv[])
@@ -187,14 +210,14 @@ static int run_wait(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	if (argc >= 2 && strcmp(argv[1], "init") == 0) {
+	if (argc >= 2 && (strcmp(argv[1], "init") == 0 || strcmp(argv[1], "adopt") == 0)) {
 		sigset_t set;
 		forwarded_set(&set);
 		sigprocmask(SIG_BLOCK, &set, NULL);
-		return run_init(argc, argv);
+		return strcmp(argv[1], "init") == 0 ? run_init(argc, argv) : run_adopt(argc, argv);
 	}
 	if (argc >= 2 && strcmp(argv[1], "wait") == 0)
 		return run_wait(argc, argv);
-	fprintf(stderr, "usage: jailkit-reaper init|wait ...\n");
+	fprintf(stderr, "usage: jailkit-reaper init|adopt|wait ...\n");
 	return 2;
 }

@@ -5,6 +5,7 @@ The jail is the root-built one of test_launch.py, launched as root and as `nobod
 are a static probe (lock_probe.c) placed in the jail.
 """
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_jailkit
 from test_launch import descendants, jail, jailkit_run, start, stop  # noqa: F401 (jail: fixture)
 from test_launch_nobody import NOBODY, as_nobody, nobody_run
 
@@ -84,8 +85,27 @@ def test_pid_1_runs_from_a_sealed_memory_copy(jail):  # noqa: F811
     try:
         pid1 = descendants(proc.pid)[0]
         assert os.readlink(f"/proc/{pid1}/exe").startswith("/memfd:jailkit-reaper")
+        fd = os.open(f"/proc/{pid1}/exe", os.O_RDONLY)
+        try:  # no one can write, grow, shrink it or change its seals
+            assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) == (
+                fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        finally:
+            os.close(fd)
     finally:
         stop(proc)
+
+
+def test_a_jail_without_proc_still_starts(jail):  # noqa: F811
+    # pid 1 writes the service's id maps through a proc of its own, which the service never sees
+    result = jailkit_run(jail, "/bin/sh", "-c", "ls -A /proc; echo $$", sets=["mount_proc=false"])
+    assert result.stdout == "2\n", result.stderr
+
+
+def test_dry_run_says_the_mounts_are_locked(jail):  # noqa: F811
+    result = run_jailkit("run", "shell", "--root", jail, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "nested in pid 1's" in result.stdout and "locked    every mount" in result.stdout
+    assert "sealed memory copy" in result.stdout
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ as the jail's (unprivileged) root and may not be allowed to walk the host path t
 a root launcher hands it detached mounts of the tree and the state directories
 (`detached_sources`); it attaches the tree on a staging tmpfs and works from inside it (its
 cwd). Every mount target is checked component by component for symlinks, so a link inside the
-jail can never point a mount at a host path.
+jail can never point a mount at a host path. The service runs in a mount namespace copied from
+this one into a nested user namespace (contain.py), where the kernel locks every mount and its
+flags: nothing made read-only, nosuid, nodev or noexec here can be undone by the service.
 """
 
 import os

@@ -47,11 +47,12 @@ class LaunchPlan:
             )
         self.veth = net.Veth(launcher_pid) if spec.network == "veth" else None
         self.cap_mask = caps.mask(spec.capabilities)
-        unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > caps.last_cap()]
+        last_cap = caps.last_cap()  # read (and kept) here: after pivot_root, /proc may be gone
+        unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > last_cap]
         if unknown:
             raise JailkitError(
                 f"this kernel has no {', '.join(unknown)} (its last capability is number "
-                f"{caps.last_cap()}): take it out of the profile's capabilities"
+                f"{last_cap}): take it out of the profile's capabilities"
             )
         self.reaper = reaper_path()
         for fd in pass_fds:
@@ -72,7 +73,10 @@ class LaunchPlan:
             f"jail      {s.name}: {self.root}",
             f"ids       {self.maps.describe()}" + (", root idmapped" if self.idmapped else ""),
             f"user      uid {s.uid} gid {s.gid} groups {s.groups}",
-            "namespaces user mount pid ipc uts" + ("" if s.network == "host" else " net"),
+            "namespaces user mount pid ipc uts" + ("" if s.network == "host" else " net")
+            + "; the service in a user and mount namespace nested in pid 1's",
+            "locked    every mount and its read-only/nosuid/nodev/noexec flags, by the kernel, for"
+            " the service; no further user namespaces",
             f"network   {s.network}"
             + (f" {self.veth.host_name} {self.veth.host_addr} <-> eth0 {self.veth.jail_addr}"
                if self.veth else ""),
@@ -86,6 +90,8 @@ class LaunchPlan:
             f"env       {s.env}",
             f"workdir   {s.workdir}",
             f"fds       0 1 2 {' '.join(map(str, self.pass_fds))}".rstrip(),
-            f"command   {s.command} (pid 1: {self.reaper}, stop signal {s.stop_signal})",
+            f"command   {s.command}",
+            f"pid 1     {self.reaper} run from a sealed memory copy, keeping CAP_KILL only; "
+            f"stop signal {s.stop_signal}",
         ]
         return "\n".join(lines)

@@ -139,6 +139,8 @@ static int run_adopt(int argc, char **argv)
 		return 2;
 	}
 	prctl(PR_SET_PDEATHSIG, SIGKILL); /* as in init: exec may have cleared it */
+	/* exec'd from a memfd, the kernel names us after it ("memfd:jailkit-r"): our own name */
+	prctl(PR_SET_NAME, "jailkit-reaper");
 	/* a SIGCHLD of a child that already exited is pending (blocked since before the exec) */
 	return supervise((pid_t)atol(argv[3]), atoi(argv[2]));
 }

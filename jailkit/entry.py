@@ -6,7 +6,7 @@ import sys
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "run":
         # `jailkit run` has its own parser: importing click alone costs more than bwrap's start
-        from jailkit.cli_run import main as run_main
+        from jailkit.cli.run import main as run_main
 
         sys.exit(run_main(sys.argv[2:]))
     if "site" not in sys.modules:
@@ -15,7 +15,7 @@ def main() -> None:
         import site
 
         site.main()
-    from jailkit.cli import cli
+    from jailkit.cli.main import cli
 
     cli()
 

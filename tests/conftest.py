@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+# Values bundled profiles need from their user (no default can stand in for an ssh key): a real
+# public key line, checked by the profile's `public_keys` filter.
+SETS_NEEDED = {"sshd": {"sftp_pubkey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAg4S0LaxFSOlzj/HU0YiRi"
+                                       "aSMzFK1nVVYdurw0RjquR test@jailkit"}}
+
+
 def jailkit_env(pythonpath: Path = REPO) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(pythonpath)
@@ -52,3 +58,24 @@ def as_root():
     """For tests that switch ids or enter namespaces as root: they fail, never skip, elsewhere."""
     if os.geteuid() != 0:
         pytest.fail("this test needs root: run the suite as root, as the README and CI do")
+
+
+# What a test needs, as markers (pyproject.toml lists them): `-m "not root"` runs what an ordinary
+# user can, `-m "not root and not slow"` the pure tests in about a second.
+SLOW_MODULES = {  # whole modules that build jails, compile programs or sweep the host's files
+    "test_build", "test_build_safety", "test_build_update", "test_build_nobody", "test_check",
+    "test_ldd_badinput", "test_ldd_cases", "test_ldd_cli", "test_ldd_system", "test_launch",
+    "test_launch_nobody", "test_service_build_features",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__
+        if "as_root" in item.fixturenames:
+            item.add_marker(pytest.mark.root)
+        if module.startswith("test_service_") and module != "test_service_profile_comments":
+            item.add_marker(pytest.mark.service)
+            item.add_marker(pytest.mark.slow)
+        elif module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -17,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -131,6 +133,49 @@ int main(int argc, char **argv)
 		int c = accept(s, NULL, NULL);
 		write(c, "hello\n", 6);
 		close(c);
+		return 0;
+	}
+	if (!strcmp(cmd, "syscall") && argc == 3) {
+		/* a syscall by number, with zero arguments: what the filter says about the number */
+		long rc = syscall(atol(argv[2]), 0, 0, 0, 0, 0, 0);
+		printf("syscall %s %s\n", argv[2], rc == -1 ? strerror(errno) : "ok");
+		return 0;
+	}
+	if (!strcmp(cmd, "socket") && argc == 3) {
+		/* a socket of address family N (SOCK_STREAM, or SOCK_DGRAM for netlink and packet) */
+		int family = atoi(argv[2]);
+		int s = socket(family, family == AF_NETLINK || family == AF_PACKET ? SOCK_DGRAM : SOCK_STREAM, 0);
+		return report("socket", s < 0 ? -1 : 0);
+	}
+	if ((!strcmp(cmd, "bind-tcp") || !strcmp(cmd, "connect-tcp")) && argc == 3) {
+		/* bind PORT on 127.0.0.1, or connect to 127.0.0.1:PORT */
+		int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+		struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2])),
+					   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (cmd[0] == 'b')
+			return report("bind-tcp", bind(s, (struct sockaddr *)&addr, sizeof(addr)));
+		return report("connect-tcp", connect(s, (struct sockaddr *)&addr, sizeof(addr)));
+	}
+	if (!strcmp(cmd, "connect-abstract") && argc == 3) {
+		/* connect to the abstract unix socket NAME (no leading NUL in the argument) */
+		int s = socket(AF_UNIX, SOCK_STREAM, 0);
+		struct sockaddr_un addr = {.sun_family = AF_UNIX};
+		size_t len = strlen(argv[2]);
+		memcpy(addr.sun_path + 1, argv[2], len);
+		return report("connect-abstract",
+			      connect(s, (struct sockaddr *)&addr, offsetof(struct sockaddr_un, sun_path) + 1 + len));
+	}
+	if (!strcmp(cmd, "pidfd-kill") && argc == 3)
+		/* signal the process behind pidfd FD (one the caller passed in) */
+		return report("pidfd-kill", syscall(SYS_pidfd_send_signal, atoi(argv[2]), SIGTERM, 0, 0));
+	if (!strcmp(cmd, "tty")) {
+		/* is stdin a terminal, and does it reach the one the caller has (compare rdev) */
+		struct stat st;
+		if (fstat(0, &st) != 0)
+			return report("tty", -1);
+		printf("stdin %s %lu\n", isatty(0) ? "tty" : S_ISCHR(st.st_mode) ? "chr" : "other",
+		       (unsigned long)st.st_rdev);
 		return 0;
 	}
 	return 2;

@@ -99,6 +99,7 @@ def test_refuses_root_and_foreign_directories(tmp_path, decoy):
     assert result.returncode == 2 and "not to gen-N" in result.stderr
 
 
+@pytest.mark.usefixtures("as_root")
 def test_directory_copy_never_crosses_into_another_filesystem_or_mount(tmp_path):
     source = tmp_path / "data"
     (source / "mnt").mkdir(parents=True)
@@ -193,7 +194,7 @@ def test_generation_held_by_a_launcher_is_kept_until_released(tmp_path):
 
 
 def test_paths_that_leave_the_jail_are_refused(tmp_path):
-    from jailkit.plan import PlanError, check_jail_path
+    from jailkit.build.plan import PlanError, check_jail_path
 
     assert check_jail_path("//etc/./passwd") == "/etc/passwd"
     for path in ("/etc/../../x", "etc/passwd", "/a/..", "/x\0y"):
@@ -239,6 +240,7 @@ def test_generation_of_a_running_jailkit_run_is_kept(tmp_path):
     assert sorted(os.listdir(jail)) == ["current", "gen-3", "lock"]
 
 
+@pytest.mark.usefixtures("as_root")
 def test_full_disk_is_one_line_and_keeps_the_previous_jail(tmp_path):
     jail = tmp_path / "jail"
     jail.mkdir()

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 
+import pytest
 from conftest import jailkit_env, run_jailkit
 
 
@@ -86,6 +87,7 @@ def test_update_without_a_jail_is_an_error(tmp_path):
     assert result.stderr.startswith(f"jailkit: no jail at {tmp_path}/none")
 
 
+@pytest.mark.usefixtures("as_root")
 def test_state_written_by_the_running_service_survives_update(tmp_path):
     profile = tmp_path / "svc.toml"
     profile.write_text("""extends = ["shell"]
@@ -139,3 +141,34 @@ def test_commands_import_jinja2_and_pyelftools_only_when_needed(tmp_path):
                  ["check", "shell", "--root", jail], ["show", "nginx"], ["profiles"]):
         modules = imported_modules(*args)
         assert not {m for m in modules if m.startswith(("elftools", "jinja2"))}, args
+
+
+def test_rebuild_sees_a_new_file_matching_a_question_mark_glob(tmp_path):
+    # the closure cache is keyed by what every pattern expands to, `?` and `[` patterns included
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    real = "/usr/lib/x86_64-linux-gnu/libz.so.1"
+    os.symlink(real, libs / "libA.so")
+    profile = tmp_path / "g.toml"
+    profile.write_text(f'extends = ["shell"]\nlibraries = ["{libs}/lib?.so"]\n')
+    jail = tmp_path / "jail"
+    jailkit_ok("build", profile, "--root", jail)
+    os.symlink(real, libs / "libB.so")
+    jailkit_ok("build", profile, "--root", jail)
+    assert os.path.lexists(jail / f"current/root{libs}/libB.so")
+
+
+def test_a_build_parses_ld_so_cache_once(tmp_path, monkeypatch):
+    from jailkit.build.plan import make_plan
+    from jailkit.elf.ldcache import LdCache
+    from jailkit.profile.model import load
+
+    parsed = []
+    real_load = LdCache.load.__func__
+    monkeypatch.setattr(LdCache, "load", classmethod(
+        lambda cls, path: parsed.append(path) or real_load(cls, path)))
+    profile = tmp_path / "libs.toml"
+    profile.write_text('extends = ["shell"]\nlibraries = ["libz.so.1", "libnss_dns.so.2", '
+                       '"libresolv.so.2"]\n')
+    make_plan(load(str(profile)), generate=False)
+    assert parsed == ["/etc/ld.so.cache"]

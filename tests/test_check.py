@@ -8,8 +8,8 @@ import shutil
 import pytest
 from conftest import run_jailkit
 
-from jailkit.check import check_jail
-from jailkit.jaildir import JailDir
+from jailkit.build.check import check_jail
+from jailkit.build.jaildir import JailDir
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ LOCK_PROBE = "/usr/bin/jklocks"
 PLANTED = "jk-planted"  # what an attack tries to create on the host's copy of the jail
 MOUNT_API = ["mount", "umount2", "mount_setattr", "open_tree", "move_mount", "fsopen",
              "fsconfig", "fsmount", "fspick", "pivot_root"]
-ATTACKER = ['capabilities=["CAP_SYS_ADMIN"]', f"seccomp_allow={MOUNT_API!r}".replace("'", '"')]
+ATTACKER = ['capabilities=["CAP_SYS_ADMIN"]', 'dangerous_capabilities=["CAP_SYS_ADMIN"]',
+            f"seccomp_allow={MOUNT_API!r}".replace("'", '"')]
 
 ATTACKS = [
     "remount / " + PLANTED,
@@ -36,6 +37,8 @@ ATTACKS = [
     "umount /proc/sys",
     "umount /dev",
 ]
+# what let a service reach /proc/1/exe before pid 1 had a user namespace of its own
+PID1_REACH = '["CAP_SYS_PTRACE", "CAP_KILL", "CAP_SETPCAP"]'
 # steps that must never succeed: each one would make a mount writable, or reveal what is below
 FORBIDDEN = {"remount", "setattr", "open_tree_attr", "write", "setuid", "umount", "umount-detach"}
 
@@ -131,7 +134,8 @@ def test_pid_1_executable_cannot_be_changed_from_the_jail(own_install, world_rea
     before = reaper.stat()
     result = subprocess.run(
         [own_install / "bin" / "python", "-m", "jailkit", "run", "shell", "--root", jail,
-         "--set", 'capabilities=["CAP_SYS_PTRACE", "CAP_KILL", "CAP_SETPCAP"]', "--",
+         "--set", f"capabilities={PID1_REACH}", "--set", f"dangerous_capabilities={PID1_REACH}",
+         "--",
          lock_probe, "pid1-exe"],
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout)},
         preexec_fn=as_nobody, capture_output=True, text=True, timeout=60, cwd="/",

@@ -25,17 +25,17 @@ def as_nobody():
     os.setresuid(NOBODY, NOBODY, NOBODY)
 
 
-def command(checkout, jail_dir, *args, sets=()):
-    options = [arg for key_value in sets for arg in ("--set", key_value)]
+def command(checkout, jail_dir, *args, sets=(), options=()):
+    options = [*options, *(arg for key_value in sets for arg in ("--set", key_value))]
     return ["/opt/jailkit/bin/python", "-m", "jailkit", "run", "shell", "--root", str(jail_dir),
             *options, "--", *args]
 
 
-def nobody_run(checkout, jail_dir, *args, sets=(), **kwargs):
+def nobody_run(checkout, jail_dir, *args, sets=(), options=(), **kwargs):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout), "HOME": "/nonexistent"}
     # cwd: `python -m` puts it first on sys.path, and the checkout must be the world-readable copy
-    return subprocess.run(command(checkout, jail_dir, *args, sets=sets), env=env, text=True,
-                          capture_output=True, preexec_fn=as_nobody, timeout=60, cwd="/",
+    return subprocess.run(command(checkout, jail_dir, *args, sets=sets, options=options), env=env,
+                          text=True, capture_output=True, preexec_fn=as_nobody, timeout=60, cwd="/",
                           **kwargs)
 
 
@@ -78,8 +78,26 @@ def test_chroot_escape_fails(run, tmp_path):
 
 @pytest.mark.parametrize("attempt", ["mount", "mknod", "ptrace 1", "keyctl", "unshare"])
 def test_privileged_calls_fail(run, attempt):
-    result = run(PROBE, *attempt.split(), sets=['capabilities=["CAP_SYS_ADMIN", "CAP_MKNOD"]'])
+    result = run(PROBE, *attempt.split(), sets=['capabilities=["CAP_SYS_ADMIN", "CAP_MKNOD"]',
+                                                'dangerous_capabilities=["CAP_SYS_ADMIN"]'])
     assert result.stdout.split()[1:] == ["Operation", "not", "permitted"], result.stderr
+
+
+def test_jail_cannot_signal_a_host_process_of_its_own_host_uid(run):
+    # the jail's root is nobody on the host here, and a pidfd passed in is a handle on a host
+    # process: the pid namespace refuses it (EINVAL), and Landlock's signal scope would too
+    # (test_launch_spec.py shows the scope alone stopping a signal)
+    victim = subprocess.Popen(["sleep", "60"], preexec_fn=as_nobody)
+    pidfd = os.pidfd_open(victim.pid)
+    try:
+        result = run(PROBE, "pidfd-kill", str(pidfd), options=["--pass-fd", str(pidfd)],
+                     pass_fds=[pidfd])
+        assert result.stdout.startswith("pidfd-kill ") and "ok" not in result.stdout, result.stderr
+        assert victim.poll() is None
+    finally:
+        os.close(pidfd)
+        victim.kill()
+        victim.wait()
 
 
 def test_callers_fd_is_not_inherited(run):

@@ -9,9 +9,10 @@ import sys
 import pytest
 from conftest import REPO, jailkit_env
 
-from jailkit.cli_run import UsageError, apply_sets, parse
+from jailkit.cli.run import UsageError, apply_sets, parse
 from jailkit.errors import JailkitError
-from jailkit.launch import seccomp
+from jailkit.launch import landlock, seccomp
+from jailkit.launch import syscalls as sc
 from jailkit.launch.jsonload import loads
 from jailkit.launch.spec import LaunchSpec, parse_size
 from jailkit.launch.userns import read_subid
@@ -49,6 +50,9 @@ def test_contract_example_is_accepted():
 def test_missing_keys_default_to_the_most_restrictive():
     spec = LaunchSpec.from_dict({"name": "x", "command": ["/bin/true"]})
     assert spec.network == "none" and spec.capabilities == [] and spec.env == {}
+    assert spec.ports == {"bind": [], "connect": []} and spec.require_landlock is False
+    ranges = LaunchSpec.from_dict({**CONTRACT_EXAMPLE, "ports": {"bind": [[3, 5], 1, 4]}})
+    assert ranges.ports == {"bind": [1, 3, 4, 5], "connect": []}
     assert spec.hostname == "x" and spec.uid_count == 1
 
 
@@ -70,6 +74,13 @@ def test_missing_keys_default_to_the_most_restrictive():
     ({"devices": ["sda"]}, "devices may only name"),
     ({"cgroup": {"memory_max": "lots"}}, "cgroup.memory_max must be a size"),
     ({"mount_proc": "yes"}, "mount_proc must be true or false"),
+    ({"capabilities": ["CAP_BPF"]}, "accept it with --set 'dangerous_capabilities=[\"CAP_BPF\"]'"),
+    ({"ports": {"bind": [0]}}, "ports.bind must hold ports 1-65535 or [low, high] ranges"),
+    ({"ports": {"connect": [[90, 80, 70]]}}, "ports.connect must hold ports 1-65535"),
+    ({"ports": {"bind": [[1, 5000]]}}, "ports.bind holds 5000 ports, more than 4096"),
+    ({"ports": {"listen": [80]}}, "ports has unknown keys ['listen']"),
+    ({"require_landlock": 1}, "require_landlock must be true or false"),
+    ({"seccomp_allow": ["AF_VSOCK"]}, "not in the default deny list (nor AF_PACKET)"),
 ])
 def test_bad_specs_are_one_line_errors(change, message):
     with pytest.raises(JailkitError) as err:
@@ -89,8 +100,9 @@ def test_sizes():
 
 def test_run_arguments():
     opts = parse(["--root=/j", "--net", "none", "--set", "user.uid=33", "--pass-fd", "5",
-                  "--dry-run", "shell", "--", "/bin/sh", "-c", "--root"])
-    assert opts.profile == "shell" and opts.root == "/j" and opts.dry_run
+                  "--dry-run", "-i", "shell", "--", "/bin/sh", "-c", "--root"])
+    assert opts.profile == "shell" and opts.root == "/j" and opts.dry_run and opts.interactive
+    assert not parse(["shell"]).interactive
     assert opts.sets == [("network", '"none"'), ("user.uid", "33")]
     assert opts.pass_fds == [5]
     assert opts.command == ["/bin/sh", "-c", "--root"]  # nothing after -- is an option
@@ -166,16 +178,18 @@ def test_seccomp_filter_in_a_real_process(allow, expected):
     assert result.stdout.split() == expected.split(), result.stderr
 
 
-def run_filter(program: bytes, arch: int, nr: int) -> int:
+def run_filter(program: bytes, arch: int, nr: int, arg0: int = 0) -> int:
     """Classic BPF as the kernel runs a seccomp filter, for the few opcodes the filter uses."""
     insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
     pc, accumulator = 0, 0
     while True:
         code, jt, jf, k = insns[pc]
         if code == seccomp.LD_W_ABS:
-            accumulator = {0: nr, 4: arch}[k]
+            accumulator = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF}[k]
         elif code == seccomp.JEQ_K:
             pc += jt if accumulator == k else jf
+        elif code == seccomp.JGT_K:
+            pc += jt if accumulator > k else jf
         elif code == seccomp.JGE_K:
             pc += jt if accumulator >= k else jf
         elif code == seccomp.RET_K:
@@ -185,15 +199,68 @@ def run_filter(program: bytes, arch: int, nr: int) -> int:
         pc += 1
 
 
-@pytest.mark.parametrize("allow", [[], ["keyctl", "ptrace", "mount"], list(seccomp.DENIED)])
+@pytest.mark.parametrize("allow", [[], ["keyctl", "ptrace", "mount"], list(seccomp.ALLOWABLE)])
 def test_seccomp_filter_decides_every_syscall_number(allow):
     program = seccomp.build(allow)
     denied = {nr for name, nr in seccomp.DENIED.items() if name not in allow}
     eperm, allowed = seccomp.RET_ERRNO | seccomp.EPERM, seccomp.RET_ALLOW
+    assert 467 in denied or "open_tree_attr" in allow  # open_tree_attr, new in Linux 6.15
     for nr in range(1024):
-        expected = eperm if nr in denied else allowed
+        if nr in seccomp.SOCKET_CALLS:
+            continue
+        expected = eperm if nr in denied or nr > seccomp.REVIEWED_MAX else allowed
         assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr) == expected, nr
     for nr in (seccomp.X32_SYSCALL_BIT, seccomp.X32_SYSCALL_BIT + 250, 2**32 - 1):
         assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr) == eperm
     i386 = 0x40000003
     assert run_filter(program, i386, 250) == seccomp.RET_KILL_PROCESS
+    # socket and socketpair: decided by the address family in the first argument
+    families = {*seccomp.SOCKET_FAMILIES.values(), *(nr for name, nr in
+                seccomp.OPTIONAL_FAMILIES.items() if name in allow)}
+    for nr in seccomp.SOCKET_CALLS:
+        for family in [*range(64), 1 << 32 | 2, 0xFFFFFFFF]:
+            expected = allowed if family & 0xFFFFFFFF in families else (
+                seccomp.RET_ERRNO | seccomp.EAFNOSUPPORT)
+            assert run_filter(program, seccomp.AUDIT_ARCH_X86_64, nr, family) == expected, family
+
+
+LANDLOCK_PROBE = """
+import os, signal, sys
+from jailkit.launch import landlock, syscalls as sc
+sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+landlock.restrict(landlock.Ruleset("none", [], [], int(sys.argv[1])))
+try:
+    os.kill(int(sys.argv[2]), signal.SIGTERM)
+    print("signalled")
+except PermissionError:
+    print("refused")
+"""
+
+
+@pytest.mark.parametrize("abi, expected", [
+    (sc.landlock_abi(), "refused"),  # scoped: no signal to a process outside the domain
+    (5, "signalled"),  # what a kernel before scoping (ABI 6) allows: the check can tell them apart
+])
+def test_landlock_scope_stops_signals_outside_the_jail(abi, expected):
+    assert sc.landlock_abi() >= landlock.SCOPE_ABI  # measured here: ABI 7
+    # same uid, same pid namespace: only the scope can stop the signal
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        result = subprocess.run([sys.executable, "-c", LANDLOCK_PROBE, str(abi), str(victim.pid)],
+                                capture_output=True, text=True, env=jailkit_env(REPO), timeout=30)
+        assert result.stdout.strip() == expected, result.stderr
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_landlock_ruleset_describes_what_this_kernel_cannot_enforce():
+    old = landlock.Ruleset("host", [8080, 30000, 30001, 30002], [], 3)
+    assert old.handled_net == 0 and old.scoped == 0
+    assert old.missing == ["TCP port limits (Landlock ABI 4, Linux 6.7)",
+                           "abstract unix socket and signal scoping (Landlock ABI 6, Linux 6.12)"]
+    new = landlock.Ruleset("host", [8080, 30000, 30001, 30002], [], 7)
+    assert new.missing == []
+    assert new.describe() == ("ABI 7: bind tcp 8080 30000-30002; connect tcp (none); no abstract "
+                              "unix sockets or signals outside the jail")
+    assert landlock.Ruleset("none", [80], [80], 7).describe().startswith("ABI 7: no abstract")

@@ -269,6 +269,7 @@ def as_nobody(world_readable_checkout, *args, cwd=None) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.usefixtures("as_root")
 def test_unreadable_file_as_nobody(public_dir, world_readable_checkout):
     secret = public_dir / "secret"
     shutil.copy(SAMPLE, secret)
@@ -281,6 +282,7 @@ def test_unreadable_file_as_nobody(public_dir, world_readable_checkout):
     assert "Permission denied" in json.loads(proc.stdout)[str(secret)]["error"]
 
 
+@pytest.mark.usefixtures("as_root")
 def test_unreadable_library_candidate_as_nobody(public_dir, world_readable_checkout):
     # The loader, as nobody, cannot open the first candidate and goes on to the next one.
     src = public_dir / "l.c"

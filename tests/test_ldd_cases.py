@@ -310,6 +310,7 @@ def test_origin_of_symlinked_program_is_its_real_directory(build):
     assert found(truth, "libapp.so") == str(root / "app/lib/libapp.so")
 
 
+@pytest.mark.usefixtures("as_root")
 @pytest.mark.parametrize("mode", [0o4755, 0o2755])
 def test_setid_program_through_a_symlink(build, mode):
     # Secure mode would ignore the trace variable, so the loader is asked through ld.so with the
@@ -617,6 +618,7 @@ def test_path_elements_that_are_not_directories(build):
     assert found(truth, "libnd1.so") == str(x) and found(truth, "libnd2.so") == str(y)
 
 
+@pytest.mark.usefixtures("as_root")
 def test_unreadable_candidate_is_used_by_root(build):
     # Mode 000 does not stop root (CAP_DAC_OVERRIDE): the loader opens it and uses it.
     first = build.lib("first/libperm.so")
@@ -780,6 +782,7 @@ def in_private_cache(build: Build, cache_dirs, programs, remove=()) -> dict:
     return result
 
 
+@pytest.mark.usefixtures("as_root")
 def test_ld_so_cache(build):
     only = build.lib("cached/libonly.so.1")
     gone = build.lib("cached2/libgone.so.1")

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from jailkit.profile import bundled_profiles, load
+from jailkit.profile.model import bundled_profiles, load
 
 SERVICES = ["nginx", "nginx-tls", "lighttpd", "vsftpd", "sshd"]
 ENTRY_TABLES = ("users", "groups", "directories", "writable", "templates", "generated")

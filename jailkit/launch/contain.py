@@ -14,7 +14,7 @@ import errno
 import os
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, mounts, net, rlimits, seccomp, userns
+from jailkit.launch import caps, landlock, mounts, net, rlimits, seccomp, userns
 from jailkit.launch import syscalls as sc
 
 SETUP_FAILED = JailkitError.exit_code
@@ -71,25 +71,33 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     if plan.idmapped:
         sources = _receive_sources(root_sock, [m.options["source"] for m in plan.mounts
                                                if m.options.get("source")])
-    mounts.apply(plan.mounts, sources)
+    mounts.apply(plan.mounts, sources, plan.jail)
     # 5. Hostname (uts namespace), network (host, or our own namespace's lo and eth0).
     _at("hostname and network")
     sc.sethostname(spec.hostname)
     net.setup_inside(spec.network, plan.veth)
     # 6. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped),
-    #    keeping a proc of our pid namespace for step 9 (a descriptor: the jail may have none).
+    #    keeping a proc of our pid namespace for step 10 (a descriptor: the jail may have none).
     _at("pivot_root")
     proc_fd = mounts.private_proc()
     mounts.pivot()
     # 7. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring;
-    #    resource limits. The service inherits all three.
-    _at("new session, keyring and rlimits")
+    #    resource limits; 0-2 a pty or /dev/null, never the caller's terminal (stdio.py). The
+    #    service inherits them all.
+    _at("new session, keyring, rlimits and stdio")
     os.setsid()
     sc.join_session_keyring()
     rlimits.apply(spec.rlimits)
-    # 8. The service's process, in its own user and mount namespaces: its copy of our mount
+    plan.stdio.attach()
+    # 8. no_new_privs, then Landlock (TCP ports, no abstract unix sockets or signals outside
+    #    the jail), here so that the service inherits our Landlock domain: a scoped signal only
+    #    reaches the same domain or one below, and pid 1 must still signal the service.
+    _at("no_new_privs and Landlock")
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    landlock.restrict(plan.landlock)
+    # 9. The service's process, in its own user and mount namespaces: its copy of our mount
     #    table is locked by the kernel (read-only, nosuid, nodev, noexec, and the mounts over
-    #    others). It waits for its id maps (step 9), then confines itself (confine_service).
+    #    others). It waits for its id maps (step 10), then confines itself (confine_service).
     #    Dumpable first, which the child inherits: a process that changed ids (step 2) is not,
     #    and its /proc files then belong to the host's root, not to us who write its maps.
     #    Each exec sets it again by its own rules.
@@ -101,42 +109,42 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
         os.close(maps_w)
         run_service(plan, maps_r)
     os.close(maps_r)
-    # 9. Its id maps (the same ids as ours; only we, with CAP_SETUID here, can write them), then
-    #    no further user namespace anywhere in the jail. Only then may it go on.
+    # 10. Its id maps (the same ids as ours; only we, with CAP_SETUID here, can write them),
+    #     then no further user namespace anywhere in the jail. Only then may it go on.
     _at("the service's id maps")
     userns.write_nested(proc_fd, service, plan.maps)
     userns.forbid_nested(proc_fd)
     os.close(proc_fd)
     os.write(maps_w, b"1")
     os.close(maps_w)
-    # 10. pid 1's own privileges: the bounding set first (needs CAP_SETPCAP), then the
+    # 11. pid 1's own privileges: the bounding set first (needs CAP_SETPCAP), then the
     #     service's ids with CAP_KILL alone (to signal a service that switched user).
     _at("pid 1's capabilities and user")
     caps.drop_bounding(plan.reaper_cap_mask)
     caps.switch_user(
         spec.uid, spec.gid, spec.groups, plan.reaper_cap_mask, plan.maps.allow_setgroups
     )
-    # 11. Die with the launcher. Set after the id change, which clears it; then make sure the
+    # 12. Die with the launcher. Set after the id change, which clears it; then make sure the
     #     launcher did not die in between.
     _at("parent-death signal")
     sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     if not _launcher_alive(sync_fd):
         os._exit(SETUP_FAILED)
-    # 12. File descriptors: only the sync pipe and pid 1's program (both close-on-exec).
+    # 13. File descriptors: only the sync pipe and pid 1's program (both close-on-exec).
     _at("closing fds")
     _close_fds({sync_fd, reaper_fd})
-    # 13. no_new_privs, then seccomp, last.
-    _at("no_new_privs and seccomp")
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    # 14. seccomp, last.
+    _at("seccomp")
     seccomp.install(spec.seccomp_allow)
-    # 14. Become the reaper, from the launcher's sealed memory copy (/proc/1/exe names no host
+    # 15. Become the reaper, from the launcher's sealed memory copy (/proc/1/exe names no host
     #     file), which waits for the service, forwards signals to it and reaps orphans.
     _at("exec of the reaper")
     sc.execveat(reaper_fd, [*plan.reaper_args, str(service)], {})
 
 
 def confine_service(plan, maps_fd: int) -> None:
-    """The service's process (a child of pid 1, in its own user and mount namespaces)."""
+    """The service's process (a child of pid 1, in its own user and mount namespaces, with
+    pid 1's session, keyring, rlimits, stdio, no_new_privs and Landlock domain)."""
     spec = plan.spec
     # a. Wait for pid 1 to write our id maps; pid 1 exiting instead kills us with the jail.
     _at("waiting for the service's id maps")
@@ -161,9 +169,8 @@ def confine_service(plan, maps_fd: int) -> None:
     #    blocked.
     _at("signal mask")
     sc.unblock_signals()
-    # f. no_new_privs (setuid files and file caps grant nothing), then seccomp, last.
-    _at("no_new_privs and seccomp")
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    # f. seccomp, last (no_new_privs is pid 1's, inherited: setuid files grant nothing).
+    _at("seccomp")
     seccomp.install(spec.seccomp_allow)
     # g. The service, with exactly the profile's environment.
     _at("exec of the service")

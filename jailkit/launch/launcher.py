@@ -78,6 +78,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
     # kill this process between making host state (cgroups) and handing its cleanup over.
     sc.block_signals()
     reaper_fd = _sealed_copy(plan.reaper)
+    plan.stdio.open()  # /dev/null, or a pty in place of the caller's terminal
     cgroup.create(plan.cgroups)
     sync_r, sync_w = os.pipe()  # launcher -> jail: "maps written"; EOF: launcher gone
     socks = None
@@ -86,7 +87,11 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
 
         socks = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        pid = sc.clone(plan.clone_flags)
+        if plan.allocation:  # its user namespace is its own uid's, not root's
+            pid = userns.clone_owned_by(plan.allocation.uid, plan.allocation.gid,
+                                        plan.clone_flags)
+        else:
+            pid = sc.clone(plan.clone_flags)
     except OSError as e:
         cgroup.remove(plan.cgroups)
         raise _clone_error(e) from None
@@ -102,7 +107,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         userns.write(pid, plan.maps)
         cgroup.attach(plan.cgroups, pid)
         if plan.idmapped:
-            fds = mounts.detached_sources(plan.mounts, plan.maps, pid)
+            fds = mounts.detached_sources(plan.mounts, plan.maps, pid, plan.jail)
             raw = b"".join(fd.to_bytes(4, "little") for fd in fds)
             socks[0].sendmsg([b"m"], [(SOL_SOCKET, SCM_RIGHTS, raw)])
             for fd in fds:
@@ -120,7 +125,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
     # The jail confines itself while this process becomes the waiter (on the other core); from
     # here the jail reports its own setup errors, and the waiter cleans up after any exit.
     os.write(sync_w, b"1")
-    argv = ["jailkit-wait", "wait", str(pid)]
+    argv = ["jailkit-wait", "wait", str(pid), *plan.stdio.waiter_args()]
     for group in plan.cgroups:
         argv += ["--cgroup", group.path]
     if plan.veth:

@@ -58,13 +58,15 @@ def plan(spec, host_root: str, state_dir: str, pts_gid: int | None) -> list[Moun
     return ops
 
 
-def detached_sources(ops: list[Mount], maps, userns_pid: int) -> list[int]:
+def detached_sources(ops: list[Mount], maps, userns_pid: int, jail) -> list[int]:
     """As root, in the launcher: a detached mount for each op with a host source, in order.
 
     The jail's pid 1 attaches them in its own namespace; it runs as the jail's unprivileged root
     and may not be allowed to walk the host path to the jail. The tree is idmapped (its on-disk
     ids read as the jail's) and read-only; a state directory is not idmapped (the jail's root
     could create setuid-root files through it) but owned by the jail's mapped ids instead.
+    Sources are opened beneath `jail`'s directory descriptor (jail.Jail.open_source), and
+    chowned and cloned through that descriptor: the jail can plant links in its state.
     """
     fds = []
     try:
@@ -72,13 +74,15 @@ def detached_sources(ops: list[Mount], maps, userns_pid: int) -> list[int]:
             source = op.options.get("source")
             if source is None:
                 continue
-            if op.kind == "root":
-                fds.append(idmapped_root(source, userns_pid))
-                continue
-            _check_state(source)
-            os.chown(source, maps.host_uid(op.options["uid"]), maps.host_gid(op.options["gid"]),
-                     follow_symlinks=False)
-            fds.append(_clone(source, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV))
+            fd = jail.open_source(source, os.O_RDONLY)
+            try:
+                if op.kind == "root":
+                    fds.append(idmapped_root(fd, userns_pid))
+                    continue
+                os.fchown(fd, maps.host_uid(op.options["uid"]), maps.host_gid(op.options["gid"]))
+                fds.append(_clone(fd, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV))
+            finally:
+                os.close(fd)
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -86,35 +90,40 @@ def detached_sources(ops: list[Mount], maps, userns_pid: int) -> list[int]:
     return fds
 
 
-def _check_state(source: str) -> None:
-    if not os.path.isdir(source) or os.path.islink(source):
-        raise JailkitError(f"state directory {source} is missing: rebuild the jail")
-
-
-def _clone(source: str, attrs: int) -> int:
-    """A detached copy of the mount at `source`, with `attrs` set on it."""
-    fd = sc.open_tree(source, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
+def _clone(fd: int, attrs: int) -> int:
+    """A detached copy of the mount at directory descriptor `fd`, with `attrs` set on it."""
+    clone = sc.open_tree_fd(fd, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
     try:
-        sc.mount_setattr(fd, 0, attrs)
+        sc.mount_setattr(clone, 0, attrs)
     except BaseException:
-        os.close(fd)
+        os.close(clone)
         raise
-    return fd
+    return clone
 
 
-def _clone_sources(ops: list[Mount]) -> dict[str, int]:
+def _clone_sources(ops: list[Mount], jail) -> dict[str, int]:
     """In an ordinary user's jail (their own ids, so their own paths are reachable): the same
     detached mounts as detached_sources, without idmapping or chown, made before the staging
-    tmpfs covers /tmp, where the jail directory may lie."""
+    tmpfs covers /tmp, where the jail directory may lie. The sources are resolved from `jail`'s
+    directory opened again here: open_tree clones only mounts of the caller's namespace."""
     fds = {}
-    for op in ops:
-        source = op.options.get("source")
-        if op.kind == "root":
-            fds[source] = _clone(source, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID
-                                 | sc.MOUNT_ATTR_NODEV)
-        elif source is not None:
-            _check_state(source)
-            fds[source] = _clone(source, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+    dirs = jail.dirs_here()
+    try:
+        for op in ops:
+            source = op.options.get("source")
+            if source is None:
+                continue
+            attrs = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+            if op.kind == "root":
+                attrs |= sc.MOUNT_ATTR_RDONLY
+            fd = jail.open_source(source, sc.O_PATH, dirs)
+            try:
+                fds[source] = _clone(fd, attrs)
+            finally:
+                os.close(fd)
+    finally:
+        for fd in dirs:
+            os.close(fd)
     return fds
 
 
@@ -154,14 +163,14 @@ def _remount(target: str, flags: int) -> None:
     sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_BIND | flags | keep)
 
 
-def idmapped_root(host_root: str, userns_pid: int) -> int:
-    """A detached, read-only, nosuid, nodev clone of `host_root` whose on-disk ids are read
-    through the user namespace of `userns_pid` (so on-disk uid 0 is the jail's uid 0).
+def idmapped_root(tree_fd: int, userns_pid: int) -> int:
+    """A detached, read-only, nosuid, nodev clone of the tree open at `tree_fd` whose on-disk
+    ids are read through the user namespace of `userns_pid` (so on-disk uid 0 is the jail's 0).
 
     Needs real root. Only ever read-only: through a writable idmapped mount the jail's root
     could create setuid files owned by the host's uid 0 (KERNEL-NOTES).
     """
-    fd = sc.open_tree(host_root, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
+    fd = sc.open_tree_fd(tree_fd, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
     try:
         userns = os.open(f"/proc/{userns_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -267,13 +276,13 @@ def _sys(op: Mount, fds: dict[str, int]) -> None:
 _APPLY = {"root": _root, "tmpfs": _tmpfs, "bind": _bind, "proc": _proc, "dev": _dev, "sys": _sys}
 
 
-def apply(ops: list[Mount], fds: dict[str, int]) -> None:
+def apply(ops: list[Mount], fds: dict[str, int], jail) -> None:
     """Set up the jail in this (new, private) mount namespace; leaves the cwd at its root.
     `fds`: the launcher's detached_sources, by source path (empty for an ordinary user's)."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing propagates back to the host
     if not fds:
         try:
-            fds = _clone_sources(ops)
+            fds = _clone_sources(ops, jail)
         except OSError as e:
             raise JailkitError(f"cannot open the jail's tree or state: {e}") from None
     for op in ops:

@@ -2,8 +2,9 @@
 
 `veth` (root only) links the jail's own namespace to the host with a veth pair named
 `jk<launcher pid>`: the host end gets HOST/30, the jail's `eth0` JAIL/30 with a default route
-to the host, both in 10.213.0.0/16 chosen from the launcher's pid. The pair disappears with the
-jail's namespace. In its own namespace the jail may bind ports below 1024.
+to the host, in 10.213.0.0/16: the jail's own /30, allocated once and kept (allocate.py; two
+jails on one /30 would answer each other's traffic). The pair disappears with the jail's
+namespace. In its own namespace the jail may bind ports below 1024.
 """
 
 import ctypes
@@ -22,8 +23,8 @@ IFF_UP = 0x1
 class Veth:
     __slots__ = ("host_name", "host_addr", "jail_addr")
 
-    def __init__(self, launcher_pid: int):
-        slot = (launcher_pid % 16384) * 4  # one /30 per jail
+    def __init__(self, subnet: int, launcher_pid: int):
+        slot = subnet * 4  # the jail's /30: 0 <= subnet < allocate.SUBNETS
         base = f"{SUBNET[0]}.{SUBNET[1]}.{slot >> 8}"
         self.host_name = f"jk{launcher_pid}"
         self.host_addr = f"{base}.{(slot & 255) + 1}"

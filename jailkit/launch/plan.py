@@ -4,9 +4,10 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.launch import caps, cgroup, mounts, net, userns
+from jailkit.launch import allocate, caps, cgroup, dangerous, landlock, mounts, net, seccomp, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.spec import LaunchSpec
+from jailkit.launch.stdio import Stdio
 
 BASE_NAMESPACES = sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWIPC
 REAPER_NAME = "jailkit-reaper"
@@ -21,31 +22,55 @@ def reaper_path() -> str:
 
 class LaunchPlan:
     __slots__ = (
-        "spec", "root", "idmapped", "maps", "clone_flags", "mounts", "cgroups", "veth",
-        "cap_mask", "reaper_cap_mask", "reaper_args", "reaper", "pass_fds",
+        "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
+        "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "reaper_args", "reaper",
+        "pass_fds", "landlock", "stdio",
     )
 
-    def __init__(self, spec: LaunchSpec, root: str, state: str, launcher_pid: int,
-                 pass_fds: list[int] = ()):
+    def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
+                 dry_run: bool = False, interactive: bool = False):
+        """`jail`: the jail.Jail to run; `dry_run`: allocate nothing for a new jail, only say
+        what it would get; `interactive`: the caller's terminal input reaches the jail."""
         self.spec = spec
-        self.root = root
-        self.maps = userns.plan(spec.uid, spec.gid, spec.groups, spec.uid_count)
-        # Only real root can idmap a filesystem; an ordinary user's jail reads the tree as is.
-        self.idmapped = os.geteuid() == 0
+        self.stdio = Stdio(interactive)
+        self.jail = jail
+        self.root = jail.root
         if spec.network == "veth" and os.geteuid() != 0:
             raise JailkitError("network 'veth' needs root: use --net none or --net host")
+        self.allocation = None
+        root_range = None
+        if os.geteuid() == 0:  # root's jails each get ids (and a subnet) of their own
+            self.allocation = allocate.for_jail(
+                os.readlink(f"/proc/self/fd/{jail.dir_fd}"), spec.uid_count,
+                spec.network == "veth", dry_run)
+            root_range = (self.allocation.uid, self.allocation.gid)
+        self.maps = userns.plan(spec.uid, spec.gid, spec.groups, spec.uid_count, root_range)
+        # Only real root can idmap a filesystem; an ordinary user's jail reads the tree as is.
+        self.idmapped = os.geteuid() == 0
         self.clone_flags = (
             BASE_NAMESPACES | sc.CLONE_NEWUTS | net.clone_flags(spec.network)
         )
         pts_gid = 5 if self.maps.host_gid(5) is not None else None  # tty, when it is mapped
-        self.mounts = mounts.plan(spec, root, state, pts_gid)
+        self.mounts = mounts.plan(spec, jail.root, jail.state, pts_gid)
         self.cgroups = cgroup.plan(spec.name, launcher_pid, spec.memory_max, spec.pids_max)
         if self.cgroups and os.geteuid() != 0:
             raise JailkitError(
                 "cgroup limits (memory_max, pids_max) need root here (cgroup v1): run as root "
                 "or --set cgroup.memory_max=null --set cgroup.pids_max=null"
             )
-        self.veth = net.Veth(launcher_pid) if spec.network == "veth" else None
+        self.veth = self.veth_lock = None
+        if spec.network == "veth":
+            self.veth = net.Veth(self.allocation.subnet, launcher_pid)
+            if not dry_run:
+                self.veth_lock = allocate.hold_subnet(self.allocation.subnet)
+        self.landlock = landlock.Ruleset(spec.network, spec.ports["bind"], spec.ports["connect"],
+                                         sc.landlock_abi())
+        if self.landlock.missing and spec.require_landlock:
+            raise JailkitError(
+                f"this kernel cannot enforce {' nor '.join(self.landlock.missing)}, which the "
+                "profile requires (require_landlock): run on a newer kernel, or "
+                "--set require_landlock=false to run without"
+            )
         self.cap_mask = caps.mask(spec.capabilities)
         last_cap = caps.last_cap()  # read (and kept) here: after pivot_root, /proc may be gone
         unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > last_cap]
@@ -71,7 +96,10 @@ class LaunchPlan:
         s = self.spec
         lines = [
             f"jail      {s.name}: {self.root}",
-            f"ids       {self.maps.describe()}" + (", root idmapped" if self.idmapped else ""),
+            f"ids       {self.maps.describe()}" + (", root idmapped" if self.idmapped else "")
+            + (" (this jail's own range" + (", allocated at its first run)"
+                                            if self.allocation.new else ")")
+               if self.allocation else ""),
             f"user      uid {s.uid} gid {s.gid} groups {s.groups}",
             "namespaces user mount pid ipc uts" + ("" if s.network == "host" else " net")
             + "; the service in a user and mount namespace nested in pid 1's",
@@ -80,16 +108,21 @@ class LaunchPlan:
             f"network   {s.network}"
             + (f" {self.veth.host_name} {self.veth.host_addr} <-> eth0 {self.veth.jail_addr}"
                if self.veth else ""),
+            f"landlock  {self.landlock.describe()}",
+            *(f"landlock  not enforced on this kernel: {what}" for what in self.landlock.missing),
             *(f"mount     {m!r}" for m in self.mounts),
             *(f"cgroup    {g!r}" for g in self.cgroups),
             f"hostname  {s.hostname}",
             f"caps      {' '.join(s.capabilities) or '(none)'}",
+            *(f"danger    {line}" for line in dangerous.warnings(s.capabilities)),
             f"rlimits   {s.rlimits or '(inherited)'}",
-            "seccomp   default deny list"
+            f"seccomp   default deny list, syscalls above {seccomp.REVIEWED_MAX}, socket "
+            "families but AF_UNIX/INET/INET6/NETLINK"
             + (f" minus {', '.join(s.seccomp_allow)}" if s.seccomp_allow else ""),
             f"env       {s.env}",
             f"workdir   {s.workdir}",
             f"fds       0 1 2 {' '.join(map(str, self.pass_fds))}".rstrip(),
+            f"stdio     {self.stdio.describe()}",
             f"command   {s.command}",
             f"pid 1     {self.reaper} run from a sealed memory copy, keeping CAP_KILL only; "
             f"stop signal {s.stop_signal}",

@@ -18,9 +18,12 @@
  *       pid 1 of the jail, as init, for a service that pid 1 started before exec'ing this
  *       (its own child PID, in a nested user namespace) rather than one it forks itself.
  *
- *   jailkit-reaper wait PID [--cgroup DIR]... [--veth NAME]
+ *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD] [--cgroup DIR]... [--veth NAME]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
- *       and then removes what the launcher made on the host for this jail.
+ *       and then removes what the launcher made on the host for this jail. With --pty, FD is
+ *       the master of the pty the jail has in place of the caller's terminal (launch/stdio.py):
+ *       its output is copied to the caller's terminal, and with --pty-interactive the caller's
+ *       stdin to it (end of input becomes the pty's end-of-file character).
  *
  * Both block the signals they forward and take them with sigwaitinfo(): a blocked signal is
  * queued even for a pid-namespace init, and nothing runs in a signal handler.
@@ -32,6 +35,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/signalfd.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -173,29 +178,117 @@ static void remove_cgroup(const char *dir)
 	fprintf(stderr, "jailkit: could not remove cgroup %s: %s\n", dir, strerror(errno));
 }
 
+/* Forward signal `sig` to the jail; -1 while it runs, its exit code once it has exited. */
+static int forward(pid_t jail, int sig)
+{
+	int status;
+	if (sig != SIGCHLD)
+		kill(jail, sig);
+	else if (waitpid(jail, &status, WNOHANG) == jail)
+		return status_code(status);
+	return -1;
+}
+
+static void write_all(int fd, const char *buf, ssize_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;
+		buf += n;
+		len -= n;
+	}
+}
+
+/*
+ * Forward signals while relaying between the caller's terminal and the jail's pty master.
+ * Input waits in `pending` while the jail does not read (the master is non-blocking), so the
+ * waiter never blocks on the jail and always forwards signals.
+ */
+static int relay(pid_t jail, const sigset_t *set, int pty, int relay_input)
+{
+	int sfd = signalfd(-1, set, SFD_CLOEXEC);
+	if (sfd < 0) {
+		perror("jailkit: signalfd (the jail's terminal output is not relayed)");
+		return -1;
+	}
+	fcntl(pty, F_SETFL, fcntl(pty, F_GETFL) | O_NONBLOCK);
+	int out = isatty(1) ? 1 : isatty(2) ? 2 : 1;
+	char buf[4096], pending[4096];
+	ssize_t npending = 0;
+	struct pollfd fds[3] = {{sfd, POLLIN, 0}, {pty, POLLIN, 0}, {relay_input ? 0 : -1, POLLIN, 0}};
+	int code = -1, input_open = relay_input;
+	while (code < 0) {
+		fds[1].events = POLLIN | (npending ? POLLOUT : 0);
+		fds[2].fd = input_open && !npending ? 0 : -1;
+		if (poll(fds, 3, -1) < 0)
+			continue; /* EINTR */
+		if (fds[0].revents & POLLIN) {
+			struct signalfd_siginfo info;
+			if (read(sfd, &info, sizeof(info)) == sizeof(info))
+				code = forward(jail, (int)info.ssi_signo);
+		}
+		if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+			ssize_t n = read(pty, buf, sizeof(buf));
+			if (n > 0) {
+				write_all(out, buf, n);
+			} else if (n == 0 || errno != EAGAIN) {
+				/* EIO: no slave left open; only the jail's exit remains to wait for */
+				fds[1].fd = -1;
+				input_open = 0;
+				npending = 0;
+			}
+		}
+		if (npending && fds[1].revents & POLLOUT) {
+			ssize_t n = write(pty, pending, npending);
+			if (n > 0) {
+				memmove(pending, pending + n, npending - n);
+				npending -= n;
+			}
+		}
+		if (fds[2].fd >= 0 && fds[2].revents) {
+			npending = read(0, pending, sizeof(pending));
+			if (npending <= 0) { /* end of input: the pty's VEOF (^D) ends the jail's read */
+				pending[0] = 4;
+				npending = 1;
+				input_open = 0;
+			}
+		}
+	}
+	ssize_t n; /* what the service wrote just before it exited */
+	while ((n = read(pty, buf, sizeof(buf))) > 0)
+		write_all(out, buf, n);
+	return code;
+}
+
 static int run_wait(int argc, char **argv)
 {
 	if (argc < 3) {
-		fprintf(stderr, "usage: jailkit-reaper wait PID [--cgroup DIR]... [--veth NAME]\n");
+		fprintf(stderr, "usage: jailkit-reaper wait PID [--pty FD | --pty-interactive FD] "
+				"[--cgroup DIR]... [--veth NAME]\n");
 		return 2;
 	}
 	pid_t jail = (pid_t)atol(argv[2]);
+	int pty = -1, relay_input = 0;
+	for (int i = 3; i + 1 < argc; i += 2) {
+		if (strcmp(argv[i], "--pty") == 0 || strcmp(argv[i], "--pty-interactive") == 0) {
+			pty = atoi(argv[i + 1]);
+			relay_input = strcmp(argv[i], "--pty-interactive") == 0;
+		}
+	}
 	sigset_t set;
 	forwarded_set(&set);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	int code = -1;
+	if (pty >= 0)
+		code = relay(jail, &set, pty, relay_input);
 	while (code < 0) {
 		siginfo_t info;
 		int sig = sigwaitinfo(&set, &info);
-		if (sig < 0)
-			continue;
-		if (sig == SIGCHLD) {
-			int status;
-			if (waitpid(jail, &status, WNOHANG) == jail)
-				code = status_code(status);
-			continue;
-		}
-		kill(jail, sig);
+		if (sig >= 0)
+			code = forward(jail, sig);
 	}
 	for (int i = 3; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--cgroup") == 0) {

@@ -4,6 +4,19 @@ Calls a service never needs fail with EPERM (not a kill: a probing library falls
 Other architectures' syscall tables (i386 via int 0x80) kill the process, and x32 numbers are
 refused, so a denied call cannot be reached under another number. A profile can take names out
 of the deny list with `seccomp_allow`.
+
+A deny list plus a ceiling, rather than an allow-list: every x86_64 syscall up to REVIEWED_MAX
+was reviewed (DENIED are the ones a service must not have), and every number above it is refused.
+A new kernel's new call (open_tree_attr, 467, came with 6.15 and escaped a list written before it)
+is then EPERM until someone reviews it and raises the ceiling. An allow-list of the ~300 calls
+that shells, interpreters and servers use would give no more than that and break services in
+ways a profile cannot foresee.
+
+socket(2) and socketpair(2) are also checked on their first argument, the address family: only
+AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (glibc's getaddrinfo and `ip` use it) are allowed.
+The others fail with EAFNOSUPPORT, as on a kernel without them: AF_VSOCK reaches the hypervisor
+and its other guests whatever the network namespace, and the other families are kernel code no
+service needs. AF_PACKET (raw frames, e.g. a DHCP server) only when `seccomp_allow` names it.
 """
 
 import struct
@@ -29,22 +42,33 @@ DENIED = {
     # the mount table is fixed once the jail is set up
     "mount": 165, "umount2": 166, "pivot_root": 155, "open_tree": 428, "move_mount": 429,
     "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+    "open_tree_attr": 467,
     # new namespaces (a nested user namespace grants a fresh set of capabilities) and joining
     "unshare": 272, "setns": 308,
     # other processes' memory
     "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "pidfd_getfd": 438,
 }
+# The highest syscall number reviewed (Linux 6.17's file_setattr); newer ones are refused.
+REVIEWED_MAX = 469
+SOCKET_CALLS = (41, 53)  # socket, socketpair
+# address family -> number: the families any service may use
+SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}
+OPTIONAL_FAMILIES = {"AF_PACKET": 17}  # only when seccomp_allow names it
+ALLOWABLE = (*DENIED, *OPTIONAL_FAMILIES)  # what seccomp_allow may name
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
 LD_W_ABS = 0x20
 JEQ_K = 0x15
+JGT_K = 0x25
 JGE_K = 0x35
 RET_K = 0x06
 RET_KILL_PROCESS = 0x80000000
 RET_ERRNO = 0x00050000
 RET_ALLOW = 0x7FFF0000
 EPERM = 1
+EAFNOSUPPORT = 97
+ARCH_OFFSET, NR_OFFSET, ARG0_OFFSET = 4, 0, 16  # in struct seccomp_data (arg 0's low word)
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
@@ -52,21 +76,43 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
 
 
 def build(allow: list[str]) -> bytes:
-    """The BPF program (struct sock_filter[]) denying DENIED minus `allow`."""
+    """The BPF program (struct sock_filter[]): DENIED minus `allow`, every number above
+    REVIEWED_MAX and x32's refused; socket families checked."""
     numbers = sorted(nr for name, nr in DENIED.items() if name not in allow)
-    deny_at = 5 + len(numbers) + 1  # index of the EPERM return
+    families = sorted([*SOCKET_FAMILIES.values(),
+                       *(nr for name, nr in OPTIONAL_FAMILIES.items() if name in allow)])
+    # (code, jump-if-true label, jump-if-false label, k); labels resolve to relative offsets
     prog = [
-        _insn(LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
-        _insn(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        _insn(RET_K, 0, 0, RET_KILL_PROCESS),
-        _insn(LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
-        _insn(JGE_K, deny_at - 5, 0, X32_SYSCALL_BIT),
+        (LD_W_ABS, None, None, ARCH_OFFSET),
+        (JEQ_K, "syscall", "kill", AUDIT_ARCH_X86_64),
+        ("kill", RET_K, RET_KILL_PROCESS),
+        ("syscall", LD_W_ABS, NR_OFFSET),
+        (JGE_K, "deny", None, X32_SYSCALL_BIT),
+        (JGT_K, "deny", None, REVIEWED_MAX),
+        *((JEQ_K, "socket", None, nr) for nr in SOCKET_CALLS),
+        *((JEQ_K, "deny", None, nr) for nr in numbers),
+        (RET_K, None, None, RET_ALLOW),
+        ("deny", RET_K, RET_ERRNO | EPERM),
+        ("socket", LD_W_ABS, ARG0_OFFSET),
+        *((JEQ_K, "family_allowed", None, family) for family in families),
+        (RET_K, None, None, RET_ERRNO | EAFNOSUPPORT),
+        ("family_allowed", RET_K, RET_ALLOW),
     ]
-    for nr in numbers:
-        prog.append(_insn(JEQ_K, deny_at - len(prog) - 1, 0, nr))
-    prog.append(_insn(RET_K, 0, 0, RET_ALLOW))
-    prog.append(_insn(RET_K, 0, 0, RET_ERRNO | EPERM))
-    return b"".join(prog)
+    labels = {}
+    insns = []
+    for entry in prog:
+        if isinstance(entry[0], str):  # a labelled statement: (label, code, k)
+            labels[entry[0]] = len(insns)
+            entry = (entry[1], None, None, entry[2])
+        insns.append(entry)
+
+    def offset(label, at: int) -> int:
+        jump = 0 if label is None else labels[label] - at - 1
+        assert 0 <= jump < 256, "BPF jumps are forward and 8 bits long"
+        return jump
+
+    return b"".join(_insn(code, offset(jt, i), offset(jf, i), k)
+                    for i, (code, jt, jf, k) in enumerate(insns))
 
 
 def install(allow: list[str]) -> None:

@@ -6,8 +6,9 @@ import costs start-up time.
 
 from jailkit.errors import JailkitError
 from jailkit.launch.caps import CAPABILITIES
+from jailkit.launch.dangerous import unaccepted
 from jailkit.launch.rlimits import RLIMITS
-from jailkit.launch.seccomp import DENIED
+from jailkit.launch.seccomp import ALLOWABLE
 
 NETWORKS = ("host", "none", "veth")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -26,9 +27,12 @@ DEFAULTS = {
     "hostname": None,
     "stop_signal": "SIGTERM",
     "capabilities": [],
+    "dangerous_capabilities": [],
     "rlimits": {},
     "cgroup": {"memory_max": None, "pids_max": None},
     "network": "none",
+    "ports": {"bind": [], "connect": []},
+    "require_landlock": False,
     "writable": [],
     "devices": list(DEVICES),
     "mount_proc": True,
@@ -71,6 +75,23 @@ def _dict(value, key: str) -> dict:
     if not isinstance(value, dict):
         _fail(key, f"must be an object, got {value!r}")
     return value
+
+
+MAX_PORTS = 4096  # per list: one Landlock rule each
+
+
+def _ports(value, key: str) -> list[int]:
+    """Sorted distinct TCP ports from a list of ports and [low, high] ranges."""
+    ports = set()
+    for item in _list(value, key):
+        low, high = item if isinstance(item, list) and len(item) == 2 else (item, item)
+        for bound in (low, high):
+            if isinstance(bound, bool) or not isinstance(bound, int) or not 0 < bound < 65536:
+                _fail(key, f"must hold ports 1-65535 or [low, high] ranges, got {item!r}")
+        ports.update(range(low, high + 1))
+    if len(ports) > MAX_PORTS:
+        _fail(key, f"holds {len(ports)} ports, more than {MAX_PORTS}")
+    return sorted(ports)
 
 
 def parse_size(value, key: str) -> int | None:
@@ -117,8 +138,9 @@ class LaunchSpec:
 
     __slots__ = (
         "name", "command", "workdir", "env", "uid", "gid", "groups", "uid_count", "hostname",
-        "stop_signal", "capabilities", "rlimits", "memory_max", "pids_max", "network",
-        "writable", "devices", "mount_proc", "mount_sys", "seccomp_allow",
+        "stop_signal", "capabilities", "dangerous_capabilities", "rlimits", "memory_max",
+        "pids_max", "network", "ports", "require_landlock", "writable", "devices", "mount_proc",
+        "mount_sys", "seccomp_allow",
     )
 
     @classmethod
@@ -164,6 +186,15 @@ class LaunchSpec:
             if cap not in CAPABILITIES:
                 _fail("capabilities", f"names an unknown capability {cap!r}")
         self.capabilities = list(caps)
+        accepted = _list(data["dangerous_capabilities"], "dangerous_capabilities")
+        missing = unaccepted(caps, accepted)
+        if missing:
+            listed = ", ".join(f'"{cap}"' for cap in missing)
+            _fail("capabilities", f"holds {', '.join(missing)}, which would let the service "
+                                  "around the jail: accept it with "
+                                  f"--set 'dangerous_capabilities=[{listed}]' (or in the "
+                                  "profile), or drop it")
+        self.dangerous_capabilities = list(accepted)
         self.rlimits = {}
         for name, pair in _dict(data["rlimits"], "rlimits").items():
             if name not in RLIMITS:
@@ -184,6 +215,15 @@ class LaunchSpec:
         if data["network"] not in NETWORKS:
             _fail("network", f"must be one of {', '.join(NETWORKS)}, got {data['network']!r}")
         self.network = data["network"]
+        ports = _dict(data["ports"], "ports")
+        unknown = set(ports) - {"bind", "connect"}
+        if unknown:
+            _fail("ports", f"has unknown keys {sorted(unknown)} (bind, connect)")
+        self.ports = {key: _ports(ports.get(key, []), f"ports.{key}")
+                      for key in ("bind", "connect")}
+        if not isinstance(data["require_landlock"], bool):
+            _fail("require_landlock", f"must be true or false, got {data['require_landlock']!r}")
+        self.require_landlock = data["require_landlock"]
         writable = _list(data["writable"], "writable")
         self.writable = [Writable(w, f"writable[{i}]") for i, w in enumerate(writable)]
         for dev in _list(data["devices"], "devices"):
@@ -197,7 +237,8 @@ class LaunchSpec:
         self.mount_sys = data["mount_sys"]
         allow = _list(data["seccomp_allow"], "seccomp_allow")
         for name in allow:
-            if name not in DENIED:
-                _fail("seccomp_allow", f"names {name!r}, which is not in the default deny list")
+            if name not in ALLOWABLE:
+                _fail("seccomp_allow", f"names {name!r}, which is not in the default deny list "
+                                       "(nor AF_PACKET)")
         self.seccomp_allow = list(allow)
         return self

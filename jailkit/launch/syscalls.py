@@ -49,6 +49,9 @@ PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
+PR_GET_SECUREBITS = 27
+PR_SET_SECUREBITS = 28
+SECBIT_NO_SETUID_FIXUP = 1 << 2
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
@@ -265,3 +268,83 @@ def execveat(fd: int, argv: list[str], env: dict[str, str]) -> None:
         _syscall(SYS_EXECVEAT, ctypes.c_int(fd), b"", c_argv, c_env, ctypes.c_int(AT_EMPTY_PATH)),
         f"execveat {argv[0]}",
     )
+
+
+SYS_OPENAT2 = 437
+RESOLVE_NO_SYMLINKS = 0x04  # no symlink in any component (magic links included)
+RESOLVE_BENEATH = 0x08  # no component may lead outside dirfd ("..", absolute paths)
+O_PATH = 0o10000000
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """open `path` relative to `dirfd` with the kernel's own resolution limits (no race between
+    a check and the open: the walk itself refuses)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    return _check(
+        _syscall(SYS_OPENAT2, ctypes.c_int(dirfd), _path(path), ctypes.byref(how),
+                 ctypes.c_size_t(ctypes.sizeof(how))),
+        f"openat2 {path}",
+    )
+
+
+def open_tree_fd(fd: int, flags: int) -> int:
+    """open_tree of the directory open at `fd` itself (no path is walked)."""
+    return _check(
+        _syscall(SYS_OPEN_TREE, ctypes.c_int(fd), b"", ctypes.c_uint(flags | AT_EMPTY_PATH)),
+        "open_tree",
+    )
+
+
+# --- Landlock (jailkit/launch/landlock.py) ---------------------------------------------------
+
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_NET_PORT = 2
+_ENOSYS, _EOPNOTSUPP = 38, 95
+
+
+class _LandlockRulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _LandlockNetPortAttr(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when it has none (not built, or disabled at boot)."""
+    result = _syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                      ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    if result == -1 and ctypes.get_errno() in (_ENOSYS, _EOPNOTSUPP):
+        return 0
+    return _check(result, "landlock_create_ruleset (version)")
+
+
+def landlock_create_ruleset(handled_net: int, scoped: int) -> int:
+    """A ruleset fd handling no filesystem access (the mount namespace does that). `scoped`
+    must be 0 below ABI 6: the kernel refuses a non-zero field it does not know."""
+    attr = _LandlockRulesetAttr(0, handled_net, scoped)
+    size = ctypes.sizeof(attr) if scoped else 16  # without `scoped`: the ABI 4 struct
+    return _check(_syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+                           ctypes.c_uint32(0)), "landlock_create_ruleset")
+
+
+def landlock_add_net_port(ruleset_fd: int, access: int, port: int) -> None:
+    attr = _LandlockNetPortAttr(access, port)
+    _check(_syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset_fd),
+                    ctypes.c_int(LANDLOCK_RULE_NET_PORT), ctypes.byref(attr), ctypes.c_uint32(0)),
+           f"landlock_add_rule port {port}")
+
+
+def landlock_restrict_self(ruleset_fd: int) -> None:
+    """Confine this thread and its future children; needs no_new_privs (or CAP_SYS_ADMIN)."""
+    _check(_syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0)),
+           "landlock_restrict_self")

@@ -1,8 +1,9 @@
 """User namespace id maps: which host ids the jail's ids 0..N-1 are.
 
-Launched by root, the jail's ids 0..N-1 are a range of unprivileged host ids: the `jailkit` line
-of /etc/subuid and /etc/subgid, else DEFAULT_RANGE. Its uid 0 is then nobody on the host, and
-services that switch between several ids (nginx, vsftpd, sshd) work.
+Launched by root, the jail's ids 0..N-1 are a range of unprivileged host ids of its own: a slice
+of the `jailkit` line of /etc/subuid and /etc/subgid, else of a default space (allocate.py). Its
+uid 0 is then nobody on the host, and services that switch between several ids (nginx, vsftpd,
+sshd) work.
 
 Launched by an ordinary user with subordinate ids of their own (/etc/subuid and /etc/subgid, and
 newuidmap/newgidmap from the uidmap package to write them): the jail's 0 is that user, 1..N-1
@@ -10,12 +11,13 @@ their subordinate range. Without them, only the user's own uid and gid can be ma
 with setgroups denied: enough for services that never change ids.
 """
 
+import errno
 import os
 
 from jailkit.errors import JailkitError
+from jailkit.launch import syscalls as sc
 
 SUBID_OWNER = "jailkit"
-DEFAULT_RANGE = (1_000_000_000, 65536)  # far above the 100000+ ranges useradd hands out
 NEWUIDMAP = "/usr/bin/newuidmap"
 NEWGIDMAP = "/usr/bin/newgidmap"
 
@@ -78,19 +80,12 @@ def _user_names(uid: int) -> tuple[str, ...]:
         return (str(uid),)
 
 
-def plan(uid: int, gid: int, groups: list[int], uid_count: int) -> IdMaps:
-    """The id maps for a jail whose user is uid/gid/groups and which needs uid_count ids."""
-    if os.geteuid() == 0:
-        bases = []
-        for path in ("/etc/subuid", "/etc/subgid"):
-            found = read_subid(path, (SUBID_OWNER,)) or DEFAULT_RANGE
-            if found[1] < uid_count:
-                raise JailkitError(
-                    f"{path}: the {SUBID_OWNER} range has {found[1]} ids but the jail needs "
-                    f"{uid_count}: give '{SUBID_OWNER}:{found[0]}:{uid_count}' or more"
-                )
-            bases.append(found[0])
-        return IdMaps([(0, bases[0], uid_count)], [(0, bases[1], uid_count)], True)
+def plan(uid: int, gid: int, groups: list[int], uid_count: int,
+         root_range: tuple[int, int] | None = None) -> IdMaps:
+    """The id maps for a jail whose user is uid/gid/groups and which needs uid_count ids;
+    `root_range`: as root, the host uid and gid of the jail's 0 (its allocate.Allocation)."""
+    if root_range is not None:
+        return IdMaps([(0, root_range[0], uid_count)], [(0, root_range[1], uid_count)], True)
     own_uid, own_gid = os.geteuid(), os.getegid()
     if uid_count > 1 and os.path.exists(NEWUIDMAP) and os.path.exists(NEWGIDMAP):
         names = _user_names(own_uid)
@@ -160,3 +155,42 @@ def forbid_nested(proc_fd: int) -> None:
     cannot raise it (its /proc/sys is read-only, and a namespace below cannot change ours).
     `proc_fd`: a proc of the jail's pid namespace."""
     _write_proc("sys/user/max_user_namespaces", "0", proc_fd)
+
+
+def clone_owned_by(uid: int, gid: int, flags: int) -> int:
+    """clone(flags) (with CLONE_NEWUSER) as host uid/gid, the jail's own 0, so that its user
+    namespace belongs to them and not to root; returns as sc.clone does.
+
+    The kernel charges every per-user count made in a user namespace (inotify instances and
+    watches, namespaces, ...) also to the namespace's owner in the parent namespace: owned by
+    root, a jail with no capability could exhaust host root's inotify instances. Owned by the
+    jail's own uid, it can only exhaust its own. Only the effective ids change, and the
+    capabilities are kept meanwhile (SECBIT_NO_SETUID_FIXUP), so the clone is as privileged as
+    before; the child inherits no securebit.
+    """
+    ids = os.getresuid(), os.getresgid()
+    bits = sc.prctl(sc.PR_GET_SECUREBITS)
+    sc.prctl(sc.PR_SET_SECUREBITS, bits | sc.SECBIT_NO_SETUID_FIXUP)
+    try:
+        try:
+            os.setresgid(-1, gid, -1)
+            os.setresuid(-1, uid, -1)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # not mapped here (jailkit inside another user namespace): no id map naming them
+            # can be written either, so the launch fails there, before the jail runs
+        sc.prctl(sc.PR_SET_SECUREBITS, bits)
+        pid = sc.clone(flags)
+    except BaseException:
+        _restore_ids(*ids, bits)
+        raise
+    if pid != 0:
+        _restore_ids(*ids, bits)
+    return pid
+
+
+def _restore_ids(uids: tuple[int, int, int], gids: tuple[int, int, int], bits: int) -> None:
+    os.setresuid(*uids)  # back to euid 0: the effective capabilities come back with it
+    os.setresgid(*gids)
+    sc.prctl(sc.PR_SET_SECUREBITS, bits)

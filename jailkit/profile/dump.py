@@ -3,7 +3,7 @@
 import json
 import re
 
-from jailkit.profile import LIST_KEYS, Generated, Profile, Template, User
+from jailkit.profile.model import LIST_KEYS, Generated, Profile, Template, User
 
 
 def as_dict(profile: Profile) -> dict:
@@ -29,7 +29,12 @@ def as_dict(profile: Profile) -> dict:
         "command": list(s.command), "workdir": s.workdir, "env": dict(s.env), "user": s.user,
         **({"group": s.group} if s.group else {}), "groups": list(s.groups),
         **({"hostname": s.hostname} if s.hostname else {}), "stop_signal": s.stop_signal,
-        "capabilities": list(s.capabilities), "network": s.network, "mount_proc": s.mount_proc,
+        "capabilities": list(s.capabilities),
+        "dangerous_capabilities": list(s.dangerous_capabilities), "network": s.network,
+        "require_landlock": s.require_landlock,
+        "ports": {key: [low if low == high else f"{low}-{high}" for low, high in ranges]
+                  for key, ranges in (("bind", s.bind_ports), ("connect", s.connect_ports))},
+        "mount_proc": s.mount_proc,
         "mount_sys": s.mount_sys, "seccomp_allow": list(s.seccomp_allow), "uid_count": s.uid_count,
         "limits": {**{k: list(v) for k, v in s.rlimits},
                    **({"memory_max": s.memory_max} if s.memory_max else {}),

@@ -10,10 +10,10 @@ import os
 import stat
 from typing import NamedTuple
 
-from jailkit import manifest
+from jailkit.build import manifest
+from jailkit.build.jaildir import JailDir, open_dir, walk_tree
+from jailkit.build.plan import HostStat
 from jailkit.errors import JailkitError
-from jailkit.jaildir import JailDir, open_dir, walk_tree
-from jailkit.plan import HostStat
 
 CHUNK = 1 << 20
 

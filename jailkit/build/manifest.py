@@ -4,8 +4,8 @@ import json
 import os
 from typing import NamedTuple
 
+from jailkit.build.plan import HostStat
 from jailkit.errors import JailkitError
-from jailkit.plan import HostStat
 
 VERSION = 1
 NAME = "manifest.json"
@@ -37,7 +37,7 @@ class Manifest:
         self.profile = profile
         self.generation = generation
         self.records = records
-        self.closure = closure  # jailkit.plan's closure cache record
+        self.closure = closure  # jailkit.build.plan's closure cache record
 
     def dumps(self) -> str:
         return json.dumps({
@@ -77,7 +77,7 @@ def read(gen_fd: int, origin: str) -> Manifest:
 
 def previous(jail_path) -> Manifest | None:
     """The manifest of the jail built at `jail_path`, if there is one (else None)."""
-    from jailkit.jaildir import JailDir
+    from jailkit.build.jaildir import JailDir
 
     try:
         with JailDir(jail_path) as jail:

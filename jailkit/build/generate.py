@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import tempfile
 
+from jailkit.build.jaildir import DIR_FLAGS
 from jailkit.errors import JailkitError
-from jailkit.jaildir import DIR_FLAGS
-from jailkit.profile import Generated
+from jailkit.profile.model import Generated
 
 PARAMS = "params.json"
 SUBJECT_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}$")

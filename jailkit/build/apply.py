@@ -15,11 +15,11 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from jailkit import manifest
+from jailkit.build import manifest
+from jailkit.build.jaildir import JailDir, open_dir, walk_tree
+from jailkit.build.manifest import Manifest, Record
+from jailkit.build.plan import Entry, HostStat, Plan
 from jailkit.errors import JailkitError
-from jailkit.jaildir import JailDir, open_dir, walk_tree
-from jailkit.manifest import Manifest, Record
-from jailkit.plan import Entry, HostStat, Plan
 
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 CAPS_XATTR = "security.capability"

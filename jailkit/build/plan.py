@@ -1,5 +1,5 @@
 """The build plan: what the jail tree will hold, as data. Reads the host (metadata and ELF headers),
-writes nothing; `--dry-run` prints it and `jailkit.apply` materialises it."""
+writes nothing; `--dry-run` prints it and `jailkit.build.apply` materialises it."""
 
 import fnmatch
 import glob
@@ -9,7 +9,8 @@ import stat
 from typing import NamedTuple
 
 from jailkit.errors import JailkitError
-from jailkit.profile import Profile
+from jailkit.profile.model import Profile
+from jailkit.profile.schema import is_glob
 
 NSSWITCH = (
     "# written by jailkit: names come only from the jail's own files\n"
@@ -132,7 +133,7 @@ class _Planner:
         if path in self.chained:
             return
         self.chained.add(path)
-        from jailkit.closure import path_chain
+        from jailkit.elf.closure import path_chain
 
         try:
             chain = path_chain(path)
@@ -163,7 +164,7 @@ class _Planner:
         """Copy a host directory: same filesystem only, symlinks kept, excludes honoured. A mount
         point below `top` is skipped even on the same filesystem: a bind mount of a parent
         directory would otherwise make the copy endless."""
-        from jailkit.jaildir import mount_points
+        from jailkit.build.jaildir import mount_points
 
         mounts = mount_points()
         self.add(Entry(top, "dir", mode=top_st.st_mode & 0o755))
@@ -229,7 +230,7 @@ def expand(patterns, what: str) -> list[str]:
     """Host paths that paths/globs name, in order; a pattern that matches nothing is an error."""
     out = []
     for pattern in patterns:
-        if any(c in pattern for c in "*?["):
+        if is_glob(pattern):
             matches = sorted(glob.glob(pattern))
         else:
             matches = [pattern] if os.path.lexists(pattern) else []
@@ -256,25 +257,27 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
     The closure is reused from `cache` (the previous build's record) when the profile names the
     same inputs and no file it consulted (nor ld.so.cache) changed size, mtime or inode: a
     rebuild then parses no ELF file."""
-    key = [*profile.binaries, *profile.libraries,
-           *expand([p for p in (*profile.binaries, *profile.libraries) if "*" in p], "globs")]
+    inputs = [*profile.binaries, *profile.libraries]
+    key = [*inputs, *expand([p for p in inputs if is_glob(p)], "globs")]
     if cache and cache.get("key") == key and all(
             _identity(path) == identity for path, identity in cache["stats"].items()):
         return cache["files"], cache
 
-    from jailkit.closure import find_library, resolve
+    from jailkit.elf.closure import Resolver
 
+    resolver = Resolver()  # one ld.so.cache parse and one ELF cache for the whole build
     inputs = expand(profile.binaries, "binaries")
     for name in profile.libraries:
         if "/" in name:
             inputs.extend(expand([name], "libraries"))
             continue
-        found = find_library(name)
+        found = resolver.find_library(name)
         if found is None:
             raise PlanError(f"libraries: the loader would not find {name} on this host")
         inputs.append(found)
     files = []
-    for path, result in resolve(inputs).items():
+    for path in inputs:
+        result = resolver.resolve(path)
         if result.error:
             raise PlanError(f"{path}: {result.error}")
         for name in result.missing:
@@ -305,7 +308,7 @@ def _password(user, profile: Profile, jail_fd: int | None) -> str:
     """The shadow field for a user: as written, or rendered (`{{ local_password | crypt }}`)."""
     if "{{" not in user.password:
         return user.password
-    from jailkit.templates import render_jinja2
+    from jailkit.profile.templates import render_jinja2
 
     value = render_jinja2(user.password, profile.variables, f"users.{user.name}.password",
                           _previous_hash(jail_fd, user.name))
@@ -333,6 +336,10 @@ def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = No
         planner.generated("/etc/nsswitch.conf", NSSWITCH)
 
 
+def _port_list(ranges) -> list:
+    return [low if low == high else [low, high] for low, high in ranges]
+
+
 def _launch(profile: Profile, planner: _Planner) -> dict:
     service = profile.service
     user = profile.users[service.user]
@@ -357,9 +364,13 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "hostname": service.hostname or profile.name,
         "stop_signal": service.stop_signal,
         "capabilities": list(service.capabilities),
+        "dangerous_capabilities": list(service.dangerous_capabilities),
         "rlimits": {name: list(limit) for name, limit in service.rlimits},
         "cgroup": {"memory_max": service.memory_max, "pids_max": service.pids_max},
         "network": service.network,
+        "ports": {"bind": _port_list(service.bind_ports),
+                  "connect": _port_list(service.connect_ports)},
+        "require_landlock": service.require_landlock,
         "writable": writable,
         "devices": list(profile.devices),
         "mount_proc": service.mount_proc,
@@ -393,10 +404,10 @@ def _depth_first(path: str) -> list[str]:
 
 
 def _generated(planner: _Planner, profile: Profile, jail_fd: int | None, create: bool) -> None:
-    """Keys and certificates made once per jail (jailkit.generate); in a plan that will not be
+    """Keys and certificates made once per jail (jailkit.build.generate); in a plan that will not be
     applied (--dry-run) those not made yet are empty placeholders."""
-    from jailkit.generate import generated_files
-    from jailkit.templates import render_jinja2
+    from jailkit.build.generate import generated_files
+    from jailkit.profile.templates import render_jinja2
 
     for item in profile.generated.values():
         uid, gid = planner.owner(item.owner, item.group)
@@ -416,7 +427,7 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
     `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed.
     `jail_fd`: the jail directory, for what is kept across builds (generated keys, password
     hashes); `generate`: make the generated files that are missing there (not for --dry-run)."""
-    from jailkit.templates import render
+    from jailkit.profile.templates import render
 
     planner = _Planner(profile)
     planner.add(Entry("/", "dir"))

@@ -10,13 +10,13 @@ import click
 
 # command name -> "module:attribute" of a click command
 COMMANDS = {
-    "ldd": "jailkit.cli_ldd:ldd",
-    "profiles": "jailkit.cli_build:profiles",
-    "show": "jailkit.cli_build:show",
-    "build": "jailkit.cli_build:build",
-    "check": "jailkit.cli_build:check",
-    "update": "jailkit.cli_build:update",
-    "run": "jailkit.cli_run:run_command",
+    "ldd": "jailkit.cli.ldd:ldd",
+    "profiles": "jailkit.cli.build:profiles",
+    "show": "jailkit.cli.build:show",
+    "build": "jailkit.cli.build:build",
+    "check": "jailkit.cli.build:check",
+    "update": "jailkit.cli.build:update",
+    "run": "jailkit.cli.run:run_command",
 }
 
 

@@ -16,7 +16,9 @@ import stat
 from collections import deque
 from dataclasses import dataclass, field
 
-from jailkit.elf import (
+from jailkit.elf.ldcache import LdCache
+from jailkit.elf.loader import EM_X86_64, LoaderRules, rules_for
+from jailkit.elf.reader import (
     DF_1_NODEFLIB,
     ELFCLASS64,
     ET_DYN,
@@ -27,8 +29,6 @@ from jailkit.elf import (
     header_problem,
     open_regular,
 )
-from jailkit.ldcache import LdCache
-from jailkit.loader import LoaderRules, rules_for
 
 SCRIPT_DEPTH = 4  # the kernel's limit on nested `#!` interpreters (BINPRM_MAX_RECURSION)
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -112,6 +112,19 @@ class Resolver:
         except (ElfError, LoadError) as e:
             result.error = str(e)
         return result
+
+    def find_library(self, name: str) -> str | None:
+        """Where dlopen(name) from a plain 64-bit program finds a bare soname, or None."""
+        rules = rules_for(ELFCLASS64, EM_X86_64)
+        if self.library_path:
+            found = self._open_path(name, self.library_path, None, rules)
+            if found:
+                return found[0]
+        cached = self.ldcache.lookup(name, rules.cache)
+        if cached and self._verify(cached, rules):
+            return cached
+        found = self._open_dirs(name, rules.system_dirs, rules)
+        return found[0] if found else None
 
     def _resolve_program(self, path: str, result: Resolution, depth: int) -> None:
         interpreter = read_shebang(path)
@@ -368,23 +381,6 @@ def resolve(paths, library_path: str | None = None) -> dict[str, Resolution]:
     """Resolve each path's closure: {path as given: Resolution}."""
     resolver = Resolver(library_path)
     return {path: resolver.resolve(path) for path in paths}
-
-
-def find_library(name: str, library_path: str | None = None) -> str | None:
-    """Where dlopen(name) from a plain 64-bit program finds a bare soname, or None."""
-    from jailkit.loader import ELFCLASS64, EM_X86_64
-
-    rules = rules_for(ELFCLASS64, EM_X86_64)
-    resolver = Resolver(library_path)
-    if library_path:
-        found = resolver._open_path(name, library_path, None, rules)
-        if found:
-            return found[0]
-    cached = resolver.ldcache.lookup(name, rules.cache)
-    if cached and resolver._verify(cached, rules):
-        return cached
-    found = resolver._open_dirs(name, rules.system_dirs, rules)
-    return found[0] if found else None
 
 
 def path_chain(path: str) -> list[tuple[str, str | None]]:

@@ -35,7 +35,7 @@ def _overrides(values) -> dict[str, str]:
 
 
 def _root(root, name: str) -> str:
-    from jailkit.jaildir import default_root
+    from jailkit.build.jaildir import default_root
 
     return root or default_root(name)
 
@@ -53,7 +53,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 @_one_line_errors
 def profiles(as_json):
     """List the bundled profiles."""
-    from jailkit.profile import bundled_profiles, load
+    from jailkit.profile.model import bundled_profiles, load
 
     rows = {name: load(name).description for name in bundled_profiles()}
     if as_json:
@@ -71,8 +71,8 @@ def profiles(as_json):
 @_one_line_errors
 def show(profile, sets, as_json):
     """Print PROFILE (a bundled name or a .toml path) fully resolved, bases merged in."""
-    from jailkit.profile import load
-    from jailkit.profile_toml import as_dict, as_toml
+    from jailkit.profile.dump import as_dict, as_toml
+    from jailkit.profile.model import load
 
     loaded = load(profile, _overrides(sets))
     click.echo(json.dumps(as_dict(loaded), indent=2) if as_json else as_toml(loaded), nl=False)
@@ -80,17 +80,20 @@ def show(profile, sets, as_json):
 
 def _plan(profile, sets, root, create=False, dry_run=False):
     """(plan, jail directory, its current manifest or None)."""
-    from jailkit.manifest import previous
-    from jailkit.plan import make_plan
-    from jailkit.profile import load
+    from jailkit.build.manifest import previous
+    from jailkit.build.plan import make_plan
+    from jailkit.launch.dangerous import warnings
+    from jailkit.profile.model import load
 
     loaded = load(profile, _overrides(sets))
+    for line in warnings(loaded.service.capabilities):  # accepted in the profile: say what it opens
+        click.echo(f"jailkit: warning: {line}", err=True)
     root = _root(root, loaded.name)
     built = previous(root) if os.path.isdir(root) else None
     cache = built.closure if built else None
     if not os.path.isdir(root) and (dry_run or not loaded.generated):
         return make_plan(loaded, cache), root, built
-    from jailkit.jaildir import JailDir
+    from jailkit.build.jaildir import JailDir
 
     # generated keys and password hashes are kept in the jail directory: checked to be one first
     new = not os.path.isdir(root)
@@ -132,8 +135,8 @@ def _print_plan(plan) -> None:
 
 
 def _apply(plan, root: str, built, quiet: bool, create: bool):
-    from jailkit.apply import apply
-    from jailkit.jaildir import JailDir
+    from jailkit.build.apply import apply
+    from jailkit.build.jaildir import JailDir
 
     with JailDir(root, create=create) as jail:
         if quiet or not sys.stdout.isatty():
@@ -211,11 +214,11 @@ def update(profile, root, sets, as_json):
 @_one_line_errors
 def check(profile, root, as_json):
     """Verify a built jail against its manifest, by full hash; non-zero exit on any finding."""
-    from jailkit.check import check_jail
-    from jailkit.jaildir import JailDir
+    from jailkit.build.check import check_jail
+    from jailkit.build.jaildir import JailDir
 
     if root is None:
-        from jailkit.profile import locate
+        from jailkit.profile.model import locate
 
         root = _root(None, os.path.basename(locate(profile)).removesuffix(".toml"))
     with JailDir(root) as jail:

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from jailkit.ldcache import CacheRules
+from jailkit.elf.ldcache import CacheRules
 
 EM_386, EM_X86_64 = 3, 62
 ELFCLASS32, ELFCLASS64 = 1, 2

@@ -21,7 +21,7 @@ def ldd(files, as_json, tree, library_path):
     FILE is read with pyelftools and never executed: the loader's search rules (DT_RPATH,
     DT_RUNPATH, $ORIGIN, ld.so.cache, glibc-hwcaps, ...) are applied to the files on disk.
     """
-    from jailkit.closure import Resolver
+    from jailkit.elf.closure import Resolver
 
     resolver = Resolver(library_path)
     results = {path: resolver.resolve(path) for path in files}

@@ -32,6 +32,11 @@ Options:
                          --set cgroup.memory_max=64M. Repeatable.
   --pass-fd N            Let the service inherit open file descriptor N (every other
                          one but 0-2 is closed). Repeatable.
+  -i, --interactive      Give the service this stdin (a pipe, or a terminal's input
+                         when run in the background). Without it, the service reads
+                         stdin only when it is a terminal and the run is in its
+                         foreground; else /dev/null. A terminal is never passed
+                         itself: the service gets a pty relayed to it.
   --dry-run              Print what would be done, and do nothing.
   -h, --help             Show this message and exit.
 """
@@ -43,13 +48,14 @@ class UsageError(Exception):
 
 
 class Options:
-    __slots__ = ("profile", "root", "sets", "pass_fds", "dry_run", "command", "help")
+    __slots__ = ("profile", "root", "sets", "pass_fds", "dry_run", "interactive", "command",
+                 "help")
 
     def __init__(self):
         self.profile = self.root = self.command = None
         self.sets: list[tuple[str, str]] = []
         self.pass_fds: list[int] = []
-        self.dry_run = self.help = False
+        self.dry_run = self.interactive = self.help = False
 
 
 def parse(argv: list[str]) -> Options:
@@ -67,6 +73,9 @@ def parse(argv: list[str]) -> Options:
             return opts
         if arg == "--dry-run":
             opts.dry_run = True
+            continue
+        if arg in ("-i", "--interactive"):
+            opts.interactive = True
             continue
         name, eq, value = arg.partition("=")
         if name in ("--root", "--net", "--set", "--pass-fd"):
@@ -140,12 +149,18 @@ def run(opts: Options) -> int:
     if opts.command:
         raw["command"] = opts.command
     spec = LaunchSpec.from_dict(raw)
-    plan = LaunchPlan(spec, jail.root, jail.state, os.getpid(), opts.pass_fds)
+    plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, opts.dry_run, opts.interactive)
     if opts.dry_run:
         print(plan.describe())
         return 0
+    from jailkit.launch.dangerous import warnings
     from jailkit.launch.launcher import launch
 
+    for line in warnings(spec.capabilities):  # accepted by name: still say what each opens
+        sys.stderr.write(f"jailkit: warning: {line}\n")
+    if plan.landlock.missing:
+        sys.stderr.write(f"jailkit: warning: not enforced on this kernel: "
+                         f"{'; '.join(plan.landlock.missing)}\n")
     launch(plan, jail.lock_fd)  # execs the waiter on success
     return 1
 
@@ -186,7 +201,7 @@ def click_command():
 
 
 def __getattr__(name: str):
-    # jailkit.cli's COMMANDS looks up `run_command`; built on demand so importing this module
+    # jailkit.cli.main's COMMANDS looks up `run_command`; built on demand so importing this module
     # never imports click
     if name == "run_command":
         return click_command()

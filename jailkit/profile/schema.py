@@ -3,6 +3,7 @@
 Every error names the file and the line that holds the key (or the key path) and what was expected.
 """
 
+import glob
 import os
 import re
 import tomllib
@@ -28,8 +29,10 @@ SIGNALS = (
 )  # fmt: skip
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 SIZE_RE = re.compile(r"^([0-9]+)([kmg]?)$")
+# a TCP port, or a range LOW-HIGH; each a number or one {{ variable }} (resolved after --set)
+PORT_RE = re.compile(r"^\s*(\d+|\{\{\s*\w+\s*\}\})\s*(?:-\s*(\d+|\{\{\s*\w+\s*\}\}))?\s*$")
 VARIABLE_RE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
-# built-in generators of files made once per jail (jailkit.generate); never a profile's command
+# built-in generators of files made once per jail (jailkit.build.generate), never a command
 GENERATORS = ("tls-cert", "ssh-host-key-ed25519", "ssh-host-key-ecdsa", "ssh-host-key-rsa")
 
 
@@ -109,11 +112,16 @@ def _strings(src, keypath, value) -> tuple[str, ...]:
     return tuple(value)
 
 
+def is_glob(pattern: str) -> bool:
+    """Whether a profile path is a pattern: glob's own test (*, ? or [), used everywhere."""
+    return glob.has_magic(pattern)
+
+
 def _abs_path(src, keypath, value, allow_glob=False) -> str:
     _typed(src, keypath, value, str)
     if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
         src.fail(keypath, f"expected an absolute path without '..', got {value!r}")
-    if not allow_glob and any(c in value for c in "*?["):
+    if not allow_glob and is_glob(value):
         src.fail(keypath, f"expected a path without glob characters, got {value!r}")
     return "/" + "/".join(p for p in value.split("/") if p not in ("", "."))
 
@@ -269,6 +277,17 @@ def read_file(path: str) -> dict:
         _typed(src, k, v, dict)
         return {key: string((*k, key), item) for key, item in v.items()}
 
+    def port(k, v):
+        if isinstance(v, str) and PORT_RE.match(v):
+            return v
+        if isinstance(v, str):
+            src.fail(k, f"expected a port, a range such as '30000-30099' or '{{{{ port }}}}', "
+                        f"got {v!r}")
+        return _int_range(src, k, v, 1, 65535)
+
+    def ports(k, v):
+        return tuple(port((*k, i), item) for i, item in enumerate(_typed(src, k, v, list)))
+
     def service(k, v):
         return _table(src, k, v, {
             "command": lambda k, v: strings(k, v) or src.fail(k, "expected a non-empty list"),
@@ -278,7 +297,10 @@ def read_file(path: str) -> dict:
             "hostname": string,
             "stop_signal": lambda k, v: _one_of(src, k, v, SIGNALS),
             "capabilities": caps,
+            "dangerous_capabilities": caps,
             "network": lambda k, v: _one_of(src, k, v, NETWORKS),
+            "ports": lambda k, v: _table(src, k, v, {"bind": ports, "connect": ports}),
+            "require_landlock": flag,
             "mount_proc": flag, "mount_sys": flag,
             "seccomp_allow": strings,
             "uid_count": lambda k, v: _int_range(src, k, v, 1, 65536),

@@ -1,7 +1,7 @@
 """Profiles: TOML files describing one service's jail, composed with `extends`.
 
 Loading is pure: it reads the profile files (and nothing else) and returns a frozen `Profile`.
-Each file is checked by `jailkit.profile_schema` (errors with file and line); cross references are
+Each file is checked by `jailkit.profile.schema` (errors with file and line); cross references are
 checked here after composition (errors with the key path).
 """
 
@@ -9,10 +9,11 @@ import os
 import re
 from typing import NamedTuple
 
-from jailkit.profile_schema import NAME_RE, VARIABLE_RE, ProfileError, read_file
+from jailkit.profile.schema import NAME_RE, VARIABLE_RE, ProfileError, read_file
 
-BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
-                           "profiles")
+# the checkout's profiles/, beside the jailkit package (this file is jailkit/profile/model.py)
+BUNDLED_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))), "profiles")
 
 
 class User(NamedTuple):
@@ -84,7 +85,11 @@ class Service(NamedTuple):
     hostname: str | None = None  # default: the profile name
     stop_signal: str = "SIGTERM"
     capabilities: tuple[str, ...] = ()
-    network: str = "host"
+    dangerous_capabilities: tuple[str, ...] = ()  # accepted by name (jailkit/launch/dangerous.py)
+    network: str = "none"
+    bind_ports: tuple[tuple[int, int], ...] = ()  # [service.ports]: (low, high) ranges
+    connect_ports: tuple[tuple[int, int], ...] = ()
+    require_landlock: bool = False
     mount_proc: bool = True
     mount_sys: bool = False
     seccomp_allow: tuple[str, ...] = ()
@@ -152,7 +157,8 @@ TABLE_KEYS = (
 
 def _merge(base: dict, top: dict) -> dict:
     """Lists: union, base first. Named tables: entry by entry, the extending profile wins.
-    service: key by key (env and limits key by key too). Scalars: the extending profile wins."""
+    service: key by key (env, limits and ports key by key too). Scalars: the extending profile
+    wins."""
     out = dict(base)
     for key, value in top.items():
         if key in LIST_KEYS:
@@ -161,7 +167,7 @@ def _merge(base: dict, top: dict) -> dict:
             out[key] = {**base.get(key, {}), **value}
         elif key == "service":
             merged = {**base.get("service", {}), **value}
-            for sub in ("env", "limits"):
+            for sub in ("env", "limits", "ports"):
                 if sub in value:
                     merged[sub] = {**base.get("service", {}).get(sub, {}), **value[sub]}
             out[key] = merged
@@ -229,6 +235,53 @@ def _user_name(key: str, variables: dict, where: str) -> str:
     return value
 
 
+def _ports(items, variables: dict, where: str) -> tuple[tuple[int, int], ...]:
+    """(low, high) ranges from ports, 'LOW-HIGH' and '{{ variable }}' (checked after --set)."""
+    from jailkit.profile.schema import PORT_RE
+
+    def number(text: str) -> int:
+        text = text.strip()
+        if text.startswith("{{"):
+            name = text.strip("{} ")
+            if name not in variables:
+                raise ProfileError(f"{where}: {text} names no variable; add it under [variables]")
+            text = str(variables[name])
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise ProfileError(f"{where}: {text!r} is not a port (1-65535); pass another with "
+                               "--set")
+        return int(text)
+
+    out = []
+    for item in items:
+        if isinstance(item, int):
+            out.append((item, item))
+            continue
+        low, high = PORT_RE.match(item).groups()
+        low = number(low)
+        high = low if high is None else number(high)
+        if high < low:
+            raise ProfileError(f"{where}: {item!r} is the range {low}-{high}, which is empty")
+        out.append((low, high))
+    return tuple(out)
+
+
+def _check_dangerous(where: str, service: Service) -> None:
+    """A capability that breaks the jail's model only by name, in both lists."""
+    from jailkit.launch.dangerous import DANGEROUS_CAPABILITIES, unaccepted
+
+    missing = unaccepted(service.capabilities, service.dangerous_capabilities)
+    if missing:
+        listed = ", ".join(f'"{cap}"' for cap in missing)
+        raise ProfileError(
+            f"{where}: service.capabilities: {', '.join(missing)} would let the service around the "
+            f"jail ({DANGEROUS_CAPABILITIES[missing[0]]}); to accept that, add "
+            f"dangerous_capabilities = [{listed}] to [service], or drop it")
+    for cap in service.dangerous_capabilities:
+        if cap not in service.capabilities:
+            raise ProfileError(f"{where}: service.dangerous_capabilities: {cap} is not in "
+                               "service.capabilities; list it there too, or drop it here")
+
+
 def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     """Semantic checks on the composed profile (cross references), then the frozen Profile."""
     where = f"profile {name}"
@@ -290,8 +343,12 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     limits = raw.pop("limits", {})
     memory_max, pids_max = limits.pop("memory_max", None), limits.pop("pids_max", None)
     env = raw.pop("env", None)
+    ports = raw.pop("ports", {})
     service = Service(
         **raw,
+        bind_ports=_ports(ports.get("bind", ()), variables, f"{where}: service.ports.bind"),
+        connect_ports=_ports(ports.get("connect", ()), variables,
+                             f"{where}: service.ports.connect"),
         **({"env": tuple(env.items())} if env is not None else {}),
         rlimits=tuple(limits.items()), memory_max=memory_max, pids_max=pids_max,
     )
@@ -304,6 +361,7 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     if len((service.hostname or name).encode()) > 64:
         raise ProfileError(f"{where}: service.hostname {service.hostname or name!r} is longer "
                            "than 64 bytes (the kernel's limit); set a shorter one")
+    _check_dangerous(where, service)
     top_id = max([0, *(u.uid for u in users.values()), *gids])
     if top_id >= service.uid_count:
         raise ProfileError(f"{where}: service.uid_count {service.uid_count} does not cover id "

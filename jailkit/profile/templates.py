@@ -11,7 +11,7 @@ or as the path of a file holding them).
 import re
 
 from jailkit.errors import JailkitError
-from jailkit.profile import Template
+from jailkit.profile.model import Template
 
 PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
 UNDEFINED_HINT = "define it under [variables] or pass --set"

@@ -1,0 +1,1 @@
+"""Building a jail: the plan (pure data), then applying it to the jail directory."""

@@ -1,0 +1,1 @@
+"""ELF reading and glibc's loader rules: which files a program needs."""

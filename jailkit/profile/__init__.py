@@ -1,0 +1,1 @@
+"""Profiles: TOML files, their composition, and templates."""

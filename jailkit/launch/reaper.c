@@ -3,7 +3,8 @@
  *
  * A resident CPython costs about 5 MB per jail, so once Python has confined the jail it execs
  * this small static program (static: it is exec'd from an fd inside the jail, where no host
- * loader or libc can be trusted to exist). Two modes, one per side of the pid namespace:
+ * loader or libc can be trusted to exist). Modes init and adopt inside the pid namespace, wait
+ * outside it:
  *
  *   jailkit-reaper init STOPSIG DROPCAPS CMD [ARG...]
  *       pid 1 of the jail. Starts CMD, forwards every signal it gets to it (SIGTERM becomes the
@@ -16,7 +17,8 @@
  *
  *   jailkit-reaper adopt STOPSIG PID
  *       pid 1 of the jail, as init, for a service that pid 1 started before exec'ing this
- *       (its own child PID, in a nested user namespace) rather than one it forks itself.
+ *       (its own child PID, in a nested user namespace) rather than one it forks itself. This
+ *       is what the launcher uses (contain.py); pid 1 then holds CAP_KILL alone.
  *
  *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD] [--cgroup DIR]... [--veth NAME]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
@@ -25,7 +27,7 @@
  *       its output is copied to the caller's terminal, and with --pty-interactive the caller's
  *       stdin to it (end of input becomes the pty's end-of-file character).
  *
- * Both block the signals they forward and take them with sigwaitinfo(): a blocked signal is
+ * All block the signals they forward and take them with sigwaitinfo(): a blocked signal is
  * queued even for a pid-namespace init, and nothing runs in a signal handler.
  */
 #define _GNU_SOURCE

@@ -3,12 +3,15 @@ wait until its port answers, stop it with SIGTERM and check that nothing is left
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -145,9 +148,11 @@ class Service:
 
 def static_site(base: Path, parent: str, files: dict[str, bytes]) -> tuple[Path, Path]:
     """A docroot of our own, and a profile extending `parent` that copies it into the jail at
-    the same path: (docroot, profile)."""
-    docroot = base / "site"
-    docroot.mkdir(mode=0o755)
+    the same path: (docroot, profile). Not under pytest's 0700 directories: the jail keeps the
+    modes of the host directories above a copied tree, and www-data must get through them."""
+    docroot = Path(tempfile.mkdtemp(prefix="jailkit-site-"))
+    atexit.register(shutil.rmtree, docroot, True)
+    docroot.chmod(0o755)
     for name, data in files.items():
         (docroot / name).write_bytes(data)
         (docroot / name).chmod(0o644)

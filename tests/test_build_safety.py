@@ -245,7 +245,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_jail(tmp_path):
     jail = tmp_path / "jail"
     jail.mkdir()
     # a 16 MB tmpfs in a private mount namespace (gone with the shell): shell fits, python3 not
-    script = (f"mount -t tmpfs -o size=16m none {jail} && "
+    script = (f"mount -t tmpfs -o size=16m,mode=0700 none {jail} && "
               f"{sys.executable} -m jailkit build shell --root {jail} >/dev/null && "
               f"{sys.executable} -m jailkit build python3 --root {jail}; echo rc=$?; "
               f"readlink {jail}/current; {sys.executable} -m jailkit check shell --root {jail}")

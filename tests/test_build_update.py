@@ -170,5 +170,5 @@ def test_a_build_parses_ld_so_cache_once(tmp_path, monkeypatch):
     profile = tmp_path / "libs.toml"
     profile.write_text('extends = ["shell"]\nlibraries = ["libz.so.1", "libnss_dns.so.2", '
                        '"libresolv.so.2"]\n')
-    make_plan(load(str(profile)), generate=False)
+    make_plan(load(str(profile)))
     assert parsed == ["/etc/ld.so.cache"]

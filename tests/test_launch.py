@@ -468,7 +468,8 @@ def test_jail_root_is_not_host_root(jail):
     proc = start(jail, "/bin/sleep", "30")
     try:
         service = descendants(proc.pid)[-1]
-        inside, outside, count = map(int, Path(f"/proc/{service}/uid_map").read_text().split())
+        text = wait_for(lambda: Path(f"/proc/{service}/uid_map").read_text())  # pid 1 writes it
+        inside, outside, count = map(int, text.split())
         assert inside == 0 and outside != 0 and count >= 65534
         assert host_uid(service) == outside
     finally:

@@ -155,7 +155,9 @@ def test_jail_cannot_point_a_nested_state_dir_at_a_host_dir(jail, host_dir):
 
 def test_planted_link_in_state_between_runs_is_refused_for_an_ordinary_user(
         jail, host_dir, world_readable_checkout):
-    # the attacker (the jail, or whoever edits DIR/state) plants the link before the next run
+    # the attacker (the jail, or whoever edits DIR/state) plants the link before the next run;
+    # the jail is nobody's own (jailkit refuses to run a jail directory another user owns)
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", jail], check=True)
     nested_state(jail, NOBODY)
     (jail / "state/data/uploads").rename(jail / "state/data/old")
     (jail / "state/data/uploads").symlink_to(host_dir)
@@ -163,7 +165,8 @@ def test_planted_link_in_state_between_runs_is_refused_for_an_ordinary_user(
            "HOME": "/nonexistent"}
     result = subprocess.run(
         ["/opt/jailkit/bin/python", "-m", "jailkit", "run", "shell", "--root", str(jail),
-         "--set", NESTED, "--", "/bin/ls", "/tmp/b"],
+         "--set", NESTED, "--set", "cgroup.memory_max=null", "--set", "cgroup.pids_max=null",
+         "--", "/bin/ls", "/tmp/b"],
         env=env, text=True, capture_output=True, preexec_fn=as_nobody, timeout=60, cwd="/")
     one_line_error(result, "data/uploads/incoming", "symlink")
     assert "host-marker" not in result.stdout

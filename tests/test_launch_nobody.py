@@ -1,7 +1,8 @@
 """`jailkit run` launched by an ordinary user (`nobody`): a single-id map, same confinement.
 
-The jail is the root-built one of test_launch.py; the launcher is a world-readable copy of the
-package run with the venv's interpreter, whose reaper lies beside it.
+The jail is built by nobody (its own: a jail directory is its owner's alone), with the probe of
+test_launch.py added; the launcher is a world-readable copy of the package run with the venv's
+interpreter, whose reaper lies beside it.
 """
 
 import os
@@ -12,7 +13,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_launch import PROBE, descendants, jail, mount_points  # noqa: F401 (jail: fixture)
+from conftest import REPO
+from test_launch import PROBE, descendants, mount_points
+from test_launch_locks import (
+    ATTACKER,
+    ATTACKS,
+    LOCK_PROBE,
+    PID1_REACH,
+    add_lock_probe,
+    check_attack_failed,
+    steps,
+)
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -40,7 +51,28 @@ def nobody_run(checkout, jail_dir, *args, sets=(), options=(), **kwargs):
 
 
 @pytest.fixture(scope="module")
-def run(world_readable_checkout, jail):  # noqa: F811
+def jail(world_readable_checkout):
+    """A `shell` jail nobody built for itself, with the probe added (owned by the jail's root)."""
+    base = Path(tempfile.mkdtemp(prefix="jailkit-launch-nobody-"))
+    os.chown(base, NOBODY, NOBODY)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+           "HOME": "/nonexistent"}
+    try:
+        built = subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", "build", "shell",
+                                "--root", str(base / "shell")], env=env, text=True, cwd="/",
+                               capture_output=True, preexec_fn=as_nobody, timeout=120)
+        assert built.returncode == 0, built.stderr
+        probe = base / "shell/current/root" / PROBE.lstrip("/")
+        subprocess.run(["gcc", "-static", "-O1", "-o", probe, REPO / "tests/launch_probe.c"],
+                       check=True)
+        os.chown(probe, NOBODY, NOBODY)
+        yield base / "shell"
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.fixture(scope="module")
+def run(world_readable_checkout, jail):
     def run(*args, **kwargs):
         return nobody_run(world_readable_checkout, jail, *args, **kwargs)
 
@@ -111,7 +143,7 @@ def test_callers_fd_is_not_inherited(run):
     assert result.stdout.strip() == "fds"
 
 
-def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail):  # noqa: F811
+def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail):
     mounts = mount_points()
     proc = subprocess.Popen(
         command(world_readable_checkout, jail, "/bin/sh", "-c",
@@ -145,7 +177,7 @@ def test_what_needs_root_is_a_one_line_error(run, sets, cause):
 
 
 
-def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checkout, jail):  # noqa: F811
+def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checkout, jail):
     # /etc/subuid and /etc/subgid with a range for nobody, only in a private mount namespace of
     # this test (never on the host); newuidmap reads them there
     with tempfile.NamedTemporaryFile("w", prefix="jailkit-subid-", delete=False) as f:
@@ -177,7 +209,7 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checko
     assert [line.split() for line in uid_map] == [["0", "65534", "1"], ["1", "200000", "65535"]]
 
 
-def test_state_directory_is_bound_for_an_ordinary_user(run, jail):  # noqa: F811
+def test_state_directory_is_bound_for_an_ordinary_user(run, jail):
     state = jail / "state" / "spool"
     state.mkdir(parents=True)
     os.chown(state, NOBODY, NOBODY)  # as `nobody` built it
@@ -189,3 +221,59 @@ def test_state_directory_is_bound_for_an_ordinary_user(run, jail):  # noqa: F811
         assert (state / "file").stat().st_uid == NOBODY
     finally:
         shutil.rmtree(jail / "state")
+
+
+# --- the read-only mounts are locked, and pid 1 is no file of the user's (test_launch_locks.py)
+
+
+@pytest.fixture(scope="module")
+def lock_probe(jail):
+    target = add_lock_probe(jail)
+    os.chown(target, NOBODY, NOBODY)
+    yield LOCK_PROBE
+    target.unlink()
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_read_only_mounts_are_locked(run, jail, lock_probe, attack):
+    # nobody's own jail: before the lock, a writable remount of / wrote into nobody's tree
+    check_attack_failed(run(lock_probe, *attack.split(), sets=ATTACKER), jail)
+
+
+@pytest.fixture
+def own_install():
+    """jailkit as an ordinary user installs it: an interpreter and a reaper beside it that the
+    user owns (so a jail that reached the reaper file could chmod it)."""
+    prefix = Path(tempfile.mkdtemp(prefix="jailkit-prefix-"))
+    prefix.chmod(0o755)
+    (prefix / "bin").mkdir()
+    (prefix / "bin" / "python").symlink_to("/usr/bin/python3")
+    reaper = prefix / "libexec" / "jailkit" / "jailkit-reaper"
+    reaper.parent.mkdir(parents=True)
+    shutil.copy("/opt/jailkit/libexec/jailkit/jailkit-reaper", reaper)
+    os.chown(reaper, NOBODY, NOBODY)
+    reaper.chmod(0o755)
+    yield prefix
+    shutil.rmtree(prefix)
+
+
+def test_pid_1_executable_cannot_be_changed_from_the_jail(own_install, world_readable_checkout,
+                                                          jail, lock_probe):
+    reaper = own_install / "libexec" / "jailkit" / "jailkit-reaper"
+    before = reaper.stat()
+    result = subprocess.run(
+        [own_install / "bin" / "python", "-m", "jailkit", "run", "shell", "--root", jail,
+         "--set", f"capabilities={PID1_REACH}", "--set", f"dangerous_capabilities={PID1_REACH}",
+         "--", lock_probe, "pid1-exe"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout)},
+        preexec_fn=as_nobody, capture_output=True, text=True, timeout=60, cwd="/",
+    )
+    done = steps(result.stdout)
+    assert "readlink" in done, result.stderr
+    after = reaper.stat()
+    assert (after.st_mode, after.st_uid, after.st_size) == (before.st_mode, before.st_uid,
+                                                            before.st_size)
+    assert done["fchmod" if "fchmod" in done else "open-read"] != "ok"
+    assert done["chmod"] != "ok" and done["open-write"] != "ok"
+    link = done["readlink"]  # unreadable now; were it readable, no host file
+    assert not link.startswith("/") or link.startswith("/memfd:jailkit-reaper"), link

@@ -3,11 +3,12 @@
 The new tree is built in a fresh DIR/gen-N that nobody else writes to, through directory
 descriptors with O_NOFOLLOW/O_EXCL, so a symlink planted in an old jail cannot redirect a write.
 Files unchanged since the previous generation (host source and jail copy both match the manifest
-by size, mtime and inode) are hard-linked from it instead of copied; when nothing at all changed,
-no generation is made. A build killed at any point leaves DIR/current on the previous jail; the
-next build removes the half-built generation.
+by size, mtime, ctime and inode) are hard-linked from it instead of copied; when nothing at all
+changed, no generation is made. A build killed at any point leaves DIR/current on the previous
+jail; the next build removes the half-built generation.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -16,9 +17,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from jailkit.build import manifest
+from jailkit.build.check import TreeOpener, sha256_of
+from jailkit.build.identity import HostStat
 from jailkit.build.jaildir import JailDir, open_dir, walk_tree
 from jailkit.build.manifest import Manifest, Record
-from jailkit.build.plan import Entry, HostStat, Plan
+from jailkit.build.plan import Entry, Plan
 from jailkit.errors import JailkitError
 
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -53,8 +56,10 @@ class Result:
                 "launch_changed": self.launch_changed}
 
 
-def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, owners: bool):
-    """None when the previous generation's entry can be reused as is, else the reason it cannot."""
+def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, owners: bool,
+              opener):
+    """None when the previous generation's entry can be reused as is, else the reason it cannot.
+    `opener`: the previous tree's directories, to hash a file whose ctime alone changed."""
     if old is None:
         return "new"
     if seen is None:
@@ -82,6 +87,15 @@ def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, own
     elif entry.source != old.source or entry.host != old.host or entry.file_caps != old.file_caps:
         return "host file changed"
     if (seen.st_ino, seen.st_size, seen.st_mtime_ns) != (old.ino, old.size, old.mtime):
+        return "modified in the jail, restored"
+    if seen.st_ctime_ns != old.ctime:
+        # rewritten in place with its mtime put back, or only linked or unlinked elsewhere (a
+        # killed build's leftover generation): the content decides, read this once
+        try:
+            if sha256_of(opener, entry.path) == old.sha256:
+                return None
+        except OSError:
+            pass
         return "modified in the jail, restored"
     return None
 
@@ -150,7 +164,7 @@ class _Writer:
         self.records[entry.path] = Record(
             entry.path, entry.type, entry.mode, entry.uid, entry.gid,
             st.st_size if entry.type == "file" else 0, sha, entry.source, entry.target,
-            st.st_mtime_ns, st.st_ino, host, entry.file_caps)
+            st.st_mtime_ns, st.st_ino, host, entry.file_caps, st.st_ctime_ns)
 
     def root(self, entry: Entry) -> None:
         self._record(entry, self._own(self.stack[0][1], entry))
@@ -216,13 +230,19 @@ class _Writer:
     @staticmethod
     def _copy_host(entry: Entry, dst: int, digest) -> tuple[HostStat, bytes | None]:
         try:
-            src = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            src = _open_host(entry.source)
         except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise ApplyError(f"{entry.source}: a directory on its path became a symlink "
+                                 "since the build was planned; build again") from None
             raise ApplyError(f"cannot read {entry.source}: {e.strerror}") from None
         try:
             st = os.fstat(src)
-            if not stat.S_ISREG(st.st_mode):
-                raise ApplyError(f"{entry.source} is no longer a regular file; build again")
+            planned = entry.host
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (planned.dev,
+                                                                          planned.ino):
+                raise ApplyError(f"{entry.source} is not the file planned (replaced since the "
+                                 "build was planned); build again")
             while chunk := os.read(src, max(CHUNK, st.st_size + 1)):
                 digest.update(chunk)
                 _write_all(dst, chunk)
@@ -235,6 +255,24 @@ class _Writer:
             return HostStat.of(st), caps
         finally:
             os.close(src)
+
+
+def _open_host(path: str) -> int:
+    """Open a host file planned by its symlink-free path, one component at a time without
+    following a symlink: a directory the user swaps for a link after planning cannot make root
+    copy what the link leads to."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        *directories, name = path.strip("/").split("/")
+        for part in directories:
+            child = open_dir(part, fd)
+            os.close(fd)
+            fd = child
+        # O_NONBLOCK: a fifo swapped in must not hang the build (fstat then refuses it)
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                       dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -273,16 +311,36 @@ def apply(plan: Plan, jail: JailDir, progress=None, previous: Manifest | None = 
         raise ApplyError(f"{jail.path}: {e}; the previous jail is untouched") from None
 
 
+def _make_generated(plan: Plan, jail: JailDir) -> Plan:
+    """`plan` with its [generated] files made by their generators and kept in the jail directory:
+    the one thing planning leaves to do, done under the build lock once the plan succeeded."""
+    if not plan.to_generate:
+        return plan
+    from jailkit.build.generate import make_and_keep
+
+    entries = dict(plan.entries)
+    for item, subject in plan.to_generate:
+        for path, content in make_and_keep(jail.fd, item, subject).items():
+            entries[path] = entries[path]._replace(content=content)
+    return plan.with_entries(entries)
+
+
 def _apply_locked(plan, jail, progress, previous) -> Result:
     owners = os.geteuid() == 0
     with jail.locked():
+        plan = _make_generated(plan, jail)
         current = jail.current()
         jail.remove_stale(keep={current} if current is not None else set())
         old, seen, old_launch, old_root_fd = _previous(jail, current, previous)
         try:
             records = old.records if old else {}
-            reasons = {path: _why_redo(entry, records.get(path), seen.get(path), owners)
-                       for path, entry in plan.entries.items()}
+            opener = old_root_fd is not None and TreeOpener(old_root_fd)
+            try:
+                reasons = {path: _why_redo(entry, records.get(path), seen.get(path), owners,
+                                           opener) for path, entry in plan.entries.items()}
+            finally:
+                if opener:
+                    opener.close()
             removed = sorted(set(records) - set(plan.entries))
             extra = sorted(set(seen) - set(plan.entries) - set(records))
             result = Result(current or 0, False, removed=removed,
@@ -297,19 +355,41 @@ def _apply_locked(plan, jail, progress, previous) -> Result:
             if (old is not None and not removed and not result.added and not result.updated
                     and not result.launch_changed and old.closure == plan.closure):
                 return result
-            number, result.copied, result.linked = _build(plan, jail, old_root_fd, reasons,
-                                                          records, owners, progress)
+            number, result.copied, result.linked, built = _build(
+                plan, jail, old_root_fd, reasons, records, owners, progress)
         finally:
             if old_root_fd is not None:
                 os.close(old_root_fd)
         jail.swap(number)
         jail.remove_stale(keep={number})
+        _settle_ctimes(jail, built)
         result.generation, result.changed = number, True
         return result
 
 
-def _build(plan, jail, old_root_fd, reasons, records, owners, progress) -> tuple[int, int, int]:
-    """Write a new generation; returns (its number, files copied, files hard-linked)."""
+def _settle_ctimes(jail: JailDir, built: Manifest) -> None:
+    """Record each file's ctime as it is once the build is over: linking an inode into the new
+    generation and unlinking it from the old one changed it. (Killed before this, a build
+    leaves earlier ctimes, which the next build checks by hash.)"""
+    gen_fd = jail.open_generation(built.generation)
+    try:
+        root_fd = open_dir("root", gen_fd)
+        try:
+            seen = walk_tree(root_fd)
+        finally:
+            os.close(root_fd)
+        for path, record in built.records.items():
+            st = seen.get(path)
+            if record.type == "file" and st is not None and st.st_ino == record.ino:
+                built.records[path] = record._replace(ctime=st.st_ctime_ns)
+        manifest.replace(gen_fd, manifest.NAME, built.dumps())
+    finally:
+        os.close(gen_fd)
+
+
+def _build(plan, jail, old_root_fd, reasons, records, owners, progress):
+    """Write a new generation; returns (its number, files copied, files hard-linked, its
+    manifest)."""
     number, gen_fd = jail.new_generation()
     try:
         os.mkdir("root", 0o700, dir_fd=gen_fd)
@@ -333,10 +413,10 @@ def _build(plan, jail, old_root_fd, reasons, records, owners, progress) -> tuple
             writer.close()
             os.close(root_fd)
         ordered = {path: writer.records[path] for path in plan.entries}
-        manifest.write_new(gen_fd, manifest.NAME,
-                           Manifest(plan.name, number, ordered, plan.closure).dumps())
+        built = Manifest(plan.name, number, ordered, plan.closure)
+        manifest.write_new(gen_fd, manifest.NAME, built.dumps())
         manifest.write_new(gen_fd, "launch.json", json.dumps(plan.launch, indent=2) + "\n")
-        return number, copied, linked
+        return number, copied, linked, built
     except OSError as e:
         raise ApplyError(f"building {jail.path}/gen-{number} failed: {e}; the previous jail is "
                          "untouched") from None

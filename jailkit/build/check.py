@@ -11,8 +11,8 @@ import stat
 from typing import NamedTuple
 
 from jailkit.build import manifest
+from jailkit.build.identity import HostStat
 from jailkit.build.jaildir import JailDir, open_dir, walk_tree
-from jailkit.build.plan import HostStat
 from jailkit.errors import JailkitError
 
 CHUNK = 1 << 20
@@ -24,7 +24,7 @@ class Finding(NamedTuple):
     detail: str
 
 
-class _Opener:
+class TreeOpener:
     """Descriptors of the jail's directories, opened component by component without following."""
 
     def __init__(self, root_fd: int):
@@ -43,7 +43,7 @@ class _Opener:
                 os.close(fd)
 
 
-def _sha256(opener: _Opener, path: str) -> str:
+def sha256_of(opener: TreeOpener, path: str) -> str:
     parent_fd, name = opener.parent(path)
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
     try:
@@ -60,6 +60,8 @@ def _host_changed(record: manifest.Record) -> str | None:
         now = HostStat.of(os.lstat(record.source))
     except OSError as e:
         return f"host source {record.source} is gone ({e.strerror}): `jailkit update` the jail"
+    if record.host.ctime_ns is None:  # recorded by an older build
+        now = now._replace(ctime_ns=None)
     if now != record.host:
         return f"host source {record.source} changed since the build: `jailkit update` the jail"
     return None
@@ -92,7 +94,7 @@ def _check_record(record, seen, opener, owners) -> list[Finding]:
             if seen.st_size != record.size:
                 out.append(Finding("modified", path, f"{seen.st_size} bytes, manifest says "
                                                      f"{record.size}"))
-            elif _sha256(opener, path) != record.sha256:
+            elif sha256_of(opener, path) != record.sha256:
                 out.append(Finding("modified", path, "content differs from the manifest's sha256"))
     except OSError as e:
         out.append(Finding("replaced", path, f"cannot be read without following a link: "
@@ -120,7 +122,7 @@ def check_jail(jail: JailDir) -> list[Finding]:
         raise JailkitError(f"{jail.path}/gen-{number}: {e.strerror} (replaced by a build while "
                            "checking? run again)") from None
     owners = os.geteuid() == 0
-    opener = _Opener(root_fd)
+    opener = TreeOpener(root_fd)
     try:
         seen = walk_tree(root_fd)
         findings = []

@@ -15,13 +15,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+from typing import NamedTuple
 
 from jailkit.build.jaildir import DIR_FLAGS
 from jailkit.errors import JailkitError
 from jailkit.profile.model import Generated
 
 PARAMS = "params.json"
-SUBJECT_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}$")
+SUBJECT_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}")
 
 
 class GenerateError(JailkitError):
@@ -47,6 +48,25 @@ def _outputs(kind: str, dest: str, out: str) -> dict[str, bytes]:
             return {dest: key.read() + cert.read()}
     with open(out, "rb") as private, open(f"{out}.pub", "rb") as public:
         return {dest: private.read(), f"{dest}.pub": public.read()}
+
+
+class KeptFiles(NamedTuple):
+    """What DIR/generated/DEST holds: the record of what it was made for, and the files."""
+
+    params: bytes
+    files: dict[str, bytes]  # jail path -> content
+
+
+def params_of(item: Generated, subject: str) -> bytes:
+    """The record a generated file is kept with: a change of kind or subject makes a new one."""
+    if not SUBJECT_RE.fullmatch(subject):
+        raise GenerateError(f"{item.dest}: subject {subject!r} is not a host name")
+    return json.dumps({"kind": item.kind, "subject": subject}, sort_keys=True).encode()
+
+
+def paths_of(item: Generated) -> list[str]:
+    """The jail paths a generator makes: an ssh host key has its .pub beside it."""
+    return [item.dest] if item.kind == "tls-cert" else [item.dest, f"{item.dest}.pub"]
 
 
 def _open_dirs(jail_fd: int, relative: str, create: bool) -> int | None:
@@ -84,26 +104,31 @@ def _read(fd: int, names: list[str]) -> dict[str, bytes] | None:
     return out
 
 
-def generated_files(item: Generated, subject: str, jail_fd: int,
-                    create: bool) -> dict[str, bytes] | None:
-    """Jail path -> content for `item`: the kept copy when it was made for the same kind and
-    subject, else newly made and kept in the jail directory `jail_fd` (when `create`; otherwise
-    None)."""
-    if not SUBJECT_RE.match(subject):
-        raise GenerateError(f"{item.dest}: subject {subject!r} is not a host name")
-    params = json.dumps({"kind": item.kind, "subject": subject}, sort_keys=True).encode()
-    fd = _open_dirs(jail_fd, item.dest.strip("/"), create)
+def read_kept(jail_fd: int, item: Generated) -> KeptFiles | None:
+    """What was made for `item` in the jail directory `jail_fd`, or None (nothing yet)."""
+    fd = _open_dirs(jail_fd, item.dest.strip("/"), create=False)
     if fd is None:
         return None
-    paths = [item.dest] if item.kind == "tls-cert" else [item.dest, f"{item.dest}.pub"]
+    paths = paths_of(item)
     names = [path.rsplit("/", 1)[1] for path in paths]
     try:
         kept = _read(fd, [PARAMS, *names])
-        if kept is not None and kept[PARAMS] == params:
-            return {path: kept[name] for path, name in zip(paths, names, strict=True)}
-        if not create:
-            return None
-        made = _make(item, subject)
+    finally:
+        os.close(fd)
+    if kept is None:
+        return None
+    return KeptFiles(kept[PARAMS], {path: kept[name] for path, name in zip(paths, names,
+                                                                            strict=True)})
+
+
+def make_and_keep(jail_fd: int, item: Generated, subject: str) -> dict[str, bytes]:
+    """Make `item` for `subject` with its generator and keep it in the jail directory `jail_fd`
+    (replacing what was made for another kind or subject); jail path -> content."""
+    params = params_of(item, subject)
+    made = _make(item, subject)
+    names = [path.rsplit("/", 1)[1] for path in paths_of(item)]
+    fd = _open_dirs(jail_fd, item.dest.strip("/"), create=True)
+    try:
         for name in (PARAMS, *names):
             try:
                 os.unlink(name, dir_fd=fd)
@@ -115,9 +140,9 @@ def generated_files(item: Generated, subject: str, jail_fd: int,
                               os.O_CLOEXEC, 0o600, dir_fd=fd), "wb") as f:
                 f.write(content)
                 os.fsync(f.fileno())
-        return made
     finally:
         os.close(fd)
+    return made
 
 
 def _make(item: Generated, subject: str) -> dict[str, bytes]:

@@ -10,8 +10,9 @@ import stat
 from contextlib import contextmanager
 
 from jailkit.errors import JailkitError
+from jailkit.launch.trust import check_jail_dir
 
-GEN_RE = re.compile(r"^gen-([0-9]+)$")
+GEN_RE = re.compile(r"gen-([0-9]+)")
 OWN_NAMES = {"current", "current.tmp", "lock", "state", "generated"}
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -34,7 +35,7 @@ def open_dir(name: str, dir_fd: int) -> int:
 
 
 def is_jail_listing(names) -> bool:
-    return all(n in OWN_NAMES or GEN_RE.match(n) for n in names)
+    return all(n in OWN_NAMES or GEN_RE.fullmatch(n) for n in names)
 
 
 class JailDir:
@@ -42,21 +43,32 @@ class JailDir:
 
     def __init__(self, path, create: bool = False):
         self.path = os.path.abspath(path)
+        self._lock_fd: int | None = None  # DIR/lock while this process holds the build lock
         if self.path == "/" or (os.path.exists(self.path) and os.path.samefile(self.path, "/")):
             raise JailDirError("refusing to use / as a jail directory; pass --root DIR")
+        real = check_jail_dir(self.path)
         if create:
             try:
-                os.makedirs(self.path, mode=0o755, exist_ok=True)
+                # 0700: launch.json and the manifest may hold secrets (a profile's env)
+                os.makedirs(real, mode=0o700, exist_ok=True)
             except OSError as e:
                 raise JailDirError(f"cannot create jail directory {self.path}: "
                                    f"{e.strerror}") from None
+            check_jail_dir(self.path)  # the parents it made are ours, and no one else's
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise JailDirError(f"no jail at {self.path}; build it first with "
                                "`jailkit build`") from None
         except OSError as e:
             raise JailDirError(f"cannot open jail directory {self.path}: {e.strerror}") from None
+        st = os.fstat(self.fd)
+        if st.st_uid != os.geteuid():  # replaced between the check and the open
+            os.close(self.fd)
+            raise JailDirError(f"refusing jail directory {self.path}: it changed owner while "
+                               "being opened; choose another --root")
+        if create and st.st_mode & 0o077:
+            os.fchmod(self.fd, 0o700)  # a jail of an older jailkit, or an empty directory
         names = os.listdir(self.fd)
         if not is_jail_listing(names):
             os.close(self.fd)
@@ -72,17 +84,24 @@ class JailDir:
 
     @contextmanager
     def locked(self):
-        """Exclusive build lock on DIR/lock: concurrent builds of one jail run one after another."""
+        """Exclusive build lock on DIR/lock: concurrent builds of one jail run one after another.
+        Re-entrant: a build holds it from reading what the jail keeps to the swap, and apply
+        takes it again (a second flock of the same file by this process would wait forever)."""
+        if self._lock_fd is not None:
+            yield
+            return
         fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=self.fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
             yield
         finally:
+            self._lock_fd = None
             os.close(fd)
 
     def generations(self) -> list[int]:
-        return sorted(int(m.group(1)) for n in os.listdir(self.fd) if (m := GEN_RE.match(n)))
+        return sorted(int(m.group(1)) for n in os.listdir(self.fd) if (m := GEN_RE.fullmatch(n)))
 
     def current(self) -> int | None:
         """The generation DIR/current points to, or None before the first build."""
@@ -93,7 +112,7 @@ class JailDir:
         except OSError as e:
             raise JailDirError(f"{self.path}/current is not a symlink to a generation: "
                                f"{e.strerror}") from None
-        match = GEN_RE.match(target)
+        match = GEN_RE.fullmatch(target)
         if not match:
             raise JailDirError(f"{self.path}/current points to {target!r}, not to gen-N; "
                                "remove it and rebuild")

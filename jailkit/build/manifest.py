@@ -4,7 +4,7 @@ import json
 import os
 from typing import NamedTuple
 
-from jailkit.build.plan import HostStat
+from jailkit.build.identity import HostStat
 from jailkit.errors import JailkitError
 
 VERSION = 1
@@ -29,6 +29,9 @@ class Record(NamedTuple):
     ino: int  # st_ino of the jail entry
     host: HostStat | None  # the host source's identity when it was copied
     file_caps: bool = False
+    # st_ctime_ns of the jail entry once the build settled (jailkit.build.apply): a copy
+    # rewritten in place with its mtime put back is caught by it. None in manifests of older builds.
+    ctime: int | None = None
 
 
 class Manifest:
@@ -75,24 +78,6 @@ def read(gen_fd: int, origin: str) -> Manifest:
         return Manifest.loads(f.read(), f"{origin}/{NAME}")
 
 
-def previous(jail_path) -> Manifest | None:
-    """The manifest of the jail built at `jail_path`, if there is one (else None)."""
-    from jailkit.build.jaildir import JailDir
-
-    try:
-        with JailDir(jail_path) as jail:
-            number = jail.current()
-            if number is None:
-                return None
-            gen_fd = jail.open_generation(number)
-            try:
-                return read(gen_fd, str(jail_path))
-            finally:
-                os.close(gen_fd)
-    except (JailkitError, OSError):
-        return None  # no usable previous build: everything is planned afresh
-
-
 def read_json(gen_fd: int, name: str) -> dict | None:
     """A small JSON file of a generation (launch.json), or None when it is missing or unreadable."""
     try:
@@ -106,9 +91,21 @@ def read_json(gen_fd: int, name: str) -> dict | None:
             return None
 
 
+def replace(gen_fd: int, name: str, text: str) -> None:
+    """Replace a generation's file in one rename(2): a reader sees the old or the new one."""
+    partial = f"{name}.new"
+    try:
+        os.unlink(partial, dir_fd=gen_fd)
+    except FileNotFoundError:
+        pass
+    write_new(gen_fd, partial, text)
+    os.replace(partial, name, src_dir_fd=gen_fd, dst_dir_fd=gen_fd)
+
+
 def write_new(gen_fd: int, name: str, text: str) -> None:
-    """Create a file in a fresh generation directory (never replacing or following anything)."""
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+    """Create a file in a fresh generation directory (never replacing or following anything),
+    readable by its owner only: a profile's env (in launch.json) may hold secrets."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                  dir_fd=gen_fd)
     with os.fdopen(fd, "w") as f:
         f.write(text)

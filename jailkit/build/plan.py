@@ -8,6 +8,7 @@ import os
 import stat
 from typing import NamedTuple
 
+from jailkit.build.identity import HostStat, identity_of
 from jailkit.errors import JailkitError
 from jailkit.profile.model import Profile
 from jailkit.profile.schema import is_glob
@@ -21,19 +22,6 @@ NSSWITCH = (
 
 class PlanError(JailkitError):
     """The profile asks for something the host cannot provide or that contradicts itself."""
-
-
-class HostStat(NamedTuple):
-    """Identity of a host file when it was planned: if all four match later, it did not change."""
-
-    size: int
-    mtime_ns: int
-    ino: int
-    dev: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> "HostStat":
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
 class Entry(NamedTuple):
@@ -58,13 +46,20 @@ class Plan:
     DIR/state subdirectories (-> mode), notes for the user, and the closure cache record."""
 
     def __init__(self, name: str, entries: dict[str, Entry], launch: dict,
-                 state_dirs: dict[str, int], notes: list[str], closure: dict):
+                 state_dirs: dict[str, int], notes: list[str], closure: dict,
+                 to_generate: list | None = None):
         self.name = name
         self.entries = entries
         self.launch = launch
         self.state_dirs = state_dirs
         self.notes = notes
         self.closure = closure
+        # [generated] items (Generated, subject) not made yet: their entries hold empty content
+        # until jailkit.build.apply makes them (the plan itself makes nothing)
+        self.to_generate = to_generate or []
+
+    def with_entries(self, entries: dict[str, Entry]) -> "Plan":
+        return Plan(self.name, entries, self.launch, self.state_dirs, self.notes, self.closure)
 
     def summary(self) -> dict:
         counts = {"dir": 0, "file": 0, "symlink": 0}
@@ -95,6 +90,7 @@ class _Planner:
         self.users = {u.name: u for u in profile.users.values()}
         self.groups = {g.name: g for g in profile.groups.values()}
         self.chained: set[str] = set()
+        self.named: list[str] = []  # real paths of the profile's `files`: links may lead there
 
     # -- adding entries, with conflict checks --
 
@@ -123,6 +119,22 @@ class _Planner:
         elif entry.type != "dir":
             raise PlanError(f"{path} would be created under {parent}, which is {_describe(entry)}")
 
+    def add_host(self, entry: Entry) -> None:
+        """An entry copied from the host at the same path. Its parents that nobody named get
+        the host's modes (minus group/other write), not 0755: a 0700 parent stays closed."""
+        missing, parent = [], entry.path.rsplit("/", 1)[0]
+        while parent and parent not in self.entries:
+            missing.append(parent)
+            parent = parent.rsplit("/", 1)[0]
+        for directory in reversed(missing):
+            try:
+                st = os.lstat(directory)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self.add(Entry(directory, "dir", mode=st.st_mode & 0o755), implicit=True)
+        self.add(entry)
+
     def owner(self, user: str, group: str) -> tuple[int, int]:
         return self.users[user].uid, self.groups[group].gid
 
@@ -142,12 +154,12 @@ class _Planner:
         except OSError as e:
             raise PlanError(f"cannot read {path}: {e.strerror}") from None
         for hop, target in chain[:-1]:
-            self.add(Entry(hop, "symlink", mode=0o777, target=target))
+            self.add_host(Entry(hop, "symlink", mode=0o777, target=target))
         if stat.S_ISDIR(st.st_mode):
             if walk:
                 self.tree(final, st)
             else:
-                self.add(Entry(final, "dir", mode=st.st_mode & 0o755))
+                self.add_host(Entry(final, "dir", mode=st.st_mode & 0o755))
         else:
             self.host_file(final, st, path)
 
@@ -158,7 +170,8 @@ class _Planner:
         keep_special = path in self.keep_setuid or asked in self.keep_setuid
         mode = st.st_mode & (0o6755 if keep_special else 0o755)
         caps = path in self.keep_caps or asked in self.keep_caps
-        self.add(Entry(path, "file", mode=mode, source=path, host=HostStat.of(st), file_caps=caps))
+        self.add_host(Entry(path, "file", mode=mode, source=path, host=HostStat.of(st),
+                            file_caps=caps))
 
     def tree(self, top: str, top_st: os.stat_result) -> None:
         """Copy a host directory: same filesystem only, symlinks kept, excludes honoured. A mount
@@ -167,7 +180,7 @@ class _Planner:
         from jailkit.build.jaildir import mount_points
 
         mounts = mount_points()
-        self.add(Entry(top, "dir", mode=top_st.st_mode & 0o755))
+        self.add_host(Entry(top, "dir", mode=top_st.st_mode & 0o755))
         pending = [top]
         while pending:
             directory = pending.pop()
@@ -183,7 +196,7 @@ class _Planner:
                 if st.st_dev != top_st.st_dev or item.path in mounts:
                     self.notes.append(f"skipped {item.path}: a mount point (not copied from {top})")
                 elif stat.S_ISDIR(st.st_mode):
-                    self.add(Entry(item.path, "dir", mode=st.st_mode & 0o755))
+                    self.add_host(Entry(item.path, "dir", mode=st.st_mode & 0o755))
                     pending.append(item.path)
                 elif stat.S_ISLNK(st.st_mode):
                     self.tree_symlink(item.path)
@@ -194,18 +207,26 @@ class _Planner:
 
     def tree_symlink(self, path: str) -> None:
         """A symlink met inside a copied directory: kept, and what it points to is copied too when
-        that is a file (the /etc/ssl/certs hash links); a link to a directory is kept dangling."""
+        that is a file within the profile's `files` (the /etc/ssl/certs hash links); a link to a
+        directory or out of them is kept dangling."""
         target = os.readlink(path)
-        self.add(Entry(path, "symlink", mode=0o777, target=target))
+        self.add_host(Entry(path, "symlink", mode=0o777, target=target))
         try:
             st = os.stat(path)
         except OSError:
             return  # dangling on the host too
-        if stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
+            self.notes.append(f"{path} points to a directory, which is not copied")
+        elif not self.is_named(os.path.realpath(path)):
+            # whoever can write the tree could make root copy /etc/shadow: kept as a link only
+            self.notes.append(f"{path} points outside the copied trees, to "
+                              f"{os.path.realpath(path)}, which is not copied")
+        else:
             # the link's own directory is a real one (walked), so the next hop starts there
             self.host_path(os.path.join(os.path.dirname(path), target))
-        else:
-            self.notes.append(f"{path} points to a directory, which is not copied")
+
+    def is_named(self, real: str) -> bool:
+        return any(real == top or real.startswith(top.rstrip("/") + "/") for top in self.named)
 
     def excluded(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.profile.exclude)
@@ -243,14 +264,6 @@ def expand(patterns, what: str) -> list[str]:
 LD_CACHE = "/etc/ld.so.cache"
 
 
-def _identity(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
 def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dict]:
     """Host files the profile's binaries and libraries need, and the cache record to keep.
 
@@ -260,7 +273,7 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
     inputs = [*profile.binaries, *profile.libraries]
     key = [*inputs, *expand([p for p in inputs if is_glob(p)], "globs")]
     if cache and cache.get("key") == key and all(
-            _identity(path) == identity for path, identity in cache["stats"].items()):
+            identity_of(path) == tuple(identity) for path, identity in cache["stats"].items()):
         return cache["files"], cache
 
     from jailkit.elf.closure import Resolver
@@ -285,40 +298,26 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
             raise PlanError(f"{users} needs {name}: not found on this host")
         files.extend(result.files)
     files = list(dict.fromkeys(files))
-    stats = {path: _identity(path) for path in (LD_CACHE, *files)}
+    stats = {path: identity_of(path) for path in (LD_CACHE, *files)}
     return files, {"key": key, "files": files, "stats": stats}
 
 
-def _previous_hash(jail_fd: int | None, name: str) -> tuple[str, ...]:
-    """The user's password hash in the jail's current /etc/shadow (none before the first build).
-    Only the user's own: another user's hash is never reused, even for the same password."""
-    if jail_fd is None:
-        return ()
-    try:
-        fd = os.open("current/root/etc/shadow", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=jail_fd)
-    except OSError:
-        return ()
-    with open(fd, encoding="utf-8", errors="replace") as f:
-        return tuple(fields[1] for fields in (line.split(":") for line in f)
-                     if len(fields) > 2 and fields[0] == name)
-
-
-def _password(user, profile: Profile, jail_fd: int | None) -> str:
-    """The shadow field for a user: as written, or rendered (`{{ local_password | crypt }}`)."""
+def _password(user, profile: Profile, kept) -> str:
+    """The shadow field for a user: as written, or rendered (`{{ local_password | crypt }}`),
+    keeping the user's own previous hash while it still matches (never another user's)."""
     if "{{" not in user.password:
         return user.password
     from jailkit.profile.templates import render_jinja2
 
     value = render_jinja2(user.password, profile.variables, f"users.{user.name}.password",
-                          _previous_hash(jail_fd, user.name))
+                          kept.shadow.get(user.name, ()))
     if ":" in value or "\n" in value:
         raise PlanError(f"profile {profile.name}: users.{user.name}.password renders to something "
                         "that is not a password hash (use the `crypt` filter)")
     return value
 
 
-def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = None) -> None:
+def _account_files(planner: _Planner, profile: Profile, kept) -> None:
     users = sorted(profile.users.values(), key=lambda u: u.uid)
     planner.generated("/etc/passwd", "".join(
         f"{u.name}:x:{u.uid}:{u.gid}:{u.gecos}:{u.home}:{u.shell}\n" for u in users))
@@ -330,7 +329,7 @@ def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = No
         # empty "last change" field: password ageing off, so nobody is forced to change it
         gid = profile.groups["shadow"].gid if "shadow" in profile.groups else 0
         planner.generated("/etc/shadow", "".join(
-            f"{u.name}:{_password(u, profile, jail_fd)}::0:99999:7:::\n" for u in shadowed),
+            f"{u.name}:{_password(u, profile, kept)}::0:99999:7:::\n" for u in shadowed),
             0o640, 0, gid)
     if "/etc/nsswitch.conf" not in profile.templates:
         planner.generated("/etc/nsswitch.conf", NSSWITCH)
@@ -338,6 +337,18 @@ def _account_files(planner: _Planner, profile: Profile, jail_fd: int | None = No
 
 def _port_list(ranges) -> list:
     return [low if low == high else [low, high] for low, high in ranges]
+
+
+def _cgroup_limits(service, notes: list[str]) -> dict:
+    """The profile's cgroup limits, jailkit's defaults filling in when built by root."""
+    from jailkit.profile.model import DEFAULT_MEMORY_MAX, DEFAULT_PIDS_MAX
+
+    if os.geteuid() == 0:
+        return {"memory_max": service.memory_max or DEFAULT_MEMORY_MAX,
+                "pids_max": service.pids_max or DEFAULT_PIDS_MAX}
+    notes.append("built by an ordinary user: no default cgroup limits (memory_max, pids_max "
+                 "need root here); the nproc, nofile and fsize rlimits still bound the jail")
+    return {"memory_max": service.memory_max, "pids_max": service.pids_max}
 
 
 def _launch(profile: Profile, planner: _Planner) -> dict:
@@ -366,7 +377,7 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "capabilities": list(service.capabilities),
         "dangerous_capabilities": list(service.dangerous_capabilities),
         "rlimits": {name: list(limit) for name, limit in service.rlimits},
-        "cgroup": {"memory_max": service.memory_max, "pids_max": service.pids_max},
+        "cgroup": _cgroup_limits(service, planner.notes),
         "network": service.network,
         "ports": {"bind": _port_list(service.bind_ports),
                   "connect": _port_list(service.connect_ports)},
@@ -403,40 +414,52 @@ def _depth_first(path: str) -> list[str]:
     return path.split("/")
 
 
-def _generated(planner: _Planner, profile: Profile, jail_fd: int | None, create: bool) -> None:
-    """Keys and certificates made once per jail (jailkit.build.generate); in a plan that will not be
-    applied (--dry-run) those not made yet are empty placeholders."""
-    from jailkit.build.generate import generated_files
+def _generated(planner: _Planner, profile: Profile, kept) -> list:
+    """Keys and certificates made once per jail (jailkit.build.generate): what the jail directory
+    keeps for the same kind and subject, else an empty placeholder that apply fills. Returns the
+    (Generated, subject) pairs still to make."""
+    from jailkit.build.generate import params_of, paths_of
     from jailkit.profile.templates import render_jinja2
 
+    to_generate = []
     for item in profile.generated.values():
         uid, gid = planner.owner(item.owner, item.group)
         subject = render_jinja2(item.subject, profile.variables, f"generated.{item.dest}.subject")
-        files = generated_files(item, subject, jail_fd, create) if jail_fd is not None else None
-        if files is None:
+        made = kept.generated.get(item.dest)
+        if made is not None and made.params == params_of(item, subject):
+            files = made.files
+        else:
             planner.notes.append(f"{item.dest}: a {item.kind} made at build time, once per jail")
-            files = {item.dest: b""}
+            to_generate.append((item, subject))
+            files = dict.fromkeys(paths_of(item), b"")
         for path, content in files.items():
             mode = item.mode if path == item.dest else 0o644  # an ssh host key's .pub is public
             planner.add(Entry(path, "file", mode=mode, uid=uid, gid=gid, content=content))
+    return to_generate
 
 
-def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int | None = None,
-              generate: bool = True) -> Plan:
-    """Everything the jail for `profile` will hold, and how it will be launched.
-    `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed.
-    `jail_fd`: the jail directory, for what is kept across builds (generated keys, password
-    hashes); `generate`: make the generated files that are missing there (not for --dry-run)."""
+def make_plan(profile: Profile, kept=None) -> Plan:
+    """Everything the jail for `profile` will hold, and how it will be launched: pure data, from
+    the profile, the host and what the jail directory `kept` (jailkit.build.kept); it writes
+    nothing and makes no key. The previous build's closure is reused when nothing it used
+    changed."""
+    if kept is None:  # no jail directory: nothing kept (imported late: a build path cost)
+        from jailkit.build.kept import NOTHING
+
+        kept = NOTHING
     from jailkit.profile.templates import render
 
     planner = _Planner(profile)
     planner.add(Entry("/", "dir"))
-    closure_files, closure = _closure_files(profile, closure_cache)
+    closure_files, closure = _closure_files(profile,
+                                            kept.manifest.closure if kept.manifest else None)
     for path in closure_files:
         planner.host_path(path)
-    for path in expand(profile.files, "files"):
+    named = expand(profile.files, "files")
+    planner.named = [os.path.realpath(path) for path in named]
+    for path in named:
         planner.host_path(path, walk=True)
-    _account_files(planner, profile, jail_fd)
+    _account_files(planner, profile, kept)
     for tpl in profile.templates.values():
         uid, gid = planner.owner(tpl.owner, tpl.group)
         planner.generated(tpl.dest, render(tpl, profile.variables), tpl.mode, uid, gid)
@@ -458,10 +481,9 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
         if _lookup(planner.entries, path) is None:
             raise PlanError(f"profile {profile.name}: {what} {path} would not exist in the jail; "
                             "add it to binaries, files or directories")
-    if profile.generated:  # last: a profile that fails to plan makes no key
-        _generated(planner, profile, jail_fd, generate)
+    to_generate = _generated(planner, profile, kept)
     state_dirs = {w.path.lstrip("/"): w.mode
                   for w in profile.writable.values() if w.kind == "state"}
     entries = {path: planner.entries[path] for path in sorted(planner.entries, key=_depth_first)}
     return Plan(profile.name, entries, _launch(profile, planner), state_dirs, planner.notes,
-                closure)
+                closure, to_generate)

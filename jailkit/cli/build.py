@@ -1,5 +1,6 @@
 """`jailkit profiles`, `show`, `build`, `check`, `update`: profiles in, jail directories out."""
 
+import contextlib
 import functools
 import json
 import os
@@ -78,31 +79,40 @@ def show(profile, sets, as_json):
     click.echo(json.dumps(as_dict(loaded), indent=2) if as_json else as_toml(loaded), nl=False)
 
 
-def _plan(profile, sets, root, create=False, dry_run=False):
-    """(plan, jail directory, its current manifest or None)."""
-    from jailkit.build.manifest import previous
-    from jailkit.build.plan import make_plan
+def _load(profile, sets):
+    """The profile with --set values applied; says what its dangerous capabilities open."""
     from jailkit.launch.dangerous import warnings
     from jailkit.profile.model import load
 
     loaded = load(profile, _overrides(sets))
     for line in warnings(loaded.service.capabilities):  # accepted in the profile: say what it opens
         click.echo(f"jailkit: warning: {line}", err=True)
-    root = _root(root, loaded.name)
-    built = previous(root) if os.path.isdir(root) else None
-    cache = built.closure if built else None
-    if not os.path.isdir(root) and (dry_run or not loaded.generated):
-        return make_plan(loaded, cache), root, built
+    return loaded
+
+
+def _dry_plan(loaded, root: str):
+    """The plan a build would apply, reading what an existing jail keeps; writes nothing."""
+    from jailkit.build.plan import make_plan
+
+    if not os.path.isdir(root):
+        return make_plan(loaded)
+    from jailkit.build.jaildir import JailDir
+    from jailkit.build.kept import gather
+
+    with JailDir(root) as jail:
+        return make_plan(loaded, gather(jail, loaded))
+
+
+@contextlib.contextmanager
+def _locked_jail(root: str, create: bool):
+    """The jail directory, open and locked from reading what it keeps to the swap: one handle,
+    one lock for the whole build. A first build that fails leaves no jail directory behind."""
     from jailkit.build.jaildir import JailDir
 
-    # generated keys and password hashes are kept in the jail directory: checked to be one first
     new = not os.path.isdir(root)
-    with JailDir(root, create=create and not dry_run) as jail:
+    with JailDir(root, create=create) as jail, jail.locked():
         try:
-            if dry_run or not loaded.generated:
-                return make_plan(loaded, cache, jail.fd, generate=False), root, built
-            with jail.locked():  # two builds of one jail make its keys once
-                return make_plan(loaded, cache, jail.fd), root, built
+            yield jail
         except JailkitError:
             if new:
                 _remove_new_jail_dir(root)
@@ -115,7 +125,20 @@ def _remove_new_jail_dir(root: str) -> None:
         os.unlink(os.path.join(root, "lock"))
         os.rmdir(root)
     except OSError:
-        pass  # a key was made before the failure: it stays, and the next build reuses it
+        pass  # more than the lock is in it (a key made before the failure): it stays
+
+
+def _build(loaded, jail, quiet: bool, check_profile: bool = False):
+    """Plan from what `jail` keeps, then apply: (plan, result)."""
+    from jailkit.build.kept import gather
+    from jailkit.build.plan import make_plan
+
+    kept = gather(jail, loaded)
+    if check_profile and kept.manifest is not None and kept.manifest.profile != loaded.name:
+        raise JailkitError(f"{jail.path} holds a jail of profile {kept.manifest.profile!r}, not "
+                           f"{loaded.name!r}; `jailkit build` replaces it")
+    plan = make_plan(loaded, kept)
+    return plan, _apply(plan, jail, kept.manifest, quiet)
 
 
 def _print_plan(plan) -> None:
@@ -134,15 +157,13 @@ def _print_plan(plan) -> None:
         click.echo(f"note: {note}")
 
 
-def _apply(plan, root: str, built, quiet: bool, create: bool):
+def _apply(plan, jail, built, quiet: bool):
     from jailkit.build.apply import apply
-    from jailkit.build.jaildir import JailDir
 
-    with JailDir(root, create=create) as jail:
-        if quiet or not sys.stdout.isatty():
-            return apply(plan, jail, previous=built)
-        with click.progressbar(length=len(plan.entries), label=f"building {plan.name}") as bar:
-            return apply(plan, jail, bar.update, built)
+    if quiet or not sys.stdout.isatty():
+        return apply(plan, jail, previous=built)
+    with click.progressbar(length=len(plan.entries), label=f"building {plan.name}") as bar:
+        return apply(plan, jail, bar.update, built)
 
 
 def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
@@ -177,14 +198,17 @@ def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
 @_one_line_errors
 def build(profile, root, dry_run, sets, as_json):
     """Build the jail for PROFILE (a bundled name or a .toml path) into its jail directory."""
-    plan, root, built = _plan(profile, sets, root, create=True, dry_run=dry_run)
+    loaded = _load(profile, sets)
+    root = _root(root, loaded.name)
     if dry_run:
+        plan = _dry_plan(loaded, root)
         if as_json:
             click.echo(json.dumps({**plan.summary(), "launch": plan.launch}, indent=2))
         else:
             _print_plan(plan)
         return
-    result = _apply(plan, root, built, as_json, create=True)
+    with _locked_jail(root, create=True) as jail:
+        plan, result = _build(loaded, jail, as_json)
     _report(result, plan, root, as_json, verbose=False)
 
 
@@ -199,11 +223,10 @@ def update(profile, root, sets, as_json):
 
     Files whose host source and jail copy are unchanged are kept; DIR/state is never touched.
     """
-    plan, root, built = _plan(profile, sets, root)
-    if built is not None and built.profile != plan.name:
-        raise JailkitError(f"{root} holds a jail of profile {built.profile!r}, not {plan.name!r}; "
-                           "`jailkit build` replaces it")
-    result = _apply(plan, root, built, as_json, create=False)
+    loaded = _load(profile, sets)
+    root = _root(root, loaded.name)
+    with _locked_jail(root, create=False) as jail:
+        plan, result = _build(loaded, jail, as_json, check_profile=True)
     _report(result, plan, root, as_json, verbose=True)
 
 

@@ -16,6 +16,7 @@ import os
 from jailkit.errors import JailkitError
 from jailkit.launch import syscalls as sc
 from jailkit.launch.jsonload import loads
+from jailkit.launch.trust import check_jail_dir
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 BENEATH = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS
@@ -53,7 +54,7 @@ class Jail:
                  "lock_fd")
 
     def __init__(self, directory: str, profile: str):
-        self.dir = os.path.abspath(directory)
+        self.dir = check_jail_dir(os.path.abspath(directory))  # no one else's to swap
         build_hint = f"build it first: jailkit build {profile} --root {directory}"
         try:
             self.dir_fd = os.open(self.dir, DIR_FLAGS)

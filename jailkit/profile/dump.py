@@ -3,7 +3,16 @@
 import json
 import re
 
-from jailkit.profile.model import LIST_KEYS, Generated, Profile, Template, User
+from jailkit.profile.model import (
+    DEFAULT_MEMORY_MAX,
+    DEFAULT_PIDS_MAX,
+    LIST_KEYS,
+    Generated,
+    Profile,
+    Template,
+    User,
+)
+from jailkit.profile.templates import _source
 
 
 def as_dict(profile: Profile) -> dict:
@@ -21,8 +30,10 @@ def as_dict(profile: Profile) -> dict:
                 "group": g.group}
 
     def template(t: Template):
-        body = {"source": t.source} if t.source else {"text": t.text}
-        return body | {"mode": octal(t.mode), "owner": t.owner, "group": t.group}
+        # a source is read beneath its profile's directory only: inlined, the output loads
+        # back from anywhere
+        text = _source(t)[0] if t.source else t.text
+        return {"text": text, "mode": octal(t.mode), "owner": t.owner, "group": t.group}
 
     s = profile.service
     service = {
@@ -87,4 +98,10 @@ def _toml_table(table: dict, prefix: list[str], out: list[str]) -> None:
 def as_toml(profile: Profile) -> str:
     out = [f"# profile {profile.name}, resolved from: {', '.join(profile.sources)}"]
     _toml_table(as_dict(profile), [], out)
+    s = profile.service
+    if s.memory_max is None or s.pids_max is None:
+        defaults = [f"memory_max = \"{DEFAULT_MEMORY_MAX >> 20}m\"" * (s.memory_max is None),
+                    f"pids_max = {DEFAULT_PIDS_MAX}" * (s.pids_max is None)]
+        out.append(f"# when built by root, also: {', '.join(filter(None, defaults))} "
+                   "(cgroup limits: root only here)")
     return "\n".join(out) + "\n"

@@ -53,7 +53,8 @@ class Writable(NamedTuple):
 
 
 class Template(NamedTuple):
-    """A jinja2 template (`source`, relative to the profile that names it, or inline `text`)."""
+    """A jinja2 template: `source`, a path beneath `base` (the directory of the profile file
+    that names it), or inline `text`."""
 
     dest: str
     source: str | None = None
@@ -61,6 +62,7 @@ class Template(NamedTuple):
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
+    base: str | None = None
 
 
 class Generated(NamedTuple):
@@ -95,8 +97,8 @@ class Service(NamedTuple):
     seccomp_allow: tuple[str, ...] = ()
     uid_count: int = 65536
     rlimits: tuple[tuple[str, tuple[int, int]], ...] = ()
-    memory_max: int | None = None
-    pids_max: int | None = None
+    memory_max: int | None = None  # None: DEFAULT_MEMORY_MAX when built by root
+    pids_max: int | None = None  # None: DEFAULT_PIDS_MAX when built by root
 
 
 class Profile(NamedTuple):
@@ -118,6 +120,18 @@ class Profile(NamedTuple):
     keep_setuid: tuple[str, ...] = ()
     keep_file_caps: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
+    multiline_variables: tuple[str, ...] = ()  # string variables that may hold newlines
+
+
+# What a jail gets when its profile says nothing (a profile may raise each): without them a
+# default jail could fork thousands of processes, fill the RAM, write files without end and
+# get half the RAM for a tmpfs. rlimits bind every jail (RLIMIT_NPROC counts per user namespace
+# on this kernel); the cgroup limits only jails built by root, because an ordinary user cannot
+# make cgroups on this cgroup-v1 host (the launcher would refuse to start the jail).
+DEFAULT_RLIMITS = {"nofile": (1024, 4096), "nproc": (256, 256), "fsize": (256 << 20, 256 << 20)}
+DEFAULT_MEMORY_MAX = 512 << 20
+DEFAULT_PIDS_MAX = 512
+DEFAULT_TMPFS_SIZE = "64m"
 
 
 # --- locating ------------------------------------------------------------------------------
@@ -149,6 +163,7 @@ def locate(spec: str, relative_to: str | None = None) -> str:
 
 LIST_KEYS = (
     "binaries", "libraries", "files", "exclude", "keep_setuid", "keep_file_caps", "devices",
+    "multiline_variables",
 )  # fmt: skip
 TABLE_KEYS = (
     "variables", "users", "groups", "directories", "writable", "templates", "generated",
@@ -220,16 +235,30 @@ def _coerce(name: str, text: str, default):
     raise ProfileError(f"--set {name}={text}: expected {type(default).__name__} like {default!r}")
 
 
+def _refuse_control_characters(value, multiline: bool, what: str) -> None:
+    """Variables are pasted into line-based files (passwd, vsftpd.conf): a newline in a user
+    name or a path would add lines of the caller's choosing there."""
+    if not isinstance(value, str):
+        return
+    allowed = "\n\t" if multiline else ""
+    for char in value:
+        if (char < " " or char == "\x7f") and char not in allowed:
+            fix = ("" if multiline else "; only variables listed in the profile's "
+                   "multiline_variables may hold newlines")
+            raise ProfileError(f"{what}: a control character ({char!r}) in the value is refused"
+                               f"{fix}")
+
+
 def _user_name(key: str, variables: dict, where: str) -> str:
     """A user's name: as written, or the value of the variable it names (`{{ local_user }}`)."""
-    match = VARIABLE_RE.match(key)
+    match = VARIABLE_RE.fullmatch(key)
     if not match:
         return key
     if match.group(1) not in variables:
         raise ProfileError(f"{where}: users.\"{key}\": no variable {match.group(1)!r}; define it "
                            "under [variables]")
     value = str(variables[match.group(1)])
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ProfileError(f"{where}: {match.group(1)} = {value!r} is not a user name (lower case, "
                            "digits, '_', '-', at most 32); pass another with --set")
     return value
@@ -256,7 +285,7 @@ def _ports(items, variables: dict, where: str) -> tuple[tuple[int, int], ...]:
         if isinstance(item, int):
             out.append((item, item))
             continue
-        low, high = PORT_RE.match(item).groups()
+        low, high = PORT_RE.fullmatch(item).groups()
         low = number(low)
         high = low if high is None else number(high)
         if high < low:
@@ -286,10 +315,18 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     """Semantic checks on the composed profile (cross references), then the frozen Profile."""
     where = f"profile {name}"
     variables = dict(data.get("variables", {}))
+    multiline = data.get("multiline_variables", ())
+    for key in multiline:
+        if not isinstance(variables.get(key), str):
+            raise ProfileError(f"{where}: multiline_variables names {key!r}, which is not a "
+                               "string variable under [variables]")
+    for key, value in variables.items():
+        _refuse_control_characters(value, key in multiline, f"{where}: variables.{key}")
     for key, text in overrides.items():
         if key not in variables:
             known = ", ".join(sorted(variables)) or "none"
             raise ProfileError(f"--set {key}: {where} has no such variable (variables: {known})")
+        _refuse_control_characters(text, key in multiline, f"--set {key}=")
         variables[key] = _coerce(key, text, variables[key])
 
     groups = {g: Group(g, e["gid"], tuple(e.get("members", ()))) for g, e in
@@ -327,6 +364,8 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
                    for p, e in data.get("directories", {}).items()}
     writable = {p: Writable(p, **owned("writable", p, e))
                 for p, e in data.get("writable", {}).items()}
+    writable = {p: w._replace(size=DEFAULT_TMPFS_SIZE) if w.kind == "tmpfs" and not w.size
+                else w for p, w in writable.items()}
     templates = {p: Template(p, **owned("templates", p, e))
                  for p, e in data.get("templates", {}).items()}
     generated = {p: Generated(p, **owned("generated", p, e))
@@ -350,7 +389,8 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
         connect_ports=_ports(ports.get("connect", ()), variables,
                              f"{where}: service.ports.connect"),
         **({"env": tuple(env.items())} if env is not None else {}),
-        rlimits=tuple(limits.items()), memory_max=memory_max, pids_max=pids_max,
+        rlimits=tuple({**DEFAULT_RLIMITS, **limits}.items()), memory_max=memory_max,
+        pids_max=pids_max,
     )
     for field_, value in (("user", service.user), *(("groups", g) for g in service.groups)):
         if value not in (users if field_ == "user" else groups):

@@ -27,11 +27,12 @@ CAPABILITIES = (
 SIGNALS = (
     "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL", "SIGPWR",
 )  # fmt: skip
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-SIZE_RE = re.compile(r"^([0-9]+)([kmg]?)$")
+# always fullmatch: `$` after match() also accepts a trailing newline ("ftpuser\n")
+NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+SIZE_RE = re.compile(r"([0-9]+)([kmg]?)")
 # a TCP port, or a range LOW-HIGH; each a number or one {{ variable }} (resolved after --set)
-PORT_RE = re.compile(r"^\s*(\d+|\{\{\s*\w+\s*\}\})\s*(?:-\s*(\d+|\{\{\s*\w+\s*\}\}))?\s*$")
-VARIABLE_RE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
+PORT_RE = re.compile(r"\s*(\d+|\{\{\s*\w+\s*\}\})\s*(?:-\s*(\d+|\{\{\s*\w+\s*\}\}))?\s*")
+VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 # built-in generators of files made once per jail (jailkit.build.generate), never a command
 GENERATORS = ("tls-cert", "ssh-host-key-ed25519", "ssh-host-key-ecdsa", "ssh-host-key-rsa")
 
@@ -52,7 +53,8 @@ class _Source:
             raise ProfileError(f"cannot read profile {path}: {e}") from None
 
     def fail(self, keypath: tuple, expected: str):
-        dotted = ".".join(str(k) for k in keypath)
+        # a key with a newline must not break the one-line error
+        dotted = ".".join(str(k) if str(k).isprintable() else repr(k) for k in keypath)
         line = _line_of(self.text, keypath)
         where = f"{self.path}:{line}" if line else str(self.path)
         raise ProfileError(f"{where}: {dotted}: {expected}")
@@ -128,7 +130,7 @@ def _abs_path(src, keypath, value, allow_glob=False) -> str:
 
 def _name(src, keypath, value) -> str:
     _typed(src, keypath, value, str)
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         src.fail(keypath, "expected a user/group name (lower case, digits, '_', '-'), "
                           f"got {value!r}")
     return value
@@ -150,8 +152,8 @@ def _int_range(src, keypath, value, low, high) -> int:
 
 def _size(src, keypath, value) -> int:
     """Bytes from an integer or "64m"-style string."""
-    if isinstance(value, str) and SIZE_RE.match(value.lower()):
-        number, unit = SIZE_RE.match(value.lower()).groups()
+    if isinstance(value, str) and SIZE_RE.fullmatch(value.lower()):
+        number, unit = SIZE_RE.fullmatch(value.lower()).groups()
         return int(number) << {"": 0, "k": 10, "m": 20, "g": 30}[unit]
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
@@ -203,7 +205,7 @@ def read_file(path: str) -> dict:
         return _name(src, k, v)
 
     def user_name(k, v):
-        return v if VARIABLE_RE.match(v) else name(k, v)
+        return v if VARIABLE_RE.fullmatch(v) else name(k, v)
 
     def user(k, v):
         return _table(src, k, v, {
@@ -278,7 +280,7 @@ def read_file(path: str) -> dict:
         return {key: string((*k, key), item) for key, item in v.items()}
 
     def port(k, v):
-        if isinstance(v, str) and PORT_RE.match(v):
+        if isinstance(v, str) and PORT_RE.fullmatch(v):
             return v
         if isinstance(v, str):
             src.fail(k, f"expected a port, a range such as '30000-30099' or '{{{{ port }}}}', "
@@ -323,6 +325,7 @@ def read_file(path: str) -> dict:
         "keep_file_caps": abs_paths,
         "devices": devices,
         "variables": keyed(lambda k, key: key, variable),
+        "multiline_variables": strings,
         "users": keyed(user_name, user),
         "groups": keyed(name, group),
         "directories": keyed(lambda k, p: _abs_path(src, k, p), directory),
@@ -335,9 +338,17 @@ def read_file(path: str) -> dict:
         if ("source" in tpl) == ("text" in tpl):
             src.fail(("templates", dest), "expected exactly one of `source` or `text`")
         if "source" in tpl:
-            tpl["source"] = os.path.realpath(os.path.join(os.path.dirname(path), tpl["source"]))
-            if not os.path.isfile(tpl["source"]):
-                src.fail(("templates", dest, "source"), f"template file {tpl['source']} not found")
+            # read beneath this file's directory only (jailkit.profile.templates opens it so):
+            # a shared profile must not copy /etc/shadow into the tree
+            source = tpl["source"]
+            parts = [p for p in source.split("/") if p not in ("", ".")]
+            if source.startswith("/") or ".." in parts or not parts or "\0" in source:
+                src.fail(("templates", dest, "source"), "expected a path relative to the "
+                         f"profile's directory, without '..', got {source!r}")
+            tpl["source"], tpl["base"] = "/".join(parts), os.path.dirname(path)
+            if not os.path.isfile(os.path.join(tpl["base"], tpl["source"])):
+                src.fail(("templates", dest, "source"),
+                         f"template file {os.path.join(tpl['base'], tpl['source'])} not found")
     for dest, entry in top.get("generated", {}).items():
         if "kind" not in entry:
             src.fail(("generated", dest), f"missing `kind` (one of {', '.join(GENERATORS)})")

@@ -8,28 +8,68 @@ str/int/float/bool values a profile can hold, without importing jinja2 (~70 ms).
 or as the path of a file holding them).
 """
 
+import errno
+import os
 import re
+import stat
 
 from jailkit.errors import JailkitError
 from jailkit.profile.model import Template
 
 PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
 UNDEFINED_HINT = "define it under [variables] or pass --set"
+MAX_SIZE = 1 << 20  # a template source and what it renders to
 
 
 class TemplateError(JailkitError):
     """A template that does not render."""
 
 
+def _open_beneath(base: str, relative: str) -> int:
+    """A descriptor of `base`/`relative`, walked one component at a time without following a
+    symlink: a link in the profile's directory cannot lead the build to /etc/shadow."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        *directories, name = relative.split("/")
+        for part in directories:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=fd)
+            os.close(fd)
+            fd = child
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                       dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def _source(template: Template) -> tuple[str, str]:
     """(text, name for messages)."""
     if not template.source:
         return template.text, f"inline template for {template.dest}"
+    origin = os.path.join(template.base, template.source)
     try:
-        with open(template.source, encoding="utf-8") as f:
-            return f.read(), template.source
-    except (OSError, UnicodeDecodeError) as e:
-        raise TemplateError(f"{template.source}: cannot read: {e}") from None
+        fd = _open_beneath(template.base, template.source)
+    except OSError as e:
+        why = "a symlink, which is not followed" if e.errno == errno.ELOOP else e.strerror
+        raise TemplateError(f"template source {origin}: {why}; keep templates as plain files "
+                            "beneath the profile's directory") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TemplateError(f"template source {origin}: not a regular file")
+        data = f.read(MAX_SIZE + 1)
+    if len(data) > MAX_SIZE:
+        raise TemplateError(f"template source {origin}: larger than 1 MiB; use a smaller one")
+    try:
+        return data.decode(), origin
+    except UnicodeDecodeError as e:
+        raise TemplateError(f"template source {origin}: not UTF-8 ({e.reason})") from None
+
+
+def _capped(text: str, origin: str) -> str:
+    if len(text.encode()) > MAX_SIZE:
+        raise TemplateError(f"{origin}: renders to more than 1 MiB; a template makes a "
+                            "configuration file, not data")
+    return text
 
 
 def _substitute(text: str, variables: dict, origin: str) -> str | None:
@@ -122,7 +162,7 @@ def render(template: Template, variables: dict, previous_hashes: tuple[str, ...]
     text, origin = _source(template)
     plain = _substitute(text, variables, origin)
     if plain is not None:
-        return plain
+        return _capped(plain, origin)
     return render_jinja2(text, variables, origin, previous_hashes)
 
 
@@ -135,11 +175,17 @@ def render_jinja2(text: str, variables: dict, origin: str,
                                autoescape=False)
     env.filters["crypt"] = lambda password: crypt(str(password), previous_hashes)
     env.filters["public_keys"] = lambda value, variable=None: public_keys(str(value), variable)
+    size, parts = 0, []
     try:
-        return env.from_string(text).render(**variables)
+        for part in env.from_string(text).generate(**variables):  # stopped at the cap
+            size += len(part)
+            parts.append(part)
+            if size > MAX_SIZE:
+                break
     except TemplateError as e:
         raise TemplateError(f"{origin}: {e}") from None
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"{origin}:{e.lineno}: {e.message}") from None
     except jinja2.TemplateError as e:
         raise TemplateError(f"{origin}: {e}; {UNDEFINED_HINT}") from None
+    return _capped("".join(parts), origin)

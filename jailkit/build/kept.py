@@ -1,0 +1,55 @@
+"""What a jail directory keeps from one build to the next, gathered before planning so that the
+plan itself reads nothing of the jail and writes nothing anywhere: the current generation's
+manifest (what can be reused), the password hashes in its /etc/shadow (a rebuild with the same
+password keeps the same hash), and the keys and certificates made for it once (DIR/generated).
+"""
+
+import os
+from typing import NamedTuple
+
+from jailkit.build import generate
+from jailkit.build.jaildir import JailDir
+from jailkit.build.manifest import Manifest
+from jailkit.build.manifest import read as read_manifest
+from jailkit.errors import JailkitError
+
+
+class Kept(NamedTuple):
+    manifest: Manifest | None = None
+    shadow: dict[str, tuple[str, ...]] = {}  # user name -> its hash in the current jail
+    generated: dict[str, generate.KeptFiles] = {}  # [generated] dest -> what was made for it
+
+
+NOTHING = Kept()  # a jail built for the first time, or a plan for no jail directory
+
+
+def gather(jail: JailDir, profile) -> Kept:
+    """Read what `jail` keeps for `profile`, through the jail directory's descriptor."""
+    number = jail.current()
+    built = shadow = None
+    if number is not None:
+        gen_fd = jail.open_generation(number)
+        try:
+            try:
+                built = read_manifest(gen_fd, f"{jail.path}/gen-{number}")
+            except (JailkitError, OSError):
+                built = None  # no usable previous build: everything is planned afresh
+            shadow = _shadow(gen_fd)
+        finally:
+            os.close(gen_fd)
+    kept = {dest: files for dest, item in profile.generated.items()
+            if (files := generate.read_kept(jail.fd, item)) is not None}
+    return Kept(built, shadow or {}, kept)
+
+
+def _shadow(gen_fd: int) -> dict[str, tuple[str, ...]]:
+    try:
+        fd = os.open("root/etc/shadow", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=gen_fd)
+    except OSError:
+        return {}
+    hashes: dict[str, tuple[str, ...]] = {}
+    with open(fd, encoding="utf-8", errors="replace") as f:
+        for fields in (line.split(":") for line in f):
+            if len(fields) > 2:
+                hashes[fields[0]] = (*hashes.get(fields[0], ()), fields[1])
+    return hashes

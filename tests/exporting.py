@@ -1,0 +1,102 @@
+"""Helpers for the export tests: a built jail, `jailkit export`, and podman with storage of its
+own (a temporary directory for images, containers, volumes, runtime state and configuration),
+so that the host's container storage is never touched and everything goes away afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from conftest import run_jailkit
+
+# podman writes its image-copy cache to /var/lib/containers/cache whatever its --root says
+PODMAN_HOST_CACHE = Path("/var/lib/containers")
+
+
+def export(profile, root: Path, fmt: str, out: Path, *extra, env=None):
+    return run_jailkit("export", profile, "--root", root, "--format", fmt, "-o", out, *extra,
+                       env=env, timeout=300)
+
+
+def wait_http(port: int, seconds: float = 30) -> bytes:
+    """The body of GET / on 127.0.0.1:port once something answers (bounded)."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                return response.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def mounts_containing(text: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if text in line]
+
+
+class Podman:
+    """podman with private storage and configuration (runc, cgroupfs, file events, host
+    networking only: no bridge, no CNI files)."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.had_cache = PODMAN_HOST_CACHE.exists()
+        (base / "tmp").mkdir(parents=True)
+        (base / "storage.conf").write_text(
+            f'[storage]\ndriver = "vfs"\ngraphroot = "{base}/root"\nrunroot = "{base}/run"\n')
+        (base / "containers.conf").write_text(
+            "[containers]\n"
+            # runc cannot raise these limits above the defaults on these machines (hybrid cgroups)
+            'default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n'
+            "[engine]\n"
+            f'cgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+            f'events_logfile_path = "{base}/events.log"\nruntime = "runc"\n'
+            f'tmp_dir = "{base}/libpod"\nvolume_path = "{base}/volumes"\n'
+            f'static_dir = "{base}/static"\n'
+            f'[network]\nnetwork_config_dir = "{base}/net.d"\n')
+        self.env = dict(os.environ, CONTAINERS_CONF=str(base / "containers.conf"),
+                        CONTAINERS_STORAGE_CONF=str(base / "storage.conf"),
+                        TMPDIR=str(base / "tmp"))
+
+    def __call__(self, *args, timeout=120, check=True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "run"),
+             "--runtime", "runc", *map(str, args)],
+            capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check:
+            assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    def cleanup(self) -> None:
+        self("pod", "rm", "--all", "--force", check=False)
+        self("rm", "--all", "--force", check=False)
+        self("volume", "rm", "--all", "--force", check=False)
+        self("rmi", "--all", "--force", check=False)
+        assert not mounts_containing(str(self.base)), "podman left mounts"
+        shutil.rmtree(self.base, ignore_errors=True)
+        if not self.had_cache:
+            shutil.rmtree(PODMAN_HOST_CACHE, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def podman():
+    instance = Podman(Path(tempfile.mkdtemp(prefix="jailkit-podman-")))
+    try:
+        yield instance
+    finally:
+        instance.cleanup()

@@ -255,3 +255,18 @@ def test_full_disk_is_one_line_and_keeps_the_previous_jail(tmp_path):
     assert lines[0].startswith(f"jailkit: building {jail}/gen-2 failed: [Errno 28] No space left")
     assert result.stdout.splitlines()[:2] == ["rc=2", "gen-1"]
     assert result.returncode == 0, result.stderr  # check: the shell jail is as it was built
+
+
+@pytest.mark.usefixtures("as_root")
+def test_mount_points_with_spaces_and_non_ascii_names_are_read_as_named(tmp_path):
+    # mountinfo escapes space, tab, newline and backslash as octal and nothing else: a UTF-8 name
+    # must come back as itself (unicode_escape decoding turned /mnt/é into mojibake)
+    point = tmp_path / "mnt é\tx\\y"
+    point.mkdir()
+    script = ("import sys; from jailkit.build.jaildir import mount_points; "
+              "print(sys.argv[1] in mount_points())")
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs none "$1" && exec "$2" -c "$3" "$1"', "sh", point, sys.executable,
+         script], capture_output=True, text=True, env=jailkit_env(), timeout=60)
+    assert result.stdout == "True\n", result.stderr

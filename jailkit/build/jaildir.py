@@ -207,9 +207,14 @@ class JailDir:
 
 def mount_points() -> set[str]:
     """Every mount point this process sees."""
-    with open("/proc/self/mountinfo") as f:
-        # field 5 is the mount point, with space, tab, newline and backslash octal-escaped
-        return {line.split()[4].encode().decode("unicode_escape") for line in f}
+    with open("/proc/self/mountinfo", "rb") as f:
+        return {unescape_mount_path(line.split()[4]) for line in f}
+
+
+def unescape_mount_path(field: bytes) -> str:
+    """A mountinfo path field as the path it names. The kernel escapes only space, tab, newline
+    and backslash, as \\ooo octal; every other byte (UTF-8 names included) is written as is."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
 
 
 def walk_tree(root_fd: int) -> dict[str, os.stat_result]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_jailkit
-from test_launch import in_netns, netns, stop, wait_for  # noqa: F401 (netns is a fixture)
+from test_launch import descendants, in_netns, netns, start, stop, wait_for  # noqa: F401 (netns is a fixture)
 from test_launch_nobody import NOBODY, as_nobody
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -94,10 +94,15 @@ def one_line_error(result, *words) -> str:
 
 
 def uid_map(jail: Path) -> tuple[int, int]:
-    """(first host uid, count) of the jail's id range, as the jail sees its own map."""
-    result = run(jail, "/bin/cat", "/proc/self/uid_map")
-    assert result.returncode == 0, result.stderr
-    inside, outside, count = result.stdout.split()
+    """(first host uid, count) of the jail's id range, as the host sees the service's map (the
+    service itself reads "0 0 N": its user namespace is nested in the jail's, same ids)."""
+    proc = start(jail, "/bin/sleep", "30")
+    try:
+        service = descendants(proc.pid)[1]  # after pid 1, which writes its map
+        text = wait_for(lambda: Path(f"/proc/{service}/uid_map").read_text())
+    finally:
+        stop(proc)
+    inside, outside, count = text.split()
     assert inside == "0"
     return int(outside), int(count)
 
@@ -199,10 +204,10 @@ def test_two_jails_get_disjoint_ranges_and_keep_them(built, jail):
 
 def test_state_owner_follows_the_jails_own_range(jail):
     (jail / "state/spool").mkdir(parents=True)
-    result = run(jail, "/bin/sh", "-c", "cat /proc/self/uid_map; touch /tmp/x",
+    result = run(jail, "/bin/sh", "-c", "touch /tmp/x",
                  sets=['writable=[{"path": "/tmp", "kind": "bind", "source": "spool"}]'])
     assert result.returncode == 0, result.stderr
-    host_root = int(result.stdout.split()[1])
+    host_root = uid_map(jail)[0]  # the same jail, the same range
     assert (jail / "state/spool").stat().st_uid == host_root
     assert (jail / "state/spool/x").stat().st_uid == host_root
 
@@ -216,7 +221,7 @@ def test_concurrent_first_launches_get_disjoint_ranges(built, jail):
     results = [None] * len(jails)
 
     def launch(i):
-        results[i] = run(jails[i], "/bin/cat", "/proc/self/uid_map")
+        results[i] = uid_map(jails[i])
 
     threads = [threading.Thread(target=launch, args=(i,)) for i in range(len(jails))]
     for t in threads:
@@ -224,9 +229,8 @@ def test_concurrent_first_launches_get_disjoint_ranges(built, jail):
     for t in threads:
         t.join()
     starts = []
-    for result in results:
-        assert result.returncode == 0, result.stderr
-        starts.append(int(result.stdout.split()[1]))
+    for first, _ in results:
+        starts.append(first)
     assert starts[0] == starts[-1]
     distinct = sorted(set(starts))
     assert len(distinct) == 4

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from test_launch import PROBE, mount_points
+from test_launch import PROBE, descendants, mount_points
+from test_launch_locks import (
+    ATTACKER,
+    ATTACKS,
+    LOCK_PROBE,
+    PID1_REACH,
+    add_lock_probe,
+    check_attack_failed,
+    steps,
+)
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -73,8 +82,10 @@ def run(world_readable_checkout, jail):
 def test_runs_with_a_single_id_map_and_passes_status(run):
     result = run("/bin/sh", "-c", "id -u; cat /proc/self/uid_map; exit 5")
     assert result.returncode == 5, result.stderr
+    # the service's namespace, nested in pid 1's, maps the same single id (the host's view of
+    # it, nobody, in test_sigterm_is_forwarded_and_nothing_is_left)
     uid, inside, outside, count = result.stdout.split()
-    assert (uid, inside, outside, count) == ("0", "0", str(NOBODY), "1")
+    assert (uid, inside, outside, count) == ("0", "0", "0", "1")
 
 
 def test_confinement_is_the_same(run, tmp_path):
@@ -142,6 +153,8 @@ def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail)
     )
     try:
         assert proc.stdout.readline() == "ready\n"  # the trap is set
+        service = descendants(proc.pid)[1]  # after the reaper
+        assert Path(f"/proc/{service}/uid_map").read_text().split() == ["0", str(NOBODY), "1"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 42
     finally:
@@ -176,17 +189,24 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checko
             "cd / && exec setpriv --reuid=65534 --regid=65534 --clear-groups "
             f"env PATH=/usr/bin:/bin PYTHONPATH={world_readable_checkout} "
             + " ".join(command(world_readable_checkout, jail, "/bin/sh", "-c",
-                               f"'cat /proc/self/uid_map; {PROBE} ids'",
+                               f"'{PROBE} ids; exec sleep 30'",
                                sets=["user.uid=33", "user.gid=33"]))
         )
-        result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                                 script], capture_output=True, text=True, timeout=60)
+        # unshare and sh exec: the process becomes the launcher, then its waiter
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                 script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout.readline() == "uid 33 euid 33 gid 33 egid 33\n", proc.stderr
+            service = descendants(proc.pid)[1]  # after the reaper
+            # the host's view of the service's ids (inside, its map is its nested namespace's)
+            uid_map = Path(f"/proc/{service}/uid_map").read_text().splitlines()
+        finally:
+            proc.kill()
+            proc.wait(10)
     finally:
         os.unlink(f.name)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert [line.split() for line in lines[:2]] == [["0", "65534", "1"], ["1", "200000", "65535"]]
-    assert lines[2] == "uid 33 euid 33 gid 33 egid 33"
+    assert [line.split() for line in uid_map] == [["0", "65534", "1"], ["1", "200000", "65535"]]
 
 
 def test_state_directory_is_bound_for_an_ordinary_user(run, jail):
@@ -201,3 +221,59 @@ def test_state_directory_is_bound_for_an_ordinary_user(run, jail):
         assert (state / "file").stat().st_uid == NOBODY
     finally:
         shutil.rmtree(jail / "state")
+
+
+# --- the read-only mounts are locked, and pid 1 is no file of the user's (test_launch_locks.py)
+
+
+@pytest.fixture(scope="module")
+def lock_probe(jail):
+    target = add_lock_probe(jail)
+    os.chown(target, NOBODY, NOBODY)
+    yield LOCK_PROBE
+    target.unlink()
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_read_only_mounts_are_locked(run, jail, lock_probe, attack):
+    # nobody's own jail: before the lock, a writable remount of / wrote into nobody's tree
+    check_attack_failed(run(lock_probe, *attack.split(), sets=ATTACKER), jail)
+
+
+@pytest.fixture
+def own_install():
+    """jailkit as an ordinary user installs it: an interpreter and a reaper beside it that the
+    user owns (so a jail that reached the reaper file could chmod it)."""
+    prefix = Path(tempfile.mkdtemp(prefix="jailkit-prefix-"))
+    prefix.chmod(0o755)
+    (prefix / "bin").mkdir()
+    (prefix / "bin" / "python").symlink_to("/usr/bin/python3")
+    reaper = prefix / "libexec" / "jailkit" / "jailkit-reaper"
+    reaper.parent.mkdir(parents=True)
+    shutil.copy("/opt/jailkit/libexec/jailkit/jailkit-reaper", reaper)
+    os.chown(reaper, NOBODY, NOBODY)
+    reaper.chmod(0o755)
+    yield prefix
+    shutil.rmtree(prefix)
+
+
+def test_pid_1_executable_cannot_be_changed_from_the_jail(own_install, world_readable_checkout,
+                                                          jail, lock_probe):
+    reaper = own_install / "libexec" / "jailkit" / "jailkit-reaper"
+    before = reaper.stat()
+    result = subprocess.run(
+        [own_install / "bin" / "python", "-m", "jailkit", "run", "shell", "--root", jail,
+         "--set", f"capabilities={PID1_REACH}", "--set", f"dangerous_capabilities={PID1_REACH}",
+         "--", lock_probe, "pid1-exe"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout)},
+        preexec_fn=as_nobody, capture_output=True, text=True, timeout=60, cwd="/",
+    )
+    done = steps(result.stdout)
+    assert "readlink" in done, result.stderr
+    after = reaper.stat()
+    assert (after.st_mode, after.st_uid, after.st_size) == (before.st_mode, before.st_uid,
+                                                            before.st_size)
+    assert done["fchmod" if "fchmod" in done else "open-read"] != "ok"
+    assert done["chmod"] != "ok" and done["open-write"] != "ok"
+    link = done["readlink"]  # unreadable now; were it readable, no host file
+    assert not link.startswith("/") or link.startswith("/memfd:jailkit-reaper"), link

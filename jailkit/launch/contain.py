@@ -1,11 +1,16 @@
-"""The order in which the jail's first process confines itself, in one place.
+"""The order in which the jail confines itself, in one place.
 
 This runs as pid 1 of the new pid namespace, cloned by the launcher into new user, mount, pid,
-ipc, uts (and net) namespaces. Each step relies on the ones before it; read top to bottom.
+ipc, uts (and net) namespaces. It sets the jail up (mounts, pivot_root), then starts the service
+in a user and mount namespace nested in its own: the kernel locks every mount a less privileged
+user namespace inherits (flags and all), so the service cannot undo what pid 1 set up, even
+holding CAP_SYS_ADMIN with the mount calls let through seccomp. pid 1 stays behind as the reaper.
+Each step relies on the ones before it; read top to bottom (`confine`, then `confine_service`).
 On any failure it prints one line on stderr and exits 2, as the launcher does for its own
 errors (by then the launcher has become the waiter, which passes the status on and cleans up).
 """
 
+import errno
 import os
 
 from jailkit.errors import JailkitError
@@ -67,55 +72,127 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
         sources = _receive_sources(root_sock, [m.options["source"] for m in plan.mounts
                                                if m.options.get("source")])
     mounts.apply(plan.mounts, sources, plan.jail)
-    # 5. Hostname (uts namespace), network (host, or our own namespace's lo and eth0), and no
-    #    nested user namespaces (through the host's /proc, still writable for our namespace).
+    # 5. Hostname (uts namespace), network (host, or our own namespace's lo and eth0).
     _at("hostname and network")
     sc.sethostname(spec.hostname)
     net.setup_inside(spec.network, plan.veth)
-    userns.forbid_nested()
-    # 6. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped).
+    # 6. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped),
+    #    keeping a proc of our pid namespace for step 10 (a descriptor: the jail may have none).
     _at("pivot_root")
+    proc_fd = mounts.private_proc()
     mounts.pivot()
-    # 7. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring.
-    _at("new session and keyring")
+    # 7. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring;
+    #    resource limits; 0-2 a pty or /dev/null, never the caller's terminal (stdio.py). The
+    #    service inherits them all.
+    _at("new session, keyring, rlimits and stdio")
     os.setsid()
     sc.join_session_keyring()
-    # 8. Privileges: bounding set first (needs CAP_SETPCAP), then the service's ids and caps,
-    #    with CAP_KILL and CAP_SETPCAP for pid 1 only (the reaper drops them for the service).
-    _at("capabilities and user")
+    rlimits.apply(spec.rlimits)
+    plan.stdio.attach()
+    # 8. no_new_privs, then Landlock (TCP ports, no abstract unix sockets or signals outside
+    #    the jail), here so that the service inherits our Landlock domain: a scoped signal only
+    #    reaches the same domain or one below, and pid 1 must still signal the service.
+    _at("no_new_privs and Landlock")
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    landlock.restrict(plan.landlock)
+    # 9. The service's process, in its own user and mount namespaces: its copy of our mount
+    #    table is locked by the kernel (read-only, nosuid, nodev, noexec, and the mounts over
+    #    others). It waits for its id maps (step 10), then confines itself (confine_service).
+    #    Dumpable first, which the child inherits: a process that changed ids (step 2) is not,
+    #    and its /proc files then belong to the host's root, not to us who write its maps.
+    #    Each exec sets it again by its own rules.
+    _at("starting the service")
+    sc.prctl(sc.PR_SET_DUMPABLE, 1)
+    maps_r, maps_w = os.pipe()
+    service = sc.clone(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+    if service == 0:
+        os.close(maps_w)
+        run_service(plan, maps_r)
+    os.close(maps_r)
+    # 10. Its id maps (the same ids as ours; only we, with CAP_SETUID here, can write them),
+    #     then no further user namespace anywhere in the jail. Only then may it go on.
+    _at("the service's id maps")
+    userns.write_nested(proc_fd, service, plan.maps)
+    userns.forbid_nested(proc_fd)
+    os.close(proc_fd)
+    os.write(maps_w, b"1")
+    os.close(maps_w)
+    # 11. pid 1's own privileges: the bounding set first (needs CAP_SETPCAP), then the
+    #     service's ids with CAP_KILL alone (to signal a service that switched user).
+    _at("pid 1's capabilities and user")
     caps.drop_bounding(plan.reaper_cap_mask)
     caps.switch_user(
         spec.uid, spec.gid, spec.groups, plan.reaper_cap_mask, plan.maps.allow_setgroups
     )
-    # 9. Die with the launcher. Set after the id change, which clears it; then make sure the
-    #    launcher did not die in between.
+    # 12. Die with the launcher. Set after the id change, which clears it; then make sure the
+    #     launcher did not die in between.
     _at("parent-death signal")
     sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     if not _launcher_alive(sync_fd):
         os._exit(SETUP_FAILED)
-    # 10. Resource limits, working directory.
-    _at("rlimits and workdir")
-    rlimits.apply(spec.rlimits)
+    # 13. File descriptors: only the sync pipe and pid 1's program (both close-on-exec).
+    _at("closing fds")
+    _close_fds({sync_fd, reaper_fd})
+    # 14. seccomp, last.
+    _at("seccomp")
+    seccomp.install(spec.seccomp_allow)
+    # 15. Become the reaper, from the launcher's sealed memory copy (/proc/1/exe names no host
+    #     file), which waits for the service, forwards signals to it and reaps orphans.
+    _at("exec of the reaper")
+    sc.execveat(reaper_fd, [*plan.reaper_args, str(service)], {})
+
+
+def confine_service(plan, maps_fd: int) -> None:
+    """The service's process (a child of pid 1, in its own user and mount namespaces, with
+    pid 1's session, keyring, rlimits, stdio, no_new_privs and Landlock domain)."""
+    spec = plan.spec
+    # a. Wait for pid 1 to write our id maps; pid 1 exiting instead kills us with the jail.
+    _at("waiting for the service's id maps")
+    if os.read(maps_fd, 1) != b"1":
+        os._exit(SETUP_FAILED)
+    # b. Privileges: bounding set first (needs CAP_SETPCAP), then the service's ids and caps.
+    _at("capabilities and user")
+    caps.drop_bounding(plan.cap_mask)
+    caps.switch_user(spec.uid, spec.gid, spec.groups, plan.cap_mask, plan.maps.allow_setgroups)
+    # c. Working directory.
+    _at("workdir")
     try:
         os.chdir(spec.workdir)
     except OSError as e:
         raise JailkitError(f"workdir {spec.workdir}: {e.strerror} in the jail") from None
-    # 11. File descriptors: only 0-2 and those passed on purpose reach the service (the sync
-    #     pipe and the reaper are close-on-exec); 0-2 are a pty or /dev/null for a terminal.
+    # d. File descriptors: only 0-2 and those passed on purpose reach the service.
     _at("closing fds")
-    plan.stdio.attach()  # never the caller's terminal (stdio.py)
-    _close_fds({sync_fd, reaper_fd, *plan.pass_fds})
+    _close_fds(set(plan.pass_fds))
     for fd in plan.pass_fds:
         os.set_inheritable(fd, True)
-    # 12. no_new_privs (setuid files and file caps grant nothing), Landlock (TCP ports, no
-    #     abstract unix sockets or signals outside the jail), then seccomp, last.
-    _at("no_new_privs and seccomp")
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    landlock.restrict(plan.landlock)
+    # e. Signals: the launcher blocked them all (for the reaper to take); the service gets none
+    #    blocked.
+    _at("signal mask")
+    sc.unblock_signals()
+    # f. seccomp, last (no_new_privs is pid 1's, inherited: setuid files grant nothing).
+    _at("seccomp")
     seccomp.install(spec.seccomp_allow)
-    # 13. Become the reaper (pid 1), which starts the service with exactly the profile's env.
-    _at("exec of the reaper")
-    sc.execveat(reaper_fd, plan.command, spec.env)
+    # g. The service, with exactly the profile's environment.
+    _at("exec of the service")
+    _exec_command(spec.command, spec.env)
+
+
+def _exec_command(command: list[str], env: dict[str, str]) -> None:
+    """execvp(3) with `env`'s PATH (os.execvpe would import a module, from the jail by now); a
+    failure is one line and the shell's status: 127 not found, else 126."""
+    name, failure = command[0], None
+    dirs = [""] if "/" in name else env.get("PATH", "/bin:/usr/bin").split(":")
+    for directory in dirs:
+        try:
+            os.execve(os.path.join(directory, name), command, env)
+        except OSError as e:
+            if failure is None or e.errno == errno.EACCES:  # as execvp: EACCES over ENOENT
+                failure = e
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                break
+    os.write(2, f"jailkit: cannot run {name} in the jail: {failure.strerror}\n"
+             .encode(errors="replace"))
+    os._exit(127 if failure.errno == errno.ENOENT else 126)
 
 
 def _receive_sources(sock, paths: list[str]) -> dict[str, int]:
@@ -129,11 +206,11 @@ def _receive_sources(sock, paths: list[str]) -> dict[str, int]:
     return dict(zip(paths, fds, strict=True))
 
 
-def run_child(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
-    """Entry point of the cloned child: never returns."""
+def _report_and_exit(setup) -> None:
+    """Run `setup` (which ends in exec); on any failure, one line on stderr and exit 2."""
     try:
-        confine(plan, sync_fd, root_sock, reaper_fd)
-        message = "exec of the reaper returned"
+        setup()
+        message = "exec returned"
     except JailkitError as e:
         message = e.message
     except OSError as e:
@@ -145,3 +222,13 @@ def run_child(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
         os.write(2, f"jailkit: {message}\n".encode(errors="replace"))
     finally:
         os._exit(SETUP_FAILED)
+
+
+def run_child(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
+    """Entry point of the launcher's cloned child, the jail's pid 1: never returns."""
+    _report_and_exit(lambda: confine(plan, sync_fd, root_sock, reaper_fd))
+
+
+def run_service(plan, maps_fd: int) -> None:
+    """Entry point of pid 1's cloned child, the service: never returns."""
+    _report_and_exit(lambda: confine_service(plan, maps_fd))

@@ -1,12 +1,12 @@
 """The launcher: clone the jail, do the host-side steps for it, then become its waiter.
 
-Host side, in order: cgroups are made before the jail exists; the jail is cloned into its new
-namespaces; its id maps are written (it waits, still host uid 0, until they are); it joins its
-cgroups; as root, it is handed detached mounts of its tree (idmapped, read-only) and state, and
-a veth end. Then, while the jail confines itself (contain.py, which reports its own errors),
-this process execs the native waiter, which keeps nothing of Python resident, forwards
-signals, passes the jail's exit status on and cleans up after it.
-"""
+Host side, in order: pid 1's program is copied into sealed memory and cgroups are made before
+the jail exists; the jail is cloned into its new namespaces; its id maps are written (it waits,
+still host uid 0, until they are); it joins its cgroups; as root, it is handed detached mounts
+of its tree (idmapped, read-only) and state, and a veth end. Then, while the jail confines
+itself (contain.py, which reports its own errors), this process execs the native waiter, which
+keeps nothing of Python resident, forwards signals, passes the jail's exit status on and cleans
+up after it."""
 
 import errno
 import os
@@ -14,7 +14,7 @@ import os
 from jailkit.errors import JailkitError
 from jailkit.launch import cgroup, contain, mounts, net, userns
 from jailkit.launch import syscalls as sc
-from jailkit.launch.plan import LaunchPlan
+from jailkit.launch.plan import REAPER_NAME, LaunchPlan
 
 SCM_RIGHTS = 1
 SOL_SOCKET = 1
@@ -40,18 +40,44 @@ def _abort(pid: int, plan: LaunchPlan) -> None:
     cgroup.remove(plan.cgroups)
 
 
+def _sealed_copy(reaper: str) -> int:
+    """pid 1's program as a sealed memory file (runc's fix for CVE-2019-5736): the jail's
+    /proc/1/exe then names no host file, which in an ordinary user's jail would be that user's
+    own, for the jail to chmod or write."""
+    try:
+        source = os.open(reaper, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise JailkitError(
+            f"jailkit's pid-1 helper {reaper} is missing ({e.strerror}): run .ci/setup, "
+            "which compiles jailkit/launch/reaper.c"
+        ) from None
+    try:
+        size = os.fstat(source).st_size
+        copy = sc.sealed_memfd(REAPER_NAME)
+        try:
+            done = 0
+            while done < size:
+                sent = os.sendfile(copy, source, done, size - done)
+                if sent == 0:
+                    raise OSError(errno.EIO, f"{reaper} shrank while being copied")
+                done += sent
+            sc.seal_all(copy)
+        except BaseException:
+            os.close(copy)
+            raise
+    except OSError as e:
+        raise JailkitError(f"cannot copy {reaper} into memory for pid 1: {e}") from None
+    finally:
+        os.close(source)
+    return copy
+
+
 def launch(plan: LaunchPlan, lock_fd: int) -> None:
     """Start the jail and exec the waiter; returns only by raising JailkitError."""
     # From here on, signals stay pending until the waiter takes (and forwards) them: none can
     # kill this process between making host state (cgroups) and handing its cleanup over.
     sc.block_signals()
-    try:
-        reaper_fd = os.open(plan.reaper, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise JailkitError(
-            f"jailkit's pid-1 helper {plan.reaper} is missing ({e.strerror}): run .ci/setup, "
-            "which compiles jailkit/launch/reaper.c"
-        ) from None
+    reaper_fd = _sealed_copy(plan.reaper)
     plan.stdio.open()  # /dev/null, or a pty in place of the caller's terminal
     cgroup.create(plan.cgroups)
     sync_r, sync_w = os.pipe()  # launcher -> jail: "maps written"; EOF: launcher gone

@@ -6,7 +6,9 @@ as the jail's (unprivileged) root and may not be allowed to walk the host path t
 a root launcher hands it detached mounts of the tree and the state directories
 (`detached_sources`); it attaches the tree on a staging tmpfs and works from inside it (its
 cwd). Every mount target is checked component by component for symlinks, so a link inside the
-jail can never point a mount at a host path.
+jail can never point a mount at a host path. The service runs in a mount namespace copied from
+this one into a nested user namespace (contain.py), where the kernel locks every mount and its
+flags: nothing made read-only, nosuid, nodev or noexec here can be undone by the service.
 """
 
 import os
@@ -208,19 +210,33 @@ def _bind(op: Mount, fds: dict[str, int]) -> None:
 
 def _proc(op: Mount, fds: dict[str, int]) -> None:
     target = _target(op.path)
-    try:
-        sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    except PermissionError:
-        # the kernel refuses a new proc while the host's has mounts over parts of it
-        raise JailkitError(
-            "cannot mount a fresh /proc in the jail: the host's /proc has mounts over parts of "
-            "it (in a container?); run on the host, or set mount_proc false in the profile"
-        ) from None
+    _mount_proc(target)
     for name in PROC_READ_ONLY:
         path = f"{target}/{name}"
         if os.path.exists(path):
             sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
             _remount(path, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+def _mount_proc(target: str) -> None:
+    try:
+        sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    except PermissionError:
+        # the kernel refuses a new proc while the host's has mounts over parts of it
+        raise JailkitError(
+            "cannot mount a proc of the jail's own: the host's /proc has mounts over parts of "
+            "it (in a container?); run jailkit on the host"
+        ) from None
+
+
+def private_proc() -> int:
+    """A descriptor of a fresh proc of the jail's pid namespace, on the staging tmpfs: pid 1
+    writes the service's id maps through it after pivot_root, which detaches it with the host's
+    tree (so it works whether or not the jail has a /proc, and the service never sees it)."""
+    path = os.path.join(os.path.dirname(STAGING), ".jailkit-proc")
+    os.mkdir(path, 0o700)
+    _mount_proc(path)
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def _dev(op: Mount, fds: dict[str, int]) -> None:

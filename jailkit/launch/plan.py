@@ -23,7 +23,7 @@ def reaper_path() -> str:
 class LaunchPlan:
     __slots__ = (
         "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
-        "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "command", "reaper",
+        "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "reaper_args", "reaper",
         "pass_fds", "landlock", "stdio",
     )
 
@@ -72,11 +72,12 @@ class LaunchPlan:
                 "--set require_landlock=false to run without"
             )
         self.cap_mask = caps.mask(spec.capabilities)
-        unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > caps.last_cap()]
+        last_cap = caps.last_cap()  # read (and kept) here: after pivot_root, /proc may be gone
+        unknown = [c for c in spec.capabilities if caps.CAPABILITIES[c] > last_cap]
         if unknown:
             raise JailkitError(
                 f"this kernel has no {', '.join(unknown)} (its last capability is number "
-                f"{caps.last_cap()}): take it out of the profile's capabilities"
+                f"{last_cap}): take it out of the profile's capabilities"
             )
         self.reaper = reaper_path()
         for fd in pass_fds:
@@ -85,12 +86,11 @@ class LaunchPlan:
             except OSError:
                 raise JailkitError(f"--pass-fd {fd}: descriptor {fd} is not open") from None
         self.pass_fds = list(pass_fds)
-        # pid 1 keeps CAP_KILL to signal a service that switched user, and CAP_SETPCAP to take
-        # both out of the service's bounding set; the service gets neither unless it asks.
-        self.reaper_cap_mask = self.cap_mask | caps.mask(["CAP_KILL", "CAP_SETPCAP"])
-        reaper_only = self.reaper_cap_mask & ~self.cap_mask
-        self.command = [REAPER_NAME, "init", str(spec.stop_signal), str(reaper_only),
-                        *spec.command]
+        # pid 1 keeps CAP_KILL alone, to signal a service that switched user; the service gets
+        # it only if it asks. pid 1 runs the reaper, adopting the service (its child, in the
+        # nested user namespace) whose pid follows these arguments.
+        self.reaper_cap_mask = caps.mask(["CAP_KILL"])
+        self.reaper_args = [REAPER_NAME, "adopt", str(spec.stop_signal)]
 
     def describe(self) -> str:
         s = self.spec
@@ -101,7 +101,10 @@ class LaunchPlan:
                                             if self.allocation.new else ")")
                if self.allocation else ""),
             f"user      uid {s.uid} gid {s.gid} groups {s.groups}",
-            "namespaces user mount pid ipc uts" + ("" if s.network == "host" else " net"),
+            "namespaces user mount pid ipc uts" + ("" if s.network == "host" else " net")
+            + "; the service in a user and mount namespace nested in pid 1's",
+            "locked    every mount and its read-only/nosuid/nodev/noexec flags, by the kernel, for"
+            " the service; no further user namespaces",
             f"network   {s.network}"
             + (f" {self.veth.host_name} {self.veth.host_addr} <-> eth0 {self.veth.jail_addr}"
                if self.veth else ""),
@@ -120,6 +123,8 @@ class LaunchPlan:
             f"workdir   {s.workdir}",
             f"fds       0 1 2 {' '.join(map(str, self.pass_fds))}".rstrip(),
             f"stdio     {self.stdio.describe()}",
-            f"command   {s.command} (pid 1: {self.reaper}, stop signal {s.stop_signal})",
+            f"command   {s.command}",
+            f"pid 1     {self.reaper} run from a sealed memory copy, keeping CAP_KILL only; "
+            f"stop signal {s.stop_signal}",
         ]
         return "\n".join(lines)

@@ -3,7 +3,8 @@
  *
  * A resident CPython costs about 5 MB per jail, so once Python has confined the jail it execs
  * this small static program (static: it is exec'd from an fd inside the jail, where no host
- * loader or libc can be trusted to exist). Two modes, one per side of the pid namespace:
+ * loader or libc can be trusted to exist). Modes init and adopt inside the pid namespace, wait
+ * outside it:
  *
  *   jailkit-reaper init STOPSIG DROPCAPS CMD [ARG...]
  *       pid 1 of the jail. Starts CMD, forwards every signal it gets to it (SIGTERM becomes the
@@ -14,6 +15,11 @@
  *       holds only for itself: CMD's process drops them from every set before the exec (with
  *       no_new_privs set, the exec cannot give them back).
  *
+ *   jailkit-reaper adopt STOPSIG PID
+ *       pid 1 of the jail, as init, for a service that pid 1 started before exec'ing this
+ *       (its own child PID, in a nested user namespace) rather than one it forks itself. This
+ *       is what the launcher uses (contain.py); pid 1 then holds CAP_KILL alone.
+ *
  *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD] [--cgroup DIR]... [--veth NAME]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
  *       and then removes what the launcher made on the host for this jail. With --pty, FD is
@@ -21,7 +27,7 @@
  *       its output is copied to the caller's terminal, and with --pty-interactive the caller's
  *       stdin to it (end of input becomes the pty's end-of-file character).
  *
- * Both block the signals they forward and take them with sigwaitinfo(): a blocked signal is
+ * All block the signals they forward and take them with sigwaitinfo(): a blocked signal is
  * queued even for a pid-namespace init, and nothing runs in a signal handler.
  */
 #define _GNU_SOURCE
@@ -79,6 +85,29 @@ static int drop_capabilities(unsigned long long drop)
 	return syscall(SYS_capset, &header, data) ? -1 : 0; /* ambient follows inheritable */
 }
 
+/* As pid 1: forward signals to `child` (SIGTERM as `stop_signal`), reap every orphan, and
+ * return `child`'s status once it exits. */
+static int supervise(pid_t child, int stop_signal)
+{
+	sigset_t set;
+	forwarded_set(&set);
+	for (;;) {
+		siginfo_t info;
+		int sig = sigwaitinfo(&set, &info);
+		if (sig < 0)
+			continue; /* EINTR */
+		if (sig == SIGCHLD) {
+			int status;
+			pid_t pid;
+			while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+				if (pid == child)
+					return status_code(status); /* the kernel kills the rest of the jail */
+			continue;
+		}
+		kill(child, sig == SIGTERM ? stop_signal : sig);
+	}
+}
+
 static int run_init(int argc, char **argv)
 {
 	if (argc < 5) {
@@ -87,8 +116,7 @@ static int run_init(int argc, char **argv)
 	}
 	int stop_signal = atoi(argv[2]);
 	unsigned long long drop = strtoull(argv[3], NULL, 10);
-	sigset_t set, empty;
-	forwarded_set(&set);
+	sigset_t empty;
 	sigemptyset(&empty);
 	/* The jail must die with its launcher; set again here because exec may have cleared it. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -108,21 +136,20 @@ static int run_init(int argc, char **argv)
 		fprintf(stderr, "jailkit: cannot run %s in the jail: %s\n", argv[4], strerror(err));
 		_exit(err == ENOENT ? 127 : 126);
 	}
-	for (;;) {
-		siginfo_t info;
-		int sig = sigwaitinfo(&set, &info);
-		if (sig < 0)
-			continue; /* EINTR */
-		if (sig == SIGCHLD) {
-			int status;
-			pid_t pid;
-			while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-				if (pid == child)
-					return status_code(status); /* the kernel kills the rest of the jail */
-			continue;
-		}
-		kill(child, sig == SIGTERM ? stop_signal : sig);
+	return supervise(child, stop_signal);
+}
+
+static int run_adopt(int argc, char **argv)
+{
+	if (argc != 4) {
+		fprintf(stderr, "usage: jailkit-reaper adopt STOPSIG PID\n");
+		return 2;
 	}
+	prctl(PR_SET_PDEATHSIG, SIGKILL); /* as in init: exec may have cleared it */
+	/* exec'd from a memfd, the kernel names us after it ("memfd:jailkit-r"): our own name */
+	prctl(PR_SET_NAME, "jailkit-reaper");
+	/* a SIGCHLD of a child that already exited is pending (blocked since before the exec) */
+	return supervise((pid_t)atol(argv[3]), atoi(argv[2]));
 }
 
 static void run_quietly(char *const argv[])
@@ -280,14 +307,14 @@ static int run_wait(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	if (argc >= 2 && strcmp(argv[1], "init") == 0) {
+	if (argc >= 2 && (strcmp(argv[1], "init") == 0 || strcmp(argv[1], "adopt") == 0)) {
 		sigset_t set;
 		forwarded_set(&set);
 		sigprocmask(SIG_BLOCK, &set, NULL);
-		return run_init(argc, argv);
+		return strcmp(argv[1], "init") == 0 ? run_init(argc, argv) : run_adopt(argc, argv);
 	}
 	if (argc >= 2 && strcmp(argv[1], "wait") == 0)
 		return run_wait(argc, argv);
-	fprintf(stderr, "usage: jailkit-reaper init|wait ...\n");
+	fprintf(stderr, "usage: jailkit-reaper init|adopt|wait ...\n");
 	return 2;
 }

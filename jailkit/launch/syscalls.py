@@ -40,7 +40,12 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
 MOUNT_ATTR_IDMAP = 0x100000
 
+MFD_EXEC = 0x10  # 6.3+: executable even where vm.memfd_noexec makes memfds noexec by default
+F_ADD_SEALS = 1033
+F_SEAL_ALL = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE
+
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
@@ -228,6 +233,30 @@ def block_signals() -> None:
     sigset = ctypes.create_string_buffer(128)
     _check(_libc.sigfillset(sigset), "sigfillset")
     _check(_libc.sigprocmask(0, sigset, None), "sigprocmask")  # 0 = SIG_BLOCK
+
+
+def unblock_signals() -> None:
+    """Unblock every signal in this thread (a service must not start with them blocked)."""
+    sigset = ctypes.create_string_buffer(128)
+    _check(_libc.sigemptyset(sigset), "sigemptyset")
+    _check(_libc.sigprocmask(2, sigset, None), "sigprocmask")  # 2 = SIG_SETMASK
+
+
+def sealed_memfd(name: str) -> int:
+    """A close-on-exec memory file, executable, that can be sealed (seal_all)."""
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:
+        return os.memfd_create(name, flags | MFD_EXEC)
+    except OSError as e:
+        if e.errno != 22:  # EINVAL: a kernel before 6.3, whose memfds are all executable
+            raise
+    return os.memfd_create(name, flags)
+
+
+def seal_all(fd: int) -> None:
+    """No more writes, growth, shrinking or seal changes to the memfd at fd, by anyone."""
+    _check(_libc.fcntl(ctypes.c_int(fd), ctypes.c_int(F_ADD_SEALS), ctypes.c_int(F_SEAL_ALL)),
+           "fcntl F_ADD_SEALS")
 
 
 def execveat(fd: int, argv: list[str], env: dict[str, str]) -> None:

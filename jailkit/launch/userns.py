@@ -128,20 +128,33 @@ def write(pid: int, maps: IdMaps) -> None:
     _write_proc(f"/proc/{pid}/gid_map", "".join(f"{i} {o} {c}\n" for i, o, c in maps.gids))
 
 
-def _write_proc(path: str, text: str) -> None:
+def write_nested(proc_fd: int, pid: int, maps: IdMaps) -> None:
+    """From the jail's pid 1, write the maps of its child `pid`, in a user namespace nested in
+    the jail's: the same ids, each range of ours onto itself (a range of the child's map must
+    lie within one of ours). `proc_fd`: a proc of the jail's pid namespace. setgroups is left
+    as the child inherits it from ours. Needs CAP_SETUID, CAP_SETGID and CAP_SETFCAP in ours
+    (mapping our uid 0)."""
+    for name, ranges in (("uid_map", maps.uids), ("gid_map", maps.gids)):
+        text = "".join(f"{inside} {inside} {count}\n" for inside, _, count in ranges)
+        _write_proc(f"{pid}/{name}", text, proc_fd)
+
+
+def _write_proc(path: str, text: str, dir_fd: int | None = None) -> None:
     """One write(2), as these files require."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
 
 
-def forbid_nested() -> None:
-    """No user namespaces inside the jail: a nested one would hand its creator a full set of
-    capabilities (over its own namespaces) again. The limit is per user namespace and covers
-    clone, clone3 and unshare alike; the jail cannot raise it (its /proc/sys is read-only)."""
-    _write_proc("/proc/sys/user/max_user_namespaces", "0")
+def forbid_nested(proc_fd: int) -> None:
+    """No more user namespaces inside the jail: a nested one would hand its creator a full set
+    of capabilities (over its own namespaces) again. The limit is per user namespace and covers
+    clone, clone3 and unshare alike, in this namespace and all below it (the service's): the jail
+    cannot raise it (its /proc/sys is read-only, and a namespace below cannot change ours).
+    `proc_fd`: a proc of the jail's pid namespace."""
+    _write_proc("sys/user/max_user_namespaces", "0", proc_fd)
 
 
 def clone_owned_by(uid: int, gid: int, flags: int) -> int:

@@ -20,9 +20,8 @@ import os
 import stat
 
 from jailkit.export.source import BuiltJail
-from jailkit.launch import seccomp
+from jailkit.launch import allocate, seccomp
 from jailkit.launch.rlimits import RLIMITS
-from jailkit.launch.userns import DEFAULT_RANGE, SUBID_OWNER, read_subid
 
 OCI_VERSION = "1.0.2"
 RLIM_INFINITY = (1 << 64) - 1
@@ -33,16 +32,15 @@ RLIMIT_NAMES = {number: f"RLIMIT_{name.upper()}" for name, number in RLIMITS.ite
 PROC_READ_ONLY = ("/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs")
 
 
-def id_maps(uid_count: int) -> tuple[list[dict], list[dict]]:
-    """(uidMappings, gidMappings): the launcher's rule as root; the caller's own id otherwise."""
+def id_maps(uid_count: int, jail_dir: str) -> tuple[list[dict], list[dict]]:
+    """(uidMappings, gidMappings): as root, the jail's own id range, the one `jailkit run` gives
+    it (jailkit.launch.allocate); the caller's own id otherwise."""
     if os.geteuid() != 0:
         return ([{"containerID": 0, "hostID": os.geteuid(), "size": 1}],
                 [{"containerID": 0, "hostID": os.getegid(), "size": 1}])
-    maps = []
-    for path in ("/etc/subuid", "/etc/subgid"):
-        start, count = read_subid(path, (SUBID_OWNER,)) or DEFAULT_RANGE
-        maps.append([{"containerID": 0, "hostID": start, "size": min(count, uid_count)}])
-    return maps[0], maps[1]
+    ids = allocate.for_jail(os.path.realpath(jail_dir), uid_count, subnet=False)
+    return ([{"containerID": 0, "hostID": ids.uid, "size": uid_count}],
+            [{"containerID": 0, "hostID": ids.gid, "size": uid_count}])
 
 
 def _host_id(maps: list[dict], n: int) -> int:
@@ -77,12 +75,12 @@ def seccomp_profile(allow: list[str]) -> dict:
             "syscalls": rules}
 
 
-def runtime_config(launch: dict, state_dir: str, root_fs: str = "rootfs") -> dict:
+def runtime_config(launch: dict, state_dir: str, jail_dir: str, root_fs: str = "rootfs") -> dict:
     """config.json for a validated launch.json (as a dict)."""
     from jailkit.launch.spec import LaunchSpec
 
     spec = LaunchSpec.from_dict(launch)
-    uid_maps, gid_maps = id_maps(spec.uid_count)
+    uid_maps, gid_maps = id_maps(spec.uid_count, jail_dir)
     caps = sorted(spec.capabilities)
     capabilities = {"bounding": caps, "effective": caps, "permitted": caps}
     if spec.uid != 0:  # how a non-root service keeps a capability across exec, as caps.py does
@@ -157,7 +155,7 @@ def runtime_config(launch: dict, state_dir: str, root_fs: str = "rootfs") -> dic
 def write_bundle(jail: BuiltJail, directory: str, final_path: str) -> None:
     """Fill `directory` (to become `final_path`): config.json, and rootfs/ written from the
     checked tree, owned by the host ids the jail's ids map to."""
-    config = runtime_config(jail.launch, os.path.join(final_path, "state"))
+    config = runtime_config(jail.launch, os.path.join(final_path, "state"), jail.dir)
     owner_uids = config["linux"]["uidMappings"]
     owner_gids = config["linux"]["gidMappings"]
     # traversable only: the runtime enters rootfs/ as the jail's mapped root, not as root

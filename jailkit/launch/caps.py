@@ -1,6 +1,6 @@
 """Capabilities: keep only the ones the profile lists, in every set, for whatever user runs.
 
-Order matters (measured, see KERNEL-NOTES): the bounding set is dropped first, while
+Order matters (measured, docs/kernel-notes.md): the bounding set is dropped first, while
 CAP_SETPCAP is still held; then the ids change; then capset; then ambient, which is how a
 non-root service user keeps a capability across exec.
 """

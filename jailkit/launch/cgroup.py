@@ -2,8 +2,8 @@
 
 One directory per controller per jail, `jailkit/<name>-<launcher pid>`, made (and limited)
 before the jail's first process exists, joined by it before it starts anything, and removed by
-the waiter once the jail has exited. A later cgroup-lifecycle issue can add v2 here: callers
-only see `plan`, `create`, `attach` and `remove`.
+the waiter once the jail has exited. Callers only see `plan`, `create`, `attach` and `remove`,
+so that a cgroup v2 hierarchy can stand behind the same four.
 """
 
 import os

@@ -56,7 +56,7 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     _at("waiting for the id maps")
     sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     _wait_for_launcher(sync_fd)
-    # 2. Become the jail's root at once, dropping the host ids (KERNEL-NOTES' trap).
+    # 2. Become the jail's root at once, dropping the host ids (docs/kernel-notes.md, "Id maps").
     _at("switching to the jail's root")
     os.setresgid(0, 0, 0)
     if plan.maps.allow_setgroups:

@@ -168,7 +168,8 @@ def idmapped_root(tree_fd: int, userns_pid: int) -> int:
     ids are read through the user namespace of `userns_pid` (so on-disk uid 0 is the jail's 0).
 
     Needs real root. Only ever read-only: through a writable idmapped mount the jail's root
-    could create setuid files owned by the host's uid 0 (KERNEL-NOTES).
+    could create setuid files owned by the host's uid 0 (docs/kernel-notes.md, "Idmapped
+    mounts").
     """
     fd = sc.open_tree_fd(tree_fd, sc.OPEN_TREE_CLONE | os.O_CLOEXEC)
     try:

@@ -35,7 +35,7 @@ DENIED = {
     # large kernel attack surface a service does not use
     "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "fanotify_init": 300,
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    # the caller's keys: a fresh session keyring alone does not hide them (KERNEL-NOTES)
+    # the caller's keys: a fresh session keyring alone does not hide them (docs/kernel-notes.md)
     "keyctl": 250, "add_key": 248, "request_key": 249,
     # file handles bypass the mount namespace (the "shocker" escape)
     "open_by_handle_at": 304, "name_to_handle_at": 303,

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from jailkit.errors import JailkitError
 from jailkit.profile.model import Profile
+from jailkit.provenance.dpkg import Package
 
 NSSWITCH = (
     "# written by jailkit: names come only from the jail's own files\n"
@@ -46,6 +47,7 @@ class Entry(NamedTuple):
     target: str | None = None  # symlink target, as written on the host
     content: bytes | None = None  # generated file (passwd, templates, ...)
     file_caps: bool = False  # copy the security.capability xattr
+    package: Package | None = None  # the Debian package the host file came from
 
     @property
     def sha256(self) -> str | None:
@@ -411,9 +413,10 @@ def _generated(planner: _Planner, profile: Profile, jail_fd: int | None, create:
 
 
 def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int | None = None,
-              generate: bool = True) -> Plan:
+              generate: bool = True, previous=None) -> Plan:
     """Everything the jail for `profile` will hold, and how it will be launched.
-    `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed.
+    `closure_cache`: the previous build's `Plan.closure`, reused when nothing it used changed;
+    `previous`: that build's manifest, whose package provenance is reused likewise.
     `jail_fd`: the jail directory, for what is kept across builds (generated keys, password
     hashes); `generate`: make the generated files that are missing there (not for --dry-run)."""
     from jailkit.profile.templates import render
@@ -449,6 +452,9 @@ def make_plan(profile: Profile, closure_cache: dict | None = None, jail_fd: int 
                             "add it to binaries, files or directories")
     if profile.generated:  # last: a profile that fails to plan makes no key
         _generated(planner, profile, jail_fd, generate)
+    from jailkit.provenance.jail import record_packages
+
+    closure = record_packages(planner, closure, previous)
     state_dirs = {w.path.lstrip("/"): w.mode
                   for w in profile.writable.values() if w.kind == "state"}
     entries = {path: planner.entries[path] for path in sorted(planner.entries, key=_depth_first)}

@@ -89,7 +89,7 @@ def _plan(profile, sets, root, create=False, dry_run=False):
     built = previous(root) if os.path.isdir(root) else None
     cache = built.closure if built else None
     if not os.path.isdir(root) and (dry_run or not loaded.generated):
-        return make_plan(loaded, cache), root, built
+        return make_plan(loaded, cache, previous=built), root, built
     from jailkit.build.jaildir import JailDir
 
     # generated keys and password hashes are kept in the jail directory: checked to be one first
@@ -97,9 +97,10 @@ def _plan(profile, sets, root, create=False, dry_run=False):
     with JailDir(root, create=create and not dry_run) as jail:
         try:
             if dry_run or not loaded.generated:
-                return make_plan(loaded, cache, jail.fd, generate=False), root, built
+                plan = make_plan(loaded, cache, jail.fd, generate=False, previous=built)
+                return plan, root, built
             with jail.locked():  # two builds of one jail make its keys once
-                return make_plan(loaded, cache, jail.fd), root, built
+                return make_plan(loaded, cache, jail.fd, previous=built), root, built
         except JailkitError:
             if new:
                 _remove_new_jail_dir(root)

@@ -1,0 +1,205 @@
+"""Which Debian package each host file came from, read from dpkg's own database files.
+
+`/var/lib/dpkg/status` (installed packages: name, version, architecture, source) and
+`/var/lib/dpkg/info/*.list` (the paths each package installed) are read directly — never by running
+dpkg, which would take a process per file. Two things make a path's owner differ from the lists:
+
+- merged /usr: /lib, /bin, /sbin (...) are symlinks to usr/lib, usr/bin, usr/sbin, so a library the
+  loader opens as /usr/lib/x86_64-linux-gnu/libc.so.6 is listed by libc6 as
+  /lib/x86_64-linux-gnu/libc.so.6. Both spellings are compared in their /usr form.
+- dpkg-divert (`/var/lib/dpkg/diversions`): a package P that diverts X to X.distrib owns what is at
+  X, and the other packages listing X own X.distrib; a local diversion (by ":") leaves X to the
+  administrator, owned by no package.
+"""
+
+import os
+from typing import NamedTuple
+
+from jailkit.errors import JailkitError
+
+ADMINDIR = "/var/lib/dpkg"
+MERGED_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# what scanners read from a status stanza (dpkg-query wants Package, Status, Version, Architecture
+# and a Description, of which the first line is kept); dependencies are left out, because the jail
+# does not hold the packages they name
+STATUS_FIELDS = ("Package", "Status", "Priority", "Section", "Installed-Size", "Maintainer",
+                 "Architecture", "Multi-Arch", "Source", "Version", "Description")
+NO_FILES = ("not-installed", "config-files")  # status states in which a package has no files
+
+
+class Package(NamedTuple):
+    name: str
+    version: str
+    architecture: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.architecture}"
+
+
+def parse_status(text: str) -> dict[str, dict[str, str]]:
+    """Stanzas of a dpkg status file with files on disk, keyed by "name:arch"; only the first
+    line of each field (multi-line fields like Description and Conffiles are not needed)."""
+    packages = {}
+    for stanza in text.split("\n\n"):
+        fields = {}
+        for line in stanza.splitlines():
+            if line and not line[0].isspace():
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+        if "Package" not in fields or "Version" not in fields:
+            continue
+        if fields.get("Status", "").rpartition(" ")[2] in NO_FILES:
+            continue
+        packages[f"{fields['Package']}:{fields.get('Architecture', '')}"] = fields
+    return packages
+
+
+def format_status(stanzas) -> str:
+    """A dpkg status file holding `stanzas` (field dicts), trimmed to STATUS_FIELDS."""
+    return "".join("".join(f"{name}: {fields[name]}\n" for name in STATUS_FIELDS if name in fields)
+                   + "\n" for fields in stanzas)
+
+
+def package_of(fields: dict[str, str]) -> Package:
+    return Package(fields["Package"], fields["Version"], fields.get("Architecture", ""))
+
+
+def _identity(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class Database:
+    """dpkg's database in `admindir`, read lazily: the file lists only when a path is looked up."""
+
+    def __init__(self, admindir: str = ADMINDIR, root: str = "/"):
+        self.admindir = admindir
+        # /D -> /usr/D for the merged directories of this host
+        self.merged = {f"/{d}/": f"/usr/{d}/" for d in MERGED_DIRS
+                       if _readlink(os.path.join(root, d)) in (f"usr/{d}", f"/usr/{d}")}
+        self._text: str | None = None
+        self._status: dict[str, dict[str, str]] | None = None
+        self._by_name: dict[str, dict[str, str]] = {}  # plain package name -> its stanza
+        self._owners: dict[str, str] | None = None  # /usr-form path -> its first .list name
+        self._shared: dict[str, list[str]] = {}  # paths several packages list: all of them
+        self._diverted_from: dict[str, tuple[str, str]] = {}  # X -> (X.distrib, by)
+        self._diverted_to: dict[str, tuple[str, str]] = {}  # X.distrib -> (X, by)
+
+    def identity(self) -> list:
+        """Changes whenever dpkg installs, removes or upgrades anything (it rewrites status by
+        rename) or a diversion changes: the key under which a build may reuse earlier answers."""
+        return [_identity(os.path.join(self.admindir, name)) for name in ("status", "diversions")]
+
+    def _status_text(self) -> str:
+        if self._text is None:
+            path = os.path.join(self.admindir, "status")
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    self._text = f.read()
+            except OSError as e:
+                raise JailkitError(f"cannot read dpkg's database {path}: {e.strerror}") from None
+        return self._text
+
+    def status(self) -> dict[str, dict[str, str]]:
+        if self._status is None:
+            self._status = parse_status(self._status_text())
+            self._by_name = {f["Package"]: f for f in self._status.values()}
+        return self._status
+
+    def canonical(self, path: str) -> str:
+        for short, long in self.merged.items():
+            if path.startswith(short):
+                return long + path[len(short):]
+        return path
+
+    def _load_lists(self) -> None:
+        owners = {}
+        info = os.path.join(self.admindir, "info")
+        try:
+            names = sorted(n for n in os.listdir(info) if n.endswith(".list"))
+        except OSError:
+            names = []
+        merged = tuple(self.merged)
+        for name in names:
+            package = name.removesuffix(".list")
+            try:
+                with open(os.path.join(info, name), "rb") as f:
+                    lines = os.fsdecode(f.read()).split("\n")
+            except OSError:
+                continue  # removed while we read: the status file no longer names it either
+            for line in lines:
+                if line.startswith(merged):
+                    line = self.canonical(line)
+                first = owners.setdefault(line, package)
+                if first != package:
+                    self._shared.setdefault(line, [first]).append(package)
+        self._owners = owners
+        try:
+            with open(os.path.join(self.admindir, "diversions"), "rb") as f:
+                lines = os.fsdecode(f.read()).split("\n")
+        except OSError:
+            lines = []
+        for i in range(0, len(lines) - 2, 3):
+            source, target, by = (self.canonical(lines[i]), self.canonical(lines[i + 1]),
+                                  lines[i + 2])
+            self._diverted_from[source] = (target, by)
+            self._diverted_to[target] = (source, by)
+
+    def _listed(self, path: str) -> list[str]:
+        if path in self._shared:
+            return self._shared[path]
+        first = self._owners.get(path)
+        return [first] if first else []
+
+    def owner(self, path: str) -> Package | None:
+        """The installed package the host file or symlink at `path` came from, or None."""
+        if self._owners is None:
+            self._load_lists()
+        path = self.canonical(path)
+        if path in self._diverted_to:  # X.distrib: the packages' own X, moved aside
+            original, by = self._diverted_to[path]
+            names = [n for n in self._listed(original) if n.partition(":")[0] != by]
+        elif path in self._diverted_from:  # X itself: the diverting package's, or the admin's
+            by = self._diverted_from[path][1]
+            names = [n for n in self._listed(path) if n.partition(":")[0] == by]
+        else:
+            names = self._listed(path)
+        for list_name in names:
+            fields = self._fields(list_name)
+            if fields is not None:
+                return package_of(fields)
+        return None
+
+    def stanza(self, package: Package) -> dict[str, str] | None:
+        """The status stanza of an installed package. Found by a text search when the status file
+        has not been parsed whole: a rebuild that reuses every answer parses only these."""
+        if self._status is not None:
+            return self._status.get(package.key)
+        text = self._status_text()
+        needle = f"Package: {package.name}\n"
+        start = text.find(needle)
+        while start != -1:
+            if start == 0 or text[start - 1] == "\n":
+                end = text.find("\n\n", start)
+                found = parse_status(text[start:end if end != -1 else len(text)])
+                if package.key in found:
+                    return found[package.key]
+            start = text.find(needle, start + 1)
+        return None
+
+    def _fields(self, list_name: str) -> dict[str, str] | None:
+        """The status stanza of the package whose file list is `list_name`.list: "name:arch" for
+        Multi-Arch: same packages, plain "name" for the others (one instance at most)."""
+        status = self.status()
+        return status.get(list_name) if ":" in list_name else self._by_name.get(list_name)
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None

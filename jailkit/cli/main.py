@@ -17,6 +17,8 @@ COMMANDS = {
     "check": "jailkit.cli.build:check",
     "update": "jailkit.cli.build:update",
     "run": "jailkit.cli.run:run_command",
+    "sbom": "jailkit.cli.sbom:sbom",
+    "outdated": "jailkit.cli.sbom:outdated",
 }
 
 

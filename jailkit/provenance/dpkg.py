@@ -203,3 +203,48 @@ def _readlink(path: str) -> str | None:
         return os.readlink(path)
     except OSError:
         return None
+
+
+def compare_versions(a: str, b: str) -> int:
+    """Debian version order (dpkg --compare-versions): < 0, 0 or > 0 as a is older, equal, newer."""
+    epoch_a, upstream_a, revision_a = _split_version(a)
+    epoch_b, upstream_b, revision_b = _split_version(b)
+    return (epoch_a - epoch_b or _compare_part(upstream_a, upstream_b)
+            or _compare_part(revision_a, revision_b))
+
+
+def _split_version(version: str) -> tuple[int, str, str]:
+    epoch, colon, rest = version.partition(":")
+    if not colon or not epoch.isdigit():
+        epoch, rest = "0", version
+    upstream, dash, revision = rest.rpartition("-")
+    return (int(epoch), upstream, revision) if dash else (int(epoch), rest, "")
+
+
+def _order(c: str) -> int:
+    # dpkg's order(): end and digits 0, '~' before everything, letters before other characters
+    if not c or c.isdigit():
+        return 0
+    if c == "~":
+        return -1
+    return ord(c) if c.isalpha() else ord(c) + 256
+
+
+def _compare_part(a: str, b: str) -> int:
+    """dpkg's verrevcmp: alternating runs of non-digits (by _order) and numbers (by value)."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ac, bc = _order(a[i:i + 1]), _order(b[j:j + 1])
+            if ac != bc:
+                return ac - bc
+            i, j = i + 1, j + 1
+        start_a, start_b = i, j
+        while i < len(a) and a[i].isdigit():
+            i += 1
+        while j < len(b) and b[j].isdigit():
+            j += 1
+        difference = int(a[start_a:i] or 0) - int(b[start_b:j] or 0)
+        if difference:
+            return difference
+    return 0

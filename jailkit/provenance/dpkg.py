@@ -74,7 +74,7 @@ def _identity(path: str) -> list[int] | None:
 
 
 class Database:
-    """dpkg's database in `admindir`, read lazily: the file lists only when a path is looked up."""
+    """dpkg's database in `admindir`, read lazily: the file lists only when paths are looked up."""
 
     def __init__(self, admindir: str = ADMINDIR, root: str = "/"):
         self.admindir = admindir
@@ -84,9 +84,7 @@ class Database:
         self._text: str | None = None
         self._status: dict[str, dict[str, str]] | None = None
         self._by_name: dict[str, dict[str, str]] = {}  # plain package name -> its stanza
-        self._owners: dict[str, str] | None = None  # /usr-form path -> its first .list name
-        self._shared: dict[str, list[str]] = {}  # paths several packages list: all of them
-        self._diverted_from: dict[str, tuple[str, str]] = {}  # X -> (X.distrib, by)
+        self._diverted_from: dict[str, tuple[str, str]] | None = None  # X -> (X.distrib, by)
         self._diverted_to: dict[str, tuple[str, str]] = {}  # X.distrib -> (X, by)
 
     def identity(self) -> list:
@@ -116,28 +114,18 @@ class Database:
                 return long + path[len(short):]
         return path
 
-    def _load_lists(self) -> None:
-        owners = {}
-        info = os.path.join(self.admindir, "info")
-        try:
-            names = sorted(n for n in os.listdir(info) if n.endswith(".list"))
-        except OSError:
-            names = []
-        merged = tuple(self.merged)
-        for name in names:
-            package = name.removesuffix(".list")
-            try:
-                with open(os.path.join(info, name), "rb") as f:
-                    lines = os.fsdecode(f.read()).split("\n")
-            except OSError:
-                continue  # removed while we read: the status file no longer names it either
-            for line in lines:
-                if line.startswith(merged):
-                    line = self.canonical(line)
-                first = owners.setdefault(line, package)
-                if first != package:
-                    self._shared.setdefault(line, [first]).append(package)
-        self._owners = owners
+    def short(self, path: str) -> str:
+        """The spelling without /usr (/usr/lib/x -> /lib/x), as packages that predate merged /usr
+        list their files."""
+        for short, long in self.merged.items():
+            if path.startswith(long):
+                return short + path[len(long):]
+        return path
+
+    def _diversions(self) -> None:
+        if self._diverted_from is not None:
+            return
+        self._diverted_from, self._diverted_to = {}, {}
         try:
             with open(os.path.join(self.admindir, "diversions"), "rb") as f:
                 lines = os.fsdecode(f.read()).split("\n")
@@ -149,30 +137,57 @@ class Database:
             self._diverted_from[source] = (target, by)
             self._diverted_to[target] = (source, by)
 
-    def _listed(self, path: str) -> list[str]:
-        if path in self._shared:
-            return self._shared[path]
-        first = self._owners.get(path)
-        return [first] if first else []
+    def _listed(self, paths: set[str]) -> dict[str, list[str]]:
+        """For each path (in its /usr form), the .list names that list it in either spelling.
+        Only the asked paths are matched (a set intersection per file list, not an index of all
+        ~100,000 lines: 2-3x faster)."""
+        spellings = {}
+        for path in paths:
+            spellings[os.fsencode(path)] = spellings[os.fsencode(self.short(path))] = path
+        wanted = set(spellings)
+        listed: dict[str, list[str]] = {}
+        info = os.path.join(self.admindir, "info")
+        try:
+            names = sorted(n for n in os.listdir(info) if n.endswith(".list"))
+        except OSError:
+            names = []
+        for name in names:
+            try:
+                with open(os.path.join(info, name), "rb") as f:
+                    hits = wanted.intersection(f.read().split(b"\n"))
+            except OSError:
+                continue  # removed while we read: the status file no longer names it either
+            for hit in hits:
+                owners = listed.setdefault(spellings[hit], [])
+                if name[:-5] not in owners:
+                    owners.append(name[:-5])
+        return listed
+
+    def owners(self, paths) -> dict[str, Package | None]:
+        """The installed package each host file or symlink in `paths` came from (or None),
+        reading every file list once for all of them."""
+        self._diversions()
+        lookups = {}  # path -> (its /usr form, the path the packages list it as)
+        for path in paths:
+            canonical = self.canonical(path)
+            original = self._diverted_to.get(canonical, (canonical,))[0]
+            lookups[path] = (canonical, original)
+        listed = self._listed({original for _, original in lookups.values()})
+        out = {}
+        for path, (canonical, original) in lookups.items():
+            names = listed.get(original, [])
+            if canonical in self._diverted_to:  # X.distrib: the packages' own X, moved aside
+                by = self._diverted_to[canonical][1]
+                names = [n for n in names if n.partition(":")[0] != by]
+            elif canonical in self._diverted_from:  # X: the diverting package's, or the admin's
+                by = self._diverted_from[canonical][1]
+                names = [n for n in names if n.partition(":")[0] == by]
+            out[path] = next((package_of(fields) for fields in map(self._fields, names)
+                              if fields is not None), None)
+        return out
 
     def owner(self, path: str) -> Package | None:
-        """The installed package the host file or symlink at `path` came from, or None."""
-        if self._owners is None:
-            self._load_lists()
-        path = self.canonical(path)
-        if path in self._diverted_to:  # X.distrib: the packages' own X, moved aside
-            original, by = self._diverted_to[path]
-            names = [n for n in self._listed(original) if n.partition(":")[0] != by]
-        elif path in self._diverted_from:  # X itself: the diverting package's, or the admin's
-            by = self._diverted_from[path][1]
-            names = [n for n in self._listed(path) if n.partition(":")[0] == by]
-        else:
-            names = self._listed(path)
-        for list_name in names:
-            fields = self._fields(list_name)
-            if fields is not None:
-                return package_of(fields)
-        return None
+        return self.owners([path])[path]
 
     def stanza(self, package: Package) -> dict[str, str] | None:
         """The status stanza of an installed package. Found by a text search when the status file

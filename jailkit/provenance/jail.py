@@ -22,6 +22,7 @@ def record_packages(planner, cache: dict, previous=None, database: Database | No
     reusable = previous is not None and (previous.closure or {}).get("dpkg") == identity
     before = previous.records if reusable else {}
     held = {}
+    unknown = {}  # jail path -> host path, for what cannot be reused
     for path, entry in planner.entries.items():
         if entry.type == "file" and entry.source is not None:
             host_path = entry.source
@@ -34,12 +35,18 @@ def record_packages(planner, cache: dict, previous=None, database: Database | No
         old = before.get(path)
         if old is not None and (old.source, old.host, old.target) == (
                 entry.source, entry.host, entry.target):
-            package = old.package
+            if old.package is not None:
+                planner.entries[path] = entry._replace(package=old.package)
+                held[old.package.key] = old.package
         else:
-            package = database.owner(host_path)
-        if package is not None:
-            planner.entries[path] = entry._replace(package=package)
-            held[package.key] = package
+            unknown[path] = host_path
+    if unknown:
+        found = database.owners(set(unknown.values()))
+        for path, host_path in unknown.items():
+            package = found[host_path]
+            if package is not None:
+                planner.entries[path] = planner.entries[path]._replace(package=package)
+                held[package.key] = package
     stanzas = [database.stanza(held[key]) for key in sorted(held)]
     planner.generated(STATUS_PATH, format_status(s for s in stanzas if s is not None))
     return {**cache, "dpkg": identity}

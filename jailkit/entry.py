@@ -9,12 +9,6 @@ def main() -> None:
         from jailkit.cli.run import main as run_main
 
         sys.exit(run_main(sys.argv[2:]))
-    if "site" not in sys.modules:
-        # the installed script starts Python without site (-S), which `run` never needs; the
-        # other commands need the venv's site-packages (click, pyelftools, jinja2)
-        import site
-
-        site.main()
     from jailkit.cli.main import cli
 
     cli()

@@ -40,15 +40,15 @@ def run_jailkit(*args, check=False, env=None, **kwargs) -> subprocess.CompletedP
 
 @pytest.fixture(scope="session")
 def world_readable_checkout() -> Iterator[Path]:
-    """A copy of the package and profiles that user nobody can import (the checkout may sit
+    """A copy of the package (with its profiles) that user nobody can import (the checkout may sit
     under /root). It lives outside pytest's base directory, which pytest resets to 0700
     whenever another session starts."""
     base = Path(tempfile.mkdtemp(prefix="jailkit-src-"))
     ignore = shutil.ignore_patterns("__pycache__")
-    for part in ("jailkit", "profiles"):
-        shutil.copytree(REPO / part, base / part, ignore=ignore)
+    shutil.copytree(REPO / "jailkit", base / "jailkit", ignore=ignore)
     for path in [base, *base.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+        # executables stay so: the pid-1 helper an editable install compiled beside its module
+        path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
     yield base
     shutil.rmtree(base)
 

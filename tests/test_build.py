@@ -51,7 +51,8 @@ def test_shell_jail_runs_its_shell_and_utilities(shell_jail):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(hashlib.sha256(b"hi\n").hexdigest())
-    assert lines[1].split() == ["bin", "dev", "etc", "lib", "lib64", "proc", "root", "tmp", "usr"]
+    assert lines[1].split() == ["bin", "dev", "etc", "lib", "lib64", "proc", "root", "tmp", "usr",
+                                "var"]  # var/lib/dpkg/status: the packages it holds files of
     assert lines[2:] == ["root", "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin"]
 
 

@@ -164,7 +164,7 @@ class _Writer:
         self.records[entry.path] = Record(
             entry.path, entry.type, entry.mode, entry.uid, entry.gid,
             st.st_size if entry.type == "file" else 0, sha, entry.source, entry.target,
-            st.st_mtime_ns, st.st_ino, host, entry.file_caps, st.st_ctime_ns)
+            st.st_mtime_ns, st.st_ino, host, entry.file_caps, st.st_ctime_ns, entry.package)
 
     def root(self, entry: Entry) -> None:
         self._record(entry, self._own(self.stack[0][1], entry))
@@ -192,7 +192,7 @@ class _Writer:
             return "symlink"
         if reuse is not None and old_parent_fd is not None and self._link(
                 name, parent_fd, old_parent_fd, reuse):
-            self.records[entry.path] = reuse
+            self.records[entry.path] = reuse._replace(package=entry.package)
             return "linked"
         self._copy(entry, name, parent_fd)
         return "copied"

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from jailkit.build.identity import HostStat
 from jailkit.errors import JailkitError
+from jailkit.provenance.dpkg import Package
 
 VERSION = 1
 NAME = "manifest.json"
@@ -32,6 +33,7 @@ class Record(NamedTuple):
     # st_ctime_ns of the jail entry once the build settled (jailkit.build.apply): a copy
     # rewritten in place with its mtime put back is caught by it. None in manifests of older builds.
     ctime: int | None = None
+    package: Package | None = None  # the Debian package the host file came from
 
 
 class Manifest:
@@ -47,7 +49,8 @@ class Manifest:
             "version": VERSION,
             "profile": self.profile,
             "generation": self.generation,
-            "entries": [r._asdict() | {"host": r.host._asdict() if r.host else None}
+            "entries": [r._asdict() | {"host": r.host._asdict() if r.host else None,
+                                       "package": r.package._asdict() if r.package else None}
                         for r in self.records.values()],
             "closure": self.closure,
         }, separators=(",", ":"))
@@ -61,7 +64,9 @@ class Manifest:
             records = {}
             for item in data["entries"]:
                 host = item.pop("host")
-                record = Record(**item, host=HostStat(**host) if host else None)
+                package = item.pop("package", None)
+                record = Record(**item, host=HostStat(**host) if host else None,
+                                package=Package(**package) if package else None)
                 records[record.path] = record
             return cls(data["profile"], data["generation"], records, data.get("closure"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -12,6 +12,7 @@ from jailkit.build.identity import HostStat, identity_of
 from jailkit.errors import JailkitError
 from jailkit.profile.model import Profile
 from jailkit.profile.schema import is_glob
+from jailkit.provenance.dpkg import Package
 
 NSSWITCH = (
     "# written by jailkit: names come only from the jail's own files\n"
@@ -35,6 +36,7 @@ class Entry(NamedTuple):
     target: str | None = None  # symlink target, as written on the host
     content: bytes | None = None  # generated file (passwd, templates, ...)
     file_caps: bool = False  # copy the security.capability xattr
+    package: Package | None = None  # the Debian package the host file came from
 
     @property
     def sha256(self) -> str | None:
@@ -482,6 +484,9 @@ def make_plan(profile: Profile, kept=None) -> Plan:
             raise PlanError(f"profile {profile.name}: {what} {path} would not exist in the jail; "
                             "add it to binaries, files or directories")
     to_generate = _generated(planner, profile, kept)
+    from jailkit.provenance.jail import record_packages
+
+    closure = record_packages(planner, closure, kept.manifest)
     state_dirs = {w.path.lstrip("/"): w.mode
                   for w in profile.writable.values() if w.kind == "state"}
     entries = {path: planner.entries[path] for path in sorted(planner.entries, key=_depth_first)}

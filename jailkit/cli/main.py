@@ -19,6 +19,8 @@ COMMANDS = {
     "run": "jailkit.cli.run:run_command",
     "export": "jailkit.cli.export:export",
     "import": "jailkit.cli.export:import_",
+    "sbom": "jailkit.cli.sbom:sbom",
+    "outdated": "jailkit.cli.sbom:outdated",
 }
 
 

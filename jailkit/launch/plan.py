@@ -14,8 +14,13 @@ REAPER_NAME = "jailkit-reaper"
 
 
 def reaper_path() -> str:
-    """The compiled reaper (jailkit/launch/reaper.c), installed by .ci/setup beside the venv's
-    bin/ (found from the interpreter's path: sys.prefix is only the venv's once site has run)."""
+    """The compiled reaper (jailkit/launch/reaper.c): beside this module, where the package build
+    puts it (setup.py); else the one .ci/setup installs beside the venv's bin/, for a source tree
+    used without being built (a checkout on PYTHONPATH). The venv is found from the interpreter's
+    path: sys.prefix is only the venv's once site has run."""
+    beside = os.path.join(os.path.dirname(__file__), REAPER_NAME)
+    if os.path.exists(beside):
+        return beside
     prefix = os.path.dirname(os.path.dirname(sys.executable))
     return os.path.join(prefix, "libexec", "jailkit", REAPER_NAME)
 

@@ -11,9 +11,8 @@ from typing import NamedTuple
 
 from jailkit.profile.schema import NAME_RE, VARIABLE_RE, ProfileError, read_file
 
-# the checkout's profiles/, beside the jailkit package (this file is jailkit/profile/model.py)
-BUNDLED_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))), "profiles")
+# package data: jailkit/profiles/ (this file is jailkit/profile/model.py)
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiles")
 
 
 class User(NamedTuple):

@@ -1,0 +1,69 @@
+"""`jailkit sbom` and `jailkit outdated`: what a built jail holds, by Debian package."""
+
+import json
+import os
+import sys
+
+import click
+
+from jailkit.cli.build import _one_line_errors, _root, json_option, root_option
+from jailkit.errors import JailkitError
+
+
+def _jail_root(profile: str, root: str | None) -> str:
+    if root is not None:
+        return root
+    from jailkit.profile.model import locate
+
+    return _root(None, os.path.basename(locate(profile)).removesuffix(".toml"))
+
+
+@click.command()
+@click.argument("profile")
+@root_option
+@click.option("--format", "kind", default="cyclonedx", show_default=True,
+              help="cyclonedx (CycloneDX 1.5 JSON) or spdx (SPDX 2.3 JSON).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the document to this file instead of standard output.")
+@_one_line_errors
+def sbom(profile, root, kind, output):
+    """Print the software bill of materials of the jail built for PROFILE."""
+    from jailkit.provenance.sbom import document
+
+    text = json.dumps(document(_jail_root(profile, root), kind), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise JailkitError(f"-o {output}: {e.strerror}") from None
+
+
+@click.command()
+@click.option("--root", "roots", multiple=True, type=click.Path(file_okay=False),
+              help="A jail directory to look at (repeatable; default: every jail in "
+                   "/var/lib/jailkit as root, else $XDG_DATA_HOME/jailkit).")
+@click.option("--admindir", default="/var/lib/dpkg", show_default=True,
+              type=click.Path(file_okay=False), help="dpkg's database directory.")
+@json_option
+@_one_line_errors
+def outdated(roots, admindir, as_json):
+    """List built jails holding files of packages the host has upgraded since; exit 1 if any."""
+    from jailkit.provenance.outdated import outdated as find_outdated
+
+    found, read = find_outdated(list(roots), admindir)
+    if as_json:
+        click.echo(json.dumps([{"root": jail.root, "profile": jail.profile,
+                                "packages": [s._asdict() for s in jail.packages],
+                                "fix": jail.fix} for jail in found], indent=2))
+    else:
+        for jail in found:
+            for stale in jail.packages:
+                click.echo(f"{jail.root}: {stale.package} {stale.jail_version} in the jail, "
+                           f"{stale.host_version} on the host ({stale.entries} entries)")
+            click.echo(f"  fix: {jail.fix}")
+        click.echo(f"{len(found)} of {read} jail(s) hold older package versions than the host",
+                   err=True)
+    sys.exit(1 if found else 0)

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -241,31 +242,27 @@ def test_read_only_mounts_are_locked(run, jail, lock_probe, attack):
 
 
 @pytest.fixture
-def own_install():
-    """jailkit as an ordinary user installs it: an interpreter and a reaper beside it that the
-    user owns (so a jail that reached the reaper file could chmod it)."""
+def own_install(world_readable_checkout):
+    """jailkit as an ordinary user installs it: the package with its reaper beside
+    jailkit/launch/, owned by the user (so a jail that reached the reaper file could chmod it)."""
     prefix = Path(tempfile.mkdtemp(prefix="jailkit-prefix-"))
     prefix.chmod(0o755)
-    (prefix / "bin").mkdir()
-    (prefix / "bin" / "python").symlink_to("/usr/bin/python3")
-    reaper = prefix / "libexec" / "jailkit" / "jailkit-reaper"
-    reaper.parent.mkdir(parents=True)
-    shutil.copy("/opt/jailkit/libexec/jailkit/jailkit-reaper", reaper)
+    shutil.copytree(world_readable_checkout / "jailkit", prefix / "jailkit")
+    reaper = prefix / "jailkit" / "launch" / "jailkit-reaper"
     os.chown(reaper, NOBODY, NOBODY)
     reaper.chmod(0o755)
     yield prefix
     shutil.rmtree(prefix)
 
 
-def test_pid_1_executable_cannot_be_changed_from_the_jail(own_install, world_readable_checkout,
-                                                          jail, lock_probe):
-    reaper = own_install / "libexec" / "jailkit" / "jailkit-reaper"
+def test_pid_1_executable_cannot_be_changed_from_the_jail(own_install, jail, lock_probe):
+    reaper = own_install / "jailkit" / "launch" / "jailkit-reaper"
     before = reaper.stat()
     result = subprocess.run(
-        [own_install / "bin" / "python", "-m", "jailkit", "run", "shell", "--root", jail,
+        [sys.executable, "-m", "jailkit", "run", "shell", "--root", jail,
          "--set", f"capabilities={PID1_REACH}", "--set", f"dangerous_capabilities={PID1_REACH}",
          "--", lock_probe, "pid1-exe"],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(own_install)},
         preexec_fn=as_nobody, capture_output=True, text=True, timeout=60, cwd="/",
     )
     done = steps(result.stdout)

@@ -48,8 +48,8 @@ def _sealed_copy(reaper: str) -> int:
         source = os.open(reaper, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise JailkitError(
-            f"jailkit's pid-1 helper {reaper} is missing ({e.strerror}): run .ci/setup, "
-            "which compiles jailkit/launch/reaper.c"
+            f"jailkit's pid-1 helper {reaper} is missing ({e.strerror}): reinstall jailkit "
+            "(`pip install .`, or `pip install -e .` in a checkout), whose build compiles it"
         ) from None
     try:
         size = os.fstat(source).st_size

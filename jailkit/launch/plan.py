@@ -1,7 +1,6 @@
 """Everything `jailkit run` will do, computed before anything is done (`--dry-run` prints it)."""
 
 import os
-import sys
 
 from jailkit.errors import JailkitError
 from jailkit.launch import allocate, caps, cgroup, dangerous, landlock, mounts, net, seccomp, userns
@@ -14,15 +13,9 @@ REAPER_NAME = "jailkit-reaper"
 
 
 def reaper_path() -> str:
-    """The compiled reaper (jailkit/launch/reaper.c): beside this module, where the package build
-    puts it (setup.py); else the one .ci/setup installs beside the venv's bin/, for a source tree
-    used without being built (a checkout on PYTHONPATH). The venv is found from the interpreter's
-    path: sys.prefix is only the venv's once site has run."""
-    beside = os.path.join(os.path.dirname(__file__), REAPER_NAME)
-    if os.path.exists(beside):
-        return beside
-    prefix = os.path.dirname(os.path.dirname(sys.executable))
-    return os.path.join(prefix, "libexec", "jailkit", REAPER_NAME)
+    """The compiled reaper (jailkit/launch/reaper.c), beside this module, where the package
+    build puts it (setup.py; into the checkout for an editable install)."""
+    return os.path.join(os.path.dirname(__file__), REAPER_NAME)
 
 
 class LaunchPlan:

@@ -4,19 +4,11 @@ Plain classes rather than dataclasses: this module is on the `jailkit run` path,
 import costs start-up time.
 """
 
+from jailkit import vocabulary
 from jailkit.errors import JailkitError
-from jailkit.launch.caps import CAPABILITIES
 from jailkit.launch.dangerous import unaccepted
-from jailkit.launch.rlimits import RLIMITS
 from jailkit.launch.seccomp import ALLOWABLE
-
-NETWORKS = ("host", "none", "veth")
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-SIGNALS = {
-    "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGKILL": 9, "SIGUSR1": 10, "SIGUSR2": 12,
-    "SIGTERM": 15, "SIGWINCH": 28, "SIGPWR": 30,
-}
-SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+from jailkit.vocabulary import CAPABILITIES, DEVICES, NETWORKS, RLIMITS, SIGNALS
 
 # key -> default when launch.json leaves it out: the most restrictive choice
 DEFAULTS = {
@@ -95,15 +87,16 @@ def _ports(value, key: str) -> list[int]:
 
 
 def parse_size(value, key: str) -> int | None:
-    """Bytes from an integer or a string like '64M' (K, M, G: powers of 1024); None stays None."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return None if value is None else _int(value, key, 1)
-    if isinstance(value, str):
-        text = value.strip().lower().removesuffix("b").removesuffix("i")
-        number, unit = (text[:-1], text[-1]) if text[-1:] in SIZE_UNITS else (text, "")
-        if number.isdigit() and int(number) > 0:
-            return int(number) * SIZE_UNITS[unit]
-    _fail(key, f"must be a size such as 67108864 or '64M', got {value!r}")
+    """Bytes from an integer or a string like '64M' (jailkit.vocabulary.parse_size); None stays
+    None."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(value, key, 1)
+    size = vocabulary.parse_size(value)
+    if size is None:
+        _fail(key, f"must be a size such as 67108864 or '64M', got {value!r}")
+    return size
 
 
 class Writable:
@@ -179,7 +172,8 @@ class LaunchSpec:
             _fail("hostname", "must be at most 64 bytes")
         stop = data["stop_signal"]
         if stop not in SIGNALS:
-            _fail("stop_signal", f"must be one of {', '.join(SIGNALS)}, got {stop!r}")
+            _fail("stop_signal", f"must be one of {', '.join(sorted(SIGNALS, key=SIGNALS.get))}, "
+                                    f"got {stop!r}")
         self.stop_signal = SIGNALS[stop]
         caps = _list(data["capabilities"], "capabilities")
         for cap in caps:

@@ -9,27 +9,10 @@ import re
 import tomllib
 
 from jailkit.errors import JailkitError
+from jailkit.vocabulary import CAPABILITIES, DEVICES, NETWORKS, RLIMITS, SIGNALS, parse_size
 
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-NETWORKS = ("host", "none", "veth")
-RLIMITS = (
-    "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue",
-    "nice", "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
-)  # fmt: skip
-CAPABILITIES = (
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-)  # fmt: skip
-SIGNALS = (
-    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL", "SIGPWR",
-)  # fmt: skip
 # always fullmatch: `$` after match() also accepts a trailing newline ("ftpuser\n")
 NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-SIZE_RE = re.compile(r"([0-9]+)([kmg]?)")
 # a TCP port, or a range LOW-HIGH; each a number or one {{ variable }} (resolved after --set)
 PORT_RE = re.compile(r"\s*(\d+|\{\{\s*\w+\s*\}\})\s*(?:-\s*(\d+|\{\{\s*\w+\s*\}\}))?\s*")
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -151,12 +134,10 @@ def _int_range(src, keypath, value, low, high) -> int:
 
 
 def _size(src, keypath, value) -> int:
-    """Bytes from an integer or "64m"-style string."""
-    if isinstance(value, str) and SIZE_RE.fullmatch(value.lower()):
-        number, unit = SIZE_RE.fullmatch(value.lower()).groups()
-        return int(number) << {"": 0, "k": 10, "m": 20, "g": 30}[unit]
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
+    """Bytes from an integer or "64m"-style string (jailkit.vocabulary.parse_size)."""
+    size = parse_size(value)
+    if size is not None:
+        return size
     src.fail(keypath, f"expected a size such as 65536 or \"64m\", got {value!r}")
 
 
@@ -260,7 +241,7 @@ def read_file(path: str) -> dict:
         src.fail(k, f"expected a limit N or [soft, hard] with soft <= hard, got {v!r}")
 
     def limits(k, v):
-        fields = dict.fromkeys(RLIMITS, rlimit)
+        fields = dict.fromkeys(sorted(RLIMITS), rlimit)
         fields["memory_max"] = lambda k, v: _size(src, k, v)
         fields["pids_max"] = lambda k, v: _int_range(src, k, v, 1, 1 << 22)
         return _table(src, k, v, fields)
@@ -269,7 +250,7 @@ def read_file(path: str) -> dict:
         out = []
         for i, cap in enumerate(strings(k, v)):
             bare = cap.removeprefix("CAP_")
-            if bare not in CAPABILITIES:
+            if "CAP_" + bare not in CAPABILITIES:
                 src.fail((*k, i), "expected a capability name such as CAP_NET_BIND_SERVICE, "
                                   f"got {cap!r}")
             out.append("CAP_" + bare)
@@ -297,7 +278,7 @@ def read_file(path: str) -> dict:
             "env": env, "user": name, "group": name,
             "groups": lambda k, v: tuple(name((*k, i), g) for i, g in enumerate(strings(k, v))),
             "hostname": string,
-            "stop_signal": lambda k, v: _one_of(src, k, v, SIGNALS),
+            "stop_signal": lambda k, v: _one_of(src, k, v, tuple(SIGNALS)),
             "capabilities": caps,
             "dangerous_capabilities": caps,
             "network": lambda k, v: _one_of(src, k, v, NETWORKS),

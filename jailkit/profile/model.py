@@ -10,6 +10,7 @@ import re
 from typing import NamedTuple
 
 from jailkit.profile.schema import NAME_RE, VARIABLE_RE, ProfileError, read_file
+from jailkit.vocabulary import jail_name
 
 # the checkout's profiles/, beside the jailkit package (this file is jailkit/profile/model.py)
 BUNDLED_DIR = os.path.join(
@@ -211,10 +212,8 @@ def _compose(path: str, stack: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
 
 def load(spec: str, overrides: dict[str, str] | None = None) -> Profile:
     """Load a bundled profile by name or a profile file by path, with its bases and --set values."""
-    path = locate(spec)
-    data, sources = _compose(path, ())
-    name = os.path.basename(path).removesuffix(".toml")
-    return _build(name, data, sources, overrides or {})
+    data, sources = _compose(locate(spec), ())
+    return _build(jail_name(spec), data, sources, overrides or {})
 
 
 def _coerce(name: str, text: str, default):

@@ -211,6 +211,25 @@ def test_missing_host_file_and_missing_library_are_reported(tmp_path):
     assert "the loader would not find libnosuch.so.9" in result.stderr
 
 
+@pytest.mark.parametrize(("text", "refusal"), [
+    ('[service]\nseccomp_allow = ["nonsense"]\n',
+     "seccomp_allow names 'nonsense', which is not in the default deny list (nor AF_PACKET)"),
+    ('[service.env]\n"A=B" = "1"\n', "env.A=B must be a NAME without '=' and a string value"),
+    ('[service.ports]\nbind = ["1-5000"]\n', "ports.bind holds 5000 ports, more than 4096"),
+])
+def test_a_launch_spec_the_launcher_would_refuse_fails_the_build(tmp_path, text, refusal):
+    # the profile's schema lets these through; the launcher's own check runs at build time, so
+    # no jail is built that could never start
+    profile = write_profile(tmp_path, text)
+    for args in (["--dry-run"], []):
+        result = build(profile, "--root", tmp_path / "j", *args, check=False)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("jailkit: profile svc: the launcher would refuse this "
+                                        f"jail: launch spec: {refusal}")
+        assert result.stderr.count("\n") == 1
+    assert not os.path.exists(tmp_path / "j")
+
+
 @pytest.fixture
 def special_host_files(tmp_path):
     """Host files with setuid bits and a file capability (CAP_NET_BIND_SERVICE, vfs caps v2)."""

@@ -21,14 +21,6 @@ class JailDirError(JailkitError):
     """A jail directory that cannot be used."""
 
 
-def default_root(name: str) -> str:
-    """Where a jail lives without --root: /var/lib/jailkit/NAME for root, else the XDG data dir."""
-    if os.geteuid() == 0:
-        return f"/var/lib/jailkit/{name}"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return f"{data}/jailkit/{name}"
-
-
 def open_dir(name: str, dir_fd: int) -> int:
     """A directory descriptor for `name` under `dir_fd`; refuses symlinks."""
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd)

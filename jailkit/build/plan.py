@@ -366,7 +366,7 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
             "source": None if w.kind == "tmpfs" else w.path.lstrip("/"),
             "uid": uid, "gid": wgid, "mode": w.mode, "size": w.size,
         })
-    return {
+    launch = {
         "name": profile.name,
         "command": list(service.command),
         "workdir": service.workdir,
@@ -390,6 +390,14 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "mount_sys": service.mount_sys,
         "seccomp_allow": list(service.seccomp_allow),
     }
+    from jailkit.launch.spec import LaunchSpec
+
+    try:  # the launcher's own check, now: a jail it would refuse is never built
+        LaunchSpec.from_dict(launch)
+    except JailkitError as e:
+        raise PlanError(f"profile {profile.name}: the launcher would refuse this jail: "
+                        f"{e}") from None
+    return launch
 
 
 def _lookup(entries: dict[str, Entry], path: str, hops: int = 40) -> Entry | None:

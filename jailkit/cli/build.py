@@ -36,9 +36,9 @@ def _overrides(values) -> dict[str, str]:
 
 
 def _root(root, name: str) -> str:
-    from jailkit.build.jaildir import default_root
+    from jailkit.vocabulary import default_jail_dir
 
-    return root or default_root(name)
+    return root or default_jail_dir(name)
 
 
 root_option = click.option("--root", type=click.Path(file_okay=False),

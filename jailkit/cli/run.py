@@ -8,6 +8,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
+from jailkit.vocabulary import NETWORKS, default_jail_dir, jail_name
 
 USAGE = "Usage: jailkit run [OPTIONS] PROFILE [-- CMD [ARGS]...]"
 HELP = f"""{USAGE}
@@ -40,7 +41,6 @@ Options:
   --dry-run              Print what would be done, and do nothing.
   -h, --help             Show this message and exit.
 """
-NETWORKS = ("host", "none", "veth")
 
 
 class UsageError(Exception):
@@ -113,12 +113,6 @@ def parse(argv: list[str]) -> Options:
     return opts
 
 
-def profile_name(profile: str) -> str:
-    """A profile file's name (`profiles/nginx.toml` -> `nginx`), or the name as given."""
-    base = os.path.basename(profile.rstrip("/"))
-    return base[:-5] if base.endswith(".toml") else base
-
-
 def apply_sets(raw: dict, sets: list[tuple[str, str]]) -> dict:
     """`raw` (changed in place) with each KEY=VALUE set; VALUE is JSON, or else a string."""
     from jailkit.launch.jsonload import loads
@@ -139,12 +133,11 @@ def apply_sets(raw: dict, sets: list[tuple[str, str]]) -> dict:
 
 
 def run(opts: Options) -> int:
-    from jailkit.launch.jail import Jail, default_dir
+    from jailkit.launch.jail import Jail
     from jailkit.launch.plan import LaunchPlan
     from jailkit.launch.spec import LaunchSpec
 
-    name = profile_name(opts.profile)
-    jail = Jail(opts.root or default_dir(name), opts.profile)
+    jail = Jail(opts.root or default_jail_dir(jail_name(opts.profile)), opts.profile)
     raw = apply_sets(jail.raw_spec, opts.sets)
     if opts.command:
         raw["command"] = opts.command

@@ -22,14 +22,6 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 BENEATH = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS
 
 
-def default_dir(name: str) -> str:
-    """Same rule as jailkit.build.jaildir.default_root."""
-    if os.geteuid() == 0:
-        return f"/var/lib/jailkit/{name}"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return f"{data}/jailkit/{name}"
-
-
 def open_beneath(dir_fd: int, path: str, flags: int, shown: str, fix: str) -> int:
     """`path` under `dir_fd`, never through a symlink nor out of it; a refusal names `shown`
     (the full path) and `fix`."""

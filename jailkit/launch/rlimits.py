@@ -4,13 +4,7 @@ import os
 
 from jailkit.errors import JailkitError
 from jailkit.launch import syscalls as sc
-
-# name -> RLIMIT_* number (Linux x86_64)
-RLIMITS = {
-    "cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6, "nofile": 7,
-    "memlock": 8, "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12, "nice": 13,
-    "rtprio": 14, "rttime": 15,
-}
+from jailkit.vocabulary import RLIMITS
 
 
 def apply(limits: dict[str, tuple[int | None, int | None]]) -> None:

@@ -4,19 +4,11 @@ Plain classes rather than dataclasses: this module is on the `jailkit run` path,
 import costs start-up time.
 """
 
+from jailkit import vocabulary
 from jailkit.errors import JailkitError
-from jailkit.launch.caps import CAPABILITIES
 from jailkit.launch.dangerous import unaccepted
-from jailkit.launch.rlimits import RLIMITS
 from jailkit.launch.seccomp import ALLOWABLE
-
-NETWORKS = ("host", "none", "veth")
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-SIGNALS = {
-    "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGKILL": 9, "SIGUSR1": 10, "SIGUSR2": 12,
-    "SIGTERM": 15, "SIGWINCH": 28, "SIGPWR": 30,
-}
-SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+from jailkit.vocabulary import CAPABILITIES, DEVICES, NETWORKS, RLIMITS, SIGNALS
 
 # key -> default when launch.json leaves it out: the most restrictive choice
 DEFAULTS = {
@@ -95,15 +87,16 @@ def _ports(value, key: str) -> list[int]:
 
 
 def parse_size(value, key: str) -> int | None:
-    """Bytes from an integer or a string like '64M' (K, M, G: powers of 1024); None stays None."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return None if value is None else _int(value, key, 1)
-    if isinstance(value, str):
-        text = value.strip().lower().removesuffix("b").removesuffix("i")
-        number, unit = (text[:-1], text[-1]) if text[-1:] in SIZE_UNITS else (text, "")
-        if number.isdigit() and int(number) > 0:
-            return int(number) * SIZE_UNITS[unit]
-    _fail(key, f"must be a size such as 67108864 or '64M', got {value!r}")
+    """Bytes from an integer or a string like '64M' (jailkit.vocabulary.parse_size); None stays
+    None."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(value, key, 1)
+    size = vocabulary.parse_size(value)
+    if size is None:
+        _fail(key, f"must be a size such as 67108864 or '64M', got {value!r}")
+    return size
 
 
 class Writable:
@@ -154,6 +147,17 @@ class LaunchSpec:
             _fail(", ".join(sorted(unknown)), "is not a launch spec key (see docs/contracts.md)")
         data = {**DEFAULTS, **raw}
         self = cls()
+        self._read_process(data)
+        self._read_identity(data)
+        self._read_capabilities(data)
+        self._read_limits(data)
+        self._read_network(data)
+        self._read_filesystem(data)
+        self._read_seccomp(data)
+        return self
+
+    def _read_process(self, data: dict) -> None:
+        """name, command, workdir, env."""
         self.name = _str(data["name"], "name")
         command = _list(data["command"], "command")
         if not command:
@@ -165,6 +169,9 @@ class LaunchSpec:
             if not k or "=" in k or not isinstance(v, str):
                 _fail(f"env.{k}", f"must be a NAME without '=' and a string value, got {v!r}")
         self.env = dict(env)
+
+    def _read_identity(self, data: dict) -> None:
+        """user, uid_count, hostname, stop_signal."""
         user = _dict(data["user"], "user")
         self.uid = _int(user.get("uid", 0), "user.uid")
         self.gid = _int(user.get("gid", 0), "user.gid")
@@ -179,8 +186,12 @@ class LaunchSpec:
             _fail("hostname", "must be at most 64 bytes")
         stop = data["stop_signal"]
         if stop not in SIGNALS:
-            _fail("stop_signal", f"must be one of {', '.join(SIGNALS)}, got {stop!r}")
+            _fail("stop_signal", f"must be one of {', '.join(sorted(SIGNALS, key=SIGNALS.get))}, "
+                                 f"got {stop!r}")
         self.stop_signal = SIGNALS[stop]
+
+    def _read_capabilities(self, data: dict) -> None:
+        """capabilities, and the dangerous ones accepted by name."""
         caps = _list(data["capabilities"], "capabilities")
         for cap in caps:
             if cap not in CAPABILITIES:
@@ -195,6 +206,9 @@ class LaunchSpec:
                                   f"--set 'dangerous_capabilities=[{listed}]' (or in the "
                                   "profile), or drop it")
         self.dangerous_capabilities = list(accepted)
+
+    def _read_limits(self, data: dict) -> None:
+        """rlimits and the cgroup's limits."""
         self.rlimits = {}
         for name, pair in _dict(data["rlimits"], "rlimits").items():
             if name not in RLIMITS:
@@ -212,6 +226,9 @@ class LaunchSpec:
         self.memory_max = parse_size(cgroup.get("memory_max"), "cgroup.memory_max")
         pids = cgroup.get("pids_max")
         self.pids_max = None if pids is None else _int(pids, "cgroup.pids_max", 1)
+
+    def _read_network(self, data: dict) -> None:
+        """network, ports, require_landlock."""
         if data["network"] not in NETWORKS:
             _fail("network", f"must be one of {', '.join(NETWORKS)}, got {data['network']!r}")
         self.network = data["network"]
@@ -224,6 +241,9 @@ class LaunchSpec:
         if not isinstance(data["require_landlock"], bool):
             _fail("require_landlock", f"must be true or false, got {data['require_landlock']!r}")
         self.require_landlock = data["require_landlock"]
+
+    def _read_filesystem(self, data: dict) -> None:
+        """writable directories, devices, /proc and /sys."""
         writable = _list(data["writable"], "writable")
         self.writable = [Writable(w, f"writable[{i}]") for i, w in enumerate(writable)]
         for dev in _list(data["devices"], "devices"):
@@ -235,10 +255,11 @@ class LaunchSpec:
                 _fail(key, f"must be true or false, got {data[key]!r}")
         self.mount_proc = data["mount_proc"]
         self.mount_sys = data["mount_sys"]
+
+    def _read_seccomp(self, data: dict) -> None:
         allow = _list(data["seccomp_allow"], "seccomp_allow")
         for name in allow:
             if name not in ALLOWABLE:
                 _fail("seccomp_allow", f"names {name!r}, which is not in the default deny list "
                                        "(nor AF_PACKET)")
         self.seccomp_allow = list(allow)
-        return self

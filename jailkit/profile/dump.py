@@ -3,69 +3,70 @@
 import json
 import re
 
-from jailkit.profile.model import (
+from jailkit.profile.model import Profile, Template
+from jailkit.profile.schema import (
     DEFAULT_MEMORY_MAX,
     DEFAULT_PIDS_MAX,
-    LIST_KEYS,
-    Generated,
-    Profile,
-    Template,
-    User,
+    ENTRY_NAMES,
+    TREE,
+    Setting,
+    mode,
 )
 from jailkit.profile.templates import _source
 
 
+def _template(t: Template) -> dict:
+    # a source is read beneath its profile's directory only: inlined, the output loads back from
+    # anywhere
+    return {"text": _source(t)[0] if t.source else t.text, "mode": f"{t.mode:04o}",
+            "owner": t.owner, "group": t.group}
+
+
+def _ranges(ranges) -> list:
+    return [low if low == high else f"{low}-{high}" for low, high in ranges]
+
+
+# Keys whose form in a Profile differs from the file's: key -> its value from the object that
+# holds it (None: not shown, `extends` is composed away)
+VIEWS = {
+    "extends": None,
+    "templates.<path>": _template,
+    "service.env": lambda s: dict(s.env),
+    "service.ports": lambda s: {"bind": _ranges(s.bind_ports),
+                                "connect": _ranges(s.connect_ports)},
+    "service.limits": lambda s: {**{k: list(v) for k, v in s.rlimits},
+                                 **({"memory_max": s.memory_max} if s.memory_max else {}),
+                                 **({"pids_max": s.pids_max} if s.pids_max else {})},
+}
+
+
+def _view(value, node, path: str):
+    """`value` (a Profile, a record, a table of them, a value) as the file says it under `node`
+    of the settings table; None-valued keys are left out."""
+    if path in VIEWS:
+        return VIEWS[path](value)
+    if isinstance(node, Setting):
+        if node.check is mode:
+            return f"{value:04o}"
+        return list(value) if isinstance(value, tuple) else value
+    entries = next((key for key in node if key in ENTRY_NAMES), None)
+    if entries is not None:
+        return {name: _view(item, node[entries], f"{path}.{entries}")
+                for name, item in value.items()}
+    out = {}
+    for key, child in node.items():
+        dotted = f"{path}.{key}" if path else key
+        if VIEWS.get(dotted, ...) is None:
+            continue
+        item = value if dotted in VIEWS else getattr(value, key)
+        if item is not None:
+            out[key] = _view(item, child, dotted)
+    return out
+
+
 def as_dict(profile: Profile) -> dict:
     """The resolved profile in the profile file schema (it loads back as an equivalent profile)."""
-
-    def octal(mode):
-        return f"{mode:04o}"
-
-    def users(u: User):
-        row = {"uid": u.uid, "gid": u.gid, "home": u.home, "shell": u.shell, "gecos": u.gecos}
-        return row | ({"password": u.password} if u.password is not None else {})
-
-    def generated(g: Generated):
-        return {"kind": g.kind, "subject": g.subject, "mode": octal(g.mode), "owner": g.owner,
-                "group": g.group}
-
-    def template(t: Template):
-        # a source is read beneath its profile's directory only: inlined, the output loads
-        # back from anywhere
-        text = _source(t)[0] if t.source else t.text
-        return {"text": text, "mode": octal(t.mode), "owner": t.owner, "group": t.group}
-
-    s = profile.service
-    service = {
-        "command": list(s.command), "workdir": s.workdir, "env": dict(s.env), "user": s.user,
-        **({"group": s.group} if s.group else {}), "groups": list(s.groups),
-        **({"hostname": s.hostname} if s.hostname else {}), "stop_signal": s.stop_signal,
-        "capabilities": list(s.capabilities),
-        "dangerous_capabilities": list(s.dangerous_capabilities), "network": s.network,
-        "require_landlock": s.require_landlock,
-        "ports": {key: [low if low == high else f"{low}-{high}" for low, high in ranges]
-                  for key, ranges in (("bind", s.bind_ports), ("connect", s.connect_ports))},
-        "mount_proc": s.mount_proc,
-        "mount_sys": s.mount_sys, "seccomp_allow": list(s.seccomp_allow), "uid_count": s.uid_count,
-        "limits": {**{k: list(v) for k, v in s.rlimits},
-                   **({"memory_max": s.memory_max} if s.memory_max else {}),
-                   **({"pids_max": s.pids_max} if s.pids_max else {})},
-    }
-    return {
-        "description": profile.description,
-        **{key: list(getattr(profile, key)) for key in LIST_KEYS},
-        "variables": dict(profile.variables),
-        "users": {n: users(u) for n, u in profile.users.items()},
-        "groups": {n: {"gid": g.gid, "members": list(g.members)}
-                   for n, g in profile.groups.items()},
-        "directories": {p: {"owner": d.owner, "group": d.group, "mode": octal(d.mode)}
-                        for p, d in profile.directories.items()},
-        "writable": {p: {"owner": w.owner, "group": w.group, "mode": octal(w.mode), "kind": w.kind}
-                     | ({"size": w.size} if w.size else {}) for p, w in profile.writable.items()},
-        "templates": {p: template(t) for p, t in profile.templates.items()},
-        "generated": {p: generated(g) for p, g in profile.generated.items()},
-        "service": service,
-    }
+    return _view(profile, TREE, "")
 
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

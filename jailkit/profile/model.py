@@ -7,97 +7,60 @@ checked here after composition (errors with the key path).
 
 import os
 import re
+from collections import namedtuple
 from typing import NamedTuple
 
-from jailkit.profile.schema import NAME_RE, VARIABLE_RE, ProfileError, read_file
+from jailkit.profile.schema import (  # noqa: F401  (DEFAULT_*: re-exported for the builder)
+    DEFAULT_MEMORY_MAX,
+    DEFAULT_PIDS_MAX,
+    DEFAULT_RLIMITS,
+    DEFAULT_TMPFS_SIZE,
+    DEFAULTS,
+    NAME_RE,
+    TREE,
+    VARIABLE_RE,
+    ProfileError,
+    Required,
+    entry_defaults,
+    read_file,
+)
+from jailkit.vocabulary import jail_name
 
 # package data: jailkit/profiles/ (this file is jailkit/profile/model.py)
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiles")
 
 
-class User(NamedTuple):
-    name: str
-    uid: int
-    gid: int
-    home: str = "/nonexistent"
-    shell: str = "/usr/sbin/nologin"
-    gecos: str = ""
-    password: str | None = None  # a crypt(3) hash or "!"/"*"; only then an /etc/shadow line
+def _record(type_name: str, doc: str, table: str, key: str, extra: dict | None = None):
+    """The record of one entry of a table of named entries: its `key`, then the table's keys with
+    the defaults of SETTINGS (required keys first), then `extra` fields."""
+    fields = {**entry_defaults(table), **(extra or {})}
+    record = namedtuple(type_name, [key, *fields], module=__name__,
+                        defaults=[d for d in fields.values() if not isinstance(d, Required)])
+    record.__doc__ = doc
+    return record
 
 
-class Group(NamedTuple):
-    name: str
-    gid: int
-    members: tuple[str, ...] = ()
+User = _record("User", "A user of the jail's /etc/passwd.", "users.<user>", "name")
+Group = _record("Group", "A group of the jail's /etc/group.", "groups.<group>", "name")
+Directory = _record("Directory", "An empty directory created in the (read-only) tree, with its "
+                    "owner and mode.", "directories.<path>", "path")
+Writable = _record("Writable", "A directory mounted writable at run time: `tmpfs` (empty each "
+                   "start) or `state` (kept).", "writable.<path>", "path")
+Template = _record("Template", "A jinja2 template: `source`, a path beneath `base` (the directory "
+                   "of the profile file that names it), or inline `text`.", "templates.<path>",
+                   "dest", {"base": None})
+Generated = _record("Generated", "A file made once per jail at build time by a built-in generator "
+                    "(a private key and its certificate, an ssh host key), kept in DIR/generated "
+                    "and reused by every later build.", "generated.<path>", "dest")
 
-
-class Directory(NamedTuple):
-    """An empty directory created in the (read-only) tree, with its owner and mode."""
-
-    path: str
-    owner: str = "root"
-    group: str = "root"
-    mode: int = 0o755
-
-
-class Writable(NamedTuple):
-    """A directory mounted writable at run time: `tmpfs` (empty each start) or `state` (kept)."""
-
-    path: str
-    owner: str = "root"
-    group: str = "root"
-    mode: int = 0o755
-    kind: str = "tmpfs"
-    size: str | None = None
-
-
-class Template(NamedTuple):
-    """A jinja2 template: `source`, a path beneath `base` (the directory of the profile file
-    that names it), or inline `text`."""
-
-    dest: str
-    source: str | None = None
-    text: str | None = None
-    mode: int = 0o644
-    owner: str = "root"
-    group: str = "root"
-    base: str | None = None
-
-
-class Generated(NamedTuple):
-    """A file made once per jail at build time by a built-in generator (a private key and its
-    certificate, an ssh host key), kept in DIR/generated and reused by every later build."""
-
-    dest: str
-    kind: str  # one of GENERATORS
-    subject: str = "localhost"  # tls-cert: the certificate's name (may use {{ variables }})
-    mode: int = 0o600
-    owner: str = "root"
-    group: str = "root"
-
-
-class Service(NamedTuple):
-    command: tuple[str, ...] = ("/bin/sh",)
-    workdir: str = "/"
-    env: tuple[tuple[str, str], ...] = (("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),)
-    user: str = "root"
-    group: str | None = None  # default: the user's primary group
-    groups: tuple[str, ...] = ()
-    hostname: str | None = None  # default: the profile name
-    stop_signal: str = "SIGTERM"
-    capabilities: tuple[str, ...] = ()
-    dangerous_capabilities: tuple[str, ...] = ()  # accepted by name (jailkit/launch/dangerous.py)
-    network: str = "none"
-    bind_ports: tuple[tuple[int, int], ...] = ()  # [service.ports]: (low, high) ranges
-    connect_ports: tuple[tuple[int, int], ...] = ()
-    require_landlock: bool = False
-    mount_proc: bool = True
-    mount_sys: bool = False
-    seccomp_allow: tuple[str, ...] = ()
-    uid_count: int = 65536
-    rlimits: tuple[tuple[str, tuple[int, int]], ...] = ()
-    memory_max: int | None = None  # None: DEFAULT_MEMORY_MAX when built by root
-    pids_max: int | None = None  # None: DEFAULT_PIDS_MAX when built by root
+# [service]: its plain keys as they are; env as (name, value) pairs; ports as (low, high) ranges;
+# limits as rlimits pairs, and the cgroup's memory_max and pids_max (None: DEFAULT_MEMORY_MAX and
+# DEFAULT_PIDS_MAX when built by root)
+_SERVICE_KEYS = {key: s.default for key, s in TREE["service"].items() if not isinstance(s, dict)}
+Service = namedtuple("Service", [*_SERVICE_KEYS, "env", "bind_ports", "connect_ports", "rlimits",
+                                 "memory_max", "pids_max"], module=__name__, defaults=[
+    *_SERVICE_KEYS.values(), tuple(DEFAULTS["service.env.<env>"].items()), (), (),
+    tuple(DEFAULT_RLIMITS.items()), None, None])
 
 
 class Profile(NamedTuple):
@@ -120,17 +83,6 @@ class Profile(NamedTuple):
     keep_file_caps: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     multiline_variables: tuple[str, ...] = ()  # string variables that may hold newlines
-
-
-# What a jail gets when its profile says nothing (a profile may raise each): without them a
-# default jail could fork thousands of processes, fill the RAM, write files without end and
-# get half the RAM for a tmpfs. rlimits bind every jail (RLIMIT_NPROC counts per user namespace
-# on this kernel); the cgroup limits only jails built by root, because an ordinary user cannot
-# make cgroups on this cgroup-v1 host (the launcher would refuse to start the jail).
-DEFAULT_RLIMITS = {"nofile": (1024, 4096), "nproc": (256, 256), "fsize": (256 << 20, 256 << 20)}
-DEFAULT_MEMORY_MAX = 512 << 20
-DEFAULT_PIDS_MAX = 512
-DEFAULT_TMPFS_SIZE = "64m"
 
 
 # --- locating ------------------------------------------------------------------------------
@@ -210,10 +162,8 @@ def _compose(path: str, stack: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
 
 def load(spec: str, overrides: dict[str, str] | None = None) -> Profile:
     """Load a bundled profile by name or a profile file by path, with its bases and --set values."""
-    path = locate(spec)
-    data, sources = _compose(path, ())
-    name = os.path.basename(path).removesuffix(".toml")
-    return _build(name, data, sources, overrides or {})
+    data, sources = _compose(locate(spec), ())
+    return _build(jail_name(spec), data, sources, overrides or {})
 
 
 def _coerce(name: str, text: str, default):
@@ -310,9 +260,8 @@ def _check_dangerous(where: str, service: Service) -> None:
                                "service.capabilities; list it there too, or drop it here")
 
 
-def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
-    """Semantic checks on the composed profile (cross references), then the frozen Profile."""
-    where = f"profile {name}"
+def _variables(where: str, data: dict, overrides: dict) -> dict:
+    """The profile's variables with the --set values, each of the variable's type."""
     variables = dict(data.get("variables", {}))
     multiline = data.get("multiline_variables", ())
     for key in multiline:
@@ -327,9 +276,12 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
             raise ProfileError(f"--set {key}: {where} has no such variable (variables: {known})")
         _refuse_control_characters(text, key in multiline, f"--set {key}=")
         variables[key] = _coerce(key, text, variables[key])
+    return variables
 
-    groups = {g: Group(g, e["gid"], tuple(e.get("members", ()))) for g, e in
-              data.get("groups", {}).items()}
+
+def _accounts(where: str, data: dict, variables: dict) -> tuple[dict, dict]:
+    """(users, groups), each id used once, each user's group and each member defined."""
+    groups = {g: Group(g, **e) for g, e in data.get("groups", {}).items()}
     users = {}
     for key, entry in data.get("users", {}).items():
         uname = _user_name(key, variables, where)
@@ -350,6 +302,12 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
         for member in group.members:
             if member not in users:
                 raise ProfileError(f"{where}: groups.{group.name}.members: no user {member!r}")
+    return users, groups
+
+
+def _files(where: str, data: dict, users: dict, groups: dict) -> dict:
+    """directories, writable, templates and generated: owned by the profile's accounts; writable
+    directories only where nothing privileged loads from."""
 
     def owned(section, key, entry):
         for field_, table in (("owner", users), ("group", groups)):
@@ -359,24 +317,26 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
                                    f"{entry.get(field_, 'root')!r} in the profile")
         return entry
 
-    directories = {p: Directory(p, **owned("directories", p, e))
-                   for p, e in data.get("directories", {}).items()}
-    writable = {p: Writable(p, **owned("writable", p, e))
-                for p, e in data.get("writable", {}).items()}
-    writable = {p: w._replace(size=DEFAULT_TMPFS_SIZE) if w.kind == "tmpfs" and not w.size
-                else w for p, w in writable.items()}
-    templates = {p: Template(p, **owned("templates", p, e))
-                 for p, e in data.get("templates", {}).items()}
-    generated = {p: Generated(p, **owned("generated", p, e))
-                 for p, e in data.get("generated", {}).items()}
-    for path in generated.keys() & templates.keys():
+    files = {section: {path: record(path, **owned(section, path, entry))
+                       for path, entry in data.get(section, {}).items()}
+             for section, record in (("directories", Directory), ("writable", Writable),
+                                     ("templates", Template), ("generated", Generated))}
+    files["writable"] = {p: w._replace(size=DEFAULT_TMPFS_SIZE)
+                         if w.kind == "tmpfs" and not w.size else w
+                         for p, w in files["writable"].items()}
+    for path in files["generated"].keys() & files["templates"].keys():
         raise ProfileError(f"{where}: {path} is both a template and a generated file")
-    for path in writable:
+    for path in files["writable"]:
         if path == "/" or path.split("/")[1] in ("etc", "lib", "lib64", "usr", "bin", "sbin"):
             raise ProfileError(f"{where}: writable.\"{path}\": a writable directory under /etc, "
                                "/usr or a library directory would let the service replace what "
                                "privileged steps load; use /var, /run, /srv, /tmp or /home")
+    return files
 
+
+def _service(where: str, name: str, data: dict, variables: dict, users: dict,
+             groups: dict) -> Service:
+    """[service], its ports resolved, run by accounts of the profile, its ids all mapped."""
     raw = dict(data.get("service", {}))
     limits = raw.pop("limits", {})
     memory_max, pids_max = limits.pop("memory_max", None), limits.pop("pids_max", None)
@@ -401,22 +361,27 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
         raise ProfileError(f"{where}: service.hostname {service.hostname or name!r} is longer "
                            "than 64 bytes (the kernel's limit); set a shorter one")
     _check_dangerous(where, service)
-    top_id = max([0, *(u.uid for u in users.values()), *gids])
+    top_id = max([0, *(u.uid for u in users.values()), *(g.gid for g in groups.values())])
     if top_id >= service.uid_count:
         raise ProfileError(f"{where}: service.uid_count {service.uid_count} does not cover id "
                            f"{top_id} used by the profile's users/groups")
+    return service
 
+
+def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
+    """Semantic checks on the composed profile (cross references), then the frozen Profile."""
+    where = f"profile {name}"
+    variables = _variables(where, data, overrides)
+    users, groups = _accounts(where, data, variables)
+    files = _files(where, data, users, groups)
     return Profile(
         name=name,
-        description=data.get("description", ""),
+        description=data.get("description", DEFAULTS["description"]),
         sources=sources,
-        **{key: tuple(data.get(key, ())) for key in LIST_KEYS},
+        **{key: tuple(data.get(key, DEFAULTS[key])) for key in LIST_KEYS},
         variables=variables,
         users=users,
         groups=groups,
-        directories=directories,
-        writable=writable,
-        templates=templates,
-        generated=generated,
-        service=service,
+        **files,
+        service=_service(where, name, data, variables, users, groups),
     )

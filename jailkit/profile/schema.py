@@ -1,35 +1,21 @@
 """The profile file format: one TOML file parsed and checked key by key, before composition.
 
-Every error names the file and the line that holds the key (or the key path) and what was expected.
+Every key is one row of SETTINGS (its checker, its default, what it means). Every error names the
+file and the line that holds the key (or the key path) and what was expected.
 """
 
 import glob
 import os
 import re
 import tomllib
+from collections.abc import Callable
+from typing import NamedTuple
 
 from jailkit.errors import JailkitError
+from jailkit.vocabulary import CAPABILITIES, DEVICES, NETWORKS, RLIMITS, SIGNALS, parse_size
 
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-NETWORKS = ("host", "none", "veth")
-RLIMITS = (
-    "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue",
-    "nice", "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
-)  # fmt: skip
-CAPABILITIES = (
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-)  # fmt: skip
-SIGNALS = (
-    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL", "SIGPWR",
-)  # fmt: skip
 # always fullmatch: `$` after match() also accepts a trailing newline ("ftpuser\n")
 NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-SIZE_RE = re.compile(r"([0-9]+)([kmg]?)")
 # a TCP port, or a range LOW-HIGH; each a number or one {{ variable }} (resolved after --set)
 PORT_RE = re.compile(r"\s*(\d+|\{\{\s*\w+\s*\}\})\s*(?:-\s*(\d+|\{\{\s*\w+\s*\}\}))?\s*")
 VARIABLE_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -151,12 +137,10 @@ def _int_range(src, keypath, value, low, high) -> int:
 
 
 def _size(src, keypath, value) -> int:
-    """Bytes from an integer or "64m"-style string."""
-    if isinstance(value, str) and SIZE_RE.fullmatch(value.lower()):
-        number, unit = SIZE_RE.fullmatch(value.lower()).groups()
-        return int(number) << {"": 0, "k": 10, "m": 20, "g": 30}[unit]
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
+    """Bytes from an integer or "64m"-style string (jailkit.vocabulary.parse_size)."""
+    size = parse_size(value)
+    if size is not None:
+        return size
     src.fail(keypath, f"expected a size such as 65536 or \"64m\", got {value!r}")
 
 
@@ -167,174 +151,293 @@ def _one_of(src, keypath, value, choices) -> str:
     return value
 
 
-def _table(src, keypath, value, fields: dict) -> dict:
-    """Check a table's keys against `fields` (key -> checker(keypath, value)); returns values."""
+# --- checkers: check(src, keypath, value) -> the value the profile holds ------------------------
+
+
+def typed(kind):
+    return lambda src, keypath, value: _typed(src, keypath, value, kind)
+
+
+string, flag, strings, mode, name, size = typed(str), typed(bool), _strings, _mode, _name, _size
+
+
+def abs_path(src, keypath, value) -> str:
+    return _abs_path(src, keypath, value)
+
+
+def abs_paths(allow_glob=False):
+    def check(src, keypath, value) -> tuple[str, ...]:
+        return tuple(_abs_path(src, (*keypath, i), path, allow_glob)
+                     for i, path in enumerate(_strings(src, keypath, value)))
+    return check
+
+
+def ids(src, keypath, value) -> int:
+    return _id(src, keypath, value)
+
+
+def int_range(low, high):
+    return lambda src, keypath, value: _int_range(src, keypath, value, low, high)
+
+
+def one_of(choices):
+    return lambda src, keypath, value: _one_of(src, keypath, value, tuple(choices))
+
+
+def names(src, keypath, value) -> tuple[str, ...]:
+    return tuple(_name(src, (*keypath, i), item)
+                 for i, item in enumerate(_strings(src, keypath, value)))
+
+
+def libraries(src, keypath, value) -> tuple[str, ...]:
+    """Sonames, or absolute paths and patterns."""
+    return tuple(item if "/" not in item else _abs_path(src, (*keypath, i), item, True)
+                 for i, item in enumerate(_strings(src, keypath, value)))
+
+
+def devices(src, keypath, value) -> tuple[str, ...]:
+    return tuple(_one_of(src, (*keypath, i), item, DEVICES)
+                 for i, item in enumerate(_strings(src, keypath, value)))
+
+
+def variable(src, keypath, value):
+    if not isinstance(value, str | int | float | bool):
+        src.fail(keypath, f"expected a string, number or boolean, got {type(value).__name__}")
+    return value
+
+
+def command(src, keypath, value) -> tuple[str, ...]:
+    return _strings(src, keypath, value) or src.fail(keypath, "expected a non-empty list")
+
+
+def tmpfs_size(src, keypath, value) -> str:
+    """Checked as a size, kept as written (lower case) for launch.json."""
+    return _size(src, keypath, value) and str(value).lower()
+
+
+def capabilities(src, keypath, value) -> tuple[str, ...]:
+    out = []
+    for i, cap in enumerate(_strings(src, keypath, value)):
+        bare = cap.removeprefix("CAP_")
+        if "CAP_" + bare not in CAPABILITIES:
+            src.fail((*keypath, i), "expected a capability name such as CAP_NET_BIND_SERVICE, "
+                                    f"got {cap!r}")
+        out.append("CAP_" + bare)
+    return tuple(out)
+
+
+def ports(src, keypath, value) -> tuple:
+    """Ports and 'LOW-HIGH' ranges, each a number or a '{{ variable }}' (resolved after --set)."""
+    out = []
+    for i, item in enumerate(_typed(src, keypath, value, list)):
+        if isinstance(item, str) and PORT_RE.fullmatch(item):
+            out.append(item)
+        elif isinstance(item, str):
+            src.fail((*keypath, i), "expected a port, a range such as '30000-30099' or "
+                                    f"'{{{{ port }}}}', got {item!r}")
+        else:
+            out.append(_int_range(src, (*keypath, i), item, 1, 65535))
+    return tuple(out)
+
+
+def rlimit(src, keypath, value) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return (value, value)
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value)
+            and value[0] <= value[1]):
+        return tuple(value)
+    src.fail(keypath, f"expected a limit N or [soft, hard] with soft <= hard, got {value!r}")
+
+
+def any_key(src, keypath, key) -> str:
+    return key
+
+
+def user_key(src, keypath, key) -> str:
+    """A user name, or `{{ variable }}` naming one (checked after --set)."""
+    return key if VARIABLE_RE.fullmatch(key) else _name(src, keypath, key)
+
+
+# A key in angle brackets stands for any key of a table of named entries, checked so:
+ENTRY_NAMES = {"<variable>": any_key, "<env>": any_key, "<user>": user_key, "<group>": _name,
+               "<path>": abs_path}
+
+
+class Required:
+    """The default of a key every entry of its table must have."""
+
+    def __init__(self, hint: str = ""):
+        self.hint = hint
+
+    def __repr__(self):
+        return "Required()"
+
+
+REQUIRED = Required()
+
+
+class Setting(NamedTuple):
+    """One profile key: its dotted path (see ENTRY_NAMES), its checker, the value a profile gets
+    when no file sets it, and what it means."""
+
+    key: str
+    check: Callable
+    default: object
+    help: str
+
+
+# What a jail gets when its profile says nothing (a profile may raise each): without them a
+# default jail could fork thousands of processes, fill the RAM, write files without end and
+# get half the RAM for a tmpfs. rlimits bind every jail (RLIMIT_NPROC counts per user namespace
+# on this kernel); the cgroup limits only jails built by root, because an ordinary user cannot
+# make cgroups on this cgroup-v1 host (the launcher would refuse to start the jail).
+DEFAULT_RLIMITS = {"nofile": (1024, 4096), "nproc": (256, 256), "fsize": (256 << 20, 256 << 20)}
+DEFAULT_MEMORY_MAX = 512 << 20
+DEFAULT_PIDS_MAX = 512
+DEFAULT_TMPFS_SIZE = "64m"
+
+# Every key of the format, in the order errors list them and `show` prints them. Parsing
+# (read_file), the defaults and the records of jailkit.profile.model, and `show`
+# (jailkit.profile.dump) all derive from this table: a new key is one line here.
+SETTINGS = (
+    Setting("description", string, "", "what the profile is for (`jailkit profiles` lists it)"),
+    Setting("extends", strings, (), "profiles this one builds on: bundled names or .toml paths"),
+    Setting("binaries", abs_paths(), (), "programs copied with the libraries they load"),
+    Setting("libraries", libraries, (), "more libraries: sonames, or paths and patterns"),
+    Setting("files", abs_paths(allow_glob=True), (), "host files and directories, or patterns"),
+    Setting("exclude", strings, (), "patterns of paths left out of directories named in files"),
+    Setting("keep_setuid", abs_paths(), (), "files that keep their setuid/setgid bits"),
+    Setting("keep_file_caps", abs_paths(), (), "files that keep their file capabilities"),
+    Setting("devices", devices, (), "device nodes of /dev"),
+    Setting("variables.<variable>", variable, {}, "values for templates, overridden by --set"),
+    Setting("multiline_variables", strings, (), "string variables that may hold newlines"),
+    Setting("users.<user>.uid", ids, REQUIRED, "the user's id"),
+    Setting("users.<user>.gid", ids, REQUIRED, "the id of the user's primary group"),
+    Setting("users.<user>.home", abs_path, "/nonexistent", "home directory"),
+    Setting("users.<user>.shell", abs_path, "/usr/sbin/nologin", "login shell"),
+    Setting("users.<user>.gecos", string, "", "the passwd comment field"),
+    Setting("users.<user>.password", string, None,
+            "a crypt(3) hash or '!'/'*'; only then an /etc/shadow line"),
+    Setting("groups.<group>.gid", ids, REQUIRED, "the group's id"),
+    Setting("groups.<group>.members", names, (), "users in the group"),
+    Setting("directories.<path>.owner", name, "root", "an empty directory's owner"),
+    Setting("directories.<path>.group", name, "root", "its group"),
+    Setting("directories.<path>.mode", mode, 0o755, "its mode"),
+    Setting("writable.<path>.owner", name, "root", "a writable directory's owner"),
+    Setting("writable.<path>.group", name, "root", "its group"),
+    Setting("writable.<path>.mode", mode, 0o755, "its mode"),
+    Setting("writable.<path>.kind", one_of(("tmpfs", "state")), "tmpfs",
+            "tmpfs: empty at each start; state: kept in DIR/state"),
+    Setting("writable.<path>.size", tmpfs_size, None, f"a tmpfs's size ({DEFAULT_TMPFS_SIZE})"),
+    Setting("templates.<path>.source", string, None,
+            "a jinja2 template file, relative to the profile's directory"),
+    Setting("templates.<path>.text", string, None, "or the template inline"),
+    Setting("templates.<path>.mode", mode, 0o644, "the rendered file's mode"),
+    Setting("templates.<path>.owner", name, "root", "its owner"),
+    Setting("templates.<path>.group", name, "root", "its group"),
+    Setting("generated.<path>.kind", one_of(GENERATORS),
+            Required(f"one of {', '.join(GENERATORS)}"), "the built-in generator"),
+    Setting("generated.<path>.subject", string, "localhost",
+            "tls-cert: the certificate's name (may use {{ variables }})"),
+    Setting("generated.<path>.mode", mode, 0o600, "the file's mode"),
+    Setting("generated.<path>.owner", name, "root", "its owner"),
+    Setting("generated.<path>.group", name, "root", "its group"),
+    Setting("service.command", command, ("/bin/sh",), "the service's command line"),
+    Setting("service.workdir", abs_path, "/", "its working directory"),
+    Setting("service.env.<env>", string, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            "its environment (this default only when the profiles set none)"),
+    Setting("service.user", name, "root", "the user it runs as"),
+    Setting("service.group", name, None, "its group (default: the user's primary group)"),
+    Setting("service.groups", names, (), "its supplementary groups"),
+    Setting("service.hostname", string, None, "the jail's hostname (default: the profile name)"),
+    Setting("service.stop_signal", one_of(SIGNALS), "SIGTERM", "the signal that stops it"),
+    Setting("service.capabilities", capabilities, (), "capabilities it keeps"),
+    Setting("service.dangerous_capabilities", capabilities, (),
+            "capabilities that break the jail's model, accepted by name"),
+    Setting("service.network", one_of(NETWORKS), "none", "host, none (loopback) or veth"),
+    Setting("service.ports.bind", ports, (), "TCP ports it may bind (Landlock)"),
+    Setting("service.ports.connect", ports, (), "TCP ports it may connect to (Landlock)"),
+    Setting("service.require_landlock", flag, False, "refuse to start without Landlock"),
+    Setting("service.mount_proc", flag, True, "a fresh /proc"),
+    Setting("service.mount_sys", flag, False, "a read-only /sys"),
+    Setting("service.seccomp_allow", strings, (), "system calls let through the default filter"),
+    Setting("service.uid_count", int_range(1, 65536), 65536, "ids mapped into the jail"),
+    *(Setting(f"service.limits.{limit}", rlimit, DEFAULT_RLIMITS.get(limit),
+              f"RLIMIT_{limit.upper()}: N or [soft, hard]") for limit in sorted(RLIMITS)),
+    Setting("service.limits.memory_max", size, None,
+            f"cgroup memory limit (when built by root: {DEFAULT_MEMORY_MAX >> 20}m)"),
+    Setting("service.limits.pids_max", int_range(1, 1 << 22), None,
+            f"cgroup process limit (when built by root: {DEFAULT_PIDS_MAX})"),
+)
+DEFAULTS = {setting.key: setting.default for setting in SETTINGS}
+
+
+def _tree(settings) -> dict:
+    """The settings as nested tables: key part -> subtable or Setting."""
+    tree = {}
+    for setting in settings:
+        *parents, last = setting.key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = setting
+    return tree
+
+
+TREE = _tree(SETTINGS)
+
+
+def entry_defaults(table: str) -> dict:
+    """Key -> default of the entries of a table of named entries ("users.<user>"), Required
+    keys first."""
+    node = TREE
+    for part in table.split("."):
+        node = node[part]
+    fields = {key: s.default for key, s in node.items()}
+    return {**{k: d for k, d in fields.items() if isinstance(d, Required)},
+            **{k: d for k, d in fields.items() if not isinstance(d, Required)}}
+
+
+def _entry_key(node: dict) -> str | None:
+    """"<user>" when `node` is a table of named entries, else None."""
+    return next((key for key in node if key in ENTRY_NAMES), None)
+
+
+def _check(src, keypath: tuple, value, node):
+    """Check `value` against a Setting, a table of known keys, or a table of named entries."""
+    if isinstance(node, Setting):
+        return node.check(src, keypath, value)
     _typed(src, keypath, value, dict)
+    entries = _entry_key(node)
+    if entries is not None:
+        return {ENTRY_NAMES[entries](src, (*keypath, key), key):
+                _check(src, (*keypath, key), item, node[entries]) for key, item in value.items()}
     out = {}
     for key, item in value.items():
-        if key not in fields:
-            src.fail((*keypath, key), f"unknown key; expected one of: {', '.join(fields)}")
-        out[key] = fields[key]((*keypath, key), item)
+        if key not in node:
+            src.fail((*keypath, key), f"unknown key; expected one of: {', '.join(node)}")
+        out[key] = _check(src, (*keypath, key), item, node[key])
     return out
 
 
-def read_file(path: str) -> dict:
-    """Parse and structurally validate one profile file; returns a dict of checked, typed values."""
-    src = _Source(path)
-    try:
-        raw = tomllib.loads(src.text)
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"{path}: invalid TOML: {e}") from None
+def _check_required(src, top: dict) -> None:
+    """Entries that lack a key without a default (users.NAME.uid, generated.PATH.kind...)."""
+    for table, node in TREE.items():
+        entries = _entry_key(node) if isinstance(node, dict) else None
+        if entries is None or not isinstance(node[entries], dict):
+            continue
+        required = {key: s.default for key, s in node[entries].items()
+                    if isinstance(s.default, Required)}
+        for entry_name, entry in top.get(table, {}).items():
+            for key, need in required.items():
+                if key not in entry:
+                    hint = f" ({need.hint})" if need.hint else ""
+                    src.fail((table, entry_name), f"missing `{key}`{hint}")
 
-    def strings(k, v):
-        return _strings(src, k, v)
 
-    def abs_paths(k, v, glob=False):
-        return tuple(_abs_path(src, (*k, i), p, glob) for i, p in enumerate(strings(k, v)))
-
-    def string(k, v):
-        return _typed(src, k, v, str)
-
-    def flag(k, v):
-        return _typed(src, k, v, bool)
-
-    def mode(k, v):
-        return _mode(src, k, v)
-
-    def name(k, v):
-        return _name(src, k, v)
-
-    def user_name(k, v):
-        return v if VARIABLE_RE.fullmatch(v) else name(k, v)
-
-    def user(k, v):
-        return _table(src, k, v, {
-            "uid": lambda k, v: _id(src, k, v), "gid": lambda k, v: _id(src, k, v),
-            "home": lambda k, v: _abs_path(src, k, v), "shell": lambda k, v: _abs_path(src, k, v),
-            "gecos": string, "password": string,
-        })
-
-    def group(k, v):
-        return _table(src, k, v, {
-            "gid": lambda k, v: _id(src, k, v),
-            "members": lambda k, v: tuple(name((*k, i), m) for i, m in enumerate(strings(k, v))),
-        })
-
-    def directory(k, v):
-        return _table(src, k, v, {"owner": name, "group": name, "mode": mode})
-
-    def writable(k, v):
-        return _table(src, k, v, {
-            "owner": name, "group": name, "mode": mode,
-            "kind": lambda k, v: _one_of(src, k, v, ("tmpfs", "state")),
-            "size": lambda k, v: _size(src, k, v) and str(v).lower(),
-        })
-
-    def template(k, v):
-        return _table(src, k, v, {"source": string, "text": string, "mode": mode,
-                                  "owner": name, "group": name})
-
-    def generated(k, v):
-        return _table(src, k, v, {"kind": lambda k, v: _one_of(src, k, v, GENERATORS),
-                                  "subject": string, "mode": mode, "owner": name, "group": name})
-
-    def keyed(check_key, check_value):
-        def run(k, v):
-            _typed(src, k, v, dict)
-            return {check_key((*k, key), key): check_value((*k, key), item)
-                    for key, item in v.items()}
-        return run
-
-    def variable(k, v):
-        if not isinstance(v, str | int | float | bool):
-            src.fail(k, f"expected a string, number or boolean, got {type(v).__name__}")
-        return v
-
-    def rlimit(k, v):
-        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-            return (v, v)
-        if (isinstance(v, list) and len(v) == 2
-                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
-                and v[0] <= v[1]):
-            return tuple(v)
-        src.fail(k, f"expected a limit N or [soft, hard] with soft <= hard, got {v!r}")
-
-    def limits(k, v):
-        fields = dict.fromkeys(RLIMITS, rlimit)
-        fields["memory_max"] = lambda k, v: _size(src, k, v)
-        fields["pids_max"] = lambda k, v: _int_range(src, k, v, 1, 1 << 22)
-        return _table(src, k, v, fields)
-
-    def caps(k, v):
-        out = []
-        for i, cap in enumerate(strings(k, v)):
-            bare = cap.removeprefix("CAP_")
-            if bare not in CAPABILITIES:
-                src.fail((*k, i), "expected a capability name such as CAP_NET_BIND_SERVICE, "
-                                  f"got {cap!r}")
-            out.append("CAP_" + bare)
-        return tuple(out)
-
-    def env(k, v):
-        _typed(src, k, v, dict)
-        return {key: string((*k, key), item) for key, item in v.items()}
-
-    def port(k, v):
-        if isinstance(v, str) and PORT_RE.fullmatch(v):
-            return v
-        if isinstance(v, str):
-            src.fail(k, f"expected a port, a range such as '30000-30099' or '{{{{ port }}}}', "
-                        f"got {v!r}")
-        return _int_range(src, k, v, 1, 65535)
-
-    def ports(k, v):
-        return tuple(port((*k, i), item) for i, item in enumerate(_typed(src, k, v, list)))
-
-    def service(k, v):
-        return _table(src, k, v, {
-            "command": lambda k, v: strings(k, v) or src.fail(k, "expected a non-empty list"),
-            "workdir": lambda k, v: _abs_path(src, k, v),
-            "env": env, "user": name, "group": name,
-            "groups": lambda k, v: tuple(name((*k, i), g) for i, g in enumerate(strings(k, v))),
-            "hostname": string,
-            "stop_signal": lambda k, v: _one_of(src, k, v, SIGNALS),
-            "capabilities": caps,
-            "dangerous_capabilities": caps,
-            "network": lambda k, v: _one_of(src, k, v, NETWORKS),
-            "ports": lambda k, v: _table(src, k, v, {"bind": ports, "connect": ports}),
-            "require_landlock": flag,
-            "mount_proc": flag, "mount_sys": flag,
-            "seccomp_allow": strings,
-            "uid_count": lambda k, v: _int_range(src, k, v, 1, 65536),
-            "limits": limits,
-        })
-
-    def devices(k, v):
-        return tuple(_one_of(src, (*k, i), d, DEVICES) for i, d in enumerate(strings(k, v)))
-
-    top = _table(src, (), raw, {
-        "description": string,
-        "extends": strings,
-        "binaries": abs_paths,
-        "libraries": lambda k, v: tuple(
-            p if "/" not in p else _abs_path(src, (*k, i), p, True)
-            for i, p in enumerate(strings(k, v))),
-        "files": lambda k, v: abs_paths(k, v, True),
-        "exclude": strings,
-        "keep_setuid": abs_paths,
-        "keep_file_caps": abs_paths,
-        "devices": devices,
-        "variables": keyed(lambda k, key: key, variable),
-        "multiline_variables": strings,
-        "users": keyed(user_name, user),
-        "groups": keyed(name, group),
-        "directories": keyed(lambda k, p: _abs_path(src, k, p), directory),
-        "writable": keyed(lambda k, p: _abs_path(src, k, p), writable),
-        "templates": keyed(lambda k, p: _abs_path(src, k, p), template),
-        "generated": keyed(lambda k, p: _abs_path(src, k, p), generated),
-        "service": service,
-    })
-    for dest, tpl in top.get("templates", {}).items():
+def _check_template_sources(src, path: str, templates: dict) -> None:
+    for dest, tpl in templates.items():
         if ("source" in tpl) == ("text" in tpl):
             src.fail(("templates", dest), "expected exactly one of `source` or `text`")
         if "source" in tpl:
@@ -349,14 +452,16 @@ def read_file(path: str) -> dict:
             if not os.path.isfile(os.path.join(tpl["base"], tpl["source"])):
                 src.fail(("templates", dest, "source"),
                          f"template file {os.path.join(tpl['base'], tpl['source'])} not found")
-    for dest, entry in top.get("generated", {}).items():
-        if "kind" not in entry:
-            src.fail(("generated", dest), f"missing `kind` (one of {', '.join(GENERATORS)})")
-    for uname, entry in top.get("users", {}).items():
-        for key in ("uid", "gid"):
-            if key not in entry:
-                src.fail(("users", uname), f"missing `{key}`")
-    for gname, entry in top.get("groups", {}).items():
-        if "gid" not in entry:
-            src.fail(("groups", gname), "missing `gid`")
+
+
+def read_file(path: str) -> dict:
+    """Parse and structurally validate one profile file; returns a dict of checked, typed values."""
+    src = _Source(path)
+    try:
+        raw = tomllib.loads(src.text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{path}: invalid TOML: {e}") from None
+    top = _check(src, (), raw, TREE)
+    _check_template_sources(src, path, top.get("templates", {}))
+    _check_required(src, top)
     return top

@@ -1,0 +1,67 @@
+"""The words a profile and launch.json share, defined once for the builder and the launcher.
+
+On the `jailkit run` path: it imports `os` only (start-up is benchmarked), so no `re`, no enums.
+"""
+
+import os
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+NETWORKS = ("host", "none", "veth")
+# name -> number (Linux x86_64); in the order a profile's error lists them, the default first
+SIGNALS = {
+    "SIGTERM": 15, "SIGINT": 2, "SIGQUIT": 3, "SIGHUP": 1, "SIGUSR1": 10, "SIGUSR2": 12,
+    "SIGWINCH": 28, "SIGKILL": 9, "SIGPWR": 30,
+}  # fmt: skip
+# name -> RLIMIT_* number (Linux x86_64)
+RLIMITS = {
+    "cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6, "nofile": 7,
+    "memlock": 8, "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12, "nice": 13,
+    "rtprio": 14, "rttime": 15,
+}  # fmt: skip
+# CAP_* name -> capability number, in the kernel's order
+CAPABILITIES = {f"CAP_{name}": number for number, name in enumerate((
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
+    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
+    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
+    "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
+    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
+    "CHECKPOINT_RESTORE"
+).split())}
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(value) -> int | None:
+    """Bytes from a positive integer or a string like "64m", "64M" or "64MiB" (K, M, G: powers of
+    1024); None when `value` is no size (each caller words its own error)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("b").removesuffix("i")
+        number, unit = (text[:-1], text[-1]) if text[-1:] in SIZE_UNITS else (text, "")
+        if number.isdigit() and int(number) > 0:
+            return int(number) * SIZE_UNITS[unit]
+    return None
+
+
+def jail_name(profile: str) -> str:
+    """The jail's name from the PROFILE argument as typed: a profile file's name without its
+    directory and `.toml` (`profiles/nginx.toml` -> `nginx`), or a bundled name as it is.
+
+    Never the name of the file a symlink leads to: `x.toml -> shell.toml` builds and runs the
+    jail `x`. The name typed is the one the user types again for `jailkit run x.toml` (or
+    `run x`), and `run` only has that text: it does not read the profile (it starts fast and
+    runs what was built, even if the profile has moved since). Two links to one profile, built
+    with different --set values, are two jails, not one directory shared by both."""
+    base = os.path.basename(profile.rstrip("/"))
+    return base.removesuffix(".toml")
+
+
+def default_jail_dir(name: str) -> str:
+    """Where jail `name` lives without --root: /var/lib/jailkit/NAME for root, else the user's
+    XDG data directory (an ordinary user cannot write /var/lib)."""
+    if os.geteuid() == 0:
+        return f"/var/lib/jailkit/{name}"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return f"{data}/jailkit/{name}"

@@ -255,9 +255,9 @@ def import_archive(archive: str, root: str | None) -> tuple[str, str, int]:
             for record in loaded.records.values():
                 _check_policy(record, archive)
             if root is None:
-                from jailkit.build.jaildir import default_root
+                from jailkit.vocabulary import default_jail_dir
 
-                root = default_root(loaded.profile)
+                root = default_jail_dir(loaded.profile)
             return _restore(tar, archive, loaded, launch_bytes, spec, root)
         except tarfile.TarError as e:
             raise _refuse(archive, f"damaged archive ({e})") from None

@@ -168,11 +168,10 @@ class _Opener:
 
 
 def default_dir(profile: str) -> str:
-    """DIR when --root is not given: the build's rule, from the profile's file name."""
-    from jailkit.build.jaildir import default_root
-    from jailkit.profile.model import locate
+    """DIR when --root is not given: the build's rule (jailkit.vocabulary)."""
+    from jailkit.vocabulary import default_jail_dir, jail_name
 
-    return default_root(os.path.basename(locate(profile)).removesuffix(".toml"))
+    return default_jail_dir(jail_name(profile))
 
 
 def bind_ports(launch: dict) -> list[int]:

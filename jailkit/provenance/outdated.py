@@ -9,9 +9,10 @@ import os
 from typing import NamedTuple
 
 from jailkit.build import manifest
-from jailkit.build.jaildir import JailDir, default_root
+from jailkit.build.jaildir import JailDir
 from jailkit.errors import JailkitError
 from jailkit.provenance.dpkg import ADMINDIR, compare_versions, parse_status
+from jailkit.vocabulary import default_jail_dir
 
 
 class Stale(NamedTuple):
@@ -33,7 +34,7 @@ class OutdatedJail(NamedTuple):
 
 def default_jail_dirs() -> list[str]:
     """Every jail under the default base (/var/lib/jailkit as root, else the XDG data dir)."""
-    base = os.path.dirname(default_root("_"))
+    base = os.path.dirname(default_jail_dir("_"))
     try:
         names = sorted(os.listdir(base))
     except FileNotFoundError:

@@ -54,7 +54,7 @@ def test_a_symlinked_profile_builds_and_runs_the_jail_named_as_typed(home):
     # x.toml -> shell.toml: build and run must agree on the jail's directory without --root;
     # both name it `x`, what the user typed (jailkit.vocabulary.jail_name)
     link = home / "home/x.toml"
-    os.symlink(home / "profiles/shell.toml", link)
+    os.symlink(home / "jailkit/profiles/shell.toml", link)
     result = nobody_jailkit(home, "build", str(link), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["root"] == str(home / "home/.local/share/jailkit/x")

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,156 @@ def world_readable_checkout() -> Iterator[Path]:
         path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
     yield base
     shutil.rmtree(base)
+
+
+NOBODY = 65534
+
+
+def as_nobody():
+    """preexec_fn for a process that runs as user nobody (no groups)."""
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+
+
+def build(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
+    """`jailkit build ARGS`; by default it must succeed."""
+    result = run_jailkit("build", *args, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def home(world_readable_checkout):
+    """The checkout copy nobody can read, with a home it owns (removed afterwards)."""
+    home = world_readable_checkout / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    yield world_readable_checkout
+    shutil.rmtree(home)
+
+
+def nobody_jailkit(home, *args):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(home), "HOME": str(home / "home")}
+    return subprocess.run([sys.executable, "-m", "jailkit", *args], env=env, cwd="/",
+                          text=True, capture_output=True, preexec_fn=as_nobody, timeout=120)
+
+
+# --- launching the `shell` jail as root, and looking at its processes ----------------------
+
+PROBE = "/usr/bin/jkprobe"
+
+
+@pytest.fixture(scope="session")
+def jail() -> Path:
+    """A `shell` jail built by jailkit, with the probe added (owned by the jail's root).
+
+    Not under pytest's tmp root: pytest makes that 0700 again whenever another session starts,
+    and `nobody` must reach this one (test_launch_nobody.py).
+    """
+    base = Path(tempfile.mkdtemp(prefix="jailkit-launch-"))
+    base.chmod(0o711)
+    built = run_jailkit("build", "shell", "--root", base / "shell")
+    assert built.returncode == 0, built.stderr
+    root = base / "shell" / "current" / "root"
+    subprocess.run(
+        ["gcc", "-static", "-O1", "-o", root / PROBE.lstrip("/"), REPO / "tests/launch_probe.c"],
+        check=True,
+    )
+    yield base / "shell"
+    shutil.rmtree(base)
+
+
+def jailkit_run(jail: Path, *command, sets=(), net=None, **kwargs):
+    options = [arg for key_value in sets for arg in ("--set", key_value)]
+    if net:
+        options += ["--net", net]
+    return run_jailkit("run", "shell", "--root", jail, *options, "--", *command,
+                       timeout=60, **kwargs)
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every process below `pid` (start time: a reused pid is not it)."""
+    children: dict[int, list[int]] = {}
+    start: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        start[int(entry)] = fields[19]
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = start[child]
+            todo.append(child)
+    return found
+
+
+def wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for the jail")
+
+
+def host_uid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def in_netns(netns: int | None) -> list[str]:
+    """A command prefix entering the network namespace of process `netns` (nsenter execs, so
+    the pid stays the launcher's)."""
+    return ["nsenter", f"--net=/proc/{netns}/ns/net", "--"] if netns else []
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of the test's own (held by a sleep it kills by pid), so that a veth
+    and its test addresses never touch the host's own network."""
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "600"])
+    try:
+        ours = os.readlink("/proc/self/ns/net")
+        wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != ours)
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def start(jail: Path, *command, sets=(), netns=None):
+    """A running jail (Popen of the launcher, whose pid the waiter keeps) and its processes."""
+    options = [arg for key_value in sets for arg in ("--set", key_value)]
+    proc = subprocess.Popen(
+        [*in_netns(netns), sys.executable, "-m",
+         "jailkit", "run", "shell", "--root", jail, *options, "--", *command],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    # the launcher has become the waiter, and the reaper (pid 1) has started the service
+    wait_for(lambda: os.readlink(f"/proc/{proc.pid}/exe").endswith("jailkit-reaper")
+             and len(descendants(proc.pid)) >= 2)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()  # the launcher's own pid: the jail dies with it (parent-death signal)
+        proc.wait(10)
+
+
+def mount_points() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
 
 
 @pytest.fixture

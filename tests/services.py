@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -17,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import jailkit_env, run_jailkit
+from conftest import descendants, jailkit_env, run_jailkit
 
 
 def free_port() -> int:
@@ -31,28 +30,6 @@ def build(profile: str, root: Path, *sets: str) -> None:
     options = [arg for key_value in sets for arg in ("--set", key_value)]
     result = run_jailkit("build", profile, "--root", root, *options, timeout=300)
     assert result.returncode == 0, result.stderr
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """pid -> start time of every process below `pid` (start time: a reused pid is not it)."""
-    children: dict[int, list[int]] = {}
-    start: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        start[int(entry)] = fields[19]
-    found, todo = {}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found[child] = start[child]
-            todo.append(child)
-    return found
 
 
 def alive(pid: int, started: str) -> bool:

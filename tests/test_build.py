@@ -9,20 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SETS_NEEDED, jailkit_env, run_jailkit
+from conftest import SETS_NEEDED, build, jailkit_env, run_jailkit
 
 from jailkit.build.plan import make_plan
 from jailkit.launch.spec import LaunchSpec
 from jailkit.profile.model import bundled_profiles, load
 
 CAPS_XATTR = "security.capability"
-
-
-def build(*args, check=True):
-    result = run_jailkit("build", *args)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def in_jail(root, script: str) -> subprocess.CompletedProcess:

@@ -11,8 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import run_jailkit
-from test_build_nobody import home, nobody_jailkit  # noqa: F401 (home is a fixture)
+from conftest import nobody_jailkit, run_jailkit
 
 NOBODY = 65534
 

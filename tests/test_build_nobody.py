@@ -2,34 +2,9 @@
 
 import json
 import os
-import shutil
-import subprocess
 
 import pytest
-
-NOBODY = 65534
-
-
-def as_nobody():
-    os.setgroups([])
-    os.setresgid(NOBODY, NOBODY, NOBODY)
-    os.setresuid(NOBODY, NOBODY, NOBODY)
-
-
-@pytest.fixture
-def home(world_readable_checkout):
-    """The checkout copy nobody can read, with a home it owns (removed afterwards)."""
-    home = world_readable_checkout / "home"
-    home.mkdir()
-    os.chown(home, NOBODY, NOBODY)
-    yield world_readable_checkout
-    shutil.rmtree(home)
-
-
-def nobody_jailkit(home, *args):
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(home), "HOME": str(home / "home")}
-    return subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", *args], env=env, cwd="/",
-                          text=True, capture_output=True, preexec_fn=as_nobody, timeout=120)
+from conftest import NOBODY, nobody_jailkit
 
 
 @pytest.mark.usefixtures("as_root")

@@ -9,14 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, jailkit_env, run_jailkit
-
-
-def build(*args, check=True):
-    result = run_jailkit("build", *args)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+from conftest import REPO, build, jailkit_env, run_jailkit
 
 
 def snapshot(directory):

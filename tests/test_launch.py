@@ -13,126 +13,35 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import termios
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_jailkit
+from conftest import (
+    PROBE,
+    REPO,
+    descendants,
+    host_uid,
+    in_netns,
+    jailkit_run,
+    mount_points,
+    run_jailkit,
+    start,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
-PROBE = "/usr/bin/jkprobe"
-
-
-@pytest.fixture(scope="session")
-def jail() -> Path:
-    """A `shell` jail built by jailkit, with the probe added (owned by the jail's root).
-
-    Not under pytest's tmp root: pytest makes that 0700 again whenever another session starts,
-    and `nobody` must reach this one (test_launch_nobody.py).
-    """
-    base = Path(tempfile.mkdtemp(prefix="jailkit-launch-"))
-    base.chmod(0o711)
-    built = run_jailkit("build", "shell", "--root", base / "shell")
-    assert built.returncode == 0, built.stderr
-    root = base / "shell" / "current" / "root"
-    subprocess.run(
-        ["gcc", "-static", "-O1", "-o", root / PROBE.lstrip("/"), REPO / "tests/launch_probe.c"],
-        check=True,
-    )
-    yield base / "shell"
-    shutil.rmtree(base)
-
-
-def jailkit_run(jail: Path, *command, sets=(), net=None, **kwargs):
-    options = [arg for key_value in sets for arg in ("--set", key_value)]
-    if net:
-        options += ["--net", net]
-    return run_jailkit("run", "shell", "--root", jail, *options, "--", *command,
-                       timeout=60, **kwargs)
-
-
 def sh(jail: Path, script: str, **kwargs):
     return jailkit_run(jail, "/bin/sh", "-c", script, **kwargs)
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as f:
-                    children = [int(c) for c in f.read().split()]
-                found += children
-                todo += children
-        except FileNotFoundError:
-            pass
-    return found
-
-
-def wait_for(predicate, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for the jail")
-
-
-def host_uid(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
-
-
-def in_netns(netns: int | None) -> list[str]:
-    """A command prefix entering the network namespace of process `netns` (nsenter execs, so
-    the pid stays the launcher's)."""
-    return ["nsenter", f"--net=/proc/{netns}/ns/net", "--"] if netns else []
-
-
-@pytest.fixture
-def netns():
-    """A network namespace of the test's own (held by a sleep it kills by pid), so that a veth
-    and its test addresses never touch the host's own network."""
-    holder = subprocess.Popen(["unshare", "--net", "sleep", "600"])
-    try:
-        ours = os.readlink("/proc/self/ns/net")
-        wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != ours)
-        yield holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def links_in(netns: int) -> set[str]:
     out = subprocess.run([*in_netns(netns), "ip", "-o", "link"], capture_output=True, text=True,
                          check=True).stdout
     return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
-
-
-def start(jail: Path, *command, sets=(), netns=None):
-    """A running jail (Popen of the launcher, whose pid the waiter keeps) and its processes."""
-    options = [arg for key_value in sets for arg in ("--set", key_value)]
-    proc = subprocess.Popen(
-        [*in_netns(netns), os.environ.get("JAILKIT_PYTHON", "/opt/jailkit/bin/python"), "-m",
-         "jailkit", "run", "shell", "--root", jail, *options, "--", *command],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    # the launcher has become the waiter, and the reaper (pid 1) has started the service
-    wait_for(lambda: os.readlink(f"/proc/{proc.pid}/exe").endswith("jailkit-reaper")
-             and len(descendants(proc.pid)) >= 2)
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()  # the launcher's own pid: the jail dies with it (parent-death signal)
-        proc.wait(10)
 
 
 # --- the command runs, and its status comes back -----------------------------------------
@@ -468,7 +377,7 @@ def test_jail_root_is_not_host_root(jail):
     assert sh(jail, "cat /proc/self/uid_map").stdout.split()[:2] == ["0", "0"]
     proc = start(jail, "/bin/sleep", "30")
     try:
-        service = descendants(proc.pid)[-1]
+        service = list(descendants(proc.pid))[-1]
         text = wait_for(lambda: Path(f"/proc/{service}/uid_map").read_text())  # pid 1 writes it
         inside, outside, count = map(int, text.split())
         assert inside == 0 and outside != 0 and count >= 65534
@@ -483,8 +392,8 @@ def test_several_ids_are_mapped_for_services_that_switch(jail):
     proc = start(jail, PROBE, "become", "33", sets=['capabilities=["CAP_SETUID", "CAP_SETGID"]'])
     try:
         assert proc.stdout.readline().strip() == "uid 33 euid 33 gid 33 egid 33"
-        worker = descendants(proc.pid)[-1]
-        base = host_uid(descendants(proc.pid)[0])  # the reaper runs as the jail's root
+        worker = list(descendants(proc.pid))[-1]
+        base = host_uid(list(descendants(proc.pid))[0])  # the reaper runs as the jail's root
         assert base != 0 and host_uid(worker) == base + 33
     finally:
         stop(proc)
@@ -557,11 +466,6 @@ def test_jail_dies_with_its_launcher(jail):
     proc.kill()
     proc.wait(10)
     wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in inside))
-
-
-def mount_points() -> set[str]:
-    with open("/proc/self/mountinfo") as f:
-        return {line.split()[4] for line in f}
 
 
 def links() -> set[str]:
@@ -744,7 +648,7 @@ def test_bad_override_is_one_line(jail):
 def test_no_user_namespaces_is_one_line_naming_the_cause(jail):
     # a user namespace of the test's own in which no further one may be made
     script = ("echo 0 > /proc/sys/user/max_user_namespaces && "
-              f"exec {os.environ.get('JAILKIT_PYTHON', '/opt/jailkit/bin/python')} -m jailkit "
+              f"exec {sys.executable} -m jailkit "
               f"run shell --root {jail} -- /bin/true")
     result = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script],
                             capture_output=True, text=True, timeout=60,

@@ -15,9 +15,17 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_jailkit
-from test_launch import descendants, in_netns, netns, start, stop, wait_for  # noqa: F401 (netns is a fixture)
-from test_launch_nobody import NOBODY, as_nobody
+from conftest import (
+    NOBODY,
+    REPO,
+    as_nobody,
+    descendants,
+    in_netns,
+    run_jailkit,
+    start,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -98,7 +106,7 @@ def uid_map(jail: Path) -> tuple[int, int]:
     service itself reads "0 0 N": its user namespace is nested in the jail's, same ids)."""
     proc = start(jail, "/bin/sleep", "30")
     try:
-        service = descendants(proc.pid)[1]  # after pid 1, which writes its map
+        service = list(descendants(proc.pid))[1]  # after pid 1, which writes its map
         text = wait_for(lambda: Path(f"/proc/{service}/uid_map").read_text())
     finally:
         stop(proc)
@@ -164,7 +172,7 @@ def test_planted_link_in_state_between_runs_is_refused_for_an_ordinary_user(
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
            "HOME": "/nonexistent"}
     result = subprocess.run(
-        ["/opt/jailkit/bin/python", "-m", "jailkit", "run", "shell", "--root", str(jail),
+        [sys.executable, "-m", "jailkit", "run", "shell", "--root", str(jail),
          "--set", NESTED, "--set", "cgroup.memory_max=null", "--set", "cgroup.pids_max=null",
          "--", "/bin/ls", "/tmp/b"],
         env=env, text=True, capture_output=True, preexec_fn=as_nobody, timeout=60, cwd="/")

@@ -14,9 +14,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_launch import PROBE, descendants, mount_points
-from test_launch_locks import (
+from conftest import NOBODY, PROBE, REPO, as_nobody, descendants, mount_points
+from lock_attacks import (
     ATTACKER,
     ATTACKS,
     LOCK_PROBE,
@@ -28,18 +27,9 @@ from test_launch_locks import (
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
-NOBODY = 65534
-
-
-def as_nobody():
-    os.setgroups([])
-    os.setresgid(NOBODY, NOBODY, NOBODY)
-    os.setresuid(NOBODY, NOBODY, NOBODY)
-
-
 def command(checkout, jail_dir, *args, sets=(), options=()):
     options = [*options, *(arg for key_value in sets for arg in ("--set", key_value))]
-    return ["/opt/jailkit/bin/python", "-m", "jailkit", "run", "shell", "--root", str(jail_dir),
+    return [sys.executable, "-m", "jailkit", "run", "shell", "--root", str(jail_dir),
             *options, "--", *args]
 
 
@@ -59,7 +49,7 @@ def jail(world_readable_checkout):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
            "HOME": "/nonexistent"}
     try:
-        built = subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", "build", "shell",
+        built = subprocess.run([sys.executable, "-m", "jailkit", "build", "shell",
                                 "--root", str(base / "shell")], env=env, text=True, cwd="/",
                                capture_output=True, preexec_fn=as_nobody, timeout=120)
         assert built.returncode == 0, built.stderr
@@ -154,7 +144,7 @@ def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail)
     )
     try:
         assert proc.stdout.readline() == "ready\n"  # the trap is set
-        service = descendants(proc.pid)[1]  # after the reaper
+        service = list(descendants(proc.pid))[1]  # after the reaper
         assert Path(f"/proc/{service}/uid_map").read_text().split() == ["0", str(NOBODY), "1"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 42
@@ -199,7 +189,7 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checko
                                 text=True)
         try:
             assert proc.stdout.readline() == "uid 33 euid 33 gid 33 egid 33\n", proc.stderr
-            service = descendants(proc.pid)[1]  # after the reaper
+            service = list(descendants(proc.pid))[1]  # after the reaper
             # the host's view of the service's ids (inside, its map is its nested namespace's)
             uid_map = Path(f"/proc/{service}/uid_map").read_text().splitlines()
         finally:

@@ -15,90 +15,29 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_jailkit
+from conftest import REPO
 from loader_truth import (
     LOADERS,
     RTLD,
+    Build,
     LoaderView,
+    check,
     differences,
     file_key,
+    jailkit_ldd,
     loader_view,
     normalize_jailkit,
-    rtld_for,
+    rpath,
+    runpath,
 )
 
 LD64 = LOADERS[(2, 62)]
 LD32 = LOADERS[(1, 3)]
 
 
-class Build:
-    """Compiles small programs and libraries into one temporary directory."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.n = 0
-
-    def _gcc(self, out: Path, source: str, flags, cwd=None) -> Path:
-        self.n += 1
-        src = self.root / f"src{self.n}.c"
-        src.write_text(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = ["gcc", "-o", str(out), str(src), "-Wl,--no-as-needed", *map(str, flags)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
-        assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
-        return out
-
-    def lib(self, rel: str, *needs, soname: str | None = "", flags=()) -> Path:
-        """A shared library at ROOT/REL needing NEEDS (paths of libraries built before).
-
-        Its SONAME is its file name unless given (None: no SONAME, so that a dependent records
-        the path it was linked with).
-        """
-        out = self.root / rel
-        name = out.name if soname == "" else soname
-        extra = [f"-Wl,-soname,{name}"] if name else []
-        code = f"int f{self.n}(void) {{ return {self.n}; }}\n"
-        return self._gcc(out, code, ["-shared", "-fPIC", *extra, *flags, *needs])
-
-    def exe(self, rel: str, *needs, flags=(), cwd=None) -> Path:
-        code = "int main(void) { return 0; }\n"
-        return self._gcc(self.root / rel, code, [*flags, *needs], cwd=cwd)
-
-
 @pytest.fixture
 def build(tmp_path) -> Build:
     return Build(tmp_path)
-
-
-def rpath(*dirs) -> str:
-    return "-Wl,--disable-new-dtags,-rpath," + ":".join(map(str, dirs))
-
-
-def runpath(*dirs) -> str:
-    return "-Wl,--enable-new-dtags,-rpath," + ":".join(map(str, dirs))
-
-
-def jailkit_ldd(path, cwd=None, library_path=None) -> tuple[dict, subprocess.CompletedProcess]:
-    args = ["ldd", "--json"]
-    if library_path is not None:
-        args += ["--library-path", library_path]
-    proc = run_jailkit(*args, path, cwd=cwd, timeout=120)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout)[str(path)], proc
-
-
-def check(path, cwd=None, library_path=None):
-    """Assert that jailkit and the loader agree on PATH; return the loader's view, jailkit's
-    JSON entry and the completed jailkit process."""
-    path = str(path)
-    truth = loader_view(path, cwd=cwd, library_path=library_path)
-    entry, proc = jailkit_ldd(path, cwd=cwd, library_path=library_path)
-    got = normalize_jailkit(entry, rtld_for(path, cwd), cwd)
-    problems = differences(path, truth, got, entry.get("missing"))
-    assert not problems, "\n".join(problems) + f"\n(loader asked by {truth.how})"
-    # Exit status: non-zero exactly when something is missing or the file was refused.
-    assert (proc.returncode != 0) == bool(truth.missing or truth.error), proc.stderr
-    return truth, entry, proc
 
 
 def found(truth, name) -> str | None:

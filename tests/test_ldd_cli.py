@@ -6,8 +6,7 @@ import re
 
 import pytest
 from conftest import run_jailkit
-from loader_truth import loader_view
-from test_ldd_cases import Build, check, rpath, runpath
+from loader_truth import Build, check, loader_view, rpath, runpath
 
 SCHEMA = {"interp", "libs", "missing", "static", "error"}
 

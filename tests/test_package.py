@@ -15,8 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_launch_nobody import NOBODY, as_nobody
+from conftest import NOBODY, REPO, as_nobody
 
 pytestmark = [pytest.mark.package, pytest.mark.usefixtures("as_root")]
 

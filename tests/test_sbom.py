@@ -10,11 +10,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_jailkit
-from test_build_nobody import home, nobody_jailkit  # noqa: F401 (home is a fixture)
+from conftest import nobody_jailkit, run_jailkit
 
 from jailkit.provenance.dpkg import Database, compare_versions
 
@@ -117,7 +117,7 @@ def test_rebuild_reads_no_dpkg_file_list_while_the_database_is_unchanged(tmp_pat
     def files_opened(*args) -> str:
         log = tmp_path / "strace.log"
         result = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat", "-o", log,
-                                 "/opt/jailkit/bin/python", "-m", "jailkit", *args],
+                                 sys.executable, "-m", "jailkit", *args],
                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr

@@ -213,10 +213,8 @@ def as_root():
 
 # What a test needs, as markers (pyproject.toml lists them): `-m "not root"` runs what an ordinary
 # user can, `-m "not root and not slow"` the pure tests in about a second.
-SLOW_MODULES = {  # whole modules that build jails, compile programs or sweep the host's files
-    "test_build", "test_build_safety", "test_build_update", "test_build_nobody", "test_check",
-    "test_ldd_badinput", "test_ldd_cases", "test_ldd_cli", "test_ldd_system", "test_launch",
-    "test_launch_nobody", "test_service_build_features",
+PURE_MODULES = {  # modules that only compute: no jail built, no program compiled or started
+    "test_profile", "test_launch_spec", "test_imports", "test_service_profile_comments",
 }
 
 
@@ -228,5 +226,5 @@ def pytest_collection_modifyitems(items):
         if module.startswith("test_service_") and module != "test_service_profile_comments":
             item.add_marker(pytest.mark.service)
             item.add_marker(pytest.mark.slow)
-        elif module in SLOW_MODULES:
+        elif module not in PURE_MODULES:
             item.add_marker(pytest.mark.slow)

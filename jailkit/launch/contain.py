@@ -67,10 +67,9 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     sc.unshare(sc.CLONE_NEWCGROUP)
     # 4. Mounts in our private namespace: read-only root, writable dirs, /proc, /dev, /sys.
     _at("mounts")
-    sources = {}
+    sources = None
     if plan.idmapped:
-        sources = _receive_sources(root_sock, [m.options["source"] for m in plan.mounts
-                                               if m.options.get("source")])
+        sources = _receive_sources(root_sock, len(mounts.with_sources(plan.mounts)))
     mounts.apply(plan.mounts, sources, plan.jail)
     # 5. Hostname (uts namespace), network (host, or our own namespace's lo and eth0).
     _at("hostname and network")
@@ -195,15 +194,14 @@ def _exec_command(command: list[str], env: dict[str, str]) -> None:
     os._exit(127 if failure.errno == errno.ENOENT else 126)
 
 
-def _receive_sources(sock, paths: list[str]) -> dict[str, int]:
-    """The launcher's detached mounts (SCM_RIGHTS), one per source path, in order."""
-    _, ancillary, _, _ = sock.recvmsg(1, 4 * len(paths) + 64)
+def _receive_sources(sock, count: int) -> list[int]:
+    """The launcher's `count` detached mounts (SCM_RIGHTS), in mounts.with_sources order."""
+    _, ancillary, _, _ = sock.recvmsg(1, 4 * count + 64)
     sock.close()
     raw = b"".join(data for _, _, data in ancillary)
-    if len(raw) != 4 * len(paths):
+    if len(raw) != 4 * count:
         raise JailkitError("did not receive the jail's mounts from the launcher")
-    fds = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
-    return dict(zip(paths, fds, strict=True))
+    return [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
 
 
 def _report_and_exit(setup) -> None:

@@ -22,21 +22,161 @@ TMPFS_FLAGS = sc.MS_NOSUID | sc.MS_NODEV
 
 
 class Mount:
-    """One operation: `kind` at `path` inside the jail, with kind-specific `options`."""
+    """One step of the jail's mount table, planned in the launcher and done by the jail's pid 1:
+    `apply(detached)`, from the new root as cwd. A step with a `source` (a path under the jail
+    directory) also has `detach(fd, maps, userns_pid)`, by which the host side turns the source,
+    opened beneath the jail directory, into the detached mount handed over (`maps`: the id maps
+    when root launches, which may idmap and chown; None for an ordinary user's own ids)."""
 
-    __slots__ = ("kind", "path", "options")
+    __slots__ = ("path", "source")
+    kind = ""
 
-    def __init__(self, kind: str, path: str, **options):
-        self.kind, self.path, self.options = kind, path, options
+    def __init__(self, path: str, source: str | None = None):
+        self.path, self.source = path, source
+
+    def details(self) -> str:
+        return f"source={self.source}" if self.source else ""
 
     def __repr__(self) -> str:
-        detail = " ".join(f"{k}={v}" for k, v in self.options.items() if v is not None)
-        return f"{self.kind:6} {self.path} {detail}".rstrip()
+        return f"{self.kind:6} {self.path} {self.details()}".rstrip()
+
+
+
+class Tree(Mount):
+    """The jail tree, read-only, nosuid, nodev, attached on a staging tmpfs and made the cwd:
+    pivot_root needs the new root to be a mount point. As root it is idmapped (its on-disk ids
+    read as the jail's); an ordinary user's jail reads it as it is."""
+
+    __slots__ = ()
+    kind = "root"
+
+    def detach(self, fd, as_root, userns_pid):
+        if as_root is None:
+            return _clone(fd, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+        return idmapped_root(fd, userns_pid)
+
+    def apply(self, detached):
+        staging = os.path.dirname(STAGING)
+        sc.mount("tmpfs", staging, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=700,size=16k")
+        os.mkdir(STAGING, 0o700)
+        sc.move_mount(detached, STAGING)
+        os.close(detached)
+        os.chdir(STAGING)
+
+
+class Tmpfs(Mount):
+    """A writable directory that lives as long as the jail."""
+
+    __slots__ = ("data", "create")
+    kind = "tmpfs"
+
+    def __init__(self, path: str, data: str, create: bool):
+        super().__init__(path)
+        self.data, self.create = data, create
+
+    def details(self):
+        return f"data={self.data} create={self.create}"
+
+    def apply(self, detached):
+        sc.mount("tmpfs", _target(self.path, self.create), "tmpfs", TMPFS_FLAGS, self.data)
+
+
+class StateBind(Mount):
+    """A writable directory kept across runs, DIR/state/...: never idmapped (the jail's root
+    could create setuid-root files through it) but owned by the jail's mapped ids instead."""
+
+    __slots__ = ("uid", "gid", "create")
+    kind = "bind"
+
+    def __init__(self, path: str, source: str, uid: int, gid: int, create: bool):
+        super().__init__(path, source)
+        self.uid, self.gid, self.create = uid, gid, create
+
+    def details(self):
+        return f"source={self.source} create={self.create} uid={self.uid} gid={self.gid}"
+
+    def detach(self, fd, as_root, userns_pid):
+        if as_root is not None:
+            os.fchown(fd, as_root.host_uid(self.uid), as_root.host_gid(self.gid))
+        return _clone(fd, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+
+    def apply(self, detached):
+        sc.move_mount(detached, _target(self.path, self.create))
+        os.close(detached)
+
+
+class Proc(Mount):
+    """A proc of the jail's own pid namespace, with the entries that write to the kernel (not
+    to the jail's own processes) read-only."""
+
+    __slots__ = ()
+    kind = "proc"
+
+    def apply(self, detached):
+        target = _target(self.path)
+        _mount_proc(target)
+        for name in PROC_READ_ONLY:
+            path = f"{target}/{name}"
+            if os.path.exists(path):
+                sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+                _remount(path, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+class Dev(Mount):
+    """A tmpfs /dev holding binds of the host's nodes (mknod is refused in a user namespace),
+    a devpts of its own, /dev/shm; read-only once made."""
+
+    __slots__ = ("devices", "pts_gid")
+    kind = "dev"
+
+    def __init__(self, path: str, devices, pts_gid: int | None):
+        super().__init__(path)
+        self.devices, self.pts_gid = devices, pts_gid
+
+    def details(self):
+        return f"devices={self.devices} pts_gid={self.pts_gid}"
+
+    def apply(self, detached):
+        target = _target(self.path)
+        sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=755,size=64k")
+        for name in self.devices:
+            node = f"{target}/{name}"
+            os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            sc.mount(f"/dev/{name}", node, None, sc.MS_BIND)
+        os.mkdir(f"{target}/pts", 0o755)
+        data = "newinstance,ptmxmode=0666,mode=620"
+        if self.pts_gid is not None:
+            data += f",gid={self.pts_gid}"
+        sc.mount("devpts", f"{target}/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, data)
+        os.symlink("pts/ptmx", f"{target}/ptmx")
+        os.mkdir(f"{target}/shm")
+        sc.mount("tmpfs", f"{target}/shm", "tmpfs", TMPFS_FLAGS, "mode=1777,size=64m")
+        for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                           ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(link, f"{target}/{name}")
+        _remount(target, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
+
+
+class Sys(Mount):
+    """The host's /sys, read-only all the way down (a fresh sysfs would need our own netns)."""
+
+    __slots__ = ()
+    kind = "sys"
+
+    def apply(self, detached):
+        target = _target(self.path)
+        fd = sc.open_tree("/sys", sc.OPEN_TREE_CLONE | sc.AT_RECURSIVE | os.O_CLOEXEC)
+        try:
+            attrs = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+            sc.mount_setattr(fd, sc.AT_RECURSIVE, attrs | sc.MOUNT_ATTR_NOEXEC)
+            sc.move_mount(fd, target)
+        finally:
+            os.close(fd)
 
 
 def plan(spec, host_root: str, state_dir: str, pts_gid: int | None) -> list[Mount]:
     """The ordered mounts for `spec`, the jail tree being `host_root`."""
-    ops = [Mount("root", "/", source=host_root)]
+    ops = [Tree("/", host_root)]
     made = []  # tmpfs writable paths: nested writable paths are created inside them
     for w in sorted(spec.writable, key=lambda w: w.path.count("/")):
         create = any(w.path.startswith(p + "/") for p in made)
@@ -44,43 +184,39 @@ def plan(spec, host_root: str, state_dir: str, pts_gid: int | None) -> list[Moun
             data = f"mode={w.mode:o},uid={w.uid},gid={w.gid}"
             if w.size:
                 data += f",size={w.size}"
-            ops.append(Mount("tmpfs", w.path, data=data, create=create))
+            ops.append(Tmpfs(w.path, data, create))
             made.append(w.path)
         else:
-            source = os.path.join(state_dir, w.source)
-            ops.append(Mount("bind", w.path, source=source, create=create, uid=w.uid, gid=w.gid))
+            ops.append(StateBind(w.path, os.path.join(state_dir, w.source), w.uid, w.gid, create))
     if spec.mount_proc:
-        ops.append(Mount("proc", "/proc"))
+        ops.append(Proc("/proc"))
     if spec.devices:
-        ops.append(Mount("dev", "/dev", devices=spec.devices, pts_gid=pts_gid))
+        ops.append(Dev("/dev", spec.devices, pts_gid))
     if spec.mount_sys:
-        ops.append(Mount("sys", "/sys"))
+        ops.append(Sys("/sys"))
     return ops
 
 
+def with_sources(ops: list[Mount]) -> list[Mount]:
+    """The steps that need a detached mount from the host side, in the one order both sides use
+    to pair the descriptors handed over (SCM_RIGHTS) with their steps."""
+    return [op for op in ops if op.source is not None]
+
+
 def detached_sources(ops: list[Mount], maps, userns_pid: int, jail) -> list[int]:
-    """As root, in the launcher: a detached mount for each op with a host source, in order.
+    """As root, in the launcher: a detached mount for each of `with_sources(ops)`, in order.
 
     The jail's pid 1 attaches them in its own namespace; it runs as the jail's unprivileged root
-    and may not be allowed to walk the host path to the jail. The tree is idmapped (its on-disk
-    ids read as the jail's) and read-only; a state directory is not idmapped (the jail's root
-    could create setuid-root files through it) but owned by the jail's mapped ids instead.
-    Sources are opened beneath `jail`'s directory descriptor (jail.Jail.open_source), and
-    chowned and cloned through that descriptor: the jail can plant links in its state.
+    and may not be allowed to walk the host path to the jail. Sources are opened beneath
+    `jail`'s directory descriptor (jail.Jail.open_source), and chowned and cloned through that
+    descriptor: the jail can plant links in its state.
     """
     fds = []
     try:
-        for op in ops:
-            source = op.options.get("source")
-            if source is None:
-                continue
-            fd = jail.open_source(source, os.O_RDONLY)
+        for op in with_sources(ops):
+            fd = jail.open_source(op.source, os.O_RDONLY)
             try:
-                if op.kind == "root":
-                    fds.append(idmapped_root(fd, userns_pid))
-                    continue
-                os.fchown(fd, maps.host_uid(op.options["uid"]), maps.host_gid(op.options["gid"]))
-                fds.append(_clone(fd, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV))
+                fds.append(op.detach(fd, maps, userns_pid))
             finally:
                 os.close(fd)
     except BaseException:
@@ -101,24 +237,18 @@ def _clone(fd: int, attrs: int) -> int:
     return clone
 
 
-def _clone_sources(ops: list[Mount], jail) -> dict[str, int]:
+def _clone_sources(ops: list[Mount], jail) -> list[int]:
     """In an ordinary user's jail (their own ids, so their own paths are reachable): the same
     detached mounts as detached_sources, without idmapping or chown, made before the staging
     tmpfs covers /tmp, where the jail directory may lie. The sources are resolved from `jail`'s
     directory opened again here: open_tree clones only mounts of the caller's namespace."""
-    fds = {}
+    fds = []
     dirs = jail.dirs_here()
     try:
-        for op in ops:
-            source = op.options.get("source")
-            if source is None:
-                continue
-            attrs = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
-            if op.kind == "root":
-                attrs |= sc.MOUNT_ATTR_RDONLY
-            fd = jail.open_source(source, sc.O_PATH, dirs)
+        for op in with_sources(ops):
+            fd = jail.open_source(op.source, sc.O_PATH, dirs)
             try:
-                fds[source] = _clone(fd, attrs)
+                fds.append(op.detach(fd, None, None))
             finally:
                 os.close(fd)
     finally:
@@ -185,40 +315,6 @@ def idmapped_root(tree_fd: int, userns_pid: int) -> int:
     return fd
 
 
-def _root(op: Mount, fds: dict[str, int]) -> None:
-    """Attach the jail tree (read-only, nosuid, nodev) on a staging tmpfs and move into it:
-    pivot_root needs the new root to be a mount point."""
-    fd = fds[op.options["source"]]
-    staging = os.path.dirname(STAGING)
-    sc.mount("tmpfs", staging, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=700,size=16k")
-    os.mkdir(STAGING, 0o700)
-    sc.move_mount(fd, STAGING)
-    os.close(fd)
-    os.chdir(STAGING)
-
-
-def _tmpfs(op: Mount, fds: dict[str, int]) -> None:
-    target = _target(op.path, op.options["create"])
-    sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS, op.options["data"])
-
-
-def _bind(op: Mount, fds: dict[str, int]) -> None:
-    target = _target(op.path, op.options["create"])
-    fd = fds[op.options["source"]]
-    sc.move_mount(fd, target)
-    os.close(fd)
-
-
-def _proc(op: Mount, fds: dict[str, int]) -> None:
-    target = _target(op.path)
-    _mount_proc(target)
-    for name in PROC_READ_ONLY:
-        path = f"{target}/{name}"
-        if os.path.exists(path):
-            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
-            _remount(path, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-
-
 def _mount_proc(target: str) -> None:
     try:
         sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
@@ -240,55 +336,20 @@ def private_proc() -> int:
     return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def _dev(op: Mount, fds: dict[str, int]) -> None:
-    """A tmpfs /dev holding binds of the host's nodes (mknod is refused in a user namespace)."""
-    target = _target(op.path)
-    sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=755,size=64k")
-    for name in op.options["devices"]:
-        node = f"{target}/{name}"
-        os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-        sc.mount(f"/dev/{name}", node, None, sc.MS_BIND)
-    os.mkdir(f"{target}/pts", 0o755)
-    data = "newinstance,ptmxmode=0666,mode=620"
-    if op.options["pts_gid"] is not None:
-        data += f",gid={op.options['pts_gid']}"
-    sc.mount("devpts", f"{target}/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, data)
-    os.symlink("pts/ptmx", f"{target}/ptmx")
-    os.mkdir(f"{target}/shm")
-    sc.mount("tmpfs", f"{target}/shm", "tmpfs", TMPFS_FLAGS, "mode=1777,size=64m")
-    for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                       ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(link, f"{target}/{name}")
-    _remount(target, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
-
-
-def _sys(op: Mount, fds: dict[str, int]) -> None:
-    """The host's /sys, read-only all the way down (a fresh sysfs would need our own netns)."""
-    target = _target(op.path)
-    fd = sc.open_tree("/sys", sc.OPEN_TREE_CLONE | sc.AT_RECURSIVE | os.O_CLOEXEC)
-    try:
-        attrs = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
-        sc.mount_setattr(fd, sc.AT_RECURSIVE, attrs | sc.MOUNT_ATTR_NOEXEC)
-        sc.move_mount(fd, target)
-    finally:
-        os.close(fd)
-
-
-_APPLY = {"root": _root, "tmpfs": _tmpfs, "bind": _bind, "proc": _proc, "dev": _dev, "sys": _sys}
-
-
-def apply(ops: list[Mount], fds: dict[str, int], jail) -> None:
+def apply(ops: list[Mount], fds: list[int] | None, jail) -> None:
     """Set up the jail in this (new, private) mount namespace; leaves the cwd at its root.
-    `fds`: the launcher's detached_sources, by source path (empty for an ordinary user's)."""
+    `fds`: the launcher's detached_sources, in `with_sources` order (None: an ordinary user's
+    jail, which makes its own)."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing propagates back to the host
-    if not fds:
+    if fds is None:
         try:
             fds = _clone_sources(ops, jail)
         except OSError as e:
             raise JailkitError(f"cannot open the jail's tree or state: {e}") from None
+    detached = dict(zip(map(id, with_sources(ops)), fds, strict=True))
     for op in ops:
         try:
-            _APPLY[op.kind](op, fds)
+            op.apply(detached.get(id(op)))
         except OSError as e:
             raise JailkitError(f"cannot mount {op.kind} on {op.path} in the jail: {e}") from None
 

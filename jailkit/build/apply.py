@@ -26,6 +26,7 @@ from jailkit.errors import JailkitError
 
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 CAPS_XATTR = "security.capability"
+AT_FDCWD = -100
 CHUNK = 1 << 20
 THREADS = 4
 IN_FLIGHT = 256
@@ -235,7 +236,7 @@ class _Writer:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise ApplyError(f"{entry.source}: a directory on its path became a symlink "
                                  "since the build was planned; build again") from None
-            raise ApplyError(f"cannot read {entry.source}: {e.strerror}") from None
+            raise ApplyError(f"cannot read {entry.source}: {os.strerror(e.errno)}") from None
         try:
             st = os.fstat(src)
             planned = entry.host
@@ -258,21 +259,14 @@ class _Writer:
 
 
 def _open_host(path: str) -> int:
-    """Open a host file planned by its symlink-free path, one component at a time without
-    following a symlink: a directory the user swaps for a link after planning cannot make root
-    copy what the link leads to."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        *directories, name = path.strip("/").split("/")
-        for part in directories:
-            child = open_dir(part, fd)
-            os.close(fd)
-            fd = child
-        # O_NONBLOCK: a fifo swapped in must not hang the build (fstat then refuses it)
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                       dir_fd=fd)
-    finally:
-        os.close(fd)
+    """Open a host file planned by its symlink-free path with no symlink followed in any
+    component (openat2 RESOLVE_NO_SYMLINKS: the kernel's own walk, one call): a directory the
+    user swaps for a link after planning cannot make root copy what the link leads to."""
+    from jailkit.launch import syscalls as sc
+
+    # O_NONBLOCK: a fifo swapped in must not hang the build (fstat then refuses it)
+    return sc.openat2(AT_FDCWD, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                      sc.RESOLVE_NO_SYMLINKS)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -199,7 +199,7 @@ def fold(trace: Trace, name: str, command: list[str] | None = None) -> Draft:
     in_closure = lambda p: p in closure or os.path.realpath(p) in closure  # noqa: E731
 
     # programs run: binaries, with their closures
-    for path, why in trace.executed.items():
+    for path in trace.executed:
         if os.path.isfile(path):
             add_closure(path)
 
@@ -394,7 +394,7 @@ def _writable(trace: Trace, draft: Draft, written: dict[str, dict[str, str]]) ->
         if len(uids) == 1 and 0 not in uids:
             entry["owner_uid"] = uids.pop()
         draft.writable[directory] = entry
-    for directory, entry in draft.writable.items():
+    for entry in draft.writable.values():
         paths = entry.pop("paths")
         made = "sockets and runtime files" if entry["kind"] == "tmpfs" else "data"
         entry["why"] = f"written: {_names(paths)} ({made}; starts empty)"

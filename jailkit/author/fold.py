@@ -169,6 +169,18 @@ def _can_fold(directory: str) -> bool:
             and _tree_secret(directory) is None)
 
 
+def python_package(path: str) -> str | None:
+    """The top package directory of a module below a dist-packages or site-packages directory
+    (python stats a module's source and reads its cached bytecode: the package is taken whole,
+    sources included), or None."""
+    parts = path.split("/")
+    for index, part in enumerate(parts[:-2]):
+        if part in ("dist-packages", "site-packages"):
+            top = "/".join(parts[:index + 2])
+            return top if os.path.isdir(top) else None
+    return None
+
+
 def _is_elf_object(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -207,6 +219,10 @@ def fold(trace: Trace, name: str, command: list[str] | None = None) -> Draft:
     draft.extends = [Entry(base, why) for base, why in bases.items()]
     covered = [p for base in bases for p in BASE_PATHS.get(base, [])]
 
+    # what a base's own modules load (python's extension modules) comes with them
+    for path, how in trace.paths.items():
+        if "read" in how and matches(path, covered) and ".so" in path and _is_elf_object(path):
+            add_closure(path)
     for path, why in trace.executed.items():
         if os.path.isfile(path) and not matches(path, covered):
             draft.binaries.append(Entry(path, why))
@@ -262,6 +278,9 @@ def fold(trace: Trace, name: str, command: list[str] | None = None) -> Draft:
             add_closure(path)
             continue
         read_files[path] = why
+        package = python_package(path)
+        if package:
+            listed_dirs.setdefault(package, f"a python package it imported ({why})")
     # a dlopen'd library another dlopen'd library needs comes with that one's closure
     libraries = {p: w for p, w in libraries.items()
                  if not any(p != q and p in resolver.resolve(q).files for q in libraries)}
@@ -271,7 +290,7 @@ def fold(trace: Trace, name: str, command: list[str] | None = None) -> Draft:
         draft.notes.append(f"it read {len(sys_reads)} files under /sys ({_names(sys_reads)}); "
                            "the jail has no /sys unless `mount_sys = true`")
     for path, why in sorted(trace.unix_connects.items()):
-        if not under_writable(path):
+        if not under_writable(path) and ":" not in why:  # a failed connect: absent here too
             draft.notes.append(f"it connected to the unix socket {path} ({why}), which is not "
                                "in the jail")
     _accounts(trace, draft)
@@ -390,9 +409,13 @@ def _writable(trace: Trace, draft: Draft, written: dict[str, dict[str, str]]) ->
             entry["mode"] = f"0{os.stat(directory).st_mode & 0o775:o}"
         except OSError:
             entry["mode"] = "0755"
-        uids = {trace.writer_uid.get(p, 0) for p in paths}
-        if len(uids) == 1 and 0 not in uids:
+        uids = {trace.writer_uid.get(p, 0) for p in paths} - {0}
+        if len(uids) == 1:
             entry["owner_uid"] = uids.pop()
+        elif not uids and os.path.isdir(directory):
+            # written as root: keep the host owner if it is one of the service's users, who
+            # may have to remove what root made there (a pid file, after dropping privileges)
+            entry["owner_uid"] = os.stat(directory).st_uid
         draft.writable[directory] = entry
     for entry in draft.writable.values():
         paths = entry.pop("paths")

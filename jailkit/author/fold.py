@@ -241,11 +241,13 @@ def fold(trace: Trace, name: str, command: list[str] | None = None) -> Draft:
     sys_reads = []
     for path, how in sorted(trace.paths.items()):
         used = {h: w for h, w in how.items() if h in ("read", "list", "exec", "write")}
-        if not used or path in written and "read" not in used:
+        if not used:
             continue
         why = next(iter(used.values()))
         if path.startswith("/sys/") or path == "/sys":
             sys_reads.append(path)
+            continue
+        if path in written and not path.startswith("/dev/") and "read" not in used:
             continue
         if path.startswith("/dev/"):
             device = path[len("/dev/"):]
@@ -257,11 +259,11 @@ def fold(trace: Trace, name: str, command: list[str] | None = None) -> Draft:
             continue
         if matches(path, IGNORED) or in_closure(path) or "exec" in used:
             continue
-        if matches(path, covered):
-            continue
-        reason = secret_reason(path)
+        reason = secret_reason(path)  # before the bases: libc's /etc/shadow is the jail's own
         if reason:
             draft.secrets.append(Entry(path, f"{reason}; {why}"))
+            continue
+        if matches(path, covered):
             continue
         if under_writable(path) or not os.path.exists(path):
             continue

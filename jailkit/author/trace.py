@@ -441,6 +441,8 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
     # Orphans (a service's forked children whose parent exited) come back to us rather than
     # to the host's init, so that every process the service started is found and stopped.
     syscalls.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    # SIGTERM to the trace stops the service too (the finally below), as ^C does
+    signal.signal(signal.SIGTERM, _interrupted)
     workdir = tempfile.mkdtemp(prefix="jailkit-trace-")
     log_path = os.path.join(workdir, "strace.log")
     tracer = subprocess.Popen(
@@ -467,11 +469,17 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
         _stop_tree(tracer)
         with open(log_path, encoding="utf-8", errors="surrogateescape") as f:
             result.log = f.read()
+    except KeyboardInterrupt:
+        raise JailkitError("interrupted: the service and what it started were stopped") from None
     finally:
         if tracer.poll() is None:
             _stop_tree(tracer)
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _probe(argv: list[str], deadline: float) -> tuple[bool, str]:

@@ -2,6 +2,7 @@
 writes (unedited), run it in its jail and talk to it with its real client on 127.0.0.1."""
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 from conftest import REPO, run_jailkit
 from services import Service, build, free_port
+from test_build_nobody import NOBODY, as_nobody
 
 from jailkit.author.trace import parse_log
 
@@ -103,3 +105,49 @@ def test_trace_stops_every_process_it_started(as_root, tmp_path):
     profile = traced(tmp_path, "sleepers", None, "/bin/sh", "-c", script, duration=2)
     assert time.monotonic() - started < 30
     assert '"/usr/bin/sleep",' in profile.read_text()
+
+
+def test_ordinary_user_traces_builds_and_runs(as_root, world_readable_checkout):
+    """`nobody` traces redis, builds the profile in its XDG directory and runs it (its own uid
+    is the jail's root: no user, no capability)."""
+    home = world_readable_checkout / "trace-home"
+    (home / "data").mkdir(parents=True)
+    for path in (home, home / "data"):
+        os.chown(path, NOBODY, NOBODY)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+           "HOME": str(home)}
+    port, profile = free_port(), home / "redis.toml"
+
+    def jailkit(*args, **kwargs):
+        return subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", *map(str, args)],
+                              env=env, cwd=home, text=True, capture_output=True,
+                              preexec_fn=as_nobody, timeout=120, **kwargs)
+
+    try:
+        result = jailkit("trace", "-o", profile, "--probe", f"redis-cli -p {port} ping",
+                         "--", "redis-server", "--port", port, "--dir", home / "data")
+        assert result.returncode == 0, result.stderr
+        text = profile.read_text()
+        assert "[users." not in text and "capabilities" not in text
+        assert f'[writable."{home}/data"]' in text
+        assert jailkit("build", profile).returncode == 0
+        service = subprocess.Popen(
+            ["/opt/jailkit/bin/python", "-m", "jailkit", "run", str(profile)], env=env,
+            cwd=home, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, preexec_fn=as_nobody)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and service.poll() is None:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.1)
+            assert service.poll() is None, service.stderr.read()
+            answer = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                    text=True, timeout=10)
+            assert answer.stdout.strip() == "PONG"
+        finally:
+            service.terminate()
+            service.wait(timeout=30)
+    finally:
+        shutil.rmtree(home)

@@ -8,9 +8,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, run_jailkit
+from conftest import NOBODY, REPO, as_nobody, run_jailkit
 from services import Service, build, free_port
-from test_build_nobody import NOBODY, as_nobody
 
 from jailkit.author.trace import parse_log
 

@@ -21,6 +21,10 @@ COMMANDS = {
     "import": "jailkit.cli.export:import_",
     "sbom": "jailkit.cli.sbom:sbom",
     "outdated": "jailkit.cli.sbom:outdated",
+    "ps": "jailkit.cli.service:ps",
+    "stats": "jailkit.cli.service:stats",
+    "stop": "jailkit.cli.service:stop",
+    "restart": "jailkit.cli.service:restart",
 }
 
 

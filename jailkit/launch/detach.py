@@ -38,11 +38,10 @@ def start(launch_child, ready: dict | None) -> int:
     with open(report_r, "rb") as f:
         name = f.read().decode().strip()  # EOF: the waiter was exec'd, or the child failed
     deadline = time.monotonic() + START_SECONDS
-    while _comm(pid) not in ("jailkit-reaper", None):
-        if _exited(pid) is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.005)
     code = _exited(pid)
+    while code is None and _comm(pid) != "jailkit-reaper" and time.monotonic() < deadline:
+        time.sleep(0.005)
+        code = _exited(pid)
     if code is not None or not name:
         return code if code else 2  # the child said why
     from jailkit.launch.registry import Registry

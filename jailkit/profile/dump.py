@@ -49,7 +49,11 @@ def as_dict(profile: Profile) -> dict:
         "mount_sys": s.mount_sys, "seccomp_allow": list(s.seccomp_allow), "uid_count": s.uid_count,
         "limits": {**{k: list(v) for k, v in s.rlimits},
                    **({"memory_max": s.memory_max} if s.memory_max else {}),
-                   **({"pids_max": s.pids_max} if s.pids_max else {})},
+                   **({"pids_max": s.pids_max} if s.pids_max else {}),
+                   **{key: getattr(s, key) for key in ("memory_high", "swap_max", "cpu_weight",
+                                                       "io_weight") if getattr(s, key) is not None},
+                   **({"cpu_quota": f"{s.cpu_quota}%"} if s.cpu_quota else {})},
+        **({"ready": {"tcp": s.ready[0], "timeout": s.ready[1]}} if s.ready else {}),
     }
     return {
         "description": profile.description,

@@ -98,6 +98,12 @@ class Service(NamedTuple):
     rlimits: tuple[tuple[str, tuple[int, int]], ...] = ()
     memory_max: int | None = None  # None: DEFAULT_MEMORY_MAX when built by root
     pids_max: int | None = None  # None: DEFAULT_PIDS_MAX when built by root
+    memory_high: int | None = None  # cgroup limits without a default ([service.limits])
+    swap_max: int | None = None
+    cpu_weight: int | None = None
+    cpu_quota: int | None = None  # percent of one CPU
+    io_weight: int | None = None
+    ready: tuple[int, int] | None = None  # [service] ready = {tcp = PORT, timeout = SECONDS}
 
 
 class Profile(NamedTuple):
@@ -380,6 +386,12 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
     raw = dict(data.get("service", {}))
     limits = raw.pop("limits", {})
     memory_max, pids_max = limits.pop("memory_max", None), limits.pop("pids_max", None)
+    cgroup_limits = {key: limits.pop(key) for key in ("memory_high", "swap_max", "cpu_weight",
+                                                      "cpu_quota", "io_weight") if key in limits}
+    ready = raw.pop("ready", None)
+    if ready is not None:
+        ready = (_ports([ready["tcp"]], variables, f"{where}: service.ready.tcp")[0][0],
+                 ready.get("timeout", 30))
     env = raw.pop("env", None)
     ports = raw.pop("ports", {})
     service = Service(
@@ -389,7 +401,7 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
                              f"{where}: service.ports.connect"),
         **({"env": tuple(env.items())} if env is not None else {}),
         rlimits=tuple({**DEFAULT_RLIMITS, **limits}.items()), memory_max=memory_max,
-        pids_max=pids_max,
+        pids_max=pids_max, ready=ready, **cgroup_limits,
     )
     for field_, value in (("user", service.user), *(("groups", g) for g in service.groups)):
         if value not in (users if field_ == "user" else groups):

@@ -263,7 +263,18 @@ def read_file(path: str) -> dict:
         fields = dict.fromkeys(RLIMITS, rlimit)
         fields["memory_max"] = lambda k, v: _size(src, k, v)
         fields["pids_max"] = lambda k, v: _int_range(src, k, v, 1, 1 << 22)
+        fields["memory_high"] = lambda k, v: _size(src, k, v)
+        fields["swap_max"] = lambda k, v: 0 if v == 0 else _size(src, k, v)
+        fields["cpu_weight"] = fields["io_weight"] = lambda k, v: _int_range(src, k, v, 1, 10000)
+        fields["cpu_quota"] = cpu_quota
         return _table(src, k, v, fields)
+
+    def cpu_quota(k, v):  # percent of one CPU: 50, "50%", "200%" (two CPUs)
+        text = v.strip().removesuffix("%") if isinstance(v, str) else None
+        if text and text.isdigit() and int(text) >= 1:
+            return int(text)
+        return _int_range(src, k, v, 1, 100000) if not isinstance(v, str) else src.fail(
+            k, f"expected a percentage of one CPU such as \"50%\" (200% is two CPUs), got {v!r}")
 
     def caps(k, v):
         out = []
@@ -307,6 +318,8 @@ def read_file(path: str) -> dict:
             "seccomp_allow": strings,
             "uid_count": lambda k, v: _int_range(src, k, v, 1, 65536),
             "limits": limits,
+            "ready": lambda k, v: _table(src, k, v, {
+                "tcp": port, "timeout": lambda k, v: _int_range(src, k, v, 1, 600)}),
         })
 
     def devices(k, v):

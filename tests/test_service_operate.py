@@ -131,6 +131,9 @@ def names():
     yield name
     for leftover in made:
         run_jailkit("stop", leftover, "--timeout", "1", timeout=30)
+        for log in (f"/run/jailkit/{leftover}.log", f"/run/jailkit/{leftover}.log.1"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log)
 
 
 def detach(jail: Path, name: str, *args, command=(), prefix=(), **kwargs):
@@ -416,3 +419,46 @@ def test_the_log_is_capped_and_rotated(jail_b, names):
     assert log.stat().st_size <= (1 << 20) + 4096 and rotated.stat().st_size <= (1 << 20) + 4096
     last = log.read_text().splitlines()[-2]
     assert last.endswith("x" * 80) and last.split()[1:3] == ["line", "29999"]
+
+
+def test_a_killed_foreground_launcher_leaves_no_cgroup_after_the_next_run(jail_b):
+    """The attack of issue 10 with `run` alone: SIGKILL of the waiter of a foreground jail
+    used to leak its cgroups (named after its pid) for good."""
+    runner = subprocess.Popen([*run_args(jail_b), "/bin/sh", "-c", "sleep 600"],
+                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _reaper_below(runner.pid), what="the jail's start")
+    finally:
+        runner.kill()
+        runner.wait()
+    wait_for(lambda: not _reaper_below(runner.pid) and not alive(_children(runner.pid)),
+             what="the jail's death")
+    after = run_jailkit("run", "svc", "--root", jail_b, "--", "/bin/true", timeout=60)
+    assert after.returncode == 0, after.stderr
+    leaked = [d for d in glob.glob("/sys/fs/cgroup/*/jailkit/*")
+              if d.endswith((f"-{runner.pid}", "/b"))]
+    assert not leaked and not mounts_under(jail_b)
+
+
+def run_args(jail: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "jailkit", "run", "svc", "--root", str(jail), "--"]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _reaper_below(pid: int) -> bool:
+    """The jail's pid 1 runs the reaper: the jail has started."""
+    for child in _children(pid):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{child}/comm") as f:
+            if f.read().strip() == "jailkit-reaper":
+                return True
+    return False

@@ -55,6 +55,8 @@ def nobody_run(checkout, jail_dir, *args, sets=(), options=(), **kwargs):
 def jail(world_readable_checkout):
     """A `shell` jail nobody built for itself, with the probe added (owned by the jail's root)."""
     base = Path(tempfile.mkdtemp(prefix="jailkit-launch-nobody-"))
+    registry = Path(f"/tmp/jailkit-{NOBODY}")  # nobody's registry of running jails
+    registry_existed = registry.exists()
     os.chown(base, NOBODY, NOBODY)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
            "HOME": "/nonexistent"}
@@ -70,6 +72,8 @@ def jail(world_readable_checkout):
         yield base / "shell"
     finally:
         shutil.rmtree(base)
+        if not registry_existed:
+            shutil.rmtree(registry, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

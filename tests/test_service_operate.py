@@ -462,3 +462,27 @@ def _reaper_below(pid: int) -> bool:
             if f.read().strip() == "jailkit-reaper":
                 return True
     return False
+
+
+def test_v1_freeze_and_kill_ends_every_process_of_a_group():
+    """A host without a unified hierarchy stops a jail with the v1 freezer (tested here on
+    this host's freezer, with real processes that fork while being killed)."""
+    from jailkit.launch import cgroup
+
+    group = f"/sys/fs/cgroup/freezer/jailkit/{PREFIX}freeze"
+    os.makedirs(group)
+    try:
+        def join():
+            with open(f"{group}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+        # a fork loop: each child forks again at once, so a kill one by one would race it
+        loop = "while :; do sh -c 'sleep 600' & sleep 0.01; done"
+        proc = subprocess.Popen(["sh", "-c", loop], preexec_fn=join)
+        wait_for(lambda: len(cgroup.procs(group)) >= 10, what="the fork loop")
+        assert cgroup.kill([group])
+        proc.wait(10)
+        wait_for(lambda: not cgroup.procs(group), what="the group to empty")
+    finally:
+        cgroup.kill([group])
+        cgroup.remove([group], seconds=5)

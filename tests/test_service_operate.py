@@ -486,3 +486,25 @@ def test_v1_freeze_and_kill_ends_every_process_of_a_group():
     finally:
         cgroup.kill([group])
         cgroup.remove([group], seconds=5)
+
+
+def test_nginx_detached_serves_at_once_and_stops_gracefully(base, names):
+    """The bundled profile's `ready` port: `run --detach` returns when nginx answers."""
+    import urllib.request
+
+    port = 18300 + os.getpid() % 250
+    built = run_jailkit("build", "nginx", "--root", base / "nginx", "--set", f"port={port}",
+                        timeout=120)
+    assert built.returncode == 0, built.stderr
+    name = names("nginx")
+    result = run_jailkit("run", "nginx", "--root", base / "nginx", "--name", name, "--detach",
+                         timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"answering on 127.0.0.1:{port}" in result.stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+        assert response.status == 200
+    processes = jail_processes(name)
+    assert len(processes) >= 3  # pid 1, the master, its workers
+    stopped = run_jailkit("stop", name, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr  # SIGQUIT: nginx's graceful stop
+    assert not alive(processes) and not cgroup_dirs(name)

@@ -508,3 +508,13 @@ def test_nginx_detached_serves_at_once_and_stops_gracefully(base, names):
     stopped = run_jailkit("stop", name, timeout=60)
     assert stopped.returncode == 0, stopped.stderr  # SIGQUIT: nginx's graceful stop
     assert not alive(processes) and not cgroup_dirs(name)
+
+
+def test_a_cpu_quota_caps_a_busy_jail(jail_a, names):
+    name = names("quota")
+    started(jail_a, name, "--cpu-quota", "30%", command=["/bin/sh", "-c", "while :; do :; done"])
+    time.sleep(0.5)
+    before, begin = stats(name)["cpu_usec"], time.monotonic()
+    time.sleep(3)
+    share = (stats(name)["cpu_usec"] - before) / 1e6 / (time.monotonic() - begin)
+    assert 0.05 < share < 0.4, share  # 30% of one CPU, not the whole of it

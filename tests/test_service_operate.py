@@ -99,7 +99,7 @@ def alive(pids) -> list[int]:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] != "Z":
                     out.append(pid)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
             pass
     return out
 

@@ -135,8 +135,14 @@ def memory(jail: Path, root: Path, jails: int) -> None:
     print(f"resident memory (PSS) of the launcher's own processes, {jails} jails running sleep:")
     base = resident([bwrap(root, "/bin/sleep", "600")] * jails,
                     lambda pid: exe(pid) == "/usr/bin/bwrap", "bwrap")
-    own = resident([jailkit(jail, "/bin/sleep", "600")] * jails,
-                   lambda pid: exe(pid).endswith("jailkit-reaper"), "jailkit run")
+    # one running instance per jail directory: a copy of the jail for each
+    copies = []
+    for n in range(jails):
+        copies.append(jail.parent / f"copy{n}")
+        subprocess.run(["cp", "-a", str(jail), str(copies[-1])], check=True)
+    own = resident([jailkit(copy, "/bin/sleep", "600") for copy in copies],
+                   # the waiter, and pid 1: "/memfd:jailkit-reaper (deleted)", its sealed copy
+                   lambda pid: "jailkit-reaper" in exe(pid), "jailkit run")
     print(f"  ratio jailkit/bwrap: {own / base:.2f}  (goal: jailkit <= 0.5 MB per jail)")
 
 

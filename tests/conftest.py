@@ -204,6 +204,17 @@ def mount_points() -> set[str]:
         return {line.split()[4] for line in f}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def nobody_registry() -> Iterator[None]:
+    """`jailkit run` as nobody (several modules) makes nobody's registry of running jails,
+    /tmp/jailkit-65534 (no XDG_RUNTIME_DIR): removed after the session if it made it."""
+    registry = Path("/tmp/jailkit-65534")
+    existed = registry.exists()
+    yield
+    if not existed and os.geteuid() == 0:
+        shutil.rmtree(registry, ignore_errors=True)
+
+
 @pytest.fixture
 def as_root():
     """For tests that switch ids or enter namespaces as root: they fail, never skip, elsewhere."""

@@ -483,7 +483,8 @@ def test_nothing_is_left_behind(jail, netns):
         "network=veth", "cgroup.memory_max=64M", "cgroup.pids_max=32"])
     try:
         inside = descendants(proc.pid)
-        groups = [f"/sys/fs/cgroup/{c}/jailkit/shell-{proc.pid}" for c in ("memory", "pids")]
+        # named from the jail (its directory's name), not from the launcher's pid
+        groups = [f"/sys/fs/cgroup/{c}/jailkit/shell" for c in ("unified", "memory", "pids")]
         assert all(os.path.isdir(g) for g in groups)
         assert f"jk{proc.pid}" in links_in(netns)
         assert mount_points() == mounts  # the jail's mounts live in its own namespace only

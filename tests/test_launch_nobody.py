@@ -155,9 +155,49 @@ def test_sigterm_is_forwarded_and_nothing_is_left(world_readable_checkout, jail)
     assert mount_points() == mounts
 
 
+def test_an_ordinary_user_runs_lists_and_stops_its_own_detached_jail(world_readable_checkout,
+                                                                     jail):
+    """No cgroups for an ordinary user here: the registry is its own (/tmp/jailkit-UID without
+    XDG_RUNTIME_DIR), and a service that ignores SIGTERM is still ended, with all of its jail,
+    by killing the jail's pid 1 (its pid namespace goes with it)."""
+    registry = Path(f"/tmp/jailkit-{NOBODY}")  # removed at the session's end (conftest.py)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+           "HOME": "/nonexistent"}
+
+    def jailkit(*args):
+        return subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", *args], env=env,
+                              text=True, capture_output=True, preexec_fn=as_nobody, timeout=60,
+                              cwd="/")
+
+    try:
+        started = jailkit("run", "shell", "--root", str(jail), "--name", "mine", "--detach",
+                          "--", "/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done")
+        assert started.returncode == 0, started.stderr
+        assert f"{registry}/mine.log" in started.stdout
+        assert registry.stat().st_uid == NOBODY and registry.stat().st_mode & 0o077 == 0
+        import json
+
+        rows = json.loads(jailkit("ps", "--json").stdout)
+        assert [r["name"] for r in rows] == ["mine"] and rows[0]["dir"] == str(jail)
+        processes = [rows[0]["jail_pid"], *descendants(rows[0]["jail_pid"])]
+        assert len(processes) >= 3
+        root_view = subprocess.run(["/opt/jailkit/bin/python", "-m", "jailkit", "ps", "--json"],
+                                   env=env, text=True, capture_output=True, timeout=60)
+        assert "mine" not in [r["name"] for r in json.loads(root_view.stdout)]
+        stopped = jailkit("stop", "mine", "--timeout", "1")
+        assert stopped.returncode == 1 and "killed" in stopped.stderr, stopped.stderr
+        assert not [p for p in processes if Path(f"/proc/{p}").exists()]
+        assert not (registry / "mine.json").exists() and jailkit("ps", "--json").stdout == "[]\n"
+    finally:
+        jailkit("stop", "mine", "--timeout", "0")
+        for log in ("mine.log", "mine.log.1"):
+            (registry / log).unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("sets, cause", [
     (["network=veth"], "network 'veth' needs root"),
-    (["cgroup.pids_max=10"], "cgroup limits (memory_max, pids_max) need root"),
+    (["cgroup.pids_max=10"], "cgroup limits (pids_max) need root"),
+    (["cgroup.cpu_weight=400"], "cgroup limits (cpu_weight) need root"),
     (["user.uid=33"], "an ordinary user can only map one id"),
 ])
 def test_what_needs_root_is_a_one_line_error(run, sets, cause):

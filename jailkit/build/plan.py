@@ -345,12 +345,15 @@ def _cgroup_limits(service, notes: list[str]) -> dict:
     """The profile's cgroup limits, jailkit's defaults filling in when built by root."""
     from jailkit.profile.model import DEFAULT_MEMORY_MAX, DEFAULT_PIDS_MAX
 
+    others = {key: getattr(service, key) for key in ("memory_high", "swap_max", "cpu_weight",
+                                                     "cpu_quota", "io_weight")
+              if getattr(service, key) is not None}
     if os.geteuid() == 0:
         return {"memory_max": service.memory_max or DEFAULT_MEMORY_MAX,
-                "pids_max": service.pids_max or DEFAULT_PIDS_MAX}
+                "pids_max": service.pids_max or DEFAULT_PIDS_MAX, **others}
     notes.append("built by an ordinary user: no default cgroup limits (memory_max, pids_max "
                  "need root here); the nproc, nofile and fsize rlimits still bound the jail")
-    return {"memory_max": service.memory_max, "pids_max": service.pids_max}
+    return {"memory_max": service.memory_max, "pids_max": service.pids_max, **others}
 
 
 def _launch(profile: Profile, planner: _Planner) -> dict:
@@ -380,6 +383,8 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
         "dangerous_capabilities": list(service.dangerous_capabilities),
         "rlimits": {name: list(limit) for name, limit in service.rlimits},
         "cgroup": _cgroup_limits(service, planner.notes),
+        **({"ready": {"tcp": service.ready[0], "timeout": service.ready[1]}}
+           if service.ready else {}),
         "network": service.network,
         "ports": {"bind": _port_list(service.bind_ports),
                   "connect": _port_list(service.connect_ports)},

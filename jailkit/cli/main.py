@@ -22,6 +22,10 @@ COMMANDS = {
     "sbom": "jailkit.cli.sbom:sbom",
     "outdated": "jailkit.cli.sbom:outdated",
     "trace": "jailkit.cli.author:trace",
+    "ps": "jailkit.cli.service:ps",
+    "stats": "jailkit.cli.service:stats",
+    "stop": "jailkit.cli.service:stop",
+    "restart": "jailkit.cli.service:restart",
 }
 
 

@@ -13,7 +13,8 @@ from jailkit.vocabulary import NETWORKS, default_jail_dir, jail_name
 USAGE = "Usage: jailkit run [OPTIONS] PROFILE [-- CMD [ARGS]...]"
 HELP = f"""{USAGE}
 
-  Run PROFILE's service, or CMD, in the jail built for it, in the foreground.
+  Run PROFILE's service, or CMD, in the jail built for it, in the foreground (or, with
+  --detach, in the background: `jailkit ps`, `stats`, `stop`, `restart` reach it by name).
 
   The jail gets its own user, mount, pid, ipc and uts namespaces, a read-only root,
   the profile's writable directories, a fresh /proc and a minimal /dev; only the
@@ -38,9 +39,20 @@ Options:
                          stdin only when it is a terminal and the run is in its
                          foreground; else /dev/null. A terminal is never passed
                          itself: the service gets a pty relayed to it.
+  --name NAME            Its name among running jails, and of its cgroups [default:
+                         the jail directory's last component].
+  -d, --detach           Return once the service is started (and answers on the
+                         profile's `ready` port); its output goes to a log file.
+  --memory SIZE          Memory limit, e.g. 64M (cgroup.memory_max; root only).
+  --pids N               Most processes and threads at once (cgroup.pids_max).
+  --cpu-weight N         CPU share against other jails, 1-10000 (default 100).
+  --cpu-quota PERCENT    CPU time cap, in percent of one CPU, e.g. 50% or 200%.
+  --io-weight N          Disk I/O share, 1-10000 (needs the bfq I/O scheduler).
   --dry-run              Print what would be done, and do nothing.
   -h, --help             Show this message and exit.
 """
+LIMIT_OPTIONS = {"--memory": "memory_max", "--pids": "pids_max", "--cpu-weight": "cpu_weight",
+                 "--cpu-quota": "cpu_quota", "--io-weight": "io_weight"}
 
 
 class UsageError(Exception):
@@ -49,13 +61,15 @@ class UsageError(Exception):
 
 class Options:
     __slots__ = ("profile", "root", "sets", "pass_fds", "dry_run", "interactive", "command",
-                 "help")
+                 "help", "name", "detach", "limits", "restart_args")
 
     def __init__(self):
-        self.profile = self.root = self.command = None
+        self.profile = self.root = self.command = self.name = None
         self.sets: list[tuple[str, str]] = []
         self.pass_fds: list[int] = []
-        self.dry_run = self.interactive = self.help = False
+        self.limits: dict[str, str] = {}  # option -> value as typed, checked in run()
+        self.restart_args: list[str] = []  # what `jailkit restart` runs again
+        self.dry_run = self.interactive = self.help = self.detach = False
 
 
 def parse(argv: list[str]) -> Options:
@@ -67,6 +81,7 @@ def parse(argv: list[str]) -> Options:
             if not args:
                 raise UsageError("'--' must be followed by a command.")
             opts.command = args
+            opts.restart_args += ["--", *args]
             break
         if arg in ("-h", "--help"):
             opts.help = True
@@ -77,13 +92,22 @@ def parse(argv: list[str]) -> Options:
         if arg in ("-i", "--interactive"):
             opts.interactive = True
             continue
+        if arg in ("-d", "--detach"):
+            opts.detach = True
+            continue
         name, eq, value = arg.partition("=")
-        if name in ("--root", "--net", "--set", "--pass-fd"):
+        if name in ("--root", "--net", "--set", "--pass-fd", "--name", *LIMIT_OPTIONS):
             if not eq:
                 if not args:
                     raise UsageError(f"Option '{name}' requires an argument.")
                 value = args.pop(0)
-            if name == "--root":
+            if name not in ("--root", "--name", "--pass-fd"):
+                opts.restart_args += [name, value]
+            if name == "--name":
+                opts.name = value
+            elif name in LIMIT_OPTIONS:
+                opts.limits[name] = value
+            elif name == "--root":
                 opts.root = value
             elif name == "--pass-fd":
                 if not value.isdigit() or int(value) < 3:
@@ -132,29 +156,91 @@ def apply_sets(raw: dict, sets: list[tuple[str, str]]) -> dict:
     return raw
 
 
+def limit_sets(limits: dict[str, str]) -> list[tuple[str, str]]:
+    """--memory 64M ... as launch.json settings, each checked here so that a typo is named by
+    the option the user typed."""
+    from jailkit.launch.spec import cpu_quota, parse_size
+
+    sets = []
+    for option, value in limits.items():
+        key = LIMIT_OPTIONS[option]
+        try:
+            if key == "memory_max":
+                parse_size(value, key)
+            elif key == "cpu_quota":
+                value = str(cpu_quota(value, key))
+            elif not value.isdigit() or not 1 <= int(value) <= (
+                    10000 if key != "pids_max" else 1 << 22):
+                raise JailkitError(key)
+        except JailkitError:
+            example = {"memory_max": "a size such as 64M or 1G",
+                       "cpu_quota": "a percentage of one CPU such as 50% (200% is two CPUs)",
+                       "pids_max": "a number of processes such as 64"}.get(
+                           key, "a weight from 1 to 10000 (100 is the default)")
+            raise JailkitError(f"{option} {value!r}: expected {example}") from None
+        sets.append((f"cgroup.{key}", value if value.isdigit() else f'"{value}"'))
+    return sets
+
+
 def run(opts: Options) -> int:
     from jailkit.launch.jail import Jail
-    from jailkit.launch.plan import LaunchPlan
     from jailkit.launch.spec import LaunchSpec
 
+    if opts.name is not None:
+        from jailkit.launch.registry import check_name
+
+        check_name(opts.name)
     jail = Jail(opts.root or default_jail_dir(jail_name(opts.profile)), opts.profile)
-    raw = apply_sets(jail.raw_spec, opts.sets)
+    raw = apply_sets(jail.raw_spec, [*opts.sets, *limit_sets(opts.limits)])
     if opts.command:
         raw["command"] = opts.command
     spec = LaunchSpec.from_dict(raw)
-    plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, opts.dry_run, opts.interactive)
     if opts.dry_run:
+        from jailkit.launch.plan import LaunchPlan
+
+        plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, True, opts.interactive,
+                          opts.name or os.path.basename(jail.dir), opts.detach)
         print(plan.describe())
         return 0
+    if opts.detach:
+        from jailkit.launch.detach import start
+
+        return start(lambda report: _launch(opts, jail, spec, report), spec.ready)
+    return _launch(opts, jail, spec)
+
+
+def _launch(opts: Options, jail, spec, report=None) -> int:
+    """Register the jail by name, then launch it (execs the waiter on success). `report`: a
+    descriptor to write the name to once registered (a detached start's watcher reads it)."""
     from jailkit.launch.dangerous import warnings
     from jailkit.launch.launcher import launch
+    from jailkit.launch.plan import LaunchPlan
+    from jailkit.launch.registry import Registry, entry_for, pick_name
 
+    registry = Registry()
+    with registry:
+        running = registry.running()
+        name = pick_name(opts.name, jail, running, registry.names())
+        if os.geteuid() == 0:
+            from jailkit.launch.cgroup import remove_stale
+
+            remove_stale(name)  # a killed launcher's, or the registry would name it
+        plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, False, opts.interactive, name,
+                          opts.detach)
+        entry_fd = registry.register(name, entry_for(plan, opts.profile, opts.restart_args))
+    plan.registration = (registry.fd, entry_fd)
+    if report is not None:
+        os.write(report, f"{name}\n".encode())
     for line in warnings(spec.capabilities):  # accepted by name: still say what each opens
         sys.stderr.write(f"jailkit: warning: {line}\n")
     if plan.landlock.missing:
         sys.stderr.write(f"jailkit: warning: not enforced on this kernel: "
                          f"{'; '.join(plan.landlock.missing)}\n")
-    launch(plan, jail.lock_fd)  # execs the waiter on success
+    try:
+        launch(plan, jail.lock_fd)  # execs the waiter on success
+    except BaseException:
+        registry.unregister(name, entry_fd)
+        raise
     return 1
 
 

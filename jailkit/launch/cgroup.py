@@ -1,20 +1,38 @@
-"""Memory and pids limits, through the cgroup v1 controllers these machines have.
+"""A jail's control groups: its limits, its accounting, and stopping every process of it.
 
-One directory per controller per jail, `jailkit/<name>-<launcher pid>`, made (and limited)
-before the jail's first process exists, joined by it before it starts anything, and removed by
-the waiter once the jail has exited. Callers only see `plan`, `create`, `attach` and `remove`,
-so that a cgroup v2 hierarchy can stand behind the same four.
+Two hierarchies behind one interface (`plan`, `create`, `attach`, `remove`, `remove_stale`,
+`kill`, `stats`): cgroup_v2.py (the unified hierarchy) first, cgroup_v1.py for controllers a
+host mounts only there. A hybrid host (these machines: v1 controllers, and an empty v2 mount at
+/sys/fs/cgroup/unified) puts the jail into a unified group too, without controllers: its
+cgroup.kill, cgroup.procs and cpu.stat stop, list and time the whole jail — every process,
+double-forked daemons included — where v1 has no such file (only freeze-and-kill).
+
+Every group of a jail is `jailkit/NAME`, NAME the jail's name in the registry of running jails
+(registry.py: unique while it runs), so a group that a killed launcher left behind is found by
+name, and removed, by the next start of that jail or by `jailkit ps`. Groups are made before the
+jail's first process exists and joined by it before it starts anything; the jail then enters
+its own cgroup namespace (it sees its group as /). The waiter removes them when the jail exits.
 """
 
+import errno
 import os
+import time
 
 from jailkit.errors import JailkitError
+from jailkit.launch import cgroup_v1, cgroup_v2
 
-V1_ROOT = "/sys/fs/cgroup"
+CGROUP_ROOT = "/sys/fs/cgroup"
+HYBRID_UNIFIED = "/sys/fs/cgroup/unified"
+PARENT = "jailkit"
+LIMIT_KEYS = ("memory_max", "memory_high", "swap_max", "pids_max", "cpu_weight", "cpu_quota",
+              "io_weight")
+# `jailkit run` options for the limits, named in errors so the fix names what the user typed
+RUN_OPTIONS = {"memory_max": "--memory", "pids_max": "--pids", "cpu_weight": "--cpu-weight",
+               "cpu_quota": "--cpu-quota", "io_weight": "--io-weight"}
 
 
-class Cgroup:
-    """One controller's directory for one jail, with the files to write into it, in order."""
+class Group:
+    """One directory for one jail, with the files to write into it, in order."""
 
     __slots__ = ("path", "settings")
 
@@ -25,46 +43,163 @@ class Cgroup:
         return f"{self.path} " + " ".join(f"{k}={v}" for k, v in self.settings)
 
 
-def plan(name: str, launcher_pid: int, memory_max: int | None, pids_max: int | None,
-         root: str = V1_ROOT) -> list[Cgroup]:
-    groups = []
-    leaf = f"jailkit/{name}-{launcher_pid}"
-    if memory_max is not None:
-        settings = [("memory.limit_in_bytes", str(memory_max))]
-        # with swap accounting the limit must cover swap too, or the jail just swaps
-        if os.path.exists(f"{root}/memory/memory.memsw.limit_in_bytes"):
-            settings.append(("memory.memsw.limit_in_bytes", str(memory_max)))
-        groups.append(Cgroup(f"{root}/memory/{leaf}", settings))
-    if pids_max is not None:
-        groups.append(Cgroup(f"{root}/pids/{leaf}", [("pids.max", str(pids_max))]))
+class Host:
+    """Where this host's hierarchies are: `unified` (the v2 mount, or None) and `v2_only`
+    (the unified mount is /sys/fs/cgroup itself, holding the controllers)."""
+
+    __slots__ = ("unified", "v2_only")
+
+    def __init__(self, root: str = CGROUP_ROOT):
+        if os.path.exists(f"{root}/cgroup.controllers"):
+            self.unified, self.v2_only = root, True
+        elif os.path.exists(f"{root}/unified/cgroup.controllers"):
+            self.unified, self.v2_only = f"{root}/unified", False
+        else:
+            self.unified, self.v2_only = None, False
+
+
+def unenforceable(key: str, why: str) -> JailkitError:
+    option = RUN_OPTIONS.get(key)
+    leave_out = f"leave {option} out, or " if option else ""
+    return JailkitError(f"this host cannot enforce cgroup.{key}: {why}: {leave_out}"
+                        f"--set cgroup.{key}=null (or drop it from the profile's "
+                        "[service.limits])")
+
+
+def plan(name: str, limits: dict, root: str = CGROUP_ROOT) -> list[Group]:
+    """The jail's groups, with their limits (`limits`: LIMIT_KEYS -> int or None; cpu_quota in
+    percent of one CPU). A limit this host cannot enforce is refused, naming the fix."""
+    host = Host(root)
+    if host.v2_only:
+        return [cgroup_v2.group(f"{host.unified}/{PARENT}/{name}", limits, host.unified)]
+    groups = cgroup_v1.groups(root, f"{PARENT}/{name}", limits, with_kill=host.unified is None)
+    if host.unified:  # no controllers there: only to kill, list and time the whole jail
+        groups.insert(0, Group(f"{host.unified}/{PARENT}/{name}", []))
     return groups
 
 
-def create(groups: list[Cgroup]) -> None:
+def candidates(name: str, root: str = CGROUP_ROOT) -> list[str]:
+    """Every directory a jail named `name` may have (made or not)."""
+    host = Host(root)
+    paths = [f"{host.unified}/{PARENT}/{name}"] if host.unified else []
+    if not host.v2_only:
+        paths += [f"{root}/{c}/{PARENT}/{name}" for c in cgroup_v1.CONTROLLERS]
+    return paths
+
+
+def create(groups: list[Group]) -> None:
     made = []
     try:
         for group in groups:
-            os.makedirs(os.path.dirname(group.path), exist_ok=True)
+            parent = os.path.dirname(group.path)
+            os.makedirs(parent, exist_ok=True)
+            if group.path.startswith(CGROUP_ROOT + "/") and os.path.exists(
+                    f"{parent}/cgroup.subtree_control"):
+                cgroup_v2.enable_controllers(parent, group.settings)
             os.mkdir(group.path)
             made.append(group)
             for key, value in group.settings:
                 with open(f"{group.path}/{key}", "w") as f:
                     f.write(value)
     except OSError as e:
-        remove(made)
-        hint = " (cgroup limits need root)" if os.geteuid() != 0 else ""
+        remove([g.path for g in made])
+        if e.errno == errno.EEXIST:
+            raise JailkitError(f"cgroup {e.filename} exists: a jail of that name is still "
+                               "running or stopping: see `jailkit ps`") from None
+        hint = " (cgroups need root)" if os.geteuid() != 0 else ""
         raise JailkitError(f"cannot set up cgroup {e.filename or ''}: {e.strerror}{hint}") from None
 
 
-def attach(groups: list[Cgroup], pid: int) -> None:
+def attach(groups: list[Group], pid: int) -> None:
     for group in groups:
         with open(f"{group.path}/cgroup.procs", "w") as f:
             f.write(str(pid))
 
 
-def remove(groups: list[Cgroup]) -> None:
-    for group in groups:
-        try:
-            os.rmdir(group.path)
-        except FileNotFoundError:
-            pass
+def remove(paths: list[str], seconds: float = 2.0) -> None:
+    """rmdir each; a group is busy for a moment after its last process exits (bounded)."""
+    deadline = time.monotonic() + seconds
+    for path in paths:
+        while True:
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno == errno.EBUSY and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                raise JailkitError(f"cannot remove cgroup {path}: {e.strerror}") from None
+            break
+
+
+def procs(path: str) -> list[int]:
+    try:
+        with open(f"{path}/cgroup.procs") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def remove_stale(name: str, root: str = CGROUP_ROOT) -> list[str]:
+    """Remove the groups of a jail named `name` that no running jail holds (left by a launcher
+    that was killed); refused while one still has processes. Returns those removed."""
+    stale = [p for p in candidates(name, root) if os.path.isdir(p)]
+    for path in stale:
+        if procs(path):
+            raise JailkitError(
+                f"cgroup {path} still holds processes of a jail named {name} that jailkit's "
+                f"registry does not know: end them (pids in {path}/cgroup.procs) or pick "
+                "another --name")
+    remove(stale)
+    return stale
+
+
+def kill(paths: list[str]) -> bool:
+    """SIGKILL every process of the jail at once: cgroup.kill on the unified hierarchy, else
+    freeze (no process can fork meanwhile), kill each, thaw. False if no group can."""
+    for path in paths:
+        if os.path.exists(f"{path}/cgroup.kill"):
+            cgroup_v2.kill(path)
+            return True
+    for path in paths:
+        if os.path.exists(f"{path}/freezer.state"):
+            cgroup_v1.freeze_and_kill(path)
+            return True
+    return False
+
+
+def stats(paths: list[str]) -> dict:
+    """Accounting of the jail: memory_current, memory_peak, cpu_usec, pids, oom_kills,
+    io_read_bytes, io_write_bytes; None where this host does not count it."""
+    found = dict.fromkeys(("memory_current", "memory_peak", "cpu_usec", "pids", "oom_kills",
+                           "io_read_bytes", "io_write_bytes"))
+    for path in paths:
+        reader = cgroup_v2 if os.path.exists(f"{path}/cgroup.events") else cgroup_v1
+        for key, value in reader.stats(path).items():
+            if found[key] is None:
+                found[key] = value
+    return found
+
+
+def limits_text(limits: dict) -> str:
+    """`memory_max=64M pids_max=32 cpu_quota=50%` for people."""
+    shown = []
+    for key in LIMIT_KEYS:
+        value = limits.get(key)
+        if value is None:
+            continue
+        if key in ("memory_max", "memory_high", "swap_max"):
+            value = human_bytes(value)
+        elif key == "cpu_quota":
+            value = f"{value}%"
+        shown.append(f"{key}={value}")
+    return " ".join(shown) or "-"
+
+
+def human_bytes(value: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if value >= 1 << shift and value % (1 << shift) == 0 or value >= 10 << shift:
+            number = value / (1 << shift)
+            return f"{number:.0f}{unit}" if number == int(number) else f"{number:.1f}{unit}"
+    return str(value)

@@ -15,6 +15,7 @@ from jailkit.errors import JailkitError
 from jailkit.launch import cgroup, contain, mounts, net, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.plan import REAPER_NAME, LaunchPlan
+from jailkit.launch.registry import LOG_CAP
 
 SCM_RIGHTS = 1
 SOL_SOCKET = 1
@@ -37,7 +38,7 @@ def _abort(pid: int, plan: LaunchPlan) -> None:
     except ProcessLookupError:
         pass
     os.waitpid(pid, 0)
-    cgroup.remove(plan.cgroups)
+    cgroup.remove([g.path for g in plan.cgroups])
 
 
 def _sealed_copy(reaper: str) -> int:
@@ -93,7 +94,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         else:
             pid = sc.clone(plan.clone_flags)
     except OSError as e:
-        cgroup.remove(plan.cgroups)
+        cgroup.remove([g.path for g in plan.cgroups])
         raise _clone_error(e) from None
     if pid == 0:
         # The launcher's ends: while the jail held them it could not see the launcher die.
@@ -130,6 +131,17 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         argv += ["--cgroup", group.path]
     if plan.veth:
         argv += ["--veth", plan.veth.host_name]
+    if plan.registration:  # the waiter holds the entry's lock, and removes it last
+        registry_fd, entry_fd = plan.registration
+        argv += ["--registry", str(registry_fd), "--entry", f"{plan.name}.json"]
+        if plan.stdio.detached:
+            argv += ["--log-name", f"{plan.name}.log", "--log-cap", str(LOG_CAP)]
+        os.set_inheritable(registry_fd, True)
+        os.set_inheritable(entry_fd, True)
+    if plan.stdio.detached:  # nothing of the caller's stays open in the waiter
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
     os.set_inheritable(lock_fd, True)  # the waiter holds the generation's lock
     os.set_inheritable(sync_w, True)  # and the jail's sign that its launcher lives
     os.execv(plan.reaper, argv)

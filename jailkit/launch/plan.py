@@ -22,15 +22,20 @@ class LaunchPlan:
     __slots__ = (
         "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
         "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "reaper_args", "reaper",
-        "pass_fds", "landlock", "stdio",
+        "pass_fds", "landlock", "stdio", "name", "registration",
     )
 
     def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
-                 dry_run: bool = False, interactive: bool = False):
+                 dry_run: bool = False, interactive: bool = False, name: str | None = None,
+                 detached: bool = False):
         """`jail`: the jail.Jail to run; `dry_run`: allocate nothing for a new jail, only say
-        what it would get; `interactive`: the caller's terminal input reaches the jail."""
+        what it would get; `interactive`: the caller's terminal input reaches the jail; `name`:
+        its name among running jails (registry.py), which names its cgroups; `detached`: its
+        output goes to a log file (the waiter writes it), not to the caller."""
         self.spec = spec
-        self.stdio = Stdio(interactive)
+        self.name = name or spec.name
+        self.registration = None  # (registry dir fd, entry fd), once registered
+        self.stdio = Stdio(interactive, detached)
         self.jail = jail
         self.root = jail.root
         if spec.network == "veth" and os.geteuid() != 0:
@@ -50,12 +55,19 @@ class LaunchPlan:
         )
         pts_gid = 5 if self.maps.host_gid(5) is not None else None  # tty, when it is mapped
         self.mounts = mounts.plan(spec, jail.root, jail.state, pts_gid)
-        self.cgroups = cgroup.plan(spec.name, launcher_pid, spec.memory_max, spec.pids_max)
-        if self.cgroups and os.geteuid() != 0:
-            raise JailkitError(
-                "cgroup limits (memory_max, pids_max) need root here (cgroup v1): run as root "
-                "or --set cgroup.memory_max=null --set cgroup.pids_max=null"
-            )
+        self.cgroups = []
+        if os.geteuid() == 0:  # for its limits, and to count and stop all of it
+            self.cgroups = cgroup.plan(self.name, spec.limits)
+        else:
+            asked = [key for key in cgroup.LIMIT_KEYS if spec.limits[key] is not None]
+            if asked:
+                raise JailkitError(
+                    f"cgroup limits ({', '.join(asked)}) need root here: run as root or "
+                    + " ".join(f"--set cgroup.{key}=null" for key in asked))
+        if spec.ready and spec.network == "none":
+            raise JailkitError("ready.tcp: a jail with network 'none' has only its own "
+                               "loopback, which the readiness check cannot reach: use --net "
+                               "host or veth, or drop [service] ready")
         self.veth = self.veth_lock = None
         if spec.network == "veth":
             self.veth = net.Veth(self.allocation.subnet, launcher_pid)
@@ -93,7 +105,7 @@ class LaunchPlan:
     def describe(self) -> str:
         s = self.spec
         lines = [
-            f"jail      {s.name}: {self.root}",
+            f"jail      {self.name}: {self.root}",
             f"ids       {self.maps.describe()}" + (", root idmapped" if self.idmapped else "")
             + (" (this jail's own range" + (", allocated at its first run)"
                                             if self.allocation.new else ")")

@@ -20,12 +20,18 @@
  *       (its own child PID, in a nested user namespace) rather than one it forks itself. This
  *       is what the launcher uses (contain.py); pid 1 then holds CAP_KILL alone.
  *
- *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD] [--cgroup DIR]... [--veth NAME]
+ *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD | --log FD] [--cgroup DIR]...
+ *                  [--veth NAME] [--registry DIRFD [--entry FILE] [--log-name FILE --log-cap N]]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
- *       and then removes what the launcher made on the host for this jail. With --pty, FD is
+ *       and then removes what the launcher made on the host for this jail: its cgroups, its
+ *       veth, and last its entry FILE in the registry directory DIRFD (launch/registry.py),
+ *       whose lock it holds (an inherited descriptor) while it runs. With --pty, FD is
  *       the master of the pty the jail has in place of the caller's terminal (launch/stdio.py):
  *       its output is copied to the caller's terminal, and with --pty-interactive the caller's
- *       stdin to it (end of input becomes the pty's end-of-file character).
+ *       stdin to it (end of input becomes the pty's end-of-file character). With --log (a
+ *       detached jail), FD is the read end of the pipe that is the jail's stdout and stderr:
+ *       each line goes to DIRFD/FILE with a UTC timestamp, and once FILE holds N bytes it is
+ *       renamed FILE.1 (replacing the previous one) and a new FILE begun: at most 2N bytes.
  *
  * All block the signals they forward and take them with sigwaitinfo(): a blocked signal is
  * queued even for a pid-namespace init, and nothing runs in a signal handler.
@@ -39,6 +45,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -265,6 +272,115 @@ static int relay(pid_t jail, const sigset_t *set, int pty, int relay_input)
 	return code;
 }
 
+struct log {
+	int dir, fd, at_line_start;
+	const char *name;
+	long long cap, size;
+};
+
+/* "2026-12-01T08:10:24.108Z " by hand: gmtime and strftime would add ~150 KB of glibc's
+ * locale and time zone code to this static binary, which each jail's pid 1 holds a copy of. */
+static int utc_stamp(char *out, size_t size)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	long long days = now.tv_sec / 86400, secs = now.tv_sec % 86400;
+	/* days since 1970-01-01 to a civil date (H. Hinnant's days_from_civil, inverted) */
+	days += 719468;
+	long long era = days / 146097, doe = days - era * 146097;
+	long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+	long long day = doy - (153 * mp + 2) / 5 + 1, month = mp < 10 ? mp + 3 : mp - 9;
+	long long year = yoe + era * 400 + (month <= 2);
+	return snprintf(out, size, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lld.%03ldZ ", year, month,
+			day, secs / 3600, secs / 60 % 60, secs % 60, now.tv_nsec / 1000000);
+}
+
+static void log_open(struct log *log)
+{
+	/* the registry directory is the caller's alone (checked by the launcher); never follow */
+	log->fd = openat(log->dir, log->name, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+			 0600);
+	struct stat st;
+	log->size = log->fd >= 0 && fstat(log->fd, &st) == 0 ? st.st_size : 0;
+}
+
+static void log_rotate(struct log *log)
+{
+	char old[300];
+	if (log->fd >= 0)
+		close(log->fd);
+	snprintf(old, sizeof(old), "%s.1", log->name);
+	renameat(log->dir, log->name, log->dir, old);
+	log_open(log);
+}
+
+static void log_write(struct log *log, const char *buf, ssize_t len)
+{
+	while (len > 0) {
+		if (log->at_line_start) {
+			if (log->size >= log->cap)
+				log_rotate(log);
+			char stamp[40];
+			int n = utc_stamp(stamp, sizeof(stamp));
+			write_all(log->fd, stamp, n);
+			log->size += n;
+			log->at_line_start = 0;
+		}
+		const char *end = memchr(buf, '\n', len);
+		ssize_t n = end ? end - buf + 1 : len;
+		if (!end && log->size + n > log->cap + 4096) { /* a line without end: cut it */
+			n = log->cap + 4096 - log->size > 0 ? log->cap + 4096 - log->size : 0;
+			write_all(log->fd, buf, n);
+			write_all(log->fd, "\n", 1);
+			log->size += n + 1;
+			log->at_line_start = 1;
+			buf += n;
+			len -= n;
+			continue;
+		}
+		write_all(log->fd, buf, n);
+		log->size += n;
+		log->at_line_start = end != NULL;
+		buf += n;
+		len -= n;
+	}
+}
+
+/* Forward signals while writing what the jail prints to its log (until the jail exits). */
+static int log_relay(pid_t jail, const sigset_t *set, int pipe, struct log *log)
+{
+	int sfd = signalfd(-1, set, SFD_CLOEXEC);
+	if (sfd < 0)
+		return -1;
+	log->at_line_start = 1;
+	log_open(log);
+	char buf[4096];
+	struct pollfd fds[2] = {{sfd, POLLIN, 0}, {pipe, POLLIN, 0}};
+	int code = -1;
+	while (code < 0) {
+		if (poll(fds, 2, -1) < 0)
+			continue; /* EINTR */
+		if (fds[0].revents & POLLIN) {
+			struct signalfd_siginfo info;
+			if (read(sfd, &info, sizeof(info)) == sizeof(info))
+				code = forward(jail, (int)info.ssi_signo);
+		}
+		if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+			ssize_t n = read(pipe, buf, sizeof(buf));
+			if (n > 0)
+				log_write(log, buf, n);
+			else if (n == 0 || errno != EINTR)
+				fds[1].fd = -1; /* no writer left in the jail */
+		}
+	}
+	fcntl(pipe, F_SETFL, fcntl(pipe, F_GETFL) | O_NONBLOCK);
+	ssize_t n; /* what the service wrote just before it exited */
+	while ((n = read(pipe, buf, sizeof(buf))) > 0)
+		log_write(log, buf, n);
+	return code;
+}
+
 static int run_wait(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -273,11 +389,23 @@ static int run_wait(int argc, char **argv)
 		return 2;
 	}
 	pid_t jail = (pid_t)atol(argv[2]);
-	int pty = -1, relay_input = 0;
+	int pty = -1, relay_input = 0, log_pipe = -1;
+	struct log log = {-1, -1, 1, NULL, 1 << 20, 0};
+	const char *entry = NULL;
 	for (int i = 3; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--pty") == 0 || strcmp(argv[i], "--pty-interactive") == 0) {
 			pty = atoi(argv[i + 1]);
 			relay_input = strcmp(argv[i], "--pty-interactive") == 0;
+		} else if (strcmp(argv[i], "--log") == 0) {
+			log_pipe = atoi(argv[i + 1]);
+		} else if (strcmp(argv[i], "--registry") == 0) {
+			log.dir = atoi(argv[i + 1]);
+		} else if (strcmp(argv[i], "--log-name") == 0) {
+			log.name = argv[i + 1];
+		} else if (strcmp(argv[i], "--log-cap") == 0) {
+			log.cap = atoll(argv[i + 1]);
+		} else if (strcmp(argv[i], "--entry") == 0) {
+			entry = argv[i + 1];
 		}
 	}
 	sigset_t set;
@@ -286,6 +414,8 @@ static int run_wait(int argc, char **argv)
 	int code = -1;
 	if (pty >= 0)
 		code = relay(jail, &set, pty, relay_input);
+	else if (log_pipe >= 0 && log.dir >= 0 && log.name)
+		code = log_relay(jail, &set, log_pipe, &log);
 	while (code < 0) {
 		siginfo_t info;
 		int sig = sigwaitinfo(&set, &info);
@@ -302,6 +432,9 @@ static int run_wait(int argc, char **argv)
 			run_quietly(ip);
 		}
 	}
+	/* last: once the entry is gone, a new run of this jail may make its cgroups again */
+	if (entry && log.dir >= 0)
+		unlinkat(log.dir, entry, 0);
 	return code;
 }
 

@@ -6,6 +6,7 @@ import costs start-up time.
 
 from jailkit import vocabulary
 from jailkit.errors import JailkitError
+from jailkit.launch.cgroup import LIMIT_KEYS
 from jailkit.launch.dangerous import unaccepted
 from jailkit.launch.seccomp import ALLOWABLE
 from jailkit.vocabulary import CAPABILITIES, DEVICES, NETWORKS, RLIMITS, SIGNALS
@@ -21,7 +22,8 @@ DEFAULTS = {
     "capabilities": [],
     "dangerous_capabilities": [],
     "rlimits": {},
-    "cgroup": {"memory_max": None, "pids_max": None},
+    "cgroup": {"memory_max": None, "pids_max": None},  # and cgroup.LIMIT_KEYS' others
+    "ready": None,  # {"tcp": PORT, "timeout": SECONDS}: when `run --detach` may return
     "network": "none",
     "ports": {"bind": [], "connect": []},
     "require_landlock": False,
@@ -99,6 +101,49 @@ def parse_size(value, key: str) -> int | None:
     return size
 
 
+def cpu_quota(value, key: str) -> int | None:
+    """Percent of one CPU from 50, "50%" or "150%" (1.5 CPUs); None stays None."""
+    text = value.strip().removesuffix("%") if isinstance(value, str) else value
+    if isinstance(text, str) and text.isdigit():
+        text = int(text)
+    if value is None or (isinstance(text, int) and not isinstance(text, bool) and text >= 1):
+        return text
+    _fail(key, f"must be a percentage of one CPU such as '50%' (200% is two CPUs), got {value!r}")
+
+
+def cgroup_limits(raw: dict) -> dict:
+    """cgroup.LIMIT_KEYS -> bytes, a count, a weight (1-10000, 100 the default) or a percent."""
+    unknown = set(raw) - set(LIMIT_KEYS)
+    if unknown:
+        _fail("cgroup", f"has unknown keys {sorted(unknown)} (known: {', '.join(LIMIT_KEYS)})")
+    out = {key: parse_size(raw.get(key), f"cgroup.{key}")
+           for key in ("memory_max", "memory_high")}
+    swap = raw.get("swap_max")
+    out["swap_max"] = 0 if swap in (0, "0") else parse_size(swap, "cgroup.swap_max")
+    pids = raw.get("pids_max")
+    out["pids_max"] = None if pids is None else _int(pids, "cgroup.pids_max", 1)
+    for key in ("cpu_weight", "io_weight"):
+        value = raw.get(key)
+        if value is not None and _int(value, f"cgroup.{key}", 1) > 10000:
+            _fail(f"cgroup.{key}", f"must be a weight from 1 to 10000 (100 is the default), "
+                                   f"got {value}")
+        out[key] = value
+    out["cpu_quota"] = cpu_quota(raw.get("cpu_quota"), "cgroup.cpu_quota")
+    return out
+
+
+def _ready(raw) -> dict:
+    raw = _dict(raw, "ready")
+    unknown = set(raw) - {"tcp", "timeout"}
+    if unknown or "tcp" not in raw:
+        _fail("ready", f"must be {{\"tcp\": PORT, \"timeout\": SECONDS}}, got {raw!r}")
+    port = _int(raw["tcp"], "ready.tcp", 1)
+    if port > 65535:
+        _fail("ready.tcp", f"must be a TCP port, got {port}")
+    timeout = _int(raw.get("timeout", 30), "ready.timeout", 1)
+    return {"tcp": port, "timeout": min(timeout, 600)}
+
+
 class Writable:
     __slots__ = ("path", "kind", "source", "uid", "gid", "mode", "size")
 
@@ -133,7 +178,7 @@ class LaunchSpec:
         "name", "command", "workdir", "env", "uid", "gid", "groups", "uid_count", "hostname",
         "stop_signal", "capabilities", "dangerous_capabilities", "rlimits", "memory_max",
         "pids_max", "network", "ports", "require_landlock", "writable", "devices", "mount_proc",
-        "mount_sys", "seccomp_allow",
+        "mount_sys", "seccomp_allow", "limits", "ready",
     )
 
     @classmethod
@@ -208,7 +253,7 @@ class LaunchSpec:
         self.dangerous_capabilities = list(accepted)
 
     def _read_limits(self, data: dict) -> None:
-        """rlimits and the cgroup's limits."""
+        """rlimits, the cgroup's limits, and when a detached run counts as started."""
         self.rlimits = {}
         for name, pair in _dict(data["rlimits"], "rlimits").items():
             if name not in RLIMITS:
@@ -219,13 +264,9 @@ class LaunchSpec:
             if hard is not None and (soft is None or soft > hard):
                 _fail(f"rlimits.{name}", f"soft limit must not exceed the hard limit: {pair!r}")
             self.rlimits[name] = (soft, hard)
-        cgroup = _dict(data["cgroup"], "cgroup")
-        unknown = set(cgroup) - {"memory_max", "pids_max"}
-        if unknown:
-            _fail("cgroup", f"has unknown keys {sorted(unknown)}")
-        self.memory_max = parse_size(cgroup.get("memory_max"), "cgroup.memory_max")
-        pids = cgroup.get("pids_max")
-        self.pids_max = None if pids is None else _int(pids, "cgroup.pids_max", 1)
+        self.limits = cgroup_limits(_dict(data["cgroup"], "cgroup"))
+        self.memory_max, self.pids_max = self.limits["memory_max"], self.limits["pids_max"]
+        self.ready = None if data["ready"] is None else _ready(data["ready"])
 
     def _read_network(self, data: dict) -> None:
         """network, ports, require_landlock."""

@@ -3,7 +3,7 @@
 import json
 import re
 
-from jailkit.profile.model import Profile, Template
+from jailkit.profile.model import CGROUP_LIMITS, Profile, Template
 from jailkit.profile.schema import (
     DEFAULT_MEMORY_MAX,
     DEFAULT_PIDS_MAX,
@@ -36,7 +36,11 @@ VIEWS = {
                                 "connect": _ranges(s.connect_ports)},
     "service.limits": lambda s: {**{k: list(v) for k, v in s.rlimits},
                                  **({"memory_max": s.memory_max} if s.memory_max else {}),
-                                 **({"pids_max": s.pids_max} if s.pids_max else {})},
+                                 **({"pids_max": s.pids_max} if s.pids_max else {}),
+                                 **{key: getattr(s, key) for key in CGROUP_LIMITS
+                                    if getattr(s, key) is not None and key != "cpu_quota"},
+                                 **({"cpu_quota": f"{s.cpu_quota}%"} if s.cpu_quota else {})},
+    "service.ready": lambda s: {"tcp": s.ready[0], "timeout": s.ready[1]} if s.ready else None,
 }
 
 
@@ -59,8 +63,9 @@ def _view(value, node, path: str):
         if VIEWS.get(dotted, ...) is None:
             continue
         item = value if dotted in VIEWS else getattr(value, key)
-        if item is not None:
-            out[key] = _view(item, child, dotted)
+        shown = None if item is None else _view(item, child, dotted)
+        if shown is not None:
+            out[key] = shown
     return out
 
 

@@ -57,10 +57,13 @@ Generated = _record("Generated", "A file made once per jail at build time by a b
 # limits as rlimits pairs, and the cgroup's memory_max and pids_max (None: DEFAULT_MEMORY_MAX and
 # DEFAULT_PIDS_MAX when built by root)
 _SERVICE_KEYS = {key: s.default for key, s in TREE["service"].items() if not isinstance(s, dict)}
+# and the cgroup's other limits (no default), and ready as (port, timeout) or None
+CGROUP_LIMITS = ("memory_high", "swap_max", "cpu_weight", "cpu_quota", "io_weight")
 Service = namedtuple("Service", [*_SERVICE_KEYS, "env", "bind_ports", "connect_ports", "rlimits",
-                                 "memory_max", "pids_max"], module=__name__, defaults=[
+                                 "memory_max", "pids_max", *CGROUP_LIMITS, "ready"],
+                     module=__name__, defaults=[
     *_SERVICE_KEYS.values(), tuple(DEFAULTS["service.env.<env>"].items()), (), (),
-    tuple(DEFAULT_RLIMITS.items()), None, None])
+    tuple(DEFAULT_RLIMITS.items()), None, None, *(None for _ in CGROUP_LIMITS), None])
 
 
 class Profile(NamedTuple):
@@ -340,6 +343,14 @@ def _service(where: str, name: str, data: dict, variables: dict, users: dict,
     raw = dict(data.get("service", {}))
     limits = raw.pop("limits", {})
     memory_max, pids_max = limits.pop("memory_max", None), limits.pop("pids_max", None)
+    cgroup_limits = {key: limits.pop(key) for key in CGROUP_LIMITS if key in limits}
+    ready = raw.pop("ready", None)
+    if ready is not None:
+        if "tcp" not in ready:
+            raise ProfileError(f"{where}: service.ready: missing `tcp` (the port that answers "
+                               "once the service is up)")
+        ready = (_ports([ready["tcp"]], variables, f"{where}: service.ready.tcp")[0][0],
+                 ready.get("timeout", DEFAULTS["service.ready.timeout"]))
     env = raw.pop("env", None)
     ports = raw.pop("ports", {})
     service = Service(
@@ -349,7 +360,7 @@ def _service(where: str, name: str, data: dict, variables: dict, users: dict,
                              f"{where}: service.ports.connect"),
         **({"env": tuple(env.items())} if env is not None else {}),
         rlimits=tuple({**DEFAULT_RLIMITS, **limits}.items()), memory_max=memory_max,
-        pids_max=pids_max,
+        pids_max=pids_max, ready=ready, **cgroup_limits,
     )
     for field_, value in (("user", service.user), *(("groups", g) for g in service.groups)):
         if value not in (users if field_ == "user" else groups):

@@ -226,6 +226,15 @@ def capabilities(src, keypath, value) -> tuple[str, ...]:
     return tuple(out)
 
 
+def port(src, keypath, value):
+    """A TCP port, or a '{{ variable }}' (resolved after --set)."""
+    if isinstance(value, str) and PORT_RE.fullmatch(value) and "-" not in value:
+        return value
+    if isinstance(value, str):
+        src.fail(keypath, f"expected a port or '{{{{ port }}}}', got {value!r}")
+    return _int_range(src, keypath, value, 1, 65535)
+
+
 def ports(src, keypath, value) -> tuple:
     """Ports and 'LOW-HIGH' ranges, each a number or a '{{ variable }}' (resolved after --set)."""
     out = []
@@ -238,6 +247,22 @@ def ports(src, keypath, value) -> tuple:
         else:
             out.append(_int_range(src, (*keypath, i), item, 1, 65535))
     return tuple(out)
+
+
+def swap(src, keypath, value) -> int:
+    """A swap limit: a size, or 0 for none."""
+    return 0 if value == 0 else _size(src, keypath, value)
+
+
+def cpu_quota(src, keypath, value) -> int:
+    """CPU time as a percent of one CPU: 50, "50%", "200%" (two CPUs)."""
+    text = value.strip().removesuffix("%") if isinstance(value, str) else None
+    if text is not None:
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        src.fail(keypath, "expected a percentage of one CPU such as \"50%\" (200% is two CPUs), "
+                          f"got {value!r}")
+    return _int_range(src, keypath, value, 1, 100000)
 
 
 def rlimit(src, keypath, value) -> tuple[int, int]:
@@ -369,6 +394,14 @@ SETTINGS = (
             f"cgroup memory limit (when built by root: {DEFAULT_MEMORY_MAX >> 20}m)"),
     Setting("service.limits.pids_max", int_range(1, 1 << 22), None,
             f"cgroup process limit (when built by root: {DEFAULT_PIDS_MAX})"),
+    Setting("service.limits.memory_high", size, None, "cgroup memory level where it is slowed"),
+    Setting("service.limits.swap_max", swap, None, "cgroup swap limit (0: no swap)"),
+    Setting("service.limits.cpu_weight", int_range(1, 10000), None,
+            "CPU share against other jails (100 is the kernel's default)"),
+    Setting("service.limits.cpu_quota", cpu_quota, None, "CPU time cap, percent of one CPU"),
+    Setting("service.limits.io_weight", int_range(1, 10000), None, "IO share (bfq scheduler)"),
+    Setting("service.ready.tcp", port, None, "`run --detach` returns once this port answers"),
+    Setting("service.ready.timeout", int_range(1, 600), 30, "seconds it waits for that"),
 )
 DEFAULTS = {setting.key: setting.default for setting in SETTINGS}
 

@@ -1,0 +1,131 @@
+"""`jailkit run --detach`: start the jail in the background, return once it is started.
+
+The caller's process forks; the child leaves the caller's session, registers and launches the
+jail as a foreground run does (its output going to a log file, launch/stdio.py) and becomes its
+waiter. This process watches: the child reports the jail's name once registered, then execs the
+waiter (the report pipe closes); the jail's pid 1 is the waiter's child, and it is started once
+it runs the reaper (only then is the service confined and running). With `ready` (the profile's
+`[service] ready = {tcp = PORT}`), it is started once PORT answers on the jail's address
+(127.0.0.1 on the host's network, its own on veth), within `timeout` seconds. Every wait is
+bounded; a jail that exits meanwhile is reported with the end of its log.
+"""
+
+import os
+import sys
+import time
+
+from jailkit.errors import JailkitError
+
+START_SECONDS = 30  # for the jail to confine itself and start the service
+
+
+def start(launch_child, ready: dict | None) -> int:
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        os.setsid()  # the caller's terminal and its signals are not the jail's
+        try:
+            code = launch_child(report_w)  # execs the waiter on success
+        except JailkitError as e:
+            sys.stderr.write(f"jailkit: {e}\n")
+            code = e.exit_code
+        except BaseException:
+            code = 2
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(report_w)
+    with open(report_r, "rb") as f:
+        name = f.read().decode().strip()  # EOF: the waiter was exec'd, or the child failed
+    deadline = time.monotonic() + START_SECONDS
+    code = _exited(pid)
+    while code is None and _comm(pid) != "jailkit-reaper" and time.monotonic() < deadline:
+        time.sleep(0.005)
+        code = _exited(pid)
+    if code is not None or not name:
+        return code if code else 2  # the child said why
+    from jailkit.launch.registry import Registry
+
+    registry = Registry(create=False)
+    entry, _ = registry.read(name)
+    registry.close()
+    log = (entry or {}).get("log")
+    jail_pid = None
+    while time.monotonic() < deadline:
+        code = _exited(pid)
+        if code is not None:
+            return _failed(name, code, log, "while starting")
+        jail_pid = jail_pid or _child(pid)
+        if jail_pid and _comm(jail_pid) == "jailkit-reaper":
+            break
+        time.sleep(0.005)
+    else:
+        sys.stderr.write(f"jailkit: {name} did not start within {START_SECONDS} s: it keeps "
+                         f"trying; see {log}, or stop it: jailkit stop {name}\n")
+        return 1
+    how = ""
+    if ready:
+        veth = (entry or {}).get("veth")
+        address = veth["jail_addr"] if veth else "127.0.0.1"
+        limit = time.monotonic() + ready["timeout"]
+        while not _answers(address, ready["tcp"]):
+            code = _exited(pid)
+            if code is not None:
+                return _failed(name, code, log, "before it answered")
+            if time.monotonic() > limit:
+                sys.stderr.write(f"jailkit: {name} did not answer on {address}:{ready['tcp']} "
+                                 f"within {ready['timeout']} s; it keeps running: see {log}, or "
+                                 f"stop it: jailkit stop {name}\n")
+                return 1
+            time.sleep(0.05)
+        how = f", answering on {address}:{ready['tcp']}"
+    print(f"{name} started (pid {pid}){how}; its output: {log} (the newest lines last); "
+          f"stop it with: jailkit stop {name}")
+    return 0
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _exited(pid: int) -> int | None:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None
+
+
+def _child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def _answers(address: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _failed(name: str, code: int, log: str | None, when: str) -> int:
+    tail = ""
+    if log:
+        try:
+            with open(log, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 2000))
+                tail = "".join(f"  {line}\n" for line in
+                               f.read().decode(errors="replace").splitlines()[-10:])
+        except OSError:
+            pass
+    sys.stderr.write(f"jailkit: {name} exited with status {code} {when}; the end of its log "
+                     f"{log}:\n{tail}")
+    return code if code else 1

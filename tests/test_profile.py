@@ -311,9 +311,17 @@ HOME = "/srv"
 [service.ports]
 bind = [80]
 connect = ["1000-1010"]
+[service.ready]
+tcp = 80
+timeout = 5
 [service.limits]
 memory_max = "64m"
 pids_max = 10
+memory_high = "48m"
+swap_max = 0
+cpu_weight = 400
+cpu_quota = "50%"
+io_weight = 200
 """ + "".join(f"{limit} = 7\n" for limit in (
     "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
     "nproc", "rss", "rtprio", "rttime", "sigpending", "stack"))

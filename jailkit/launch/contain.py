@@ -26,8 +26,10 @@ def _at(step: str) -> None:
     _step = step
 
 
-def _wait_for_launcher(sync_fd: int) -> None:
-    if os.read(sync_fd, 1) != b"1":
+def _wait_for_launcher(sync_fd: int, sign: bytes = b"1") -> None:
+    """Until the launcher writes `sign`: "1" once our id maps are written, "2" once we are in
+    our cgroups."""
+    if os.read(sync_fd, 1) != sign:
         os._exit(SETUP_FAILED)  # the launcher failed or died: it reports, not us
 
 
@@ -50,7 +52,7 @@ def _close_fds(keep: set[int]) -> None:
 
 def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     spec = plan.spec
-    # 1. Wait until the launcher has written our id maps (and moved us into our cgroups).
+    # 1. Wait until the launcher has written our id maps (our cgroups: step 8).
     #    Until then this process is still the host's uid 0: do nothing else before. If the
     #    launcher dies meanwhile, we get SIGKILL (or EOF, had it died before the prctl).
     _at("waiting for the id maps")
@@ -62,25 +64,22 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     if plan.maps.allow_setgroups:
         os.setgroups([])
     os.setresuid(0, 0, 0)
-    # 3. Our own cgroup namespace: the jail sees its cgroup as the root.
-    _at("cgroup namespace")
-    sc.unshare(sc.CLONE_NEWCGROUP)
-    # 4. Mounts in our private namespace: read-only root, writable dirs, /proc, /dev, /sys.
+    # 3. Mounts in our private namespace: read-only root, writable dirs, /proc, /dev, /sys.
     _at("mounts")
     sources = None
     if plan.idmapped:
         sources = _receive_sources(root_sock, len(mounts.with_sources(plan.mounts)))
     mounts.apply(plan.mounts, sources, plan.jail)
-    # 5. Hostname (uts namespace), network (host, or our own namespace's lo and eth0).
+    # 4. Hostname (uts namespace), network (host, or our own namespace's lo and eth0).
     _at("hostname and network")
     sc.sethostname(spec.hostname)
     net.setup_inside(spec.network, plan.veth)
-    # 6. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped),
+    # 5. Into the jail for good: pivot_root and detach the host's tree (chroot can be escaped),
     #    keeping a proc of our pid namespace for step 10 (a descriptor: the jail may have none).
     _at("pivot_root")
     proc_fd = mounts.private_proc()
     mounts.pivot()
-    # 7. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring;
+    # 6. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring;
     #    resource limits; 0-2 a pty or /dev/null, never the caller's terminal (stdio.py). The
     #    service inherits them all.
     _at("new session, keyring, rlimits and stdio")
@@ -88,7 +87,7 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     sc.join_session_keyring()
     rlimits.apply(spec.rlimits)
     plan.stdio.attach()
-    # 8. no_new_privs, then Landlock (TCP ports, no abstract unix sockets or signals outside
+    # 7. no_new_privs, then Landlock (TCP ports, no abstract unix sockets or signals outside
     #    the jail), here so that the service inherits our Landlock domain: a scoped signal only
     #    reaches the same domain or one below, and pid 1 must still signal the service.
     _at("no_new_privs and Landlock")
@@ -100,6 +99,12 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     #    Dumpable first, which the child inherits: a process that changed ids (step 2) is not,
     #    and its /proc files then belong to the host's root, not to us who write its maps.
     #    Each exec sets it again by its own rules.
+    # 8. Our cgroups, which the launcher joins us to while we set up (on v1 the first move into
+    #    a cgroup waits for an RCU grace period, ~10 ms): nothing may fork before, and then a
+    #    cgroup namespace of our own, in which the jail sees its cgroup as the root.
+    _at("joining the jail's cgroups")
+    _wait_for_launcher(sync_fd, b"2")
+    sc.unshare(sc.CLONE_NEWCGROUP)
     _at("starting the service")
     sc.prctl(sc.PR_SET_DUMPABLE, 1)
     maps_r, maps_w = os.pipe()

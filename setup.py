@@ -17,6 +17,10 @@ from setuptools.command.build_py import build_py
 REAPER_SOURCE = "jailkit/launch/reaper.c"
 REAPER_NAME = "jailkit-reaper"  # jailkit.launch.plan.REAPER_NAME
 CFLAGS = ["-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror"]
+# musl: a static helper of ~45 KB instead of glibc's ~700 KB. Each running jail's pid 1 runs from
+# its own sealed memory copy of it (CVE-2019-5736), so its size is resident memory per jail. The
+# kernel's uapi headers (linux/capability.h, ...) come after musl's own.
+MUSL = ["musl-gcc", "-idirafter", "/usr/include", "-idirafter", "/usr/include/x86_64-linux-gnu"]
 
 
 class build_py_with_reaper(build_py):
@@ -28,10 +32,11 @@ class build_py_with_reaper(build_py):
         os.makedirs(package_dir, exist_ok=True)
         target = os.path.join(package_dir, REAPER_NAME)
         try:
-            subprocess.run(["gcc", *CFLAGS, "-o", target, REAPER_SOURCE], check=True)
+            subprocess.run([*MUSL, *CFLAGS, "-o", target, REAPER_SOURCE], check=True)
         except (OSError, subprocess.CalledProcessError) as e:
-            raise SystemExit(f"compiling {REAPER_SOURCE} failed ({e}): jailkit needs gcc and the "
-                             "static C library (Debian: apt-get install gcc libc6-dev)") from None
+            raise SystemExit(f"compiling {REAPER_SOURCE} failed ({e}): jailkit needs gcc, musl "
+                             "and the kernel headers (Debian: apt-get install gcc musl-tools "
+                             "linux-libc-dev)") from None
         self.reaper = target
 
     def get_outputs(self, include_bytecode=True):

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import NOBODY, as_nobody, nobody_jailkit
 from exporting import export, mounts_containing, podman, port_closed, wait_http
 from services import build, free_port
 
@@ -153,3 +154,31 @@ def test_bundle_validates_and_runc_runs_it_confined(nginx):
         assert not os.path.exists(f"/sys/fs/cgroup/pids/{container}")
     finally:
         shutil.rmtree(work)
+
+
+def test_an_ordinary_users_bundle_runs_under_rootless_runc(home):
+    # nobody builds, exports and runs its own jail: the bundle maps nobody's own id to 0, and
+    # runc needs no privilege to run it
+    base = home / "home"
+    assert nobody_jailkit(home, "build", "shell", "--root", base / "jail").returncode == 0
+    exported = nobody_jailkit(home, "export", "shell", "--root", base / "jail", "--format",
+                              "bundle", "-o", base / "bundle")
+    assert exported.returncode == 0, exported.stderr
+    config_path = base / "bundle/config.json"
+    validate_runtime_config(config_path)
+    config = json.loads(config_path.read_text())
+    assert config["linux"]["uidMappings"] == [{"containerID": 0, "hostID": NOBODY, "size": 1}]
+    config["process"]["args"] = ["/bin/sh", "-c", "id -u; cat /proc/self/uid_map; "
+                                 "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"]
+    config_path.write_text(json.dumps(config))
+    state = base / "runc-state"
+    result = subprocess.run(
+        ["runc", "--root", state, "run", "--bundle", base / "bundle", f"jk-rootless-{os.getpid()}"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(base), "XDG_RUNTIME_DIR": str(base)},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd="/",
+        preexec_fn=as_nobody)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == "0" and lines[1].split() == ["0", str(NOBODY), "1"]
+    assert "NoNewPrivs:\t1" in result.stdout and "Seccomp:\t2" in result.stdout
+    assert not mounts_containing(str(base)), "runc left mounts on the host"

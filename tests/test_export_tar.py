@@ -9,7 +9,7 @@ import stat
 import tarfile
 
 import pytest
-from conftest import run_jailkit
+from conftest import NOBODY, nobody_jailkit, run_jailkit
 from exporting import export
 from services import Service, build, free_port, http_get
 
@@ -254,3 +254,19 @@ def test_export_refuses_a_jail_modified_since_its_build(tmp_path):
     assert "/etc/passwd" in result.stderr and "jailkit check" in result.stderr
     assert not (tmp_path / "out.tar").exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".out")] == []
+
+
+def test_an_ordinary_user_exports_imports_checks_and_runs_its_own_jail(home):
+    base = home / "home"
+    assert nobody_jailkit(home, "build", "shell", "--root", base / "jail").returncode == 0
+    archive = base / "shell.tar"
+    exported = nobody_jailkit(home, "export", "shell", "--root", base / "jail", "--format", "tar",
+                              "-o", archive)
+    assert exported.returncode == 0, exported.stderr
+    imported = nobody_jailkit(home, "import", archive, "--root", base / "copy")
+    assert imported.returncode == 0, imported.stderr
+    assert nobody_jailkit(home, "check", "shell", "--root", base / "copy").returncode == 0
+    ran = nobody_jailkit(home, "run", "shell", "--root", base / "copy", "--", "/bin/sh", "-c",
+                         "echo from the import")
+    assert (ran.returncode, ran.stdout) == (0, "from the import\n"), ran.stderr
+    assert (base / "copy").stat().st_uid == NOBODY

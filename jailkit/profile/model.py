@@ -83,6 +83,9 @@ class Profile(NamedTuple):
     keep_file_caps: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     multiline_variables: tuple[str, ...] = ()  # string variables that may hold newlines
+    path_variables: tuple[str, ...] = ()  # string variables naming a path that must exist
+    overrides: dict = {}  # the --set values applied (remembered ones included), as given
+    runnable: bool = True  # False for a base: no file of its composition sets service.command
 
 
 # --- locating ------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ def locate(spec: str, relative_to: str | None = None) -> str:
 
 LIST_KEYS = (
     "binaries", "libraries", "files", "exclude", "keep_setuid", "keep_file_caps", "devices",
-    "multiline_variables",
+    "multiline_variables", "path_variables",
 )  # fmt: skip
 TABLE_KEYS = (
     "variables", "users", "groups", "directories", "writable", "templates", "generated",
@@ -160,10 +163,16 @@ def _compose(path: str, stack: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
     return _merge(merged, top), (*sources, str(path))
 
 
-def load(spec: str, overrides: dict[str, str] | None = None) -> Profile:
-    """Load a bundled profile by name or a profile file by path, with its bases and --set values."""
+def load(spec: str, overrides: dict[str, str] | None = None,
+         remembered: dict[str, str] | None = None) -> Profile:
+    """Load a bundled profile by name or a profile file by path, with its bases and --set values.
+    `remembered`: the --set values the jail was built with (applied first, `overrides` win); one
+    naming a variable the profile no longer has is dropped."""
     data, sources = _compose(locate(spec), ())
-    return _build(jail_name(spec), data, sources, overrides or {})
+    known = data.get("variables", {})
+    overrides = {**{k: v for k, v in (remembered or {}).items() if k in known},
+                 **(overrides or {})}
+    return _build(jail_name(spec), data, sources, overrides)
 
 
 def _coerce(name: str, text: str, default):
@@ -264,10 +273,11 @@ def _variables(where: str, data: dict, overrides: dict) -> dict:
     """The profile's variables with the --set values, each of the variable's type."""
     variables = dict(data.get("variables", {}))
     multiline = data.get("multiline_variables", ())
-    for key in multiline:
-        if not isinstance(variables.get(key), str):
-            raise ProfileError(f"{where}: multiline_variables names {key!r}, which is not a "
-                               "string variable under [variables]")
+    for list_key in ("multiline_variables", "path_variables"):
+        for key in data.get(list_key, ()):
+            if not isinstance(variables.get(key), str):
+                raise ProfileError(f"{where}: {list_key} names {key!r}, which is not a "
+                                   "string variable under [variables]")
     for key, value in variables.items():
         _refuse_control_characters(value, key in multiline, f"{where}: variables.{key}")
     for key, text in overrides.items():
@@ -384,4 +394,6 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
         groups=groups,
         **files,
         service=_service(where, name, data, variables, users, groups),
+        overrides=dict(overrides),
+        runnable="command" in data.get("service", {}),
     )

@@ -312,6 +312,9 @@ SETTINGS = (
     Setting("devices", devices, (), "device nodes of /dev"),
     Setting("variables.<variable>", variable, {}, "values for templates, overridden by --set"),
     Setting("multiline_variables", strings, (), "string variables that may hold newlines"),
+    Setting("path_variables", strings, (),
+            "string variables naming an in-jail path the service serves: checked at build time "
+            "to exist in the tree or a mount"),
     Setting("users.<user>.uid", ids, REQUIRED, "the user's id"),
     Setting("users.<user>.gid", ids, REQUIRED, "the id of the user's primary group"),
     Setting("users.<user>.home", abs_path, "/nonexistent", "home directory"),

@@ -387,6 +387,8 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
                   "connect": _port_list(service.connect_ports)},
         "require_landlock": service.require_landlock,
         "writable": writable,
+        "binds": [{"path": b.path, "source": b.source, "rw": b.rw, "exec": b.exec}
+                  for b in sorted(profile.binds.values(), key=lambda b: b.path)],
         "devices": list(profile.devices),
         "mount_proc": service.mount_proc,
         "mount_sys": service.mount_sys,
@@ -421,6 +423,22 @@ def _lookup(entries: dict[str, Entry], path: str, hops: int = 40) -> Entry | Non
     return entries.get(current)
 
 
+def _bind_points(profile: Profile) -> list[str]:
+    """The binds' mount points, each source checked now to be a host directory reached without
+    a symlink (the launcher opens it so again at every start)."""
+    if not profile.binds:
+        return []
+    from jailkit.launch.jail import open_host_dir
+    from jailkit.launch.syscalls import O_PATH
+
+    for bind in profile.binds.values():
+        try:
+            os.close(open_host_dir(bind.source, O_PATH))
+        except JailkitError as e:
+            raise PlanError(f"profile {profile.name}: binds.\"{bind.path}\": {e}") from None
+    return list(profile.binds)
+
+
 def _check_served_paths(profile: Profile, entries: dict[str, Entry]) -> None:
     """Each of the profile's path_variables names a path in the planned tree or a mount: a
     docroot that does not exist would only show as 404s (or a refused FTP login) at run time."""
@@ -429,7 +447,8 @@ def _check_served_paths(profile: Profile, entries: dict[str, Entry]) -> None:
         if not path.startswith("/") or ".." in path.split("/"):
             raise PlanError(f"profile {profile.name}: {variable} = {path!r} must be an absolute "
                             f"path inside the jail without '..'; pass --set {variable}=/PATH")
-        if _lookup(entries, path) is not None:
+        if _lookup(entries, path) is not None or any(
+                path.startswith(bind.rstrip("/") + "/") for bind in profile.binds):
             continue
         raise PlanError(
             f"profile {profile.name}: {variable} = {path} does not exist in the jail; copy it "
@@ -495,7 +514,7 @@ def make_plan(profile: Profile, kept=None) -> Plan:
     for d in profile.directories.values():
         uid, gid = planner.owner(d.owner, d.group)
         planner.add(Entry(d.path, "dir", mode=d.mode, uid=uid, gid=gid))
-    mount_points = [w.path for w in profile.writable.values()]
+    mount_points = [w.path for w in profile.writable.values()] + _bind_points(profile)
     mount_points += ["/dev"] * bool(profile.devices) + ["/proc"] * profile.service.mount_proc
     mount_points += ["/sys"] * profile.service.mount_sys
     for path in mount_points:

@@ -103,7 +103,8 @@ def show(profile, root, sets, as_json):
 
 
 def _load(profile, sets, remembered=None):
-    """The profile with the remembered and the new --set values applied; says what its dangerous capabilities open."""
+    """The profile with the remembered and the new --set values applied; says what its
+    dangerous capabilities open."""
     from jailkit.launch.dangerous import warnings
     from jailkit.profile.model import load
 

@@ -46,6 +46,8 @@ Directory = _record("Directory", "An empty directory created in the (read-only) 
                     "owner and mode.", "directories.<path>", "path")
 Writable = _record("Writable", "A directory mounted writable at run time: `tmpfs` (empty each "
                    "start) or `state` (kept).", "writable.<path>", "path")
+Bind = _record("Bind", "A host directory mounted at `path` at run time: read-only, nosuid, nodev "
+               "and noexec unless `rw`/`exec`.", "binds.<path>", "path")
 Template = _record("Template", "A jinja2 template: `source`, a path beneath `base` (the directory "
                    "of the profile file that names it), or inline `text`.", "templates.<path>",
                    "dest", {"base": None})
@@ -70,6 +72,7 @@ class Profile(NamedTuple):
     groups: dict[str, Group]
     directories: dict[str, Directory]
     writable: dict[str, Writable]
+    binds: dict[str, Bind]
     templates: dict[str, Template]
     generated: dict[str, Generated]
     service: Service
@@ -120,7 +123,7 @@ LIST_KEYS = (
     "multiline_variables", "path_variables",
 )  # fmt: skip
 TABLE_KEYS = (
-    "variables", "users", "groups", "directories", "writable", "templates", "generated",
+    "variables", "users", "groups", "directories", "writable", "binds", "templates", "generated",
 )  # fmt: skip
 
 
@@ -336,9 +339,17 @@ def _files(where: str, data: dict, users: dict, groups: dict) -> dict:
                          for p, w in files["writable"].items()}
     for path in files["generated"].keys() & files["templates"].keys():
         raise ProfileError(f"{where}: {path} is both a template and a generated file")
-    for path in files["writable"]:
+    files["binds"] = {path: Bind(path, **entry) for path, entry in data.get("binds", {}).items()}
+    for path in files["binds"].keys() & files["writable"].keys():
+        raise ProfileError(f"{where}: {path} is both a writable directory and a bind; keep one")
+    if "/" in files["binds"]:
+        raise ProfileError(f"{where}: binds.\"/\": the jail's root is its own tree; bind a "
+                           "directory below it")
+    writable = {**{p: "writable" for p in files["writable"]},
+                **{p: "binds" for p, b in files["binds"].items() if b.rw}}
+    for path, section in writable.items():
         if path == "/" or path.split("/")[1] in ("etc", "lib", "lib64", "usr", "bin", "sbin"):
-            raise ProfileError(f"{where}: writable.\"{path}\": a writable directory under /etc, "
+            raise ProfileError(f"{where}: {section}.\"{path}\": a writable directory under /etc, "
                                "/usr or a library directory would let the service replace what "
                                "privileged steps load; use /var, /run, /srv, /tmp or /home")
     return files

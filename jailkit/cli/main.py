@@ -21,6 +21,7 @@ COMMANDS = {
     "import": "jailkit.cli.export:import_",
     "sbom": "jailkit.cli.sbom:sbom",
     "outdated": "jailkit.cli.sbom:outdated",
+    "doctor": "jailkit.cli.doctor:doctor",
 }
 
 

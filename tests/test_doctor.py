@@ -3,14 +3,17 @@ strace in its jail and names the cause and the profile line to add."""
 
 import ftplib
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import SETS_NEEDED, jailkit_env, run_jailkit
+from conftest import NOBODY, SETS_NEEDED, as_nobody, jailkit_env, run_jailkit
 from services import free_port
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -154,3 +157,25 @@ def test_a_refused_syscall_and_a_taken_port_from_a_command(tmp_path):
 def test_doctor_of_a_jail_never_built_is_one_line(tmp_path):
     result = run_jailkit("doctor", "nginx", "--root", tmp_path / "none")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_an_ordinary_user_doctors_its_own_jail(world_readable_checkout):
+    base = Path(tempfile.mkdtemp(prefix="jailkit-doctor-nobody-"))
+    try:
+        os.chown(base, NOBODY, NOBODY)
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+               "HOME": "/nonexistent"}
+
+        def nobody(*args):
+            return subprocess.run([sys.executable, "-m", "jailkit", *args], env=env, cwd="/",
+                                  text=True, capture_output=True, preexec_fn=as_nobody,
+                                  timeout=120)
+
+        assert nobody("build", "shell", "--root", str(base / "j")).returncode == 0
+        result = nobody("doctor", "shell", "--root", str(base / "j"), "--json", "--",
+                        "/bin/sh", "-c", "echo x > /srv/out")
+        assert result.returncode == 1, result.stderr
+        found = fixes(json.loads(result.stdout))
+        assert found.get('[writable."/srv"]') == "read-only", found
+    finally:
+        shutil.rmtree(base)

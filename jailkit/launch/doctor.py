@@ -294,7 +294,7 @@ def trace(profile: str, root: str, command: list[str], timeout: float, log_dir: 
         raise JailkitError("doctor needs strace on the host: apt-get install strace")
     log = os.path.join(log_dir, "trace.log")
     out_path = os.path.join(log_dir, "output")
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": package_parent}
     run = [sys.executable, "-m", "jailkit", "run", profile, "--root", root]
     if command:

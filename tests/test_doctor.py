@@ -179,3 +179,12 @@ def test_an_ordinary_user_doctors_its_own_jail(world_readable_checkout):
         assert found.get('[writable."/srv"]') == "read-only", found
     finally:
         shutil.rmtree(base)
+
+
+def test_a_jail_run_refuses_is_its_one_line(tmp_path):
+    jail = tmp_path / "j"
+    build("shell", jail)
+    (jail / "current/launch.json").write_text("{}")
+    result = run_jailkit("doctor", "shell", "--root", jail, "--", "/bin/true", timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "launch spec" in result.stderr

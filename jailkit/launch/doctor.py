@@ -19,6 +19,7 @@ import time
 from typing import NamedTuple
 
 from jailkit.errors import JailkitError
+from jailkit.launch.seccomp import DENIED
 from jailkit.vocabulary import DEVICES
 
 LINE_RE = re.compile(r"^(\d+) +(\w+)\((.*)\) += (-?\d+|\?|0x[0-9a-f]+)(?: (E[A-Z0-9]+) )?(.*)$")
@@ -211,7 +212,7 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
             add("read-only", f"{call.name} {path}: the jail's tree is read-only",
                 _writable_fix(path) if call.name not in ("mkdir", "mkdirat")
                 else f'[writable."{os.path.dirname(path) or path}"]')
-        elif call.errno == "EPERM" and call.name in DENIED_NAMES() \
+        elif call.errno == "EPERM" and call.name in DENIED \
                 and call.name not in jail.seccomp_allow:
             add("seccomp", f"{call.name}: refused by the jail's seccomp filter",
                 f'[service] seccomp_allow = ["{call.name}"]')
@@ -256,12 +257,6 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
     if status not in (0, None):
         ordered.reverse()  # it failed: what it met last is the likeliest cause
     return ordered
-
-
-def DENIED_NAMES() -> dict:  # noqa: N802  (the seccomp table, loaded once it is needed)
-    from jailkit.launch.seccomp import DENIED
-
-    return DENIED
 
 
 def _with(items: list, item) -> str:
@@ -336,11 +331,11 @@ def doctor(profile: str, root: str, command: list[str], timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:
         log, output, ran, status = trace(profile, root, command, timeout, log_dir)
         calls, exits = service_calls(log)
-    if exits.get("service") is None or not calls and status not in (0, None):
-        # jailkit itself refused to start the jail: its one line says why
-        first = next((line for line in output.splitlines() if line.startswith("jailkit:")), None)
-        if first and not calls:
-            raise JailkitError(first.removeprefix("jailkit: "))
+    if exits.get("service") is None:
+        # the service never started: jailkit refused to start the jail, and its line says why
+        refusal = next((line for line in output.splitlines() if line.startswith("jailkit:")),
+                       "the jail did not start under the tracer")
+        raise JailkitError(refusal.removeprefix("jailkit: "))
     findings = diagnose(calls, exits, output, jail, ran, status, timeout)
     return {"root": root, "status": status, "seconds": round(ran, 1),
             "stopped": status is None, "output": output[-4000:],

@@ -230,7 +230,7 @@ def test_jail_copy_modified_in_place_with_mtime_put_back_is_restored(tmp_path):
     # a second generation of hard links first: the copy is shared by two generations
     profile = tmp_path / "shell2.toml"
     profile.write_text('extends = ["shell"]\nfiles = ["/etc/hostname"]\n')
-    assert run_jailkit("build", profile, "--root", jail).returncode == 0
+    assert run_jailkit("build", profile, "--root", jail, "--replace").returncode == 0
     copy = jail / "current/root/usr/bin/dash"
     original = copy.read_bytes()
     rewrite_keeping_mtime(copy, b"\x7fELF-tampered")

@@ -119,7 +119,8 @@ def test_directory_copy_never_crosses_into_another_filesystem_or_mount(tmp_path)
 def test_sigkill_mid_build_leaves_previous_jail_and_next_build_cleans_up(tmp_path):
     jail = tmp_path / "jail"
     build("shell", "--root", jail)
-    proc = subprocess.Popen([sys.executable, "-m", "jailkit", "build", "python3", "--root", jail],
+    proc = subprocess.Popen([sys.executable, "-m", "jailkit", "build", "python3", "--root", jail,
+                             "--replace"],
                             env=jailkit_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     partial = jail / "gen-2/root/usr/lib/python3.11"
@@ -136,7 +137,7 @@ def test_sigkill_mid_build_leaves_previous_jail_and_next_build_cleans_up(tmp_pat
     assert run_jailkit("check", "shell", "--root", jail).returncode == 0
     result = build("shell", "--root", jail)
     assert "up to date" in result.stdout and not (jail / "gen-2").exists()
-    build("python3", "--root", jail)
+    build("python3", "--root", jail, "--replace")
     assert os.listdir(jail / "current/root/usr/lib/python3.11")
 
 
@@ -240,7 +241,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_jail(tmp_path):
     # a 16 MB tmpfs in a private mount namespace (gone with the shell): shell fits, python3 not
     script = (f"mount -t tmpfs -o size=16m,mode=0700 none {jail} && "
               f"{sys.executable} -m jailkit build shell --root {jail} >/dev/null && "
-              f"{sys.executable} -m jailkit build python3 --root {jail}; echo rc=$?; "
+              f"{sys.executable} -m jailkit build python3 --root {jail} --replace; echo rc=$?; "
               f"readlink {jail}/current; {sys.executable} -m jailkit check shell --root {jail}")
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                             capture_output=True, text=True, env=jailkit_env(), timeout=120)

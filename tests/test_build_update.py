@@ -121,8 +121,9 @@ def test_update_refuses_a_jail_of_another_profile(tmp_path):
     jailkit_ok("build", "shell", "--root", jail)
     result = run_jailkit("update", "python3", "--root", jail)
     assert result.returncode == 2
-    assert result.stderr == (f"jailkit: {jail} holds a jail of profile 'shell', not 'python3'; "
-                             "`jailkit build` replaces it\n")
+    assert result.stderr == (f"jailkit: {jail} holds the jail of profile 'shell', not 'python3'; "
+                             f"check --root, or pass `jailkit build python3 --root {jail} "
+                             "--replace` to replace it\n")
     assert os.readlink(jail / "current") == "gen-1"
 
 

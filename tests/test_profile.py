@@ -257,8 +257,10 @@ keep_setuid = ["/bin/su"]
 keep_file_caps = ["/bin/ping"]
 devices = ["null"]
 multiline_variables = ["motd"]
+path_variables = ["site"]
 [variables]
 motd = "hi\\nthere"
+site = "/srv"
 [users.app]
 uid = 100
 gid = 100
@@ -279,6 +281,10 @@ group = "app"
 mode = "0700"
 kind = "state"
 size = "1m"
+[binds."/srv/live"]
+source = "/usr/share"
+rw = false
+exec = true
 [templates."/etc/motd"]
 text = "{{ motd }}"
 mode = "0640"

@@ -49,12 +49,13 @@ class Result:
         self.removed = removed
         self.updated: list[tuple[str, str]] = []
         self.launch_changed = launch_changed
+        self.still_running: list[int] = []  # older generations a running jail still holds
 
     def to_dict(self) -> dict:
         return {"generation": self.generation, "changed": self.changed, "copied": self.copied,
                 "linked": self.linked, "added": self.added, "removed": self.removed,
                 "updated": [{"path": p, "reason": r} for p, r in self.updated],
-                "launch_changed": self.launch_changed}
+                "launch_changed": self.launch_changed, "still_running": self.still_running}
 
 
 def _why_redo(entry: Entry, old: Record | None, seen: os.stat_result | None, owners: bool,
@@ -276,22 +277,24 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _previous(jail: JailDir, number: int | None, known: Manifest | None):
-    """(manifest, tree lstat snapshot, launch dict, root fd) of generation `number`, or Nones.
-    `known`: its manifest if already read (generation numbers are never reused while current)."""
+    """(manifest, tree lstat snapshot, launch dict, root fd, sets record) of generation
+    `number`, or Nones. `known`: its manifest if already read (generation numbers are never
+    reused while current)."""
     if number is None:
-        return None, {}, None, None
+        return None, {}, None, None, None
     try:
         gen_fd = jail.open_generation(number)
     except OSError:
-        return None, {}, None, None
+        return None, {}, None, None, None
     try:
         try:
             old = known if known and known.generation == number else manifest.read(
                 gen_fd, f"{jail.path}/gen-{number}")
             root_fd = open_dir("root", gen_fd)
         except (JailkitError, OSError):
-            return None, {}, None, None  # unreadable: rebuild everything from the host
-        return old, walk_tree(root_fd), manifest.read_json(gen_fd, "launch.json"), root_fd
+            return None, {}, None, None, None  # unreadable: rebuild everything from the host
+        return (old, walk_tree(root_fd), manifest.read_json(gen_fd, "launch.json"), root_fd,
+                manifest.read_json(gen_fd, manifest.SETS))
     finally:
         os.close(gen_fd)
 
@@ -303,6 +306,10 @@ def apply(plan: Plan, jail: JailDir, progress=None, previous: Manifest | None = 
         return _apply_locked(plan, jail, progress, previous)
     except OSError as e:  # a full disk, a read-only or vanished jail directory, ...
         raise ApplyError(f"{jail.path}: {e}; the previous jail is untouched") from None
+
+
+def _sets_record(plan: Plan) -> dict:
+    return {"profile": plan.name, "sets": plan.sets}
 
 
 def _make_generated(plan: Plan, jail: JailDir) -> Plan:
@@ -325,7 +332,7 @@ def _apply_locked(plan, jail, progress, previous) -> Result:
         plan = _make_generated(plan, jail)
         current = jail.current()
         jail.remove_stale(keep={current} if current is not None else set())
-        old, seen, old_launch, old_root_fd = _previous(jail, current, previous)
+        old, seen, old_launch, old_root_fd, old_sets = _previous(jail, current, previous)
         try:
             records = old.records if old else {}
             opener = old_root_fd is not None and TreeOpener(old_root_fd)
@@ -347,7 +354,9 @@ def _apply_locked(plan, jail, progress, previous) -> Result:
             # a changed closure record alone (ld.so.cache touched, same files) still makes a new
             # generation, of hard links only, so that the next build can use the record
             if (old is not None and not removed and not result.added and not result.updated
-                    and not result.launch_changed and old.closure == plan.closure):
+                    and not result.launch_changed and old.closure == plan.closure
+                    and old_sets == _sets_record(plan)):
+                result.still_running = [n for n in jail.generations() if n != current]
                 return result
             number, result.copied, result.linked, built = _build(
                 plan, jail, old_root_fd, reasons, records, owners, progress)
@@ -356,6 +365,8 @@ def _apply_locked(plan, jail, progress, previous) -> Result:
                 os.close(old_root_fd)
         jail.swap(number)
         jail.remove_stale(keep={number})
+        # a running launcher's shared lock kept these: its jail runs the old tree until restarted
+        result.still_running = [n for n in jail.generations() if n != number]
         _settle_ctimes(jail, built)
         result.generation, result.changed = number, True
         return result
@@ -410,6 +421,7 @@ def _build(plan, jail, old_root_fd, reasons, records, owners, progress):
         built = Manifest(plan.name, number, ordered, plan.closure)
         manifest.write_new(gen_fd, manifest.NAME, built.dumps())
         manifest.write_new(gen_fd, "launch.json", json.dumps(plan.launch, indent=2) + "\n")
+        manifest.write_new(gen_fd, manifest.SETS, json.dumps(_sets_record(plan)) + "\n")
         return number, copied, linked, built
     except OSError as e:
         raise ApplyError(f"building {jail.path}/gen-{number} failed: {e}; the previous jail is "

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from jailkit.build import generate
 from jailkit.build.jaildir import JailDir
-from jailkit.build.manifest import Manifest, read_current
+from jailkit.build.manifest import SETS, Manifest, read_current, read_json
 
 
 class Kept(NamedTuple):
@@ -47,3 +47,25 @@ def _shadow(gen_fd: int) -> dict[str, tuple[str, ...]]:
             if len(fields) > 2:
                 hashes[fields[0]] = (*hashes.get(fields[0], ()), fields[1])
     return hashes
+
+
+def remembered_sets(jail: JailDir, name: str) -> dict[str, str]:
+    """The --set values the current generation of jail `name` was built with ({} for a jail of
+    another profile, or of a jailkit that did not record them)."""
+    number = jail.current()
+    if number is None:
+        return {}
+    try:
+        gen_fd = jail.open_generation(number)
+    except OSError:
+        return {}
+    try:
+        record = read_json(gen_fd, SETS)
+    finally:
+        os.close(gen_fd)
+    if not isinstance(record, dict) or record.get("profile") != name:
+        return {}
+    sets = record.get("sets")
+    if not isinstance(sets, dict):
+        return {}
+    return {str(k): str(v) for k, v in sets.items()}

@@ -10,6 +10,9 @@ from jailkit.provenance.dpkg import Package
 
 VERSION = 1
 NAME = "manifest.json"
+# beside it (0600: a password may be among them): {"profile": NAME, "sets": {VARIABLE: VALUE}},
+# the --set values the generation was built with, reused by `update` and a rebuild
+SETS = "sets.json"
 
 
 class ManifestError(JailkitError):

@@ -49,7 +49,7 @@ class Plan:
 
     def __init__(self, name: str, entries: dict[str, Entry], launch: dict,
                  state_dirs: dict[str, int], notes: list[str], closure: dict,
-                 to_generate: list | None = None):
+                 to_generate: list | None = None, sets: dict | None = None):
         self.name = name
         self.entries = entries
         self.launch = launch
@@ -59,9 +59,11 @@ class Plan:
         # [generated] items (Generated, subject) not made yet: their entries hold empty content
         # until jailkit.build.apply makes them (the plan itself makes nothing)
         self.to_generate = to_generate or []
+        self.sets = sets or {}  # the --set values it was made with (kept in DIR/gen-N/sets.json)
 
     def with_entries(self, entries: dict[str, Entry]) -> "Plan":
-        return Plan(self.name, entries, self.launch, self.state_dirs, self.notes, self.closure)
+        return Plan(self.name, entries, self.launch, self.state_dirs, self.notes, self.closure,
+                    sets=self.sets)
 
     def summary(self) -> dict:
         counts = {"dir": 0, "file": 0, "symlink": 0}
@@ -390,6 +392,8 @@ def _launch(profile: Profile, planner: _Planner) -> dict:
                   "connect": _port_list(service.connect_ports)},
         "require_landlock": service.require_landlock,
         "writable": writable,
+        "binds": [{"path": b.path, "source": b.source, "rw": b.rw, "exec": b.exec}
+                  for b in sorted(profile.binds.values(), key=lambda b: b.path)],
         "devices": list(profile.devices),
         "mount_proc": service.mount_proc,
         "mount_sys": service.mount_sys,
@@ -422,6 +426,40 @@ def _lookup(entries: dict[str, Entry], path: str, hops: int = 40) -> Entry | Non
                 current.rsplit("/", 1)[0] + "/" + entry.target)
             return _lookup(entries, os.path.normpath(base) + "/" + "/".join(parts), hops - 1)
     return entries.get(current)
+
+
+def _bind_points(profile: Profile) -> list[str]:
+    """The binds' mount points, each source checked now to be a host directory reached without
+    a symlink (the launcher opens it so again at every start)."""
+    if not profile.binds:
+        return []
+    from jailkit.launch.jail import open_host_dir
+    from jailkit.launch.syscalls import O_PATH
+
+    for bind in profile.binds.values():
+        try:
+            os.close(open_host_dir(bind.source, O_PATH))
+        except JailkitError as e:
+            raise PlanError(f"profile {profile.name}: binds.\"{bind.path}\": {e}") from None
+    return list(profile.binds)
+
+
+def _check_served_paths(profile: Profile, entries: dict[str, Entry]) -> None:
+    """Each of the profile's path_variables names a path in the planned tree or a mount: a
+    docroot that does not exist would only show as 404s (or a refused FTP login) at run time."""
+    for variable in profile.path_variables:
+        path = profile.variables[variable]
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise PlanError(f"profile {profile.name}: {variable} = {path!r} must be an absolute "
+                            f"path inside the jail without '..'; pass --set {variable}=/PATH")
+        if _lookup(entries, path) is not None or any(
+                path.startswith(bind.rstrip("/") + "/") for bind in profile.binds):
+            continue
+        raise PlanError(
+            f"profile {profile.name}: {variable} = {path} does not exist in the jail; copy it "
+            f"(files = [\"{path}\"] or [directories.\"{path}\"] in a profile that extends "
+            f"{profile.name}), mount it live ([binds.\"{path}\"] source = \"/host/dir\"), or "
+            f"pass another --set {variable}=")
 
 
 def _depth_first(path: str) -> list[str]:
@@ -481,7 +519,7 @@ def make_plan(profile: Profile, kept=None) -> Plan:
     for d in profile.directories.values():
         uid, gid = planner.owner(d.owner, d.group)
         planner.add(Entry(d.path, "dir", mode=d.mode, uid=uid, gid=gid))
-    mount_points = [w.path for w in profile.writable.values()]
+    mount_points = [w.path for w in profile.writable.values()] + _bind_points(profile)
     mount_points += ["/dev"] * bool(profile.devices) + ["/proc"] * profile.service.mount_proc
     mount_points += ["/sys"] * profile.service.mount_sys
     for path in mount_points:
@@ -494,8 +532,13 @@ def make_plan(profile: Profile, kept=None) -> Plan:
     for path, what in ((profile.service.command[0], "service.command[0]"),
                        (profile.service.workdir, "service.workdir")):
         if _lookup(planner.entries, path) is None:
+            if not profile.runnable:
+                raise PlanError(f"{profile.name} is a base profile (no service command): name it "
+                                f"in `extends` of a profile with a [service] command, and build "
+                                "that")
             raise PlanError(f"profile {profile.name}: {what} {path} would not exist in the jail; "
                             "add it to binaries, files or directories")
+    _check_served_paths(profile, planner.entries)
     to_generate = _generated(planner, profile, kept)
     from jailkit.provenance.jail import record_packages
 
@@ -504,4 +547,4 @@ def make_plan(profile: Profile, kept=None) -> Plan:
                   for w in profile.writable.values() if w.kind == "state"}
     entries = {path: planner.entries[path] for path in sorted(planner.entries, key=_depth_first)}
     return Plan(profile.name, entries, _launch(profile, planner), state_dirs, planner.notes,
-                closure, to_generate)
+                closure, to_generate, profile.overrides)

@@ -44,8 +44,10 @@ def _root(root, name: str) -> str:
 root_option = click.option("--root", type=click.Path(file_okay=False),
                            help="Jail directory (default /var/lib/jailkit/NAME as root, "
                                 "else $XDG_DATA_HOME/jailkit/NAME).")
-set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                          help="Override a profile variable (repeatable).")
+set_option = click.option("--set", "sets", multiple=True, metavar="VARIABLE=VALUE",
+                          help="Set a profile variable (`show` lists them); remembered by the "
+                               "jail for `update` and rebuilds. (`run --set` changes a "
+                               "launch.json key instead.) Repeatable.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
 
@@ -56,50 +58,81 @@ def profiles(as_json):
     """List the bundled profiles."""
     from jailkit.profile.model import bundled_profiles, load
 
-    rows = {name: load(name).description for name in bundled_profiles()}
+    rows = {name: {"kind": "service" if profile.runnable else "base",
+                   "description": profile.description}
+            for name, profile in ((name, load(name)) for name in bundled_profiles())}
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
         width = max(map(len, rows), default=0)
-        for name, description in rows.items():
-            click.echo(f"{name:<{width}}  {description}")
+        for name, row in rows.items():
+            click.echo(f"{name:<{width}}  {row['kind']:<7}  {row['description']}")
+        click.echo("base: no service of its own; name it in `extends` of a profile that has one",
+                   err=True)
 
 
 @click.command()
 @click.argument("profile")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Show the profile as the jail built in DIR was: with the --set values it "
+                   "remembers (--set still overrides them).")
 @set_option
 @json_option
 @_one_line_errors
-def show(profile, sets, as_json):
+def show(profile, root, sets, as_json):
     """Print PROFILE (a bundled name or a .toml path) fully resolved, bases merged in."""
     from jailkit.profile.dump import as_dict, as_toml
     from jailkit.profile.model import load
 
-    loaded = load(profile, _overrides(sets))
-    click.echo(json.dumps(as_dict(loaded), indent=2) if as_json else as_toml(loaded), nl=False)
+    remembered = {}
+    if root is not None:
+        from jailkit.build.jaildir import JailDir
+        from jailkit.build.kept import remembered_sets
+        from jailkit.vocabulary import jail_name
+
+        with JailDir(root) as jail:
+            remembered = remembered_sets(jail, jail_name(profile))
+    loaded = load(profile, _overrides(sets), remembered)
+    if as_json:
+        click.echo(json.dumps(as_dict(loaded), indent=2))
+        return
+    if root is not None:
+        built = " ".join(f"--set {k}={v}" for k, v in remembered.items()) or "no --set values"
+        click.echo(f"# the jail in {root} was built with: {built}")
+    click.echo(as_toml(loaded), nl=False)
 
 
-def _load(profile, sets):
-    """The profile with --set values applied; says what its dangerous capabilities open."""
+def _load(profile, sets, remembered=None):
+    """The profile with the remembered and the new --set values applied; says what its
+    dangerous capabilities open."""
     from jailkit.launch.dangerous import warnings
     from jailkit.profile.model import load
 
-    loaded = load(profile, _overrides(sets))
+    loaded = load(profile, _overrides(sets), remembered)
     for line in warnings(loaded.service.capabilities):  # accepted in the profile: say what it opens
         click.echo(f"jailkit: warning: {line}", err=True)
     return loaded
 
 
-def _dry_plan(loaded, root: str):
+def _remembered(jail, profile: str, replace: bool) -> dict[str, str]:
+    """The --set values the jail was built with, unless it is being replaced."""
+    from jailkit.build.kept import remembered_sets
+    from jailkit.vocabulary import jail_name
+
+    return {} if replace else remembered_sets(jail, jail_name(profile))
+
+
+def _dry_plan(profile, sets, root: str, replace: bool):
     """The plan a build would apply, reading what an existing jail keeps; writes nothing."""
     from jailkit.build.plan import make_plan
 
     if not os.path.isdir(root):
-        return make_plan(loaded)
+        return make_plan(_load(profile, sets))
     from jailkit.build.jaildir import JailDir
     from jailkit.build.kept import gather
 
     with JailDir(root) as jail:
+        loaded = _load(profile, sets, _remembered(jail, profile, replace))
         return make_plan(loaded, gather(jail, loaded))
 
 
@@ -128,15 +161,18 @@ def _remove_new_jail_dir(root: str) -> None:
         pass  # more than the lock is in it (a key made before the failure): it stays
 
 
-def _build(loaded, jail, quiet: bool, check_profile: bool = False):
-    """Plan from what `jail` keeps, then apply: (plan, result)."""
+def _build(loaded, jail, quiet: bool, replace: bool = False):
+    """Plan from what `jail` keeps, then apply: (plan, result). A jail of another profile is
+    replaced only when asked (a mistyped --root must not turn one service's jail into
+    another's)."""
     from jailkit.build.kept import gather
     from jailkit.build.plan import make_plan
 
     kept = gather(jail, loaded)
-    if check_profile and kept.manifest is not None and kept.manifest.profile != loaded.name:
-        raise JailkitError(f"{jail.path} holds a jail of profile {kept.manifest.profile!r}, not "
-                           f"{loaded.name!r}; `jailkit build` replaces it")
+    if not replace and kept.manifest is not None and kept.manifest.profile != loaded.name:
+        raise JailkitError(f"{jail.path} holds the jail of profile {kept.manifest.profile!r}, not "
+                           f"{loaded.name!r}; check --root, or pass `jailkit build "
+                           f"{loaded.name} --root {jail.path} --replace` to replace it")
     plan = make_plan(loaded, kept)
     return plan, _apply(plan, jail, kept.manifest, quiet)
 
@@ -172,6 +208,9 @@ def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
         return
     if not result.changed:
         click.echo(f"{plan.name}: up to date in {root} (gen-{result.generation})")
+        for number in result.still_running:
+            click.echo(f"gen-{number} is still used by a running jail: restart it to run "
+                       f"gen-{result.generation}")
         return
     click.echo(f"{plan.name}: gen-{result.generation} in {root}: {result.copied} files copied, "
                f"{result.linked} unchanged, {len(result.added)} added, {len(result.updated)} "
@@ -185,6 +224,9 @@ def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
             click.echo(f"  removed  {path}")
         if result.launch_changed:
             click.echo("  updated  launch.json")
+    for number in result.still_running:
+        click.echo(f"gen-{number} is still used by a running jail: restart it to run "
+                   f"gen-{result.generation}")
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
 
@@ -193,22 +235,30 @@ def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
 @click.argument("profile")
 @root_option
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing.")
+@click.option("--replace", is_flag=True,
+              help="Build over a jail of another profile in DIR (else refused).")
 @set_option
 @json_option
 @_one_line_errors
-def build(profile, root, dry_run, sets, as_json):
-    """Build the jail for PROFILE (a bundled name or a .toml path) into its jail directory."""
-    loaded = _load(profile, sets)
-    root = _root(root, loaded.name)
+def build(profile, root, dry_run, replace, sets, as_json):
+    """Build the jail for PROFILE (a bundled name or a .toml path) into its jail directory.
+
+    --set sets the profile's variables (port, docroot, ...): the build renders them into
+    the jail's files and launch.json. `jailkit run --set` overrides a launch.json key
+    for one run instead."""
+    from jailkit.vocabulary import jail_name
+
+    root = _root(root, jail_name(profile))
     if dry_run:
-        plan = _dry_plan(loaded, root)
+        plan = _dry_plan(profile, sets, root, replace)
         if as_json:
             click.echo(json.dumps({**plan.summary(), "launch": plan.launch}, indent=2))
         else:
             _print_plan(plan)
         return
     with _locked_jail(root, create=True) as jail:
-        plan, result = _build(loaded, jail, as_json)
+        loaded = _load(profile, sets, _remembered(jail, profile, replace))
+        plan, result = _build(loaded, jail, as_json, replace)
     _report(result, plan, root, as_json, verbose=False)
 
 
@@ -222,11 +272,14 @@ def update(profile, root, sets, as_json):
     """Bring an existing jail up to date with the host and PROFILE; say what changed.
 
     Files whose host source and jail copy are unchanged are kept; DIR/state is never touched.
+    The --set values the jail was built with are reused unless set again.
     """
-    loaded = _load(profile, sets)
-    root = _root(root, loaded.name)
+    from jailkit.vocabulary import jail_name
+
+    root = _root(root, jail_name(profile))
     with _locked_jail(root, create=False) as jail:
-        plan, result = _build(loaded, jail, as_json, check_profile=True)
+        loaded = _load(profile, sets, _remembered(jail, profile, False))
+        plan, result = _build(loaded, jail, as_json)
     _report(result, plan, root, as_json, verbose=True)
 
 

@@ -26,6 +26,7 @@ COMMANDS = {
     "stats": "jailkit.cli.service:stats",
     "stop": "jailkit.cli.service:stop",
     "restart": "jailkit.cli.service:restart",
+    "doctor": "jailkit.cli.doctor:doctor",
 }
 
 

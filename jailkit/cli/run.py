@@ -29,9 +29,11 @@ Options:
                          else $XDG_DATA_HOME/jailkit/PROFILE].
   --net [host|none|veth] Network: the host's, loopback only, or a veth pair to the
                          host (root only) [default: the profile's].
-  --set KEY=VALUE        Override a launch.json key (dotted for nested keys, VALUE as
-                         JSON or a plain string), e.g. --set user.uid=33
-                         --set cgroup.memory_max=64M. Repeatable.
+  --set KEY=VALUE        Override a launch.json key for this run (dotted for nested
+                         keys, VALUE as JSON or a plain string), e.g. --set user.uid=33
+                         --set cgroup.memory_max=64M. Repeatable. Profile variables
+                         (port, docroot) are set when building: `jailkit build
+                         PROFILE --set port=9000`.
   --pass-fd N            Let the service inherit open file descriptor N (every other
                          one but 0-2 is closed). Repeatable.
   -i, --interactive      Give the service this stdin (a pipe, or a terminal's input
@@ -182,6 +184,19 @@ def limit_sets(limits: dict[str, str]) -> list[tuple[str, str]]:
     return sets
 
 
+def _refuse_variables(opts: Options) -> None:
+    """`run --set` changes launch.json keys; a profile variable (port, docroot) is rendered into
+    the jail's files at build time, so setting it here would change nothing: say so."""
+    from jailkit.launch.spec import DEFAULTS, REQUIRED
+
+    for key, text in opts.sets:
+        if key.split(".")[0] not in (*REQUIRED, *DEFAULTS):
+            raise JailkitError(f"--set {key}: launch.json has no key {key.split('.')[0]!r} "
+                               "(run --set overrides launch.json keys); if it is a profile "
+                               f"variable, rebuild: jailkit build {opts.profile} --set "
+                               f"{key}={text}")
+
+
 def run(opts: Options) -> int:
     from jailkit.launch.jail import Jail
     from jailkit.launch.spec import LaunchSpec
@@ -190,6 +205,7 @@ def run(opts: Options) -> int:
         from jailkit.launch.registry import check_name
 
         check_name(opts.name)
+    _refuse_variables(opts)
     jail = Jail(opts.root or default_jail_dir(jail_name(opts.profile)), opts.profile)
     raw = apply_sets(jail.raw_spec, [*opts.sets, *limit_sets(opts.limits)])
     if opts.command:

@@ -37,6 +37,18 @@ def open_beneath(dir_fd: int, path: str, flags: int, shown: str, fix: str) -> in
         raise JailkitError(f"{shown}: {why}: {fix}") from None
 
 
+def open_host_dir(source: str, flags: int) -> int:
+    """A profile's `binds` source, a host directory: resolved from / with no symlink in any
+    component (a link swapped in by whoever can write a directory on the way could otherwise
+    mount /etc, or another jail's state, into the jail), and held by descriptor from then on."""
+    try:
+        return sc.openat2(-100, source, flags | os.O_DIRECTORY, sc.RESOLVE_NO_SYMLINKS)  # AT_FDCWD
+    except OSError as e:
+        why = ("a symlink is on its way; name the real directory" if e.errno == errno.ELOOP
+               else f"{os.strerror(e.errno)}; make it a directory or change the profile's source")
+        raise JailkitError(f"binds source {source}: {why}") from None
+
+
 class Jail:
     """The generation `DIR/current` points to, locked shared while `lock_fd` stays open (the
     waiter inherits it), so a rebuild does not delete a running generation. `dir_fd` is DIR,

@@ -40,6 +40,9 @@ class Mount:
     def __repr__(self) -> str:
         return f"{self.kind:6} {self.path} {self.details()}".rstrip()
 
+    def open(self, jail, flags: int, dirs=None) -> int:
+        """A descriptor of the source, resolved beneath the jail directory."""
+        return jail.open_source(self.source, flags, dirs)
 
 
 class Tree(Mount):
@@ -99,6 +102,38 @@ class StateBind(Mount):
         if as_root is not None:
             os.fchown(fd, as_root.host_uid(self.uid), as_root.host_gid(self.gid))
         return _clone(fd, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+
+    def apply(self, detached):
+        sc.move_mount(detached, _target(self.path, self.create))
+        os.close(detached)
+
+
+class HostBind(Mount):
+    """A host directory mounted live (`binds`): read-only unless `rw`, always nosuid and nodev,
+    noexec unless `exec`. Opened from / with no symlink on its path, never idmapped (through a
+    writable idmapped mount the jail's root would create files owned by the host's root) and
+    never chowned: it is the administrator's, and the jail's ids read its owners as they are."""
+
+    __slots__ = ("rw", "exec", "create")
+    kind = "host"
+
+    def __init__(self, path: str, source: str, rw: bool, exec_: bool, create: bool):
+        super().__init__(path, source)
+        self.rw, self.exec, self.create = rw, exec_, create
+
+    def details(self):
+        return f"source={self.source} rw={self.rw} exec={self.exec} create={self.create}"
+
+    def open(self, jail, flags: int, dirs=None) -> int:
+        from jailkit.launch.jail import open_host_dir
+
+        return open_host_dir(self.source, flags)
+
+    def detach(self, fd, as_root, userns_pid):
+        attrs = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+        attrs |= 0 if self.rw else sc.MOUNT_ATTR_RDONLY
+        attrs |= 0 if self.exec else sc.MOUNT_ATTR_NOEXEC
+        return _clone(fd, attrs)
 
     def apply(self, detached):
         sc.move_mount(detached, _target(self.path, self.create))
@@ -188,6 +223,9 @@ def plan(spec, host_root: str, state_dir: str, pts_gid: int | None) -> list[Moun
             made.append(w.path)
         else:
             ops.append(StateBind(w.path, os.path.join(state_dir, w.source), w.uid, w.gid, create))
+    for b in sorted(spec.binds, key=lambda b: b.path.count("/")):
+        create = any(b.path.startswith(p + "/") for p in made)
+        ops.append(HostBind(b.path, b.source, b.rw, b.exec, create))
     if spec.mount_proc:
         ops.append(Proc("/proc"))
     if spec.devices:
@@ -214,7 +252,7 @@ def detached_sources(ops: list[Mount], maps, userns_pid: int, jail) -> list[int]
     fds = []
     try:
         for op in with_sources(ops):
-            fd = jail.open_source(op.source, os.O_RDONLY)
+            fd = op.open(jail, os.O_RDONLY)
             try:
                 fds.append(op.detach(fd, maps, userns_pid))
             finally:
@@ -246,7 +284,7 @@ def _clone_sources(ops: list[Mount], jail) -> list[int]:
     dirs = jail.dirs_here()
     try:
         for op in with_sources(ops):
-            fd = jail.open_source(op.source, sc.O_PATH, dirs)
+            fd = op.open(jail, sc.O_PATH, dirs)
             try:
                 fds.append(op.detach(fd, None, None))
             finally:

@@ -28,6 +28,7 @@ DEFAULTS = {
     "ports": {"bind": [], "connect": []},
     "require_landlock": False,
     "writable": [],
+    "binds": [],
     "devices": list(DEVICES),
     "mount_proc": True,
     "mount_sys": False,
@@ -171,14 +172,33 @@ class Writable:
         self.size = parse_size(raw.get("size"), f"{key}.size")
 
 
+class Bind:
+    """A host directory mounted into the jail (`binds`): read-only and noexec unless asked."""
+
+    __slots__ = ("path", "source", "rw", "exec")
+
+    def __init__(self, raw: dict, key: str):
+        raw = _dict(raw, key)
+        unknown = set(raw) - set(self.__slots__)
+        if unknown:
+            _fail(key, f"has unknown keys {sorted(unknown)}")
+        self.path = _abs_path(raw.get("path"), f"{key}.path")
+        if self.path == "/":
+            _fail(f"{key}.path", "cannot be / (the root is the jail's tree)")
+        self.source = _abs_path(raw.get("source"), f"{key}.source")
+        self.rw, self.exec = raw.get("rw", False), raw.get("exec", False)
+        if not isinstance(self.rw, bool) or not isinstance(self.exec, bool):
+            _fail(key, "rw and exec must be true or false")
+
+
 class LaunchSpec:
     """A validated launch.json. Attribute names are the contract's keys."""
 
     __slots__ = (
         "name", "command", "workdir", "env", "uid", "gid", "groups", "uid_count", "hostname",
         "stop_signal", "capabilities", "dangerous_capabilities", "rlimits", "memory_max",
-        "pids_max", "network", "ports", "require_landlock", "writable", "devices", "mount_proc",
-        "mount_sys", "seccomp_allow", "limits", "ready",
+        "pids_max", "network", "ports", "require_landlock", "writable", "binds", "devices",
+        "mount_proc", "mount_sys", "seccomp_allow", "limits", "ready",
     )
 
     @classmethod
@@ -287,6 +307,8 @@ class LaunchSpec:
         """writable directories, devices, /proc and /sys."""
         writable = _list(data["writable"], "writable")
         self.writable = [Writable(w, f"writable[{i}]") for i, w in enumerate(writable)]
+        binds = _list(data["binds"], "binds")
+        self.binds = [Bind(b, f"binds[{i}]") for i, b in enumerate(binds)]
         for dev in _list(data["devices"], "devices"):
             if dev not in DEVICES:
                 _fail("devices", f"may only name {', '.join(DEVICES)}, got {dev!r}")

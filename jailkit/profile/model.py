@@ -46,6 +46,8 @@ Directory = _record("Directory", "An empty directory created in the (read-only) 
                     "owner and mode.", "directories.<path>", "path")
 Writable = _record("Writable", "A directory mounted writable at run time: `tmpfs` (empty each "
                    "start) or `state` (kept).", "writable.<path>", "path")
+Bind = _record("Bind", "A host directory mounted at `path` at run time: read-only, nosuid, nodev "
+               "and noexec unless `rw`/`exec`.", "binds.<path>", "path")
 Template = _record("Template", "A jinja2 template: `source`, a path beneath `base` (the directory "
                    "of the profile file that names it), or inline `text`.", "templates.<path>",
                    "dest", {"base": None})
@@ -73,6 +75,7 @@ class Profile(NamedTuple):
     groups: dict[str, Group]
     directories: dict[str, Directory]
     writable: dict[str, Writable]
+    binds: dict[str, Bind]
     templates: dict[str, Template]
     generated: dict[str, Generated]
     service: Service
@@ -86,6 +89,9 @@ class Profile(NamedTuple):
     keep_file_caps: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     multiline_variables: tuple[str, ...] = ()  # string variables that may hold newlines
+    path_variables: tuple[str, ...] = ()  # string variables naming a path that must exist
+    overrides: dict = {}  # the --set values applied (remembered ones included), as given
+    runnable: bool = True  # False for a base: no file of its composition sets service.command
 
 
 # --- locating ------------------------------------------------------------------------------
@@ -117,10 +123,10 @@ def locate(spec: str, relative_to: str | None = None) -> str:
 
 LIST_KEYS = (
     "binaries", "libraries", "files", "exclude", "keep_setuid", "keep_file_caps", "devices",
-    "multiline_variables",
+    "multiline_variables", "path_variables",
 )  # fmt: skip
 TABLE_KEYS = (
-    "variables", "users", "groups", "directories", "writable", "templates", "generated",
+    "variables", "users", "groups", "directories", "writable", "binds", "templates", "generated",
 )  # fmt: skip
 
 
@@ -163,10 +169,16 @@ def _compose(path: str, stack: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
     return _merge(merged, top), (*sources, str(path))
 
 
-def load(spec: str, overrides: dict[str, str] | None = None) -> Profile:
-    """Load a bundled profile by name or a profile file by path, with its bases and --set values."""
+def load(spec: str, overrides: dict[str, str] | None = None,
+         remembered: dict[str, str] | None = None) -> Profile:
+    """Load a bundled profile by name or a profile file by path, with its bases and --set values.
+    `remembered`: the --set values the jail was built with (applied first, `overrides` win); one
+    naming a variable the profile no longer has is dropped."""
     data, sources = _compose(locate(spec), ())
-    return _build(jail_name(spec), data, sources, overrides or {})
+    known = data.get("variables", {})
+    overrides = {**{k: v for k, v in (remembered or {}).items() if k in known},
+                 **(overrides or {})}
+    return _build(jail_name(spec), data, sources, overrides)
 
 
 def _coerce(name: str, text: str, default):
@@ -267,10 +279,11 @@ def _variables(where: str, data: dict, overrides: dict) -> dict:
     """The profile's variables with the --set values, each of the variable's type."""
     variables = dict(data.get("variables", {}))
     multiline = data.get("multiline_variables", ())
-    for key in multiline:
-        if not isinstance(variables.get(key), str):
-            raise ProfileError(f"{where}: multiline_variables names {key!r}, which is not a "
-                               "string variable under [variables]")
+    for list_key in ("multiline_variables", "path_variables"):
+        for key in data.get(list_key, ()):
+            if not isinstance(variables.get(key), str):
+                raise ProfileError(f"{where}: {list_key} names {key!r}, which is not a "
+                                   "string variable under [variables]")
     for key, value in variables.items():
         _refuse_control_characters(value, key in multiline, f"{where}: variables.{key}")
     for key, text in overrides.items():
@@ -329,9 +342,17 @@ def _files(where: str, data: dict, users: dict, groups: dict) -> dict:
                          for p, w in files["writable"].items()}
     for path in files["generated"].keys() & files["templates"].keys():
         raise ProfileError(f"{where}: {path} is both a template and a generated file")
-    for path in files["writable"]:
+    files["binds"] = {path: Bind(path, **entry) for path, entry in data.get("binds", {}).items()}
+    for path in files["binds"].keys() & files["writable"].keys():
+        raise ProfileError(f"{where}: {path} is both a writable directory and a bind; keep one")
+    if "/" in files["binds"]:
+        raise ProfileError(f"{where}: binds.\"/\": the jail's root is its own tree; bind a "
+                           "directory below it")
+    writable = {**{p: "writable" for p in files["writable"]},
+                **{p: "binds" for p, b in files["binds"].items() if b.rw}}
+    for path, section in writable.items():
         if path == "/" or path.split("/")[1] in ("etc", "lib", "lib64", "usr", "bin", "sbin"):
-            raise ProfileError(f"{where}: writable.\"{path}\": a writable directory under /etc, "
+            raise ProfileError(f"{where}: {section}.\"{path}\": a writable directory under /etc, "
                                "/usr or a library directory would let the service replace what "
                                "privileged steps load; use /var, /run, /srv, /tmp or /home")
     return files
@@ -395,4 +416,6 @@ def _build(name: str, data: dict, sources: tuple, overrides: dict) -> Profile:
         groups=groups,
         **files,
         service=_service(where, name, data, variables, users, groups),
+        overrides=dict(overrides),
+        runnable="command" in data.get("service", {}),
     )

@@ -1,0 +1,342 @@
+"""`jailkit doctor`: run a built jail's service under strace and say what the jail kept from it.
+
+The tracer wraps `jailkit run` on the host and follows every process into the jail (ptrace
+attachment is inherited across clone, namespaces included), so it sees the paths the service
+asked for as the service named them: in-jail paths. Only the service's own processes are judged:
+the process the jail's pid 1 clones into its nested user namespace, from its execve of the
+command on (before it, it is jailkit confining itself), and everything it forks. Each finding
+names the profile line that fixes it; the profile is never changed.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import NamedTuple
+
+from jailkit.errors import JailkitError
+from jailkit.launch.seccomp import DENIED
+from jailkit.vocabulary import DEVICES
+
+LINE_RE = re.compile(r"^(\d+) +(\w+)\((.*)\) += (-?\d+|\?|0x[0-9a-f]+)(?: (E[A-Z0-9]+) )?(.*)$")
+HOST_PID_RE = re.compile(r"/\* (\d+) in strace's PID NS \*/")
+PORT_RE = re.compile(r"sin6?_port=htons\((\d+)\)")
+PATH_CALLS = {  # syscall -> index of the path argument
+    "open": 0, "openat": 1, "openat2": 1, "stat": 0, "lstat": 0, "newfstatat": 1, "statx": 1,
+    "access": 0, "faccessat": 1, "faccessat2": 1, "execve": 0, "execveat": 1, "readlink": 0,
+    "readlinkat": 1, "mkdir": 0, "mkdirat": 1, "unlink": 0, "unlinkat": 1, "rename": 0,
+    "renameat": 1, "renameat2": 1, "creat": 0, "chdir": 0, "chroot": 0, "truncate": 0,
+    "chmod": 0, "fchmodat": 1, "symlink": 1, "symlinkat": 2, "link": 1, "linkat": 3,
+    "utimensat": 1, "chown": 0, "lchown": 0, "fchownat": 1,
+}
+CREATES = {"mkdir", "mkdirat", "creat", "rename", "renameat", "renameat2", "symlink",
+           "symlinkat", "link", "linkat"}
+CAPABILITY_CALLS = {
+    "setuid": "CAP_SETUID", "setreuid": "CAP_SETUID", "setresuid": "CAP_SETUID",
+    "setfsuid": "CAP_SETUID", "setgid": "CAP_SETGID", "setregid": "CAP_SETGID",
+    "setresgid": "CAP_SETGID", "setfsgid": "CAP_SETGID", "setgroups": "CAP_SETGID",
+    "chown": "CAP_CHOWN", "fchown": "CAP_CHOWN", "lchown": "CAP_CHOWN", "fchownat": "CAP_CHOWN",
+    "chroot": "CAP_SYS_CHROOT", "kill": "CAP_KILL", "setpriority": "CAP_SYS_NICE",
+    "sched_setscheduler": "CAP_SYS_NICE", "chmod": "CAP_FOWNER", "fchmod": "CAP_FOWNER",
+    "fchmodat": "CAP_FOWNER", "setrlimit": "CAP_SYS_RESOURCE", "prlimit64": "CAP_SYS_RESOURCE",
+}
+# what services print when a user or group they were configured with is not in /etc/passwd
+USER_ERRORS = re.compile(
+    r"(?:getpw\w*|getgr\w*)\(\s*\"?([a-z_][a-z0-9_-]*)\"?\s*\)"
+    r"|(?:can't find|cannot find|unknown|no such|invalid|bad) (?:user ?name|user|group ?name|group)"
+    r"[\s:=\"']*([a-z_][a-z0-9_-]*)", re.IGNORECASE)
+SKIPPED_TOPS = ("/proc/", "/sys/", "/dev/")
+# probes every program makes that a jail answers on purpose: jailkit resolves libraries itself
+NOT_NEEDED = {"/etc/ld.so.cache", "/etc/ld.so.preload"}
+
+
+class Finding(NamedTuple):
+    kind: str  # missing-file, read-only, seccomp, capability, user, daemon, port
+    detail: str  # what the service did, in its own terms
+    fix: str  # the profile line (or command) that fixes it
+
+
+class Call(NamedTuple):
+    pid: int
+    name: str
+    args: str
+    result: str
+    errno: str | None
+    child: int | None  # host pid of a process this call created
+
+
+def _calls(log: str):
+    """The system calls of an `strace -f` log, an unfinished call joined with its resumption."""
+    pending: dict[str, str] = {}
+    with open(log, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            pid, _, rest = line.partition(" ")
+            if rest.endswith("<unfinished ...>"):
+                pending[pid] = rest[: -len("<unfinished ...>")].rstrip()
+                continue
+            resumed = re.match(r"<\.\.\. \w+ resumed>(.*)$", rest.lstrip())
+            if resumed:
+                rest = pending.pop(pid, "") + resumed.group(1)
+            match = LINE_RE.match(f"{pid} {rest.strip()}")
+            if match:
+                child = None
+                if match.group(2) in ("clone", "clone3", "fork", "vfork") \
+                        and match.group(4).isdigit():
+                    host = HOST_PID_RE.search(match.group(6) or "")
+                    child = int(host.group(1)) if host else int(match.group(4))
+                yield Call(int(match.group(1)), match.group(2), match.group(3), match.group(4),
+                           match.group(5), child)
+
+
+def service_calls(log: str) -> tuple[list[Call], dict[int, int]]:
+    """The calls made by the service's processes, and pid -> exit status of those that exited
+    (with "service": the service's pid)."""
+    calls = list(_calls(log))
+    jail_pid1 = next((c.child for c in calls if c.name in ("clone", "clone3")
+                      and "CLONE_NEWPID" in c.args and c.child), None)
+    service = next((c.child for c in calls if c.pid == jail_pid1 and c.name in (
+        "clone", "clone3") and "CLONE_NEWUSER" in c.args and c.child), None)
+    active: set[int] = set()
+    started = False
+    out = []
+    for call in calls:
+        if call.pid == service and not started:
+            started = call.name in ("execve", "execveat") and call.result == "0"
+            if started:
+                active.add(service)
+            continue
+        if call.pid in active:
+            out.append(call)
+            if call.child:
+                active.add(call.child)
+    # -qq leaves out strace's own "exited" lines: a process's exit_group says it
+    exits: dict = {"service": service}
+    for call in out:
+        if call.name == "exit_group" and call.args.strip().lstrip("-").isdigit():
+            exits[call.pid] = int(call.args)
+    return out, exits
+
+
+def _path(call: Call) -> str | None:
+    index = PATH_CALLS.get(call.name)
+    if index is None:
+        return None
+    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', call.args)
+    args = [a.strip() for a in call.args.split(", ")]
+    quoted = [i for i, a in enumerate(args) if a.startswith('"')]
+    if index not in quoted or not strings:
+        return None
+    return strings[quoted.index(index)].encode().decode("unicode_escape")
+
+
+class Jail:
+    """What the built jail holds (its manifest) and mounts (its launch.json)."""
+
+    def __init__(self, root: str):
+        from jailkit.build.jaildir import JailDir
+        from jailkit.build.manifest import read, read_json
+
+        with JailDir(root) as jail:
+            number = jail.current()
+            if number is None:
+                raise JailkitError(f"no jail is built in {root}: build it first")
+            gen_fd = jail.open_generation(number)
+            try:
+                self.records = read(gen_fd, f"{root}/gen-{number}").records
+                launch = read_json(gen_fd, "launch.json") or {}
+            finally:
+                os.close(gen_fd)
+        self.mounts = [w["path"] for w in launch.get("writable", [])]
+        self.mounts += ["/dev"] * bool(launch.get("devices"))
+        self.mounts += [b["path"] for b in launch.get("binds", [])]
+        self.capabilities = launch.get("capabilities", [])
+        self.seccomp_allow = launch.get("seccomp_allow", [])
+        self.bind_ports = launch.get("ports", {}).get("bind", [])
+        self.network = launch.get("network", "none")
+        self.users = set()
+        passwd = self.records.get("/etc/passwd")
+        if passwd is not None:
+            with open(os.path.join(root, "current/root/etc/passwd"), errors="replace") as f:
+                self.users = {line.split(":")[0] for line in f}
+
+    def has(self, path: str) -> bool:
+        from jailkit.build.plan import _lookup
+
+        try:
+            return _lookup(self.records, path) is not None
+        except JailkitError:
+            return False
+
+    def mounted(self, path: str) -> bool:
+        return any(path == m or path.startswith(m.rstrip("/") + "/") for m in self.mounts)
+
+
+def _writable_fix(path: str) -> str:
+    parent = os.path.dirname(path.rstrip("/")) or "/"
+    return f'[writable."{parent}"]'
+
+
+def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float,
+             status: int | None, timeout: float) -> list[Finding]:
+    findings: dict[tuple, Finding] = {}
+
+    def add(kind, detail, fix):
+        findings.setdefault((kind, fix), Finding(kind, detail, fix))
+
+    for call in calls:
+        path = _path(call)
+        if call.errno == "ENOENT" and path and path.startswith("/"):
+            if path.startswith("/dev/") and path[5:] in DEVICES and not jail.mounted("/dev"):
+                add("missing-file", f"{call.name} {path}: the jail has no /dev/{path[5:]}",
+                    f'devices = ["{path[5:]}"]')
+                continue
+            if path.startswith(SKIPPED_TOPS) or path in NOT_NEEDED or jail.mounted(path):
+                continue
+            creating = call.name in CREATES or "O_CREAT" in call.args
+            parent = os.path.dirname(path)
+            if creating and not jail.has(parent):
+                add("read-only", f"{call.name} {path}: its directory {parent} is not in the jail "
+                    f"(a directory the service only reads: [directories.\"{parent}\"])",
+                    _writable_fix(path))
+            elif not creating and os.path.lexists(path) and not jail.has(path):
+                key = "libraries" if re.search(r"\.so(\.[0-9.]+)?$", path) else "files"
+                fix = 'extends = ["tzdata"]' if path == "/etc/localtime" else f'{key} = ["{path}"]'
+                add("missing-file", f"{call.name} {path}: not in the jail (it is on the host)",
+                    fix)
+        elif call.errno == "EROFS" and path:
+            add("read-only", f"{call.name} {path}: the jail's tree is read-only",
+                _writable_fix(path) if call.name not in ("mkdir", "mkdirat")
+                else f'[writable."{os.path.dirname(path) or path}"]')
+        elif call.errno == "EPERM" and call.name in DENIED \
+                and call.name not in jail.seccomp_allow:
+            add("seccomp", f"{call.name}: refused by the jail's seccomp filter",
+                f'[service] seccomp_allow = ["{call.name}"]')
+        elif call.errno == "EPERM" and call.name in CAPABILITY_CALLS:
+            cap = CAPABILITY_CALLS[call.name]
+            if cap not in jail.capabilities:
+                add("capability", f"{call.name}({call.args[:60]}): refused without {cap}",
+                    f'[service] capabilities = {_with(jail.capabilities, cap)}')
+        elif call.name == "bind" and call.errno in ("EADDRINUSE", "EACCES"):
+            port = PORT_RE.search(call.args)
+            if port is None:
+                continue
+            number = int(port.group(1))
+            if call.errno == "EADDRINUSE":
+                add("port", f"bind to port {number}: already in use on the host",
+                    "stop what listens there, or rebuild with another port: "
+                    "jailkit build PROFILE --set port=N")
+            elif number < 1024:
+                add("port", f"bind to port {number}: below 1024, refused in the host's network",
+                    "rebuild with a port of 1024 or more (jailkit build PROFILE --set port=N), "
+                    'or run it with --net veth and capabilities = ["CAP_NET_BIND_SERVICE"]')
+            else:
+                add("port", f"bind to port {number}: not in the ports the jail may bind",
+                    f"[service.ports] bind = {_with(jail.bind_ports, number)}")
+    opened_passwd = any(_path(c) in ("/etc/passwd", "/etc/group") for c in calls)
+    for match in USER_ERRORS.finditer(output):
+        name = match.group(1) or match.group(2)
+        if opened_passwd and name not in jail.users:
+            add("user", f"the service looked up the user or group {name!r}: not in the jail",
+                _account_fix(name))
+    service = exits.get("service")
+    # the daemon's way: fork, the child makes a session of its own, the parent exits 0; under
+    # the jail's pid 1 that parent's exit ends the jail
+    children = {c.child for c in calls if c.pid == service and c.child}
+    detached = any(c.name == "setsid" and c.pid in children for c in calls)
+    if detached and status == 0 and exits.get(service) == 0 and ran < timeout:
+        add("daemon", "the service forked into the background and its main process exited 0, "
+                      "which ends the jail",
+            "run it in the foreground (nginx: `daemon off;`, redis: `daemonize no`, or the "
+            "service's -D/--foreground option in [service] command)")
+    ordered = list(findings.values())
+    if status not in (0, None):
+        ordered.reverse()  # it failed: what it met last is the likeliest cause
+    return ordered
+
+
+def _with(items: list, item) -> str:
+    import json
+
+    return json.dumps([*items, item])
+
+
+def _account_fix(name: str) -> str:
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+        group = grp.getgrgid(entry.pw_gid).gr_name
+        return (f'[users.{name}] uid = {entry.pw_uid}, gid = {entry.pw_gid}; '
+                f'[groups.{group}] gid = {entry.pw_gid}')
+    except KeyError:
+        try:
+            return f"[groups.{name}] gid = {grp.getgrnam(name).gr_gid}"
+        except KeyError:
+            return f"[users.{name}] uid = N, gid = N; [groups.{name}] gid = N"
+
+
+def trace(profile: str, root: str, command: list[str], timeout: float, log_dir: str):
+    """Run the jail's service (or `command`) under strace for at most `timeout` seconds:
+    (strace log path, the service's output, seconds it ran, exit status or None if stopped)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        raise JailkitError("doctor needs strace on the host: apt-get install strace")
+    log = os.path.join(log_dir, "trace.log")
+    out_path = os.path.join(log_dir, "output")
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": package_parent}
+    run = [sys.executable, "-m", "jailkit", "run", profile, "--root", root]
+    if command:
+        run += ["--", *command]
+    started = time.monotonic()
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([strace, "-f", "-qq", "--decode-pids=pidns", "-s", "256", "-o",
+                                 log, "--", *run], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    status = None
+    try:
+        status = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc, log)
+    ran = time.monotonic() - started
+    with open(out_path, errors="replace") as f:
+        output = f.read()
+    return log, output, ran, status
+
+
+def _stop(proc: subprocess.Popen, log: str) -> None:
+    """SIGTERM to the `jailkit run` strace started (the first pid of its log: our own
+    grandchild), which stops the jail as the service's stop signal; then strace ends too."""
+    try:
+        with open(log) as f:
+            launcher = int(f.readline().split()[0])
+        os.kill(launcher, signal.SIGTERM)
+    except (OSError, ValueError, IndexError):
+        proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # strace itself; the jail dies with its launcher (parent-death signal)
+        proc.wait(15)
+
+
+def doctor(profile: str, root: str, command: list[str], timeout: float) -> dict:
+    jail = Jail(root)
+    with tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:
+        log, output, ran, status = trace(profile, root, command, timeout, log_dir)
+        calls, exits = service_calls(log)
+    if exits.get("service") is None:
+        # the service never started: jailkit refused to start the jail, and its line says why
+        refusal = next((line for line in output.splitlines() if line.startswith("jailkit:")),
+                       "the jail did not start under the tracer")
+        raise JailkitError(refusal.removeprefix("jailkit: "))
+    findings = diagnose(calls, exits, output, jail, ran, status, timeout)
+    return {"root": root, "status": status, "seconds": round(ran, 1),
+            "stopped": status is None, "output": output[-4000:],
+            "findings": [f._asdict() for f in findings]}

@@ -1,0 +1,190 @@
+"""`jailkit doctor`: each bundled service with one entry it needs removed; doctor runs it under
+strace in its jail and names the cause and the profile line to add."""
+
+import ftplib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import NOBODY, SETS_NEEDED, as_nobody, jailkit_env, run_jailkit
+from services import free_port
+
+pytestmark = pytest.mark.usefixtures("as_root")
+PROFILES = Path(__file__).resolve().parent.parent / "jailkit/profiles"
+
+
+def broken_copy(tmp_path: Path, name: str, *edits: tuple[str, str]) -> Path:
+    """A copy of bundled profile `name` in tmp_path with each (old, new) text replaced."""
+    text = (PROFILES / f"{name}.toml").read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}-broken.toml"
+    path.write_text(text)
+    return path
+
+
+def build(profile: Path, jail: Path, *sets: str) -> None:
+    options = [arg for key_value in sets for arg in ("--set", key_value)]
+    result = run_jailkit("build", profile, "--root", jail, *options, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def start_doctor(profile: Path, jail: Path, timeout: float = 6) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jailkit", "doctor", str(profile), "--root",
+                             str(jail), "--timeout", str(timeout), "--json"], env=jailkit_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def report_of(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err  # something was found
+    return json.loads(out)
+
+
+def wait_port(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the service under doctor never listened")
+
+
+def fixes(report: dict) -> dict[str, str]:
+    return {f["fix"]: f["kind"] for f in report["findings"]}
+
+
+def test_nginx_without_mime_types_names_the_file(tmp_path):
+    profile = broken_copy(tmp_path, "nginx", ('files = ["/etc/nginx/mime.types"]', "files = []"))
+    build(profile, tmp_path / "j", f"port={free_port()}")
+    report = report_of(start_doctor(profile, tmp_path / "j"))
+    assert report["findings"][0]["fix"] == 'files = ["/etc/nginx/mime.types"]', report
+    assert report["status"] == 1 and not report["stopped"]
+    text = run_jailkit("doctor", profile, "--root", tmp_path / "j", timeout=90)
+    assert text.returncode == 1
+    assert 'fix: files = ["/etc/nginx/mime.types"]' in text.stdout
+    assert profile.read_text().count("mime.types") == 1  # never changes the profile
+
+
+def test_nginx_without_a_writable_directory_names_it(tmp_path):
+    profile = broken_copy(tmp_path, "nginx", ('[writable."/run"]\nmode = "0755"\nsize = "1m"\n',
+                                              ""))
+    build(profile, tmp_path / "j", f"port={free_port()}")
+    report = report_of(start_doctor(profile, tmp_path / "j"))
+    assert fixes(report).get('[writable."/run"]') == "read-only", report
+
+
+def test_lighttpd_without_its_user_names_the_account(tmp_path):
+    profile = broken_copy(
+        tmp_path, "lighttpd",
+        ('[users.www-data]\nuid = 33\ngid = 33\nhome = "/var/www"\n', ""),
+        ("[groups.www-data]\ngid = 33\n", ""),
+        ('owner = "www-data"\ngroup = "www-data"\n', ""))
+    build(profile, tmp_path / "j", f"port={free_port()}")
+    report = report_of(start_doctor(profile, tmp_path / "j"))
+    found = [f for f in report["findings"] if f["kind"] == "user"]
+    assert found and found[0]["fix"].startswith("[users.www-data] uid = 33"), report
+
+
+def test_sshd_without_sys_chroot_names_the_capability(tmp_path):
+    profile = broken_copy(tmp_path, "sshd", (', "CAP_SYS_CHROOT"]', "]"))
+    port = free_port()
+    key = SETS_NEEDED["sshd"]["sftp_pubkey"]
+    build(profile, tmp_path / "j", f"port={port}", f"sftp_pubkey={key}")
+    doctor = start_doctor(profile, tmp_path / "j", timeout=8)
+    wait_port(port, doctor)
+    subprocess.run(["ssh", "-p", str(port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                    "sftpuser@127.0.0.1", "true"], capture_output=True, timeout=30)
+    report = report_of(doctor)
+    found = [f for f in report["findings"] if f["kind"] == "capability"]
+    assert found and "CAP_SYS_CHROOT" in found[0]["fix"], report
+    assert found[0]["fix"].startswith("[service] capabilities = [")
+
+
+def test_vsftpd_without_a_pam_module_names_the_library(tmp_path):
+    pam = (PROFILES / "pam.toml").read_text()
+    module = '    "/usr/lib/*/security/pam_listfile.so",\n'
+    assert module in pam
+    (tmp_path / "pam.toml").write_text(pam.replace(module, ""))
+    profile = broken_copy(tmp_path, "vsftpd", ('extends = ["pam"]', 'extends = ["pam.toml"]'))
+    port = free_port()
+    build(profile, tmp_path / "j", f"port={port}", "local_password=a passphrase")
+    doctor = start_doctor(profile, tmp_path / "j", timeout=8)
+    wait_port(port, doctor)
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", port, timeout=10)
+        with pytest.raises(ftplib.error_perm):
+            ftp.login("ftpuser", "a passphrase")
+    report = report_of(doctor)
+    wanted = [f for f in report["findings"] if f["fix"].startswith("libraries = [")
+              and "pam_listfile.so" in f["fix"]]
+    assert wanted and wanted[0]["kind"] == "missing-file", report
+
+
+def test_a_daemonising_nginx_is_told_to_stay_in_the_foreground(tmp_path):
+    profile = broken_copy(tmp_path, "nginx", ("daemon off;", "daemon on;"))
+    build(profile, tmp_path / "j", f"port={free_port()}")
+    report = report_of(start_doctor(profile, tmp_path / "j"))
+    found = [f for f in report["findings"] if f["kind"] == "daemon"]
+    assert found and "daemon off;" in found[0]["fix"], report
+
+
+def test_a_refused_syscall_and_a_taken_port_from_a_command(tmp_path):
+    jail = tmp_path / "py"
+    build("python3", jail)
+    script = ("import ctypes, socket\n"
+              "print(ctypes.CDLL(None, use_errno=True).unshare(0x04000000))\n"  # CLONE_NEWUTS
+              "a = socket.socket(); a.bind(('127.0.0.1', 8765)); a.listen()\n"
+              "socket.socket().bind(('127.0.0.1', 8765))\n")
+    result = run_jailkit("doctor", "python3", "--root", jail, "--json", "--",
+                         "/usr/bin/python3", "-c", script, timeout=90)
+    assert result.returncode == 1, result.stderr
+    found = fixes(json.loads(result.stdout))
+    assert found.get('[service] seccomp_allow = ["unshare"]') == "seccomp", found
+    assert "port" in found.values(), found
+
+
+def test_doctor_of_a_jail_never_built_is_one_line(tmp_path):
+    result = run_jailkit("doctor", "nginx", "--root", tmp_path / "none")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_an_ordinary_user_doctors_its_own_jail(world_readable_checkout):
+    base = Path(tempfile.mkdtemp(prefix="jailkit-doctor-nobody-"))
+    try:
+        os.chown(base, NOBODY, NOBODY)
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+               "HOME": "/nonexistent"}
+
+        def nobody(*args):
+            return subprocess.run([sys.executable, "-m", "jailkit", *args], env=env, cwd="/",
+                                  text=True, capture_output=True, preexec_fn=as_nobody,
+                                  timeout=120)
+
+        assert nobody("build", "shell", "--root", str(base / "j")).returncode == 0
+        result = nobody("doctor", "shell", "--root", str(base / "j"), "--json", "--",
+                        "/bin/sh", "-c", "echo x > /srv/out")
+        assert result.returncode == 1, result.stderr
+        found = fixes(json.loads(result.stdout))
+        assert found.get('[writable."/srv"]') == "read-only", found
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_jail_run_refuses_is_its_one_line(tmp_path):
+    jail = tmp_path / "j"
+    build("shell", jail)
+    (jail / "current/launch.json").write_text("{}")
+    result = run_jailkit("doctor", "shell", "--root", jail, "--", "/bin/true", timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "launch spec" in result.stderr

@@ -8,7 +8,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.vocabulary import NETWORKS, default_jail_dir, jail_name
+from jailkit.vocabulary import NETWORKS, check_name, default_jail_dir, jail_name
 
 USAGE = "Usage: jailkit run [OPTIONS] PROFILE [-- CMD [ARGS]...]"
 HELP = f"""{USAGE}
@@ -187,8 +187,6 @@ def run(opts: Options) -> int:
     from jailkit.launch.spec import LaunchSpec
 
     if opts.name is not None:
-        from jailkit.launch.registry import check_name
-
         check_name(opts.name)
     jail = Jail(opts.root or default_jail_dir(jail_name(opts.profile)), opts.profile)
     raw = apply_sets(jail.raw_spec, [*opts.sets, *limit_sets(opts.limits)])

@@ -5,6 +5,8 @@ On the `jailkit run` path: it imports `os` only (start-up is benchmarked), so no
 
 import os
 
+from jailkit.errors import JailkitError
+
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 NETWORKS = ("host", "none", "veth")
 # name -> number (Linux x86_64); in the order a profile's error lists them, the default first
@@ -27,6 +29,20 @@ CAPABILITIES = {f"CAP_{name}": number for number, name in enumerate((
     "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
     "CHECKPOINT_RESTORE"
 ).split())}
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_UID_COUNT = 65536  # ids mapped into one jail: each root jail owns a slice of this many
+
+
+def check_name(name, option: str = "--name") -> str:
+    """A jail's name as running jails know it (the registry's entries and its cgroups' directory
+    names are made from it as root): a plain name, never a path."""
+    if (not isinstance(name, str) or not name or len(name) > 64 or name[0] in ".-"
+            or not NAME_CHARS.issuperset(name)):
+        raise JailkitError(f"{option} {name!r}: a jail name is 1-64 letters, digits, '.', '_' "
+                           "or '-', not starting with '.' or '-': pick another")
+    return name
+
+
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 

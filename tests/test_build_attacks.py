@@ -376,3 +376,100 @@ def test_show_prints_the_default_limits():
     for line in ("nofile = [1024, 4096]", "nproc = [256, 256]", "fsize = [268435456, 268435456]",
                  'size = "64m"', 'memory_max = "512m", pids_max = 512'):
         assert line in text, line
+
+
+# --- the closure cache, the kept shadow, and the jail directory's path -------------------------
+
+
+def test_closure_cache_with_stats_not_covering_its_files_is_not_trusted(tmp_path):
+    """A manifest's closure cache (an imported one, or one rewritten) naming a root-only host
+    file with no stats to contradict it: the build must resolve the closure afresh."""
+    from jailkit.build.plan import LD_CACHE, _closure_files
+    from jailkit.profile.model import load
+
+    profile = load("shell")
+    files, cache = _closure_files(profile, None)
+    secret = str(tmp_path / "secret")
+    forged = dict(cache, files=[*files, secret], stats={})
+    assert secret not in _closure_files(profile, forged)[0]
+    partial = dict(cache, files=[*files, secret], stats={p: cache["stats"][p] for p in files})
+    assert secret not in _closure_files(profile, partial)[0]
+    missing_ld_cache = dict(cache, stats={p: v for p, v in cache["stats"].items()
+                                          if p != LD_CACHE})
+    assert _closure_files(profile, missing_ld_cache)[1]["stats"].keys() == cache["stats"].keys()
+    assert _closure_files(profile, cache)[0] == files  # an honest cache is still reused
+
+
+def test_kept_shadow_is_never_read_through_a_symlinked_etc(tmp_path):
+    """An imported generation whose /etc is a symlink (to the host's /etc, here to a stand-in):
+    the build reads what the jail keeps from the generation only."""
+    from jailkit.build.kept import _shadow
+
+    elsewhere = tmp_path / "host-etc"
+    elsewhere.mkdir()
+    (elsewhere / "shadow").write_text("root:$6$hostroot:19000:0:99999:7:::\n")
+    (tmp_path / "gen" / "root").mkdir(parents=True)
+    (tmp_path / "gen" / "root" / "etc").symlink_to(elsewhere)
+    gen_fd = os.open(tmp_path / "gen", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert _shadow(gen_fd) == {}
+    finally:
+        os.close(gen_fd)
+
+
+@pytest.mark.usefixtures("as_root")
+def test_symlink_of_another_user_on_the_typed_path_is_refused(sticky, tmp_path):
+    """nobody's symlink in a sticky directory leads to root's own jail directory: nobody can
+    point it elsewhere at any time, so root must not follow it."""
+    own = tmp_path / "jail"
+    assert run_jailkit("build", "shell", "--root", own).returncode == 0
+    link = sticky / "link"
+    subprocess.run(["ln", "-s", str(own), str(link)], check=True, preexec_fn=as_nobody)
+    for command in (("build", "shell", "--root", link), ("check", "shell", "--root", link),
+                    ("run", "shell", "--root", link, "--", "/bin/true")):
+        one_line_error(run_jailkit(*command, timeout=120), "symlink", "uid 65534")
+    root_link = tmp_path / "root-link"
+    root_link.symlink_to(own)
+    assert run_jailkit("check", "shell", "--root", root_link).returncode == 0
+
+
+@pytest.mark.usefixtures("as_root")
+def test_jail_directory_renamed_in_after_the_check_is_not_opened(sticky, home):
+    """nobody renames its own jail in and out of the path root runs: a path missing when checked
+    but present when opened (or any directory not root's) must never be run from."""
+    from jailkit.errors import JailkitError
+    from jailkit.launch.jail import Jail
+
+    parked, target = sticky / "parked", sticky / "swap"
+    parked.mkdir()
+    os.chown(parked, NOBODY, NOBODY)
+    result = nobody_jailkit(home, "build", "shell", "--root", str(parked / "jail"))
+    assert result.returncode == 0, result.stderr
+    child = os.fork()
+    if child == 0:  # nobody: flip the jail in and out, for at most 20 s
+        try:
+            as_nobody()
+            import time
+
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                os.rename(parked, target)
+                os.rename(target, parked)
+        finally:
+            os._exit(0)
+    opened = 0
+    try:
+        for _ in range(20000):
+            try:
+                jail = Jail(str(target / "jail"), "shell")
+            except JailkitError:
+                continue
+            opened += 1
+            os.close(jail.dir_fd)
+            os.close(jail.lock_fd)
+            break
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+    assert opened == 0, "root opened nobody's jail directory"
+

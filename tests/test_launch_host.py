@@ -344,3 +344,18 @@ def test_jail_cannot_exhaust_host_roots_inotify_instances(jail):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cgroup_directories_are_made_without_following_a_link(tmp_path):
+    """A link where the jail's group is made (its parent, here a stand-in hierarchy) must not
+    steer root's mkdir and writes elsewhere."""
+    from jailkit.errors import JailkitError
+    from jailkit.launch.cgroup import Group, create
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "hierarchy").mkdir()
+    (tmp_path / "hierarchy" / "jailkit").symlink_to(elsewhere)
+    with pytest.raises(JailkitError, match="cgroup"):
+        create([Group(str(tmp_path / "hierarchy" / "jailkit" / "x"), [("pids.max", "5")])])
+    assert list(elsewhere.iterdir()) == []

@@ -264,3 +264,18 @@ def test_landlock_ruleset_describes_what_this_kernel_cannot_enforce():
     assert new.describe() == ("ABI 7: bind tcp 8080 30000-30002; connect tcp (none); no abstract "
                               "unix sockets or signals outside the jail")
     assert landlock.Ruleset("none", [80], [80], 7).describe().startswith("ABI 7: no abstract")
+
+
+@pytest.mark.parametrize("name", ["../../../../tmp/x", "a/b", ".x", "-x", "x" * 65, "a b",
+                                  "é"])
+def test_name_that_is_not_plain_is_refused(name):
+    """The launcher makes cgroup directories (as root) from the name."""
+    with pytest.raises(JailkitError, match="name"):
+        LaunchSpec.from_dict({**CONTRACT_EXAMPLE, "name": name})
+
+
+def test_uid_count_above_one_slice_is_refused():
+    """Each root jail owns a slice of 65536 host ids: more would map another jail's ids."""
+    assert LaunchSpec.from_dict({**CONTRACT_EXAMPLE, "uid_count": 65536}).uid_count == 65536
+    with pytest.raises(JailkitError, match="uid_count"):
+        LaunchSpec.from_dict({**CONTRACT_EXAMPLE, "uid_count": 65537})

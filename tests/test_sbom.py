@@ -232,3 +232,25 @@ def test_version_order_is_dpkgs(older, newer):
     assert subprocess.run(["dpkg", "--compare-versions", older, "lt", newer]).returncode == 0
     assert compare_versions(older, newer) < 0 < compare_versions(newer, older)
     assert compare_versions(older, older) == 0
+
+
+@pytest.mark.parametrize("suffix", ["+jk1\u00b2", "+jk1" + "9" * 5000, "\x1b[2J\x1b]0;owned\x07"])
+def test_outdated_survives_and_escapes_hostile_manifest_versions(shell_jail, tmp_path, suffix):
+    """A manifest (an imported jail's, or an older jailkit's) with a version that str.isdigit
+    took for digits (a superscript), a digit run too long for int(), or terminal escapes; the
+    host's version is the installed one + "+jk1", so the comparison reaches the suffix."""
+    version = installed_version("libc6:amd64") + suffix
+    jail = tmp_path / "jail"
+    shutil.copytree(shell_jail, jail, symlinks=True)
+    manifest = jail / "current/manifest.json"
+    data = json.loads(manifest.read_text())
+    for entry in data["entries"]:
+        if entry["package"] and entry["package"]["name"] == "libc6":
+            entry["package"]["version"] = version
+    manifest.write_text(json.dumps(data))
+    admindir = bumped_admindir(tmp_path, "libc6:amd64")
+    result = run_jailkit("outdated", "--root", jail, "--admindir", admindir)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (0, 1, 2), result.stderr
+    assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

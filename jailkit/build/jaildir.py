@@ -10,7 +10,7 @@ import stat
 from contextlib import contextmanager
 
 from jailkit.errors import JailkitError
-from jailkit.launch.trust import check_jail_dir
+from jailkit.launch.trust import check_jail_dir, open_jail_dir
 
 GEN_RE = re.compile(r"gen-([0-9]+)")
 OWN_NAMES = {"current", "current.tmp", "lock", "state", "generated"}
@@ -48,17 +48,13 @@ class JailDir:
                                    f"{e.strerror}") from None
             check_jail_dir(self.path)  # the parents it made are ours, and no one else's
         try:
-            self.fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self.fd = open_jail_dir(real, self.path)  # replaced since the check: refused
         except FileNotFoundError:
             raise JailDirError(f"no jail at {self.path}; build it first with "
                                "`jailkit build`") from None
         except OSError as e:
             raise JailDirError(f"cannot open jail directory {self.path}: {e.strerror}") from None
         st = os.fstat(self.fd)
-        if st.st_uid != os.geteuid():  # replaced between the check and the open
-            os.close(self.fd)
-            raise JailDirError(f"refusing jail directory {self.path}: it changed owner while "
-                               "being opened; choose another --root")
         if create and st.st_mode & 0o077:
             os.fchmod(self.fd, 0o700)  # a jail of an older jailkit, or an empty directory
         names = os.listdir(self.fd)

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from jailkit.build import generate
 from jailkit.build.jaildir import JailDir
 from jailkit.build.manifest import SETS, Manifest, read_current, read_json
+from jailkit.launch.syscalls import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2
 
 
 class Kept(NamedTuple):
@@ -38,7 +39,9 @@ def gather(jail: JailDir, profile) -> Kept:
 
 def _shadow(gen_fd: int) -> dict[str, tuple[str, ...]]:
     try:
-        fd = os.open("root/etc/shadow", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=gen_fd)
+        # no symlink anywhere on the way: an imported tree's /etc may be a link to the host's
+        fd = openat2(gen_fd, "root/etc/shadow", os.O_RDONLY,
+                     RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
     except OSError:
         return {}
     hashes: dict[str, tuple[str, ...]] = {}

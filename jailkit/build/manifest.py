@@ -70,11 +70,52 @@ class Manifest:
                 package = item.pop("package", None)
                 record = Record(**item, host=HostStat(**host) if host else None,
                                 package=Package(**package) if package else None)
+                _check_record(record)
                 records[record.path] = record
-            return cls(data["profile"], data["generation"], records, data.get("closure"))
+            profile, generation = data["profile"], data["generation"]
+            closure = data.get("closure")
+            if not isinstance(profile, str) or not _whole(generation) or not isinstance(
+                    closure, dict | None):
+                raise ValueError("profile, generation or closure of the wrong type")
+            return cls(profile, generation, records, closure)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ManifestError(f"{origin}: not a jailkit manifest ({e}); "
                                 "rebuild the jail") from None
+
+
+TYPES = ("dir", "file", "symlink")
+MAX_TEXT = 4096  # a path, a link target, a package name or version: anything longer is forged
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(value, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, str) and len(value) <= MAX_TEXT and "\0" not in value
+
+
+def _check_record(record: Record) -> None:
+    """Every field of the type the code that reads it expects (a manifest may come from an
+    imported archive): a wrong one is a one-line error, never a traceback later on."""
+    if not (_text(record.path) and record.path.startswith("/") and record.type in TYPES
+            and all(map(_whole, (record.mode, record.uid, record.gid, record.size, record.mtime,
+                                 record.ino)))
+            and _text(record.sha256, True) and _text(record.source, True)
+            and _text(record.target, True) and isinstance(record.file_caps, bool)
+            and (record.ctime is None or _whole(record.ctime))):
+        raise ValueError(f"entry {str(record.path)[:200]!r} has a field of the wrong type")
+    if record.host is not None and not (
+            all(map(_whole, record.host[:4]))
+            and (record.host.ctime_ns is None or _whole(record.host.ctime_ns))):
+        raise ValueError(f"entry {record.path[:200]!r}: host identity of the wrong type")
+    if record.package is not None and not all(
+            _text(field) and len(field) <= 256 and field.isprintable()
+            for field in record.package):
+        raise ValueError(f"entry {record.path[:200]!r}: package name, version or "
+                         "architecture is not a short printable string")
 
 
 def read(gen_fd: int, origin: str) -> Manifest:

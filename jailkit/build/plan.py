@@ -268,6 +268,22 @@ def expand(patterns, what: str) -> list[str]:
 LD_CACHE = "/etc/ld.so.cache"
 
 
+def _trusted(cache: dict | None, key: list) -> bool:
+    """Whether the previous build's closure record still holds: same inputs, and a stat
+    identity for exactly its files and ld.so.cache, each unchanged. (A record whose stats cover
+    less, an empty one above all, would let whoever wrote it name any host file for root to
+    copy into the jail.)"""
+    if not isinstance(cache, dict) or cache.get("key") != key:
+        return False
+    files, stats = cache.get("files"), cache.get("stats")
+    if not isinstance(files, list) or not isinstance(stats, dict):
+        return False
+    if set(stats) != {LD_CACHE, *files}:
+        return False
+    return all(isinstance(identity, (list, tuple)) and identity_of(path) == tuple(identity)
+               for path, identity in stats.items())
+
+
 def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dict]:
     """Host files the profile's binaries and libraries need, and the cache record to keep.
 
@@ -276,8 +292,7 @@ def _closure_files(profile: Profile, cache: dict | None) -> tuple[list[str], dic
     rebuild then parses no ELF file."""
     inputs = [*profile.binaries, *profile.libraries]
     key = [*inputs, *expand([p for p in inputs if is_glob(p)], "globs")]
-    if cache and cache.get("key") == key and all(
-            identity_of(path) == tuple(identity) for path, identity in cache["stats"].items()):
+    if _trusted(cache, key):
         return cache["files"], cache
 
     from jailkit.elf.closure import Resolver

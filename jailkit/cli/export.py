@@ -94,5 +94,7 @@ def import_(archive, root):
     every file checked against the archive's manifest."""
     from jailkit.export.archive import import_archive
 
-    name, directory, number = import_archive(archive, root)
+    name, directory, number, asked = import_archive(archive, root)
     click.echo(f"{name}: gen-{number} in {directory}, every file verified against its manifest")
+    for line in asked:
+        click.echo(f"jailkit: note: the imported jail asks for {line}", err=True)

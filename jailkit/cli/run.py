@@ -8,7 +8,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.vocabulary import NETWORKS, default_jail_dir, jail_name
+from jailkit.vocabulary import NETWORKS, check_name, default_jail_dir, jail_name
 
 USAGE = "Usage: jailkit run [OPTIONS] PROFILE [-- CMD [ARGS]...]"
 HELP = f"""{USAGE}
@@ -202,8 +202,6 @@ def run(opts: Options) -> int:
     from jailkit.launch.spec import LaunchSpec
 
     if opts.name is not None:
-        from jailkit.launch.registry import check_name
-
         check_name(opts.name)
     _refuse_variables(opts)
     jail = Jail(opts.root or default_jail_dir(jail_name(opts.profile)), opts.profile)

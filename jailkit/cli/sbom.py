@@ -41,6 +41,12 @@ def sbom(profile, root, kind, output):
         raise JailkitError(f"-o {output}: {e.strerror}") from None
 
 
+def _shown(text: str) -> str:
+    """A package name or version for the terminal: control characters escaped (a manifest or a
+    status file may hold anything)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @click.command()
 @click.option("--root", "roots", multiple=True, type=click.Path(file_okay=False),
               help="A jail directory to look at (repeatable; default: every jail in "
@@ -61,8 +67,9 @@ def outdated(roots, admindir, as_json):
     else:
         for jail in found:
             for stale in jail.packages:
-                click.echo(f"{jail.root}: {stale.package} {stale.jail_version} in the jail, "
-                           f"{stale.host_version} on the host ({stale.entries} entries)")
+                click.echo(f"{jail.root}: {_shown(stale.package)} {_shown(stale.jail_version)} "
+                           f"in the jail, {_shown(stale.host_version)} on the host "
+                           f"({stale.entries} entries)")
             click.echo(f"  fix: {jail.fix}")
         click.echo(f"{len(found)} of {read} jail(s) hold older package versions than the host",
                    err=True)

@@ -92,6 +92,10 @@ def _leaves_tree(path: str, target: str) -> bool:
 
 
 def _check_policy(record, archive: str) -> None:
+    if record.path == "/" and record.type != "dir":
+        # the tree's root is applied as a directory whatever its record says
+        raise _refuse(archive, f"/: the tree's root is a {record.type} in the manifest, "
+                               "not a directory")
     if record.type == "symlink":
         if _leaves_tree(record.path, record.target or ""):
             raise _refuse(archive, f"{record.path}: symlink to {record.target!r} leaves the tree")
@@ -240,8 +244,24 @@ def _read_head(tar, archive: str) -> tuple[dict, Manifest, bytes, object]:
     return header, loaded, documents["launch.json"], spec
 
 
-def import_archive(archive: str, root: str | None) -> tuple[str, str, int]:
-    """Restore ARCHIVE as a new generation; returns (profile, jail directory, generation)."""
+def asks(spec) -> list[str]:
+    """What an imported jail's launch.json asks for beyond the defaults that open the jail
+    further, one line each: whoever imports should see it before `jailkit run`."""
+    from jailkit.launch.dangerous import warnings
+
+    lines = [f"capability {line}" for line in warnings(spec.capabilities)]
+    lines += [f"seccomp_allow: {name} (the filter lets it through)"
+              for name in spec.seccomp_allow]
+    if spec.mount_sys:
+        lines.append("mount_sys: /sys is mounted in the jail")
+    if spec.network == "host":
+        lines.append("network = host: the jail shares the host's network")
+    return lines
+
+
+def import_archive(archive: str, root: str | None) -> tuple[str, str, int, list[str]]:
+    """Restore ARCHIVE as a new generation; returns (profile, jail directory, generation, what
+    its launch.json asks for beyond the defaults: `asks`)."""
     try:
         tar = tarfile.open(archive, mode="r|*")
     except FileNotFoundError:
@@ -254,13 +274,35 @@ def import_archive(archive: str, root: str | None) -> tuple[str, str, int]:
             _, loaded, launch_bytes, spec = _read_head(tar, archive)
             for record in loaded.records.values():
                 _check_policy(record, archive)
+            if "/" not in loaded.records:
+                raise _refuse(archive, "/: the manifest has no record of the tree's root")
             if root is None:
                 from jailkit.vocabulary import default_jail_dir
 
                 root = default_jail_dir(loaded.profile)
-            return _restore(tar, archive, loaded, launch_bytes, spec, root)
+            _check_space(loaded, root, archive)
+            return (*_restore(tar, archive, loaded, launch_bytes, spec, root), asks(spec))
         except tarfile.TarError as e:
             raise _refuse(archive, f"damaged archive ({e})") from None
+
+
+SPACE_MARGIN = 16 << 20  # left free for everything else on the file system
+
+
+def _check_space(loaded: Manifest, root: str, archive: str) -> None:
+    """A tiny compressed archive can declare gigabytes of zeros: what its manifest declares
+    must fit the target's free space before anything is written (each member is then held to
+    its record's size)."""
+    total = sum(r.size + 4096 for r in loaded.records.values())  # a block for each entry
+    existing = root
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    vfs = os.statvfs(existing)
+    free = vfs.f_bavail * vfs.f_frsize
+    if total + SPACE_MARGIN > free:
+        raise _refuse(archive, f"its files take {total >> 20} MiB, more than the free space of "
+                               f"{existing} ({free >> 20} MiB, keeping {SPACE_MARGIN >> 20} MiB "
+                               "free): free some space or import elsewhere")
 
 
 def _restore(tar, archive, loaded: Manifest, launch_bytes: bytes, spec, root: str):
@@ -323,11 +365,15 @@ def _fill(tar, archive, loaded: Manifest, launch_bytes: bytes, number: int, gen_
     finally:
         tree.close()
         os.close(tree.stack[0][1])
-    # the manifest describes this tree now: this generation's number, inodes and times
+    # the manifest describes this tree now: this generation's number, inodes and times. What the
+    # archive says about the host is not believed: no host identity, ctime or package (so the
+    # next build copies every file afresh from the host instead of keeping the archive's), and
+    # no closure cache (it names host files the next build would copy in as root).
     records = {path: record._replace(mtime=tree.done[path].st_mtime_ns,
-                                     ino=tree.done[path].st_ino)
+                                     ino=tree.done[path].st_ino, host=None, ctime=None,
+                                     package=None)
                for path, record in loaded.records.items()}
-    restored = Manifest(loaded.profile, number, records, loaded.closure)
+    restored = Manifest(loaded.profile, number, records, None)
     manifest.write_new(gen_fd, manifest.NAME, restored.dumps())
     manifest.write_new(gen_fd, "launch.json", launch_bytes.decode())
 

@@ -88,26 +88,54 @@ def candidates(name: str, root: str = CGROUP_ROOT) -> list[str]:
 
 
 def create(groups: list[Group]) -> None:
-    made = []
+    made, current = [], ""
     try:
         for group in groups:
+            current = group.path
             parent = os.path.dirname(group.path)
-            os.makedirs(parent, exist_ok=True)
-            if group.path.startswith(CGROUP_ROOT + "/") and os.path.exists(
-                    f"{parent}/cgroup.subtree_control"):
-                cgroup_v2.enable_controllers(parent, group.settings)
-            os.mkdir(group.path)
+            parent_fd = _made_dir(os.path.dirname(parent), os.path.basename(parent), True)
+            try:
+                if group.path.startswith(CGROUP_ROOT + "/") and os.path.exists(
+                        f"{parent}/cgroup.subtree_control"):
+                    cgroup_v2.enable_controllers(parent, group.settings)
+                group_fd = _made_dir(parent_fd, os.path.basename(group.path), False)
+            finally:
+                os.close(parent_fd)
             made.append(group)
-            for key, value in group.settings:
-                with open(f"{group.path}/{key}", "w") as f:
-                    f.write(value)
+            try:
+                for key, value in group.settings:
+                    fd = os.open(key, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=group_fd)
+                    try:
+                        os.write(fd, value.encode())
+                    finally:
+                        os.close(fd)
+            finally:
+                os.close(group_fd)
     except OSError as e:
         remove([g.path for g in made])
         if e.errno == errno.EEXIST:
-            raise JailkitError(f"cgroup {e.filename} exists: a jail of that name is still "
+            raise JailkitError(f"cgroup {current} exists: a jail of that name is still "
                                "running or stopping: see `jailkit ps`") from None
         hint = " (cgroups need root)" if os.geteuid() != 0 else ""
-        raise JailkitError(f"cannot set up cgroup {e.filename or ''}: {e.strerror}{hint}") from None
+        raise JailkitError(f"cannot set up cgroup {current}: {e.strerror}{hint}") from None
+
+
+def _made_dir(where, name: str, exist_ok: bool) -> int:
+    """mkdir `name` in `where` (a path or a descriptor), then its descriptor: never through a
+    symlink, so that nothing planted where root makes a jail's group steers root's writes."""
+    at = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if isinstance(where, str) \
+        else where
+    try:
+        try:
+            os.mkdir(name, dir_fd=at)
+        except FileExistsError:
+            if not exist_ok:
+                raise
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=at)
+    finally:
+        if at is not where:
+            os.close(at)
 
 
 def attach(groups: list[Group], pid: int) -> None:

@@ -16,7 +16,7 @@ import os
 from jailkit.errors import JailkitError
 from jailkit.launch import syscalls as sc
 from jailkit.launch.jsonload import loads
-from jailkit.launch.trust import check_jail_dir
+from jailkit.launch.trust import MissingJailDir, check_jail_dir, open_jail_dir
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 BENEATH = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS
@@ -58,14 +58,15 @@ class Jail:
                  "lock_fd")
 
     def __init__(self, directory: str, profile: str):
-        self.dir = check_jail_dir(os.path.abspath(directory))  # no one else's to swap
         build_hint = f"build it first: jailkit build {profile} --root {directory}"
         try:
-            self.dir_fd = os.open(self.dir, DIR_FLAGS)
-        except FileNotFoundError:
+            # no one else's to swap: checked, then opened and checked again by its descriptor
+            self.dir = check_jail_dir(os.path.abspath(directory), must_exist=True)
+            self.dir_fd = open_jail_dir(self.dir, directory)
+        except (FileNotFoundError, MissingJailDir):
             raise JailkitError(f"no jail is built in {directory}: {build_hint}") from None
         except OSError as e:
-            raise JailkitError(f"{self.dir}: {e.strerror}: {build_hint}") from None
+            raise JailkitError(f"{directory}: {e.strerror}: {build_hint}") from None
         try:
             self._open_generation(build_hint, f"remove it and rebuild: jailkit build {profile} "
                                               f"--root {directory}")

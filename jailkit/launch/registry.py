@@ -19,11 +19,11 @@ import fcntl
 import os
 
 from jailkit.errors import JailkitError
+from jailkit.vocabulary import NAME_CHARS
 
 ROOT_DIR = "/run/jailkit"
 LOCK = ".lock"
 LOG_CAP = 1 << 20  # bytes per log file; with the one rotated file, 2 MiB a jail at most
-NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -32,13 +32,6 @@ def directory() -> str:
         return ROOT_DIR
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     return f"{runtime}/jailkit" if runtime else f"/tmp/jailkit-{os.geteuid()}"
-
-
-def check_name(name: str, option: str = "--name") -> str:
-    if (not name or len(name) > 64 or name[0] in ".-" or not NAME_CHARS.issuperset(name)):
-        raise JailkitError(f"{option} {name!r}: a jail name is 1-64 letters, digits, '.', '_' "
-                           "or '-', not starting with '.' or '-': pick another")
-    return name
 
 
 def _json(value) -> str:

@@ -223,7 +223,7 @@ class LaunchSpec:
 
     def _read_process(self, data: dict) -> None:
         """name, command, workdir, env."""
-        self.name = _str(data["name"], "name")
+        self.name = vocabulary.check_name(data["name"], "launch spec: name")
         command = _list(data["command"], "command")
         if not command:
             _fail("command", "is empty")
@@ -244,6 +244,9 @@ class LaunchSpec:
         highest = max([self.uid, self.gid, *self.groups]) + 1
         count = data["uid_count"]
         self.uid_count = highest if count is None else _int(count, "uid_count", 1)
+        if self.uid_count > vocabulary.MAX_UID_COUNT:
+            _fail("uid_count", f"must be at most {vocabulary.MAX_UID_COUNT} (one jail's slice of "
+                               f"host ids), got {self.uid_count}")
         if self.uid_count < highest:
             _fail("uid_count", f"must be at least {highest} to map the user's ids")
         self.hostname = _str(data["hostname"] or self.name, "hostname")

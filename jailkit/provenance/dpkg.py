@@ -221,45 +221,59 @@ def _readlink(path: str) -> str | None:
 
 
 def compare_versions(a: str, b: str) -> int:
-    """Debian version order (dpkg --compare-versions): < 0, 0 or > 0 as a is older, equal, newer."""
+    """Debian version order (dpkg --compare-versions): < 0, 0 or > 0 as a is older, equal, newer.
+    Digits are ASCII digits only (str.isdigit takes '²' too, which int() refuses), and numbers
+    compare by their digits, never through int() (which refuses more than 4300 of them)."""
     epoch_a, upstream_a, revision_a = _split_version(a)
     epoch_b, upstream_b, revision_b = _split_version(b)
-    return (epoch_a - epoch_b or _compare_part(upstream_a, upstream_b)
+    return (_compare_numbers(epoch_a, epoch_b) or _compare_part(upstream_a, upstream_b)
             or _compare_part(revision_a, revision_b))
 
 
-def _split_version(version: str) -> tuple[int, str, str]:
+def _is_digit(c: str) -> bool:
+    return "0" <= c <= "9" and len(c) == 1
+
+
+def _split_version(version: str) -> tuple[str, str, str]:
     epoch, colon, rest = version.partition(":")
-    if not colon or not epoch.isdigit():
+    if not colon or not epoch or not all(map(_is_digit, epoch)):
         epoch, rest = "0", version
     upstream, dash, revision = rest.rpartition("-")
-    return (int(epoch), upstream, revision) if dash else (int(epoch), rest, "")
+    return (epoch, upstream, revision) if dash else (epoch, rest, "")
+
+
+def _compare_numbers(a: str, b: str) -> int:
+    """Two runs of ASCII digits by value (either may be empty: 0)."""
+    a, b = a.lstrip("0"), b.lstrip("0")
+    if len(a) != len(b):
+        return len(a) - len(b)
+    return (a > b) - (a < b)
 
 
 def _order(c: str) -> int:
     # dpkg's order(): end and digits 0, '~' before everything, letters before other characters
-    if not c or c.isdigit():
+    if not c or _is_digit(c):
         return 0
     if c == "~":
         return -1
-    return ord(c) if c.isalpha() else ord(c) + 256
+    return ord(c) if c.isascii() and c.isalpha() else ord(c) + 256
 
 
 def _compare_part(a: str, b: str) -> int:
     """dpkg's verrevcmp: alternating runs of non-digits (by _order) and numbers (by value)."""
     i = j = 0
     while i < len(a) or j < len(b):
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+        while (i < len(a) and not _is_digit(a[i])) or (j < len(b) and not _is_digit(b[j])):
             ac, bc = _order(a[i:i + 1]), _order(b[j:j + 1])
             if ac != bc:
                 return ac - bc
             i, j = i + 1, j + 1
         start_a, start_b = i, j
-        while i < len(a) and a[i].isdigit():
+        while i < len(a) and _is_digit(a[i]):
             i += 1
-        while j < len(b) and b[j].isdigit():
+        while j < len(b) and _is_digit(b[j]):
             j += 1
-        difference = int(a[start_a:i] or 0) - int(b[start_b:j] or 0)
+        difference = _compare_numbers(a[start_a:i], b[start_b:j])
         if difference:
             return difference
     return 0

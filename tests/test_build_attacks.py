@@ -473,3 +473,29 @@ def test_jail_directory_renamed_in_after_the_check_is_not_opened(sticky, home):
         os.waitpid(child, 0)
     assert opened == 0, "root opened nobody's jail directory"
 
+
+
+@pytest.mark.parametrize("named", ["file", "directory"])
+def test_a_file_others_cannot_read_is_copied_only_when_the_profile_says_it_is_private(
+        tmp_path, named):
+    # a shared profile naming /etc/gshadow, or a directory holding a root-only key, must not
+    # have root copy the secret into a jail that a service (and its clients) can read
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "key").write_text("root only\n")
+    (secrets / "key").chmod(0o600)
+    (secrets / "public").write_text("anyone\n")
+    target = secrets / "key" if named == "file" else secrets
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'extends = ["shell"]\nfiles = ["{target}"]\n')
+    result = run_jailkit("build", profile, "--root", tmp_path / "jail")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{secrets}/key is not readable by every user on the host" in result.stderr
+    assert "private_files" in result.stderr
+    assert not (tmp_path / "jail").exists()
+    profile.write_text(f'extends = ["shell"]\nfiles = ["{target}"]\n'
+                       f'private_files = ["{secrets}/key"]\n')
+    result = run_jailkit("build", profile, "--root", tmp_path / "jail")
+    assert result.returncode == 0, result.stderr
+    copy = tmp_path / f"jail/current/root{secrets}/key"
+    assert copy.read_text() == "root only\n" and (copy.stat().st_mode & 0o777) == 0o600

@@ -96,6 +96,9 @@ class _Planner:
         self.chained: set[str] = set()
         self.named: list[str] = []  # real paths of the profile's `files`: links may lead there
 
+    def private(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.profile.private_files)
+
     # -- adding entries, with conflict checks --
 
     def add(self, entry: Entry, implicit: bool = False) -> None:
@@ -171,6 +174,11 @@ class _Planner:
         if not stat.S_ISREG(st.st_mode):
             raise PlanError(f"{path} is not a regular file, directory or symlink; devices come "
                             "from the profile's `devices` list, sockets and fifos cannot be copied")
+        if not st.st_mode & stat.S_IROTH and not self.private(path):
+            # a profile (perhaps shared) must not make root copy a secret into a jail that a
+            # service and its clients read: the profile says so, file by file
+            raise PlanError(f"{path} is not readable by every user on the host (a secret?): "
+                            "copy it only on purpose, naming it in the profile's private_files")
         keep_special = path in self.keep_setuid or asked in self.keep_setuid
         mode = st.st_mode & (0o6755 if keep_special else 0o755)
         caps = path in self.keep_caps or asked in self.keep_caps

@@ -86,6 +86,7 @@ class Profile(NamedTuple):
     files: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     keep_setuid: tuple[str, ...] = ()
+    private_files: tuple[str, ...] = ()  # host files others may not read, copied all the same
     keep_file_caps: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     multiline_variables: tuple[str, ...] = ()  # string variables that may hold newlines
@@ -122,8 +123,8 @@ def locate(spec: str, relative_to: str | None = None) -> str:
 
 
 LIST_KEYS = (
-    "binaries", "libraries", "files", "exclude", "keep_setuid", "keep_file_caps", "devices",
-    "multiline_variables", "path_variables",
+    "binaries", "libraries", "files", "exclude", "keep_setuid", "private_files",
+    "keep_file_caps", "devices", "multiline_variables", "path_variables",
 )  # fmt: skip
 TABLE_KEYS = (
     "variables", "users", "groups", "directories", "writable", "binds", "templates", "generated",

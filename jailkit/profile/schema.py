@@ -333,6 +333,8 @@ SETTINGS = (
     Setting("files", abs_paths(allow_glob=True), (), "host files and directories, or patterns"),
     Setting("exclude", strings, (), "patterns of paths left out of directories named in files"),
     Setting("keep_setuid", abs_paths(), (), "files that keep their setuid/setgid bits"),
+    Setting("private_files", abs_paths(allow_glob=True), (),
+            "host files others may not read that are copied all the same (paths or patterns)"),
     Setting("keep_file_caps", abs_paths(), (), "files that keep their file capabilities"),
     Setting("devices", devices, (), "device nodes of /dev"),
     Setting("variables.<variable>", variable, {}, "values for templates, overridden by --set"),

@@ -175,3 +175,17 @@ def test_bad_input_is_one_line(tmp_path):
     result = run_jailkit("trace", "--from-log", empty)
     assert result.returncode == 2 and "no program started" in result.stderr
     assert not os.path.exists(tmp_path / "empty.toml")
+
+
+def test_a_folded_file_others_cannot_read_is_listed_as_private(tmp_path):
+    from jailkit.author.fold import Draft, Entry
+    from jailkit.author.write import render
+
+    config = tmp_path / "conf"
+    config.mkdir()
+    (config / "service.conf").write_text("port 1\n")
+    (config / "password").write_text("secret\n")
+    (config / "password").chmod(0o640)
+    text = render(Draft("svc", files=[Entry(str(config), "read by svc")]), ["svc"])
+    assert f'private_files = [\n    "{config}/password",' in text
+    assert f'"{config}/service.conf"' not in text.split("private_files")[1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 from jailkit.author.fold import Draft, Entry
 from jailkit.author.trace import SERVICE_PATH
@@ -34,6 +36,26 @@ def _table(header: str, why: str, values: dict) -> list[str]:
     return lines
 
 
+def _private(files: list[Entry]) -> list[Entry]:
+    """The host files among `files` (directories walked) that not every user may read: a build
+    copies them only when the profile names them in private_files."""
+    out = []
+    for entry in files:
+        paths = [entry.value]
+        if os.path.isdir(entry.value):
+            paths = [os.path.join(top, name) for top, _, names in os.walk(entry.value)
+                     for name in names]
+        for path in paths:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IROTH:
+                out.append(Entry(path, "not every user may read it on the host: check that "
+                                       "the service needs it in the jail"))
+    return out
+
+
 def render(draft: Draft, traced: list[str]) -> str:
     lines = [
         comment(f"written by `jailkit trace` from what `{' '.join(traced)}` did; review it: "
@@ -44,6 +66,7 @@ def render(draft: Draft, traced: list[str]) -> str:
     lines += _list("binaries", draft.binaries)
     lines += _list("libraries", draft.libraries)
     lines += _list("files", draft.files)
+    lines += _list("private_files", _private(draft.files))
     lines += _list("devices", draft.devices)
     for secret in draft.secrets:
         lines.append(comment(f"left out, a secret: {secret.value} ({secret.why}); add it to "

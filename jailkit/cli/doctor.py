@@ -22,7 +22,7 @@ def doctor(profile, root, timeout, as_json, command):
     seccomp, users, ports, a service that went to the background. Each finding comes with the
     profile line to add; the profile is never changed. Exit status 1 when something was found.
     """
-    from jailkit.launch.doctor import doctor as run_doctor
+    from jailkit.author.doctor import doctor as run_doctor
     from jailkit.vocabulary import jail_name
 
     report = run_doctor(profile, _root(root, jail_name(profile)), list(command), timeout)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -518,3 +519,39 @@ def test_a_cpu_quota_caps_a_busy_jail(jail_a, names):
     time.sleep(3)
     share = (stats(name)["cpu_usec"] - before) / 1e6 / (time.monotonic() - begin)
     assert 0.05 < share < 0.4, share  # 30% of one CPU, not the whole of it
+
+
+def test_logs_shows_the_last_lines_and_follows_until_the_jail_ends(jail_b, names):
+    name = names("logs")
+    script = ("i=0; while [ $i -lt 5 ]; do echo early $i; i=$((i+1)); done; sleep 4; "
+              "echo late; echo also late >&2")
+    started(jail_b, name, command=["/bin/sh", "-c", script])
+    log = Path(f"/run/jailkit/{name}.log")
+    wait_for(lambda: log.exists() and "early 4" in log.read_text())
+    last = run_jailkit("logs", name, "-n", "2", timeout=30)
+    assert last.returncode == 0, last.stderr
+    lines = last.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["early 3", "early 4"]
+    assert lines[0].split()[0][:4].isdigit()  # each line timestamped
+    follower = subprocess.Popen([sys.executable, "-m", "jailkit", "logs", "-f", name],
+                                env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert "late" not in log.read_text()  # what follows is written while it follows
+        out, _ = follower.communicate(timeout=30)  # ends by itself once the jail has ended
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0
+    followed = [line.split(" ", 1)[1] for line in out.splitlines()]
+    assert followed[:5] == [f"early {i}" for i in range(5)]
+    assert "late" in followed and "also late" in followed
+
+
+def test_logs_of_a_jail_without_one_is_one_line():
+    result = run_jailkit("logs", "no-such-jail-here", timeout=30)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "only a jail started with `jailkit run --detach` has one" in result.stderr
+    bad = run_jailkit("logs", "../etc/passwd", timeout=30)
+    assert bad.returncode == 2 and "a jail name is" in bad.stderr

@@ -26,6 +26,7 @@ COMMANDS = {
     "stats": "jailkit.cli.service:stats",
     "stop": "jailkit.cli.service:stop",
     "restart": "jailkit.cli.service:restart",
+    "logs": "jailkit.cli.service:logs",
     "doctor": "jailkit.cli.doctor:doctor",
 }
 

@@ -555,3 +555,43 @@ def test_logs_of_a_jail_without_one_is_one_line():
     assert "only a jail started with `jailkit run --detach` has one" in result.stderr
     bad = run_jailkit("logs", "../etc/passwd", timeout=30)
     assert bad.returncode == 2 and "a jail name is" in bad.stderr
+
+
+def test_unit_passes_systemd_analyze_and_its_commands_start_and_stop_the_jail(
+        base, jail_b, names, tmp_path):
+    import shlex
+
+    name = names("unit")
+    printed = run_jailkit("unit", base / "svc.toml", "--root", jail_b, "--name", name,
+                          timeout=30)
+    assert printed.returncode == 0, printed.stderr
+    unit = tmp_path / f"jailkit-{name}.service"
+    unit.write_text(printed.stdout)
+    verified = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True,
+                              text=True, timeout=60)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
+    fields = dict(line.split("=", 1) for line in printed.stdout.splitlines()
+                  if "=" in line and not line.startswith("#"))
+    assert fields["Type"] == "exec" and fields["Delegate"] == "yes"
+    assert fields["Restart"] == "on-failure" and fields["WantedBy"] == "multi-user.target"
+    start, stop = shlex.split(fields["ExecStart"]), shlex.split(fields["ExecStop"])
+    assert os.path.isabs(start[0]) and start[1:3] == ["run", str(base / "svc.toml")]
+    # what systemd would do: ExecStart in the foreground, then ExecStop
+    service = subprocess.Popen(start, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, cwd="/")
+    try:
+        wait_for(lambda: name in ps())
+        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        service.wait(timeout=30)
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+    assert name not in ps() and not cgroup_dirs(name)
+
+
+def test_unit_of_a_jail_never_built_is_one_line(tmp_path):
+    result = run_jailkit("unit", "shell", "--root", tmp_path / "none", timeout=30)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "build it first" in result.stderr

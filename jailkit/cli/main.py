@@ -27,6 +27,7 @@ COMMANDS = {
     "stop": "jailkit.cli.service:stop",
     "restart": "jailkit.cli.service:restart",
     "logs": "jailkit.cli.service:logs",
+    "unit": "jailkit.cli.service:unit",
     "doctor": "jailkit.cli.doctor:doctor",
 }
 

@@ -216,3 +216,68 @@ def logs(name, follow, count):
             os.close(fd)
     finally:
         registry.close()
+
+
+UNIT = """\
+# {unit}: the jail in {root}, started at boot.
+# Install: jailkit unit {args} > /etc/systemd/system/{unit}
+#          systemctl daemon-reload && systemctl enable --now {unit}
+[Unit]
+Description=jailkit jail {name} ({profile})
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+# `jailkit run` in the foreground: the waiter is the main process, the jail dies with it
+Type=exec
+ExecStart={jailkit} run {profile} --root {root} --name {name}
+# the profile's stop signal, then, after the timeout, SIGKILL to every process of the jail
+ExecStop={jailkit} stop {name} --timeout {timeout}
+TimeoutStopSec={stop_seconds}
+KillMode=mixed
+# jailkit makes and removes the jail's own cgroups
+Delegate=yes
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@click.command()
+@click.argument("profile")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Jail directory (default /var/lib/jailkit/NAME as root, else "
+                   "$XDG_DATA_HOME/jailkit/NAME).")
+@click.option("--name", help="Its name among running jails [default: DIR's last component].")
+@click.option("--timeout", type=click.IntRange(1, 3600), default=10, show_default=True,
+              help="Seconds `jailkit stop` waits before killing the jail.")
+@_one_line_errors
+def unit(profile, root, name, timeout):
+    """Print a systemd unit that runs the jail of PROFILE at boot, in the foreground under
+    systemd, stopped with `jailkit stop`, restarted on failure."""
+    import shutil
+
+    from jailkit.vocabulary import check_name, default_jail_dir, jail_name
+
+    root = os.path.abspath(root or default_jail_dir(jail_name(profile)))
+    if not os.path.lexists(os.path.join(root, "current")):
+        raise JailkitError(f"no jail is built in {root}: build it first with `jailkit build "
+                           f"{profile} --root {root}`")
+    name = check_name(name or os.path.basename(root))
+    jailkit = shutil.which("jailkit")
+    if jailkit is None:
+        raise JailkitError("`jailkit` is not on PATH: the unit needs its absolute path (install "
+                           "jailkit, or link it into /usr/local/bin)")
+    if "/" in profile or profile.endswith(".toml"):
+        profile = os.path.abspath(profile)  # systemd starts it from /
+    for value in (profile, root):
+        if any(c.isspace() or c in "\\\"'%$;" for c in value):
+            raise JailkitError(f"{value!r}: a path with spaces, quotes or %$; cannot stand in a "
+                               "unit's command line here; use a plainer path")
+    unit_name = f"jailkit-{name}.service"
+    click.echo(UNIT.format(
+        unit=unit_name, root=root, name=name, profile=profile, jailkit=jailkit,
+        timeout=timeout, stop_seconds=timeout + 10,
+        args=" ".join([profile, "--root", root, "--name", name])), nl=False)

@@ -595,3 +595,28 @@ def test_unit_of_a_jail_never_built_is_one_line(tmp_path):
     result = run_jailkit("unit", "shell", "--root", tmp_path / "none", timeout=30)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "build it first" in result.stderr
+
+
+def test_detach_refuses_a_ready_port_that_something_else_answers_already(jail_b, names):
+    name = names("taken")
+    with socket.socket() as other:  # another service, on the port the jail would be ready on
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = detach(jail_b, name, "--net", "host", "--set",
+                        f"ready={{\"tcp\": {port}, \"timeout\": 5}}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"port {port} on 127.0.0.1 already answers" in result.stderr
+    assert name not in ps() and not cgroup_dirs(name)
+
+
+def test_a_failed_start_shows_the_lines_of_this_run_only(jail_b, names):
+    name = names("again")
+    for word in ("first", "second"):
+        result = detach(jail_b, name, "--net", "host", "--set",
+                        'ready={"tcp": 9, "timeout": 20}', command=[
+            "/bin/sh", "-c", f"echo {word} attempt; sleep 1; exit 3"])
+        assert result.returncode == 3, result.stderr
+        assert f"{word} attempt" in result.stderr
+        wait_for(lambda: name not in ps(), what="the jail's end")
+    assert "first attempt" not in result.stderr

@@ -219,7 +219,8 @@ def run(opts: Options) -> int:
     if opts.detach:
         from jailkit.launch.detach import start
 
-        return start(lambda report: _launch(opts, jail, spec, report), spec.ready)
+        return start(lambda report: _launch(opts, jail, spec, report), spec.ready,
+                     spec.network)
     return _launch(opts, jail, spec)
 
 

@@ -19,7 +19,12 @@ from jailkit.errors import JailkitError
 START_SECONDS = 30  # for the jail to confine itself and start the service
 
 
-def start(launch_child, ready: dict | None) -> int:
+def start(launch_child, ready: dict | None, network: str) -> int:
+    if ready and network == "host" and _answers("127.0.0.1", ready["tcp"]):
+        # the readiness check could not tell the jail's service from what answers already
+        raise JailkitError(f"port {ready['tcp']} on 127.0.0.1 already answers (another service, "
+                           "or this jail running under another name?): free it, or build the "
+                           "jail with another port (`jailkit build PROFILE --set port=N`)")
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -37,6 +42,7 @@ def start(launch_child, ready: dict | None) -> int:
     os.close(report_w)
     with open(report_r, "rb") as f:
         name = f.read().decode().strip()  # EOF: the waiter was exec'd, or the child failed
+    log_start = _size(name)  # logs are appended across runs: a failure shows this run's lines
     deadline = time.monotonic() + START_SECONDS
     code = _exited(pid)
     while code is None and _comm(pid) != "jailkit-reaper" and time.monotonic() < deadline:
@@ -54,7 +60,7 @@ def start(launch_child, ready: dict | None) -> int:
     while time.monotonic() < deadline:
         code = _exited(pid)
         if code is not None:
-            return _failed(name, code, log, "while starting")
+            return _failed(name, code, log, log_start, "while starting")
         jail_pid = jail_pid or _child(pid)
         if jail_pid and _comm(jail_pid) == "jailkit-reaper":
             break
@@ -71,7 +77,7 @@ def start(launch_child, ready: dict | None) -> int:
         while not _answers(address, ready["tcp"]):
             code = _exited(pid)
             if code is not None:
-                return _failed(name, code, log, "before it answered")
+                return _failed(name, code, log, log_start, "before it answered")
             if time.monotonic() > limit:
                 sys.stderr.write(f"jailkit: {name} did not answer on {address}:{ready['tcp']} "
                                  f"within {ready['timeout']} s; it keeps running: see {log}, or "
@@ -116,12 +122,24 @@ def _answers(address: str, port: int) -> bool:
         return False
 
 
-def _failed(name: str, code: int, log: str | None, when: str) -> int:
+def _size(name: str) -> int:
+    """How long NAME.log is now (0 when there is none yet)."""
+    from jailkit.launch.registry import directory
+
+    try:
+        return os.stat(f"{directory()}/{name}.log").st_size if name else 0
+    except OSError:
+        return 0
+
+
+def _failed(name: str, code: int, log: str | None, start: int, when: str) -> int:
+    """Say that the jail exited, with the last lines it wrote in this run (from `start`)."""
     tail = ""
     if log:
         try:
             with open(log, "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 2000))
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(start if size >= start else 0, size - 2000))
                 tail = "".join(f"  {line}\n" for line in
                                f.read().decode(errors="replace").splitlines()[-10:])
         except OSError:

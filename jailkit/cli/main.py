@@ -26,6 +26,9 @@ COMMANDS = {
     "stats": "jailkit.cli.service:stats",
     "stop": "jailkit.cli.service:stop",
     "restart": "jailkit.cli.service:restart",
+    "logs": "jailkit.cli.operate:logs",
+    "exec": "jailkit.cli.operate:exec_",
+    "unit": "jailkit.cli.operate:unit",
 }
 
 

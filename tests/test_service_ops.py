@@ -154,3 +154,110 @@ def test_logs_of_an_unknown_name_is_one_line_naming_ps(names):
     # a name that is no name never becomes a path
     shown = run_jailkit("logs", "../../etc/passwd", timeout=30)
     assert shown.returncode == 2 and shown.stdout == "" and shown.stderr.count("\n") == 1
+
+
+# --- jailkit exec ---------------------------------------------------------------------------
+
+NAMESPACE_KINDS = ("user", "mnt", "pid", "ipc", "uts", "net", "cgroup")
+SHOW = ("id; grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; "
+        "for n in " + " ".join(NAMESPACE_KINDS) + "; do readlink /proc/self/ns/$n; done; "
+        "cat /proc/self/uid_map /proc/2/uid_map /proc/1/comm /proc/self/cgroup; echo pids; "
+        "ls /proc | grep '^[0-9]'")
+
+
+def service_of(name: str, runner=run_jailkit) -> int:
+    """The service's host pid: pid 2 of the jail's pid namespace."""
+    import json
+
+    rows = json.loads(runner("ps", "--json").stdout)
+    init = next(r["jail_pid"] for r in rows if r["name"] == name)
+    for child in Path(f"/proc/{init}/task/{init}/children").read_text().split():
+        status = Path(f"/proc/{child}/status").read_text()
+        if status.split("NSpid:")[1].split("\n")[0].split()[-1] == "2":
+            return int(child)
+    raise AssertionError("no service")
+
+
+def check_confined_like_the_service(shown: str, service: int, capabilities: str) -> None:
+    status = dict(line.split(":\t") for line in shown.splitlines() if ":\t" in line)
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == capabilities
+    assert status["CapAmb"] == status["CapInh"] == "0000000000000000"
+    links = [line for line in shown.splitlines() if line.endswith("]") and ":[" in line]
+    assert links == [os.readlink(f"/proc/{service}/ns/{kind}") for kind in NAMESPACE_KINDS]
+    maps = [line.split() for line in shown.splitlines() if line.count(" ") > 4
+            and line.split()[0].isdigit()]
+    assert len(maps) == 2 and maps[0] == maps[1]  # its uid map is the service's
+    assert "\njailkit-reaper\n" in shown  # /proc is the jail's: its pid 1 is jailkit's
+    pids = [int(p) for p in shown.split("\npids\n")[1].split()]
+    assert 1 in pids and 2 in pids and len(pids) < 10  # the jail's processes, not the host's
+    assert "\n0::/\n" in shown  # in the jail's cgroup (its root in the jail's namespace)
+
+
+def test_exec_runs_in_the_jails_namespaces_as_confined_as_its_service(jail, names):
+    name = names("exec")
+    detach(jail, name, args=("--set", 'capabilities=["CAP_NET_BIND_SERVICE"]'))
+    shown = run_jailkit("exec", name, "--", "/bin/sh", "-c", SHOW, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("uid=0(root) gid=0(root)")
+    check_confined_like_the_service(shown.stdout, service_of(name), "0000000000000400")
+    assert run_jailkit("exec", name, "--user", "nobody", "--", "/bin/id", "-u",
+                       timeout=30).stdout == "65534\n"
+    # the command's status is passed on
+    assert run_jailkit("exec", name, "--", "/bin/sh", "-c", "exit 7", timeout=30).returncode == 7
+
+
+def test_exec_of_a_program_the_jail_lacks_or_an_unknown_jail_is_one_line(jail, names):
+    name = names("noshell")
+    detach(jail, name)
+    missing = run_jailkit("exec", name, "--", "bash", "-l", timeout=30)
+    assert missing.returncode == 127 and missing.stderr.count("\n") == 1
+    assert "bash: no such program in this jail" in missing.stderr
+    unknown = run_jailkit("exec", names("nosuch"), "--", "/bin/sh", timeout=30)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    assert "jailkit ps" in unknown.stderr
+
+
+def test_stop_ends_what_exec_started_in_the_jail(jail, names):
+    name = names("execstop")
+    detach(jail, name)
+    inside = jailkit_popen("exec", name, "--", "/bin/sleep", "600", stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "sleep" in run_jailkit("exec", name, "--", "/bin/sh", "-c",
+                                                "cat /proc/[0-9]*/comm", timeout=30).stdout,
+                 what="the exec'd sleep")
+        assert run_jailkit("stop", name, timeout=30).returncode == 0
+        assert inside.wait(10) != 0  # killed with the jail, not left behind
+    finally:
+        inside.kill()
+        inside.wait()
+
+
+def test_an_ordinary_user_execs_into_its_own_jail(world_readable_checkout):
+    from conftest import NOBODY, as_nobody
+
+    base = Path(tempfile.mkdtemp(prefix="jailkit-ops-nobody-"))
+    os.chown(base, NOBODY, NOBODY)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+           "HOME": "/nonexistent"}
+
+    def jailkit(*args):
+        return subprocess.run([sys.executable, "-m", "jailkit", *map(str, args)], env=env,
+                              text=True, capture_output=True, preexec_fn=as_nobody, timeout=120,
+                              cwd="/")
+    name = f"{PREFIX}mine"
+    try:
+        assert jailkit("build", "shell", "--root", base / "shell").returncode == 0
+        started = jailkit("run", "shell", "--root", base / "shell", "--name", name, "--detach",
+                          "--", "/bin/sh", "-c", "while :; do sleep 1; done")
+        assert started.returncode == 0, started.stderr
+        shown = jailkit("exec", name, "--", "/bin/sh", "-c", SHOW)
+        assert shown.returncode == 0, shown.stderr
+        check_confined_like_the_service(shown.stdout, service_of(name, jailkit),
+                                        "0000000000000000")
+    finally:
+        jailkit("stop", name, "--timeout", "1")
+        for log in (f"{name}.log", f"{name}.log.1"):
+            Path(f"/tmp/jailkit-{NOBODY}/{log}").unlink(missing_ok=True)
+        shutil.rmtree(base)

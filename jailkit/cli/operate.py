@@ -40,3 +40,20 @@ def logs(name, follow, lines):
         sys.exit(0)
     finally:
         log.close()
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.option("--user", "-u", metavar="USER",
+              help="Run as this user of the jail (name or uid; default the service's).")
+@click.option("-i", "--interactive", is_flag=True,
+              help="Pass stdin to the command even when it is not a terminal.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@_one_line_errors
+def exec_(name, user, interactive, command):
+    """Run COMMAND in the running jail NAME, for debugging: in its namespaces and cgroups, as
+    confined as its service (capabilities, no_new_privs, seccomp, its network rules), as its
+    service's user. Exit status: the command's (125 when it could not start)."""
+    from jailkit.launch.attach import attach
+
+    attach(name, list(command), user, interactive)

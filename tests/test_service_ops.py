@@ -261,3 +261,45 @@ def test_an_ordinary_user_execs_into_its_own_jail(world_readable_checkout):
         for log in (f"{name}.log", f"{name}.log.1"):
             Path(f"/tmp/jailkit-{NOBODY}/{log}").unlink(missing_ok=True)
         shutil.rmtree(base)
+
+
+# --- jailkit unit ---------------------------------------------------------------------------
+
+def test_unit_is_a_valid_systemd_service_whose_commands_start_and_stop_the_jail(base, jail,
+                                                                                 names):
+    import shlex
+
+    name = names("unit")
+    made = run_jailkit("unit", "svc", "--root", jail, "--name", name, "--", "--memory", "64M",
+                       timeout=30)
+    assert made.returncode == 0, made.stderr
+    unit = base / f"jailkit-{name}.service"
+    unit.write_text(made.stdout)
+    verified = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
+                              capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
+    fields = dict(line.split("=", 1) for line in made.stdout.splitlines() if "=" in line)
+    assert fields["Type"] in ("simple", "exec") and fields["Restart"] == "on-failure"
+    assert fields["Delegate"] == "yes" and fields["KillMode"] == "mixed"
+    start, stop = shlex.split(fields["ExecStart"]), shlex.split(fields["ExecStop"][1:])
+    assert os.path.isabs(start[0]) and os.access(start[0], os.X_OK)
+    assert start[-8:] == ["run", "svc", "--root", str(jail), "--name", name, "--memory", "64M"]
+    assert stop[-4:] == ["stop", name, "--timeout", "10"] and stop[0] == start[0]
+    # what systemd would run: the jail in the foreground, then stopped by ExecStop
+    env = {"PATH": "/usr/bin:/bin", **dict([fields["Environment"].split("=", 1)])} \
+        if "Environment" in fields else {"PATH": "/usr/bin:/bin"}
+    service = subprocess.Popen(start, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: name in run_jailkit("ps", timeout=30).stdout, what="the unit's jail")
+        stopped = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert service.wait(10) is not None and name not in run_jailkit("ps", timeout=30).stdout
+    finally:
+        service.kill()
+        service.wait()
+
+
+def test_unit_refuses_options_it_sets_itself(jail):
+    refused = run_jailkit("unit", "svc", "--root", jail, "--", "--detach", timeout=30)
+    assert refused.returncode == 2 and "the unit sets it" in refused.stderr

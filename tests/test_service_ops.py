@@ -303,3 +303,54 @@ def test_unit_is_a_valid_systemd_service_whose_commands_start_and_stop_the_jail(
 def test_unit_refuses_options_it_sets_itself(jail):
     refused = run_jailkit("unit", "svc", "--root", jail, "--", "--detach", timeout=30)
     assert refused.returncode == 2 and "the unit sets it" in refused.stderr
+
+
+# --- /dev/log -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def syslog_probe(base):
+    probe = base / "syslog_probe"
+    subprocess.run(["gcc", "-static", "-O1", "-o", probe, Path(__file__).parent /
+                    "syslog_probe.c"], check=True, capture_output=True)
+    return probe
+
+
+def test_syslog_of_a_detached_jail_goes_to_its_log_from_any_user(jail, names, syslog_probe):
+    """PAM and servers say why a login failed only through syslog(3): the jail's pid 1 relays
+    its /dev/log into the jail's log, whichever user of the jail sends."""
+    shutil.copy(syslog_probe, jail / "current/root/usr/bin/syslog_probe")
+    name = names("syslog")
+    try:
+        detach(jail, name)
+        sent = run_jailkit("exec", name, "--user", "nobody", "--", "/usr/bin/syslog_probe", "1",
+                           "authentication failure; user=ftpuser", timeout=30)
+        assert sent.returncode == 0, sent.stderr
+    finally:
+        (jail / "current/root/usr/bin/syslog_probe").unlink()
+
+    def relayed():
+        shown = run_jailkit("logs", name, timeout=30).stdout
+        return [line for line in shown.splitlines() if "authentication failure" in line]
+    line = wait_for(relayed, what="the message in the log")[0]
+    assert is_stamped(line)
+    assert line.split(" ", 1)[1].startswith("syslog auth.warning: probe[")
+    assert line.endswith("]: authentication failure; user=ftpuser 0")
+
+
+def test_syslog_goes_to_a_foreground_runs_stderr_rate_limited_one_line_each(jail,
+                                                                            syslog_probe):
+    shutil.copy(syslog_probe, jail / "current/root/usr/bin/syslog_probe")
+    try:
+        ran = run_jailkit("run", "svc", "--root", jail, "--", "/bin/sh", "-c",
+                          "syslog_probe 1 'one\nforged line'; syslog_probe 250 flood",
+                          timeout=60)
+    finally:
+        (jail / "current/root/usr/bin/syslog_probe").unlink()
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stderr.splitlines()
+    assert lines[0].startswith("syslog auth.warning: probe[") and \
+        lines[0].endswith("]: one forged line 0")  # a message cannot forge a line
+    relayed = [line for line in lines if ": flood " in line]
+    dropped = [line for line in lines if "syslog messages dropped" in line]
+    assert 99 <= len(relayed) <= 200 and len(dropped) >= 1  # at most 100 a second
+    assert len(relayed) + sum(int(line.split()[1]) for line in dropped) == 250

@@ -443,7 +443,6 @@ def test_a_killed_foreground_launcher_leaves_no_cgroup_after_the_next_run(jail_b
 
 
 def run_args(jail: Path) -> list[str]:
-    import sys
 
     return [sys.executable, "-m", "jailkit", "run", "svc", "--root", str(jail), "--"]
 
@@ -519,82 +518,6 @@ def test_a_cpu_quota_caps_a_busy_jail(jail_a, names):
     time.sleep(3)
     share = (stats(name)["cpu_usec"] - before) / 1e6 / (time.monotonic() - begin)
     assert 0.05 < share < 0.4, share  # 30% of one CPU, not the whole of it
-
-
-def test_logs_shows_the_last_lines_and_follows_until_the_jail_ends(jail_b, names):
-    name = names("logs")
-    script = ("i=0; while [ $i -lt 5 ]; do echo early $i; i=$((i+1)); done; sleep 4; "
-              "echo late; echo also late >&2")
-    started(jail_b, name, command=["/bin/sh", "-c", script])
-    log = Path(f"/run/jailkit/{name}.log")
-    wait_for(lambda: log.exists() and "early 4" in log.read_text())
-    last = run_jailkit("logs", name, "-n", "2", timeout=30)
-    assert last.returncode == 0, last.stderr
-    lines = last.stdout.splitlines()
-    assert [line.split(" ", 1)[1] for line in lines] == ["early 3", "early 4"]
-    assert lines[0].split()[0][:4].isdigit()  # each line timestamped
-    follower = subprocess.Popen([sys.executable, "-m", "jailkit", "logs", "-f", name],
-                                env={**os.environ, "PYTHONPATH": str(REPO)},
-                                stdout=subprocess.PIPE, text=True)
-    try:
-        assert "late" not in log.read_text()  # what follows is written while it follows
-        out, _ = follower.communicate(timeout=30)  # ends by itself once the jail has ended
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
-    assert follower.returncode == 0
-    followed = [line.split(" ", 1)[1] for line in out.splitlines()]
-    assert followed[:5] == [f"early {i}" for i in range(5)]
-    assert "late" in followed and "also late" in followed
-
-
-def test_logs_of_a_jail_without_one_is_one_line():
-    result = run_jailkit("logs", "no-such-jail-here", timeout=30)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "only a jail started with `jailkit run --detach` has one" in result.stderr
-    bad = run_jailkit("logs", "../etc/passwd", timeout=30)
-    assert bad.returncode == 2 and "a jail name is" in bad.stderr
-
-
-def test_unit_passes_systemd_analyze_and_its_commands_start_and_stop_the_jail(
-        base, jail_b, names, tmp_path):
-    import shlex
-
-    name = names("unit")
-    printed = run_jailkit("unit", base / "svc.toml", "--root", jail_b, "--name", name,
-                          timeout=30)
-    assert printed.returncode == 0, printed.stderr
-    unit = tmp_path / f"jailkit-{name}.service"
-    unit.write_text(printed.stdout)
-    verified = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True,
-                              text=True, timeout=60)
-    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
-    fields = dict(line.split("=", 1) for line in printed.stdout.splitlines()
-                  if "=" in line and not line.startswith("#"))
-    assert fields["Type"] == "exec" and fields["Delegate"] == "yes"
-    assert fields["Restart"] == "on-failure" and fields["WantedBy"] == "multi-user.target"
-    start, stop = shlex.split(fields["ExecStart"]), shlex.split(fields["ExecStop"])
-    assert os.path.isabs(start[0]) and start[1:3] == ["run", str(base / "svc.toml")]
-    # what systemd would do: ExecStart in the foreground, then ExecStop
-    service = subprocess.Popen(start, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, cwd="/")
-    try:
-        wait_for(lambda: name in ps())
-        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=60)
-        assert stopped.returncode == 0, stopped.stderr
-        service.wait(timeout=30)
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-    assert name not in ps() and not cgroup_dirs(name)
-
-
-def test_unit_of_a_jail_never_built_is_one_line(tmp_path):
-    result = run_jailkit("unit", "shell", "--root", tmp_path / "none", timeout=30)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "build it first" in result.stderr
 
 
 def test_detach_refuses_a_ready_port_that_something_else_answers_already(jail_b, names):

@@ -26,9 +26,10 @@ COMMANDS = {
     "stats": "jailkit.cli.service:stats",
     "stop": "jailkit.cli.service:stop",
     "restart": "jailkit.cli.service:restart",
-    "logs": "jailkit.cli.service:logs",
-    "unit": "jailkit.cli.service:unit",
     "doctor": "jailkit.cli.doctor:doctor",
+    "logs": "jailkit.cli.operate:logs",
+    "exec": "jailkit.cli.operate:exec_",
+    "unit": "jailkit.cli.operate:unit",
 }
 
 

@@ -1,14 +1,12 @@
 """`jailkit ps`, `stats`, `stop` and `restart`: running jails, by name (launch/running.py)."""
 
 import json
-import os
 import sys
 import time
 
 import click
 
 from jailkit.cli.build import _one_line_errors, json_option
-from jailkit.errors import JailkitError
 from jailkit.launch.cgroup import human_bytes, limits_text
 
 
@@ -136,148 +134,3 @@ def restart(name, timeout):
             *entry.get("restart", [])]
     sys.exit(run_main(argv))
 
-
-def _open_log(registry_fd: int, name: str) -> int | None:
-    try:
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=registry_fd)
-    except FileNotFoundError:
-        return None
-
-
-def _read_all(fd: int) -> bytes:
-    with os.fdopen(os.dup(fd), "rb") as f:
-        return f.read()
-
-
-def _last_lines(registry_fd: int, name: str, count: int | None) -> tuple[bytes, int | None]:
-    """The last `count` lines (all for None) of NAME.log.1 then NAME.log, and NAME.log's open
-    descriptor, at its end (None when there is no log)."""
-    current = _open_log(registry_fd, f"{name}.log")
-    if current is None:
-        return b"", None
-    rotated = _open_log(registry_fd, f"{name}.log.1")
-    text = b""
-    if rotated is not None:
-        text = _read_all(rotated)
-        os.close(rotated)
-    text += _read_all(current)
-    os.lseek(current, 0, os.SEEK_END)
-    if count is not None:
-        text = b"".join(text.splitlines(keepends=True)[-count:] if count else [])
-    return text, current
-
-
-@click.command()
-@click.argument("name")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing what the jail writes.")
-@click.option("-n", "--lines", "count", type=click.IntRange(0), default=None,
-              help="Only the last N lines.")
-@_one_line_errors
-def logs(name, follow, count):
-    """Print the log of NAME, a jail started with `run --detach`: its stdout and stderr, each line
-    timestamped (UTC), the rotated part first. With -f, follow it (across rotation) until the
-    jail has ended and all it wrote is printed, or until interrupted."""
-    from jailkit.launch.registry import Registry
-    from jailkit.vocabulary import check_name
-
-    check_name(name)
-    registry = Registry(create=False)
-    try:
-        if registry.fd is None:
-            raise JailkitError(f"no log for {name!r}: no jail has run here yet (`jailkit run "
-                               "--detach` keeps one)")
-        text, fd = _last_lines(registry.fd, name, count)
-        if fd is None:
-            raise JailkitError(f"no log for {name!r}: only a jail started with `jailkit run "
-                               "--detach` has one (`jailkit ps` lists the running jails)")
-        out = sys.stdout.buffer
-        out.write(text)
-        out.flush()
-        try:
-            while follow:
-                chunk = os.read(fd, 1 << 16)
-                if chunk:
-                    out.write(chunk)
-                    out.flush()
-                    continue
-                now = _open_log(registry.fd, f"{name}.log")
-                if now is not None and os.fstat(now).st_ino != os.fstat(fd).st_ino:
-                    os.close(fd)  # rotated: what the old file still got was read above
-                    fd = now
-                    continue
-                if now is not None:
-                    os.close(now)
-                if not registry.read(name)[1]:
-                    break  # the jail has ended and its last words are printed
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            os.close(fd)
-    finally:
-        registry.close()
-
-
-UNIT = """\
-# {unit}: the jail in {root}, started at boot.
-# Install: jailkit unit {args} > /etc/systemd/system/{unit}
-#          systemctl daemon-reload && systemctl enable --now {unit}
-[Unit]
-Description=jailkit jail {name} ({profile})
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-# `jailkit run` in the foreground: the waiter is the main process, the jail dies with it
-Type=exec
-ExecStart={jailkit} run {profile} --root {root} --name {name}
-# the profile's stop signal, then, after the timeout, SIGKILL to every process of the jail
-ExecStop={jailkit} stop {name} --timeout {timeout}
-TimeoutStopSec={stop_seconds}
-KillMode=mixed
-# jailkit makes and removes the jail's own cgroups
-Delegate=yes
-Restart=on-failure
-RestartSec=2
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-
-@click.command()
-@click.argument("profile")
-@click.option("--root", type=click.Path(file_okay=False),
-              help="Jail directory (default /var/lib/jailkit/NAME as root, else "
-                   "$XDG_DATA_HOME/jailkit/NAME).")
-@click.option("--name", help="Its name among running jails [default: DIR's last component].")
-@click.option("--timeout", type=click.IntRange(1, 3600), default=10, show_default=True,
-              help="Seconds `jailkit stop` waits before killing the jail.")
-@_one_line_errors
-def unit(profile, root, name, timeout):
-    """Print a systemd unit that runs the jail of PROFILE at boot, in the foreground under
-    systemd, stopped with `jailkit stop`, restarted on failure."""
-    import shutil
-
-    from jailkit.vocabulary import check_name, default_jail_dir, jail_name
-
-    root = os.path.abspath(root or default_jail_dir(jail_name(profile)))
-    if not os.path.lexists(os.path.join(root, "current")):
-        raise JailkitError(f"no jail is built in {root}: build it first with `jailkit build "
-                           f"{profile} --root {root}`")
-    name = check_name(name or os.path.basename(root))
-    jailkit = shutil.which("jailkit")
-    if jailkit is None:
-        raise JailkitError("`jailkit` is not on PATH: the unit needs its absolute path (install "
-                           "jailkit, or link it into /usr/local/bin)")
-    if "/" in profile or profile.endswith(".toml"):
-        profile = os.path.abspath(profile)  # systemd starts it from /
-    for value in (profile, root):
-        if any(c.isspace() or c in "\\\"'%$;" for c in value):
-            raise JailkitError(f"{value!r}: a path with spaces, quotes or %$; cannot stand in a "
-                               "unit's command line here; use a plainer path")
-    unit_name = f"jailkit-{name}.service"
-    click.echo(UNIT.format(
-        unit=unit_name, root=root, name=name, profile=profile, jailkit=jailkit,
-        timeout=timeout, stop_seconds=timeout + 10,
-        args=" ".join([profile, "--root", root, "--name", name])), nl=False)

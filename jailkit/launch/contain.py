@@ -134,16 +134,22 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     if not _launcher_alive(sync_fd):
         os._exit(SETUP_FAILED)
-    # 13. File descriptors: only the sync pipe and pid 1's program (both close-on-exec).
+    # 13. File descriptors: only the sync pipe and pid 1's program (both close-on-exec), and
+    #     /dev/log's socket, which pid 1 relays to its stderr (the log, or the caller's).
     _at("closing fds")
-    _close_fds({sync_fd, reaper_fd})
+    syslog_fd = next((op.syslog_fd for op in plan.mounts if op.kind == "dev"), None)
+    _close_fds({sync_fd, reaper_fd} | ({syslog_fd} if syslog_fd is not None else set()))
     # 14. seccomp, last.
     _at("seccomp")
     seccomp.install(spec.seccomp_allow)
     # 15. Become the reaper, from the launcher's sealed memory copy (/proc/1/exe names no host
     #     file), which waits for the service, forwards signals to it and reaps orphans.
     _at("exec of the reaper")
-    sc.execveat(reaper_fd, [*plan.reaper_args, str(service)], {})
+    syslog = []
+    if syslog_fd is not None:
+        os.set_inheritable(syslog_fd, True)
+        syslog = [str(syslog_fd)]
+    sc.execveat(reaper_fd, [*plan.reaper_args, str(service), *syslog], {})
 
 
 def confine_service(plan, maps_fd: int) -> None:

@@ -161,12 +161,13 @@ class Dev(Mount):
     """A tmpfs /dev holding binds of the host's nodes (mknod is refused in a user namespace),
     a devpts of its own, /dev/shm; read-only once made."""
 
-    __slots__ = ("devices", "pts_gid")
+    __slots__ = ("devices", "pts_gid", "syslog_fd")
     kind = "dev"
 
     def __init__(self, path: str, devices, pts_gid: int | None):
         super().__init__(path)
         self.devices, self.pts_gid = devices, pts_gid
+        self.syslog_fd = None  # /dev/log, bound by apply; pid 1 relays it (reaper.c)
 
     def details(self):
         return f"devices={self.devices} pts_gid={self.pts_gid}"
@@ -189,7 +190,23 @@ class Dev(Mount):
         for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                            ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
             os.symlink(link, f"{target}/{name}")
+        self.syslog_fd = _bind_syslog(f"{target}/log")
         _remount(target, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
+
+
+def _bind_syslog(path: str) -> int:
+    """/dev/log, a datagram socket any user of the jail may send to: sshd, vsftpd and PAM
+    report failed logins only through syslog. Bound before /dev is made read-only."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
 
 
 class Sys(Mount):

@@ -15,10 +15,14 @@
  *       holds only for itself: CMD's process drops them from every set before the exec (with
  *       no_new_privs set, the exec cannot give them back).
  *
- *   jailkit-reaper adopt STOPSIG PID
+ *   jailkit-reaper adopt STOPSIG PID [SYSLOGFD]
  *       pid 1 of the jail, as init, for a service that pid 1 started before exec'ing this
  *       (its own child PID, in a nested user namespace) rather than one it forks itself. This
- *       is what the launcher uses (contain.py); pid 1 then holds CAP_KILL alone.
+ *       is what the launcher uses (contain.py); pid 1 then holds CAP_KILL alone. SYSLOGFD is
+ *       the jail's /dev/log (a datagram socket, mounts.py): each message becomes one line on
+ *       pid 1's stderr (the detached jail's log, or the caller's terminal), "syslog
+ *       FACILITY.SEVERITY: TAG[PID]: TEXT", control characters made spaces (a message cannot
+ *       forge a line), at most SYSLOG_RATE a second: the others are counted and reported.
  *
  *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD | --log FD] [--cgroup DIR]...
  *                  [--veth NAME] [--registry DIRFD [--entry FILE] [--log-name FILE --log-cap N]]
@@ -45,6 +49,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
@@ -115,6 +120,132 @@ static int supervise(pid_t child, int stop_signal)
 	}
 }
 
+static void write_all(int fd, const char *buf, ssize_t len);
+
+#define SYSLOG_RATE 100 /* messages a second; a flood costs the relay nothing more */
+#define SYSLOG_LINE 1024
+
+struct syslog_relay {
+	int fd;
+	long second, sent, dropped;
+};
+
+static void syslog_emit(const char *line, size_t len)
+{
+	/* never block pid 1 on a full pipe or a stopped terminal: drop instead */
+	struct pollfd out = {2, POLLOUT, 0};
+	if (poll(&out, 1, 0) == 1 && (out.revents & POLLOUT))
+		write_all(2, line, (ssize_t)len);
+}
+
+/* Report what was dropped in the second that ended, and start counting a new one. */
+static void syslog_tick(struct syslog_relay *relay)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (now.tv_sec == relay->second)
+		return;
+	if (relay->dropped) {
+		char note[96];
+		int n = snprintf(note, sizeof(note), "jailkit: %ld syslog messages dropped (more than "
+				 "%d a second)\n", relay->dropped, SYSLOG_RATE);
+		syslog_emit(note, (size_t)n);
+	}
+	relay->second = now.tv_sec;
+	relay->sent = relay->dropped = 0;
+}
+
+/* One queued message to stderr; 0 when none was queued. */
+static int syslog_relay_one(struct syslog_relay *relay)
+{
+	static const char *const facilities[] = {
+		"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+		"authpriv", "ftp", "ntp", "security", "console", "cron2", "local0", "local1",
+		"local2", "local3", "local4", "local5", "local6", "local7"};
+	static const char *const severities[] = {"emerg", "alert", "crit", "err", "warning",
+						  "notice", "info", "debug"};
+	char msg[SYSLOG_LINE], line[SYSLOG_LINE + 64];
+	ssize_t len = recv(relay->fd, msg, sizeof(msg) - 1, MSG_DONTWAIT);
+	if (len <= 0)
+		return 0;
+	syslog_tick(relay);
+	if (relay->sent >= SYSLOG_RATE) {
+		relay->dropped++;
+		return 1;
+	}
+	relay->sent++;
+	msg[len] = 0;
+	char *text = msg;
+	int pri = 13; /* user.notice, as syslog(3) without one */
+	if (text[0] == '<') {
+		char *end;
+		long value = strtol(text + 1, &end, 10);
+		if (*end == '>' && value >= 0 && value < 24 * 8) {
+			pri = (int)value;
+			text = end + 1;
+		}
+	}
+	/* syslog(3)'s "Mmm dd hh:mm:ss ": the log line has its own time */
+	if (strlen(text) > 16 && text[3] == ' ' && text[6] == ' ' && text[9] == ':' &&
+	    text[12] == ':' && text[15] == ' ')
+		text += 16;
+	size_t n = strlen(text);
+	while (n && (text[n - 1] == '\n' || text[n - 1] == ' '))
+		n--;
+	int head = snprintf(line, sizeof(line), "syslog %s.%s: ", facilities[pri >> 3],
+			    severities[pri & 7]);
+	for (size_t i = 0; i < n; i++)
+		line[head + i] = (unsigned char)text[i] < 0x20 || text[i] == 0x7f ? ' ' : text[i];
+	line[head + n] = '\n';
+	syslog_emit(line, head + n + 1);
+	return 1;
+}
+
+/* supervise(), also relaying /dev/log: signals come through a signalfd, polled with it. */
+static int supervise_relaying(pid_t child, int stop_signal, int syslog_fd)
+{
+	sigset_t set;
+	forwarded_set(&set);
+	int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+	if (sfd < 0) {
+		close(syslog_fd);
+		return supervise(child, stop_signal);
+	}
+	struct syslog_relay relay = {syslog_fd, 0, 0, 0};
+	struct pollfd fds[2] = {{sfd, POLLIN, 0}, {syslog_fd, POLLIN, 0}};
+	for (;;) {
+		/* wake once a second while something dropped waits to be reported */
+		if (poll(fds, 2, relay.dropped ? 1000 : -1) < 0)
+			continue; /* EINTR */
+		if (fds[1].revents & POLLIN)
+			while (syslog_relay_one(&relay))
+				; /* bounded by the socket's queue (net.unix.max_dgram_qlen) */
+		else if (relay.dropped)
+			syslog_tick(&relay);
+		if (!(fds[0].revents & POLLIN))
+			continue;
+		struct signalfd_siginfo info;
+		if (read(sfd, &info, sizeof(info)) != sizeof(info))
+			continue;
+		int sig = (int)info.ssi_signo;
+		if (sig == SIGCHLD) {
+			int status;
+			pid_t pid;
+			while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+				if (pid != child)
+					continue;
+				while (syslog_relay_one(&relay))
+					; /* what it sent just before it exited */
+				relay.second = -1;
+				syslog_tick(&relay); /* and what was dropped */
+				return status_code(status);
+			}
+			continue;
+		}
+		kill(child, sig == SIGTERM ? stop_signal : sig);
+	}
+}
+
 static int run_init(int argc, char **argv)
 {
 	if (argc < 5) {
@@ -148,14 +279,16 @@ static int run_init(int argc, char **argv)
 
 static int run_adopt(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: jailkit-reaper adopt STOPSIG PID\n");
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: jailkit-reaper adopt STOPSIG PID [SYSLOGFD]\n");
 		return 2;
 	}
 	prctl(PR_SET_PDEATHSIG, SIGKILL); /* as in init: exec may have cleared it */
 	/* exec'd from a memfd, the kernel names us after it ("memfd:jailkit-r"): our own name */
 	prctl(PR_SET_NAME, "jailkit-reaper");
 	/* a SIGCHLD of a child that already exited is pending (blocked since before the exec) */
+	if (argc == 5)
+		return supervise_relaying((pid_t)atol(argv[3]), atoi(argv[2]), atoi(argv[4]));
 	return supervise((pid_t)atol(argv[3]), atoi(argv[2]));
 }
 

@@ -348,3 +348,9 @@ def landlock_restrict_self(ruleset_fd: int) -> None:
     """Confine this thread and its future children; needs no_new_privs (or CAP_SYS_ADMIN)."""
     _check(_syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0)),
            "landlock_restrict_self")
+
+
+def setns(fd: int, flags: int) -> None:
+    """Join the namespaces `flags` names of the process a pidfd `fd` refers to, all at once
+    (Linux 5.8: the kernel checks each against the user namespace joined with them)."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(flags)), "setns")

@@ -1,0 +1,136 @@
+"""`jailkit logs`, `exec` and `unit`: looking into and after a jail run as a service."""
+
+import sys
+
+import click
+
+from jailkit.cli.build import _one_line_errors
+
+
+@click.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new lines (also across the log's rotation) until the jail "
+                   "ends or you interrupt.")
+@click.option("-n", "--lines", type=click.IntRange(0), default=None,
+              help="Only the last N lines (default: all that is kept, up to 2 MiB).")
+@_one_line_errors
+def logs(name, follow, lines):
+    """The output of the detached jail NAME (its stdout and stderr, and what it sends to
+    /dev/log), each line prefixed with a UTC timestamp. Kept after the jail ends."""
+    from jailkit.launch.logs import Log
+
+    log = Log(name)
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    try:
+        text, fd = log.tail(lines)
+        write(text)
+        if follow:
+            log.follow(fd, write, lambda: not log.running())
+            click.echo(f"{name} has ended", err=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `jailkit logs NAME | head`
+        sys.stderr.close()
+        sys.exit(0)
+    finally:
+        log.close()
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.option("--user", "-u", metavar="USER",
+              help="Run as this user of the jail (name or uid; default the service's).")
+@click.option("-i", "--interactive", is_flag=True,
+              help="Pass stdin to the command even when it is not a terminal.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@_one_line_errors
+def exec_(name, user, interactive, command):
+    """Run COMMAND in the running jail NAME, for debugging: in its namespaces and cgroups, as
+    confined as its service (capabilities, no_new_privs, seccomp, its network rules), as its
+    service's user. Exit status: the command's (125 when it could not start)."""
+    from jailkit.launch.attach import attach
+
+    attach(name, list(command), user, interactive)
+
+
+def _systemd_quote(arg: str) -> str:
+    """One word of an Exec= line: % and $ are systemd's specifiers and variables."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg and not any(c in arg for c in " \t\"'\\;"):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _jailkit_command() -> list[str]:
+    """The absolute command that runs this jailkit: its installed script, else this interpreter
+    with `-m jailkit` (a checkout: PYTHONPATH goes into the unit too)."""
+    import os
+    import shutil
+
+    script = sys.argv[0]
+    if os.path.basename(script) == "jailkit" and os.access(script, os.X_OK):
+        return [os.path.abspath(script)]
+    found = shutil.which("jailkit")
+    if found and os.path.dirname(os.path.realpath(found)) == \
+            os.path.dirname(os.path.realpath(sys.executable)):
+        return [os.path.abspath(found)]
+    return [os.path.abspath(sys.executable), "-m", "jailkit"]
+
+
+@click.command()
+@click.argument("profile")
+@click.option("--root", "root", metavar="DIR", help="The jail directory (as for `jailkit run`).")
+@click.option("--name", metavar="NAME", help="The jail's name (default: DIR's last component).")
+@click.option("--stop-timeout", type=click.IntRange(1, 3600), default=10, show_default=True,
+              help="Seconds `jailkit stop` gives the service before killing the jail.")
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
+@_one_line_errors
+def unit(profile, root, name, stop_timeout, run_args):
+    """Print a systemd unit that runs PROFILE's jail at boot: `jailkit run` in the foreground,
+    stopped by `jailkit stop`, restarted on failure. Options after `--` go to `jailkit run`
+    (--net, --memory, --set ...)."""
+    import os
+
+    from jailkit.launch.registry import check_name
+    from jailkit.vocabulary import default_jail_dir, jail_name
+
+    directory = os.path.abspath(root or default_jail_dir(jail_name(profile)))
+    name = check_name(name or os.path.basename(directory).lstrip(".-") or "jail")
+    for arg in run_args:
+        if arg in ("-d", "--detach") or arg.split("=")[0] in ("--root", "--name"):
+            raise click.UsageError(f"{arg}: the unit sets it; pass only run's other options")
+    jailkit = _jailkit_command()
+    start = [*jailkit, "run", profile, "--root", directory, "--name", name, *run_args]
+    stop = [*jailkit, "stop", name, "--timeout", str(stop_timeout)]
+    lines = [
+        "[Unit]",
+        f"Description=jailkit jail {name} (profile {profile}, {directory})",
+        "After=network.target",
+        "",
+        "[Service]",
+        # the jail runs in the foreground: its output goes to the journal
+        "Type=exec",
+        "ExecStart=" + " ".join(map(_systemd_quote, start)),
+        # the stop signal, then the whole jail killed (cgroup.kill) after the timeout; `-`: a
+        # jail that has already ended is no failure
+        "ExecStop=-" + " ".join(map(_systemd_quote, stop)),
+        "Restart=on-failure",
+        "RestartSec=2",
+        # the jail's cgroups (jailkit/NAME) are jailkit's to make, limit and remove
+        "Delegate=yes",
+        # SIGTERM to `jailkit run`'s waiter alone, which passes it on as the profile's stop
+        # signal and cleans up; SIGKILL to what is left only after TimeoutStopSec
+        "KillMode=mixed",
+        f"TimeoutStopSec={stop_timeout + 20}",
+    ]
+    pythonpath = os.environ.get("PYTHONPATH")
+    if len(jailkit) > 1 and pythonpath:
+        lines.append("Environment=" + _systemd_quote(f"PYTHONPATH={pythonpath}"))
+    lines += ["", "[Install]", "WantedBy=multi-user.target"]
+    click.echo("\n".join(lines))

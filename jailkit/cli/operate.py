@@ -97,8 +97,7 @@ def unit(profile, root, name, stop_timeout, run_args):
     (--net, --memory, --set ...)."""
     import os
 
-    from jailkit.launch.registry import check_name
-    from jailkit.vocabulary import default_jail_dir, jail_name
+    from jailkit.vocabulary import check_name, default_jail_dir, jail_name
 
     directory = os.path.abspath(root or default_jail_dir(jail_name(profile)))
     name = check_name(name or os.path.basename(directory).lstrip(".-") or "jail")

@@ -10,7 +10,8 @@ import os
 import time
 
 from jailkit.errors import JailkitError
-from jailkit.launch.registry import FILE_FLAGS, Registry, check_name
+from jailkit.launch.registry import FILE_FLAGS, Registry
+from jailkit.vocabulary import check_name
 
 POLL_SECONDS = 0.2  # how often a follower looks for new lines
 

@@ -303,7 +303,10 @@ def trace(profile: str, root: str, command: list[str], timeout: float, log_dir: 
     try:
         status = proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        _stop(proc, log)
+        pass
+    finally:  # also when doctor itself is stopped (interruptible)
+        if proc.poll() is None:
+            _stop(proc, log)
     ran = time.monotonic() - started
     with open(out_path, errors="replace") as f:
         output = f.read()
@@ -318,17 +321,22 @@ def _stop(proc: subprocess.Popen, log: str) -> None:
             launcher = int(f.readline().split()[0])
         os.kill(launcher, signal.SIGTERM)
     except (OSError, ValueError, IndexError):
-        proc.terminate()
+        # not started yet: strace and the launcher are the process group doctor made
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(15)
     except subprocess.TimeoutExpired:
-        proc.kill()  # strace itself; the jail dies with its launcher (parent-death signal)
+        # strace and the launcher; the jail dies with its launcher (parent-death signal)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(15)
 
 
 def doctor(profile: str, root: str, command: list[str], timeout: float) -> dict:
+    from jailkit.author.trace import interruptible
+
     jail = Jail(root)
-    with tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:
+    with interruptible("doctor stopped the jail and strace"), \
+            tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:
         log, output, ran, status = trace(profile, root, command, timeout, log_dir)
         calls, exits = service_calls(log)
     if exits.get("service") is None:

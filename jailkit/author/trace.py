@@ -7,6 +7,7 @@ service needs from its file system, its accounts and its network are traced (TRA
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -441,45 +442,64 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
     # Orphans (a service's forked children whose parent exited) come back to us rather than
     # to the host's init, so that every process the service started is found and stopped.
     syscalls.prctl(PR_SET_CHILD_SUBREAPER, 1)
-    # SIGTERM to the trace stops the service too (the finally below), as ^C does
-    signal.signal(signal.SIGTERM, _interrupted)
     workdir = tempfile.mkdtemp(prefix="jailkit-trace-")
     log_path = os.path.join(workdir, "strace.log")
-    tracer = subprocess.Popen(
-        [strace, "-f", "-qq", "-yy", "-s", "512", "-e", "signal=none", "-e",
-         f"trace={TRACED_CALLS}", "-o", log_path, "--", program, *command[1:]],
-        stdin=subprocess.DEVNULL, env={"PATH": SERVICE_PATH}, start_new_session=True)
     result = RunResult(log="", probe_ok=None)
-    try:
-        deadline = time.monotonic() + duration
-        if probe_argv:
-            result.probe_ok = False
-            while time.monotonic() < deadline and tracer.poll() is None:
-                ok, output = _probe(probe_argv, deadline)
-                result.probe_output = output
-                if ok:
-                    result.probe_ok = True
-                    break
-                time.sleep(0.2)
-        else:
-            while time.monotonic() < deadline and tracer.poll() is None:
-                time.sleep(0.1)
-        if tracer.poll() is not None:
-            result.exited_early = tracer.returncode
-        _stop_tree(tracer)
-        with open(log_path, encoding="utf-8", errors="surrogateescape") as f:
-            result.log = f.read()
-    except KeyboardInterrupt:
-        raise JailkitError("interrupted: the service and what it started were stopped") from None
-    finally:
-        if tracer.poll() is None:
+    with interruptible("the service and what it started were stopped"):
+        tracer = None
+        try:
+            tracer = subprocess.Popen(
+                [strace, "-f", "-qq", "-yy", "-s", "512", "-e", "signal=none", "-e",
+                 f"trace={TRACED_CALLS}", "-o", log_path, "--", program, *command[1:]],
+                stdin=subprocess.DEVNULL, env={"PATH": SERVICE_PATH}, start_new_session=True)
+            _watch(tracer, probe_argv, duration, result)
             _stop_tree(tracer)
-        shutil.rmtree(workdir, ignore_errors=True)
+            with open(log_path, encoding="utf-8", errors="surrogateescape") as f:
+                result.log = f.read()
+        finally:
+            if tracer is not None and tracer.poll() is None:
+                _stop_tree(tracer)
+            shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt
+def _watch(tracer: subprocess.Popen, probe_argv: list[str] | None, duration: float,
+           result: RunResult) -> None:
+    """Probe the service until it answers (or let it run) for at most `duration` seconds, and
+    note whether it exited by itself meanwhile."""
+    deadline = time.monotonic() + duration
+    if probe_argv:
+        result.probe_ok = False
+        while time.monotonic() < deadline and tracer.poll() is None:
+            ok, output = _probe(probe_argv, deadline)
+            result.probe_output = output
+            if ok:
+                result.probe_ok = True
+                break
+            time.sleep(0.2)
+    else:
+        while time.monotonic() < deadline and tracer.poll() is None:
+            time.sleep(0.1)
+    if tracer.poll() is not None:
+        result.exited_early = tracer.returncode
+
+
+@contextlib.contextmanager
+def interruptible(stopped: str):
+    """SIGTERM and SIGINT to this process (a service manager's stop, ^C) end the block by an
+    exception, so that its `finally` stops what it started (a tracer runs in a session of its
+    own: nothing else would) and removes its files; the command then ends with one line."""
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise JailkitError(f"interrupted: {stopped}") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _probe(argv: list[str], deadline: float) -> tuple[bool, str]:

@@ -150,3 +150,25 @@ def test_ordinary_user_traces_builds_and_runs(as_root, world_readable_checkout):
             service.wait(timeout=30)
     finally:
         shutil.rmtree(home)
+
+
+def test_a_service_that_died_by_itself_fails_the_trace(tmp_path):
+    """The port is taken: the traced http.server dies at once, and the probe is answered by the
+    server already there (or there is no probe). The trace fails with one line giving the
+    service's status, and writes no profile of that run."""
+    profile = tmp_path / "site.toml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        probe = ("python3 -c \"import socket, time; time.sleep(2); "
+                 f"socket.create_connection(('127.0.0.1', {port}))\"")
+        for probing in (["--probe", probe], []):
+            result = run_jailkit("trace", "-o", profile, "--duration", "4", *probing, "--",
+                                 "python3", "-m", "http.server", "--bind", "127.0.0.1",
+                                 str(port), cwd=tmp_path, timeout=60)
+            assert result.returncode == 1, (probing, result.stderr)
+            ours = [line for line in result.stderr.splitlines() if line.startswith("jailkit:")]
+            assert len(ours) == 1, result.stderr  # the rest is the service's own traceback
+            assert "exited by itself" in ours[0] and "status 1" in ours[0], ours
+            assert not profile.exists()

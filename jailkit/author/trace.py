@@ -453,7 +453,12 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
                  f"trace={TRACED_CALLS}", "-o", log_path, "--", program, *command[1:]],
                 stdin=subprocess.DEVNULL, env={"PATH": SERVICE_PATH}, start_new_session=True)
             _watch(tracer, probe_argv, duration, result)
+            # none of its processes left: it ended by itself (a probe may have been answered
+            # by another server on its port), and strace exits with its status
+            ended = not [p for p in _descendants(os.getpid()) if p != tracer.pid and _alive(p)]
             _stop_tree(tracer)
+            if ended:
+                result.exited_early = tracer.returncode
             with open(log_path, encoding="utf-8", errors="surrogateescape") as f:
                 result.log = f.read()
         finally:
@@ -465,8 +470,7 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
 
 def _watch(tracer: subprocess.Popen, probe_argv: list[str] | None, duration: float,
            result: RunResult) -> None:
-    """Probe the service until it answers (or let it run) for at most `duration` seconds, and
-    note whether it exited by itself meanwhile."""
+    """Probe the service until it answers (or let it run) for at most `duration` seconds."""
     deadline = time.monotonic() + duration
     if probe_argv:
         result.probe_ok = False
@@ -480,8 +484,6 @@ def _watch(tracer: subprocess.Popen, probe_argv: list[str] | None, duration: flo
     else:
         while time.monotonic() < deadline and tracer.poll() is None:
             time.sleep(0.1)
-    if tracer.poll() is not None:
-        result.exited_early = tracer.returncode
 
 
 @contextlib.contextmanager

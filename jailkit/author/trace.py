@@ -22,6 +22,7 @@ from jailkit.errors import JailkitError
 
 TRACED_CALLS = ",".join([
     "%file",  # open*, stat*, access, exec*, chdir, mkdir, unlink, rename, chown, readlink, ...
+    "getcwd",  # a service that asks where it runs uses that directory (http.server serves it)
     "clone", "clone3", "fork", "vfork",  # who inherits whose ids
     "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
     "setfsuid", "setfsgid",
@@ -73,7 +74,7 @@ class Trace:
     command: list[str] = field(default_factory=list)  # argv of the first program run
     program: str | None = None  # its absolute path, as executed
     cwd: str | None = None
-    used_relative_paths: bool = False
+    used_start_dir: bool = False  # relative paths, getcwd, or files read below it
     paths: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> {how: seen as}
     executed: dict[str, str] = field(default_factory=dict)
     writer_uid: dict[str, int] = field(default_factory=dict)  # written path -> euid writing it
@@ -266,7 +267,7 @@ def read_trace(text: str) -> Trace:
             if not at:
                 continue
             path, relative = at
-            trace.used_relative_paths |= relative and pid not in moved
+            trace.used_start_dir |= relative and pid not in moved
             flags = call.args[index + 1] if len(call.args) > index + 1 else ""
             writes = name == "creat" or any(f in flags for f in WRITE_FLAGS)
             if call.ok:
@@ -282,9 +283,11 @@ def read_trace(text: str) -> Trace:
                                                          "fstatat64") else None
             at = _path_at(call, dirfd, 1 if dirfd is not None else 0, here)
             if at:
-                trace.used_relative_paths |= at[1] and pid not in moved
+                trace.used_start_dir |= at[1] and pid not in moved
                 trace.saw(at[0], "stat" if call.ok else "missing" if call.error == "ENOENT"
                           else "denied", seen)
+        elif name == "getcwd":
+            trace.used_start_dir |= call.ok and pid not in moved
         elif name in ("chdir", "chroot"):
             at = _path_at(call, None, 0, here)
             if at and call.ok:
@@ -344,6 +347,12 @@ def read_trace(text: str) -> Trace:
                 soft, hard = (_limit_value(v) for v in limit.groups())
                 if hard > 4096:  # above the jail's default hard limit: the profile must say so
                     trace.nofile = (soft, hard)
+    if trace.cwd and trace.cwd != "/":
+        # files read or listed below the start directory by absolute path are using it too
+        below = trace.cwd.rstrip("/") + "/"
+        trace.used_start_dir |= any(
+            path.startswith(below) and ("read" in how or "list" in how)
+            for path, how in trace.paths.items())
     if first_pid is not None and trace.program:
         trace.daemonized = _first_exited_early(text, first_pid)
     return trace
@@ -383,7 +392,7 @@ def _wrote(trace: Trace, call: Call, uid: int, seen: str, cwd: str | None,
     for dirfd, index in at_calls.get(name, [(None, 0)]):
         at = _path_at(call, dirfd, index, cwd)
         if at:
-            trace.used_relative_paths |= at[1] and in_start_dir
+            trace.used_start_dir |= at[1] and in_start_dir
             trace.saw(at[0], "create" if name.startswith(("mkdir", "mknod")) else "write", seen)
             trace.writer_uid.setdefault(at[0], uid)
 

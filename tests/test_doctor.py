@@ -152,7 +152,8 @@ def test_a_refused_syscall_and_a_taken_port_from_a_command(tmp_path):
     assert result.returncode == 1, result.stderr
     found = fixes(json.loads(result.stdout))
     assert found.get('[service] seccomp_allow = ["unshare"]') == "seccomp", found
-    assert "port" in found.values(), found
+    port_fix = next(fix for fix, kind in found.items() if kind == "port")
+    assert f"jailkit build python3 --root {jail} --set port=N" in port_fix, port_fix
 
 
 def test_doctor_of_a_jail_never_built_is_one_line(tmp_path):

@@ -672,3 +672,11 @@ def test_dry_run_prints_the_plan_and_runs_nothing(jail):
     assert result.returncode == 0, result.stderr
     assert "tmpfs  /tmp" in result.stdout and "proc   /proc" in result.stdout
     assert "network   veth" in result.stdout
+
+
+def test_a_profile_variable_given_to_run_names_the_whole_build(tmp_path):
+    """`run nginx --root D --set port=N`: the rebuild it names must be of D, not the default."""
+    root = tmp_path / "mynginx"
+    result = run_jailkit("run", "nginx", "--root", root, "--set", "port=8181")
+    assert result.returncode == 2, result.stderr
+    assert f"jailkit build nginx --root {root} --set port=8181\n" in result.stderr

@@ -193,8 +193,8 @@ def _refuse_variables(opts: Options) -> None:
         if key.split(".")[0] not in (*REQUIRED, *DEFAULTS):
             raise JailkitError(f"--set {key}: launch.json has no key {key.split('.')[0]!r} "
                                "(run --set overrides launch.json keys); if it is a profile "
-                               f"variable, rebuild: jailkit build {opts.profile} --set "
-                               f"{key}={text}")
+                               f"variable, rebuild: jailkit build {opts.profile}"
+                               f"{f' --root {opts.root}' if opts.root else ''} --set {key}={text}")
 
 
 def run(opts: Options) -> int:

@@ -22,7 +22,7 @@ def jail(tmp_path):
 
 def findings(jail):
     with JailDir(jail) as opened:
-        return [(f.kind, f.path) for f in check_jail(opened, "jailkit update shell --root DIR")]
+        return [(f.kind, f.path) for f in check_jail(opened, "shell", str(jail))]
 
 
 def test_clean_jail_has_no_findings(jail):
@@ -104,3 +104,9 @@ def test_check_without_a_jail_is_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr == (f"jailkit: no jail at {tmp_path}/none; build it first with "
                              "`jailkit build`\n")
+
+
+def test_check_of_another_profile_in_a_jail_is_refused(jail):
+    result = run_jailkit("check", "nginx", "--root", jail)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "'shell'" in result.stderr and "not 'nginx'" in result.stderr, result.stderr

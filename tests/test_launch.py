@@ -680,3 +680,11 @@ def test_a_profile_variable_given_to_run_names_the_whole_build(tmp_path):
     result = run_jailkit("run", "nginx", "--root", root, "--set", "port=8181")
     assert result.returncode == 2, result.stderr
     assert f"jailkit build nginx --root {root} --set port=8181\n" in result.stderr
+
+
+def test_run_of_another_profile_in_a_jail_is_refused(jail):
+    """`run nginx --root <the shell jail>` would start the shell jail's service as if it were
+    nginx's: refused, naming the jail's profile."""
+    result = run_jailkit("run", "nginx", "--root", jail, "--", "/bin/true", timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "'shell'" in result.stderr and "not 'nginx'" in result.stderr, result.stderr

@@ -108,9 +108,13 @@ def _check_record(record, seen, opener, owners, update: str) -> list[Finding]:
     return out
 
 
-def check_jail(jail: JailDir, update: str) -> list[Finding]:
+def check_jail(jail: JailDir, profile: str, root: str) -> list[Finding]:
     """Every finding for the generation DIR/current points to (empty: the jail is as built).
-    `update`: the command that updates this jail (`jailkit update PROFILE --root DIR`)."""
+    `profile` and `root` as typed: a jail of another profile is refused (checked against the
+    wrong profile, it would pass as that one's), and they make the fix of a stale finding."""
+    from jailkit.vocabulary import jail_name
+
+    update = f"jailkit update {profile} --root {root}"
     number = jail.current()
     if number is None:
         raise JailkitError(f"no jail is built in {jail.path}: run `jailkit build` first")
@@ -118,6 +122,10 @@ def check_jail(jail: JailDir, update: str) -> list[Finding]:
         gen_fd = jail.open_generation(number)
         try:
             built = manifest.read(gen_fd, f"{jail.path}/gen-{number}")
+            if built.profile != jail_name(profile):
+                raise JailkitError(f"{root} holds the jail of profile {built.profile!r}, not "
+                                   f"{jail_name(profile)!r}: check --root, or check it with "
+                                   f"`jailkit check {built.profile} --root {root}`")
             root_fd = open_dir("root", gen_fd)
         finally:
             os.close(gen_fd)

@@ -674,14 +674,6 @@ def test_dry_run_prints_the_plan_and_runs_nothing(jail):
     assert "network   veth" in result.stdout
 
 
-def test_a_profile_variable_given_to_run_names_the_whole_build(tmp_path):
-    """`run nginx --root D --set port=N`: the rebuild it names must be of D, not the default."""
-    root = tmp_path / "mynginx"
-    result = run_jailkit("run", "nginx", "--root", root, "--set", "port=8181")
-    assert result.returncode == 2, result.stderr
-    assert f"jailkit build nginx --root {root} --set port=8181\n" in result.stderr
-
-
 def test_run_of_another_profile_in_a_jail_is_refused(jail):
     """`run nginx --root <the shell jail>` would start the shell jail's service as if it were
     nginx's: refused, naming the jail's profile."""

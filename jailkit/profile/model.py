@@ -200,8 +200,9 @@ def _coerce(name: str, text: str, default):
     else:
         # an empty value where the profile has one renders `worker_processes ;`: the service
         # would fail at start, far from the cause
-        raise ProfileError(f"--set {name}=: an empty value (the default is {default!r}); give "
-                           f"a value, or leave --set {name} out to keep the default")
+        # (the default is not shown: it may be a password)
+        raise ProfileError(f"--set {name}=: an empty value, where the profile's default is not "
+                           f"empty; give a value, or leave --set {name} out to keep the default")
     raise ProfileError(f"--set {name}={text}: expected {type(default).__name__} like {default!r}")
 
 

@@ -84,7 +84,7 @@ def test_run_set_of_a_profile_variable_says_to_rebuild_with_build_set(tmp_path):
     jailkit_ok("build", "nginx", "--root", jail)
     result = run_jailkit("run", "nginx", "--root", jail, "--set", "port=9000", "--dry-run")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "jailkit build nginx --set port=9000" in result.stderr
+    assert f"jailkit build nginx --root {jail} --set port=9000\n" in result.stderr
     assert "launch.json" in run_jailkit("run", "--help").stdout
     help_text = jailkit_ok("build", "--help").stdout
     assert "variable" in help_text and "run --set" in help_text

@@ -22,7 +22,7 @@ def jail(tmp_path):
 
 def findings(jail):
     with JailDir(jail) as opened:
-        return [(f.kind, f.path) for f in check_jail(opened)]
+        return [(f.kind, f.path) for f in check_jail(opened, "shell", str(jail))]
 
 
 def test_clean_jail_has_no_findings(jail):
@@ -90,8 +90,9 @@ def test_stale_host_source_is_reported_and_update_fixes_it(tmp_path):
     assert json.loads(result.stdout) == [{
         "kind": "stale", "path": f"{host}/data.txt",
         "detail": f"host source {host}/data.txt changed since the build: "
-                  "`jailkit update` the jail"}]
-    result = run_jailkit("update", profile, "--root", jail)
+                  f"`jailkit update {profile} --root {jail}`"}]
+    fix = json.loads(result.stdout)[0]["detail"].split("`")[1].split()
+    result = run_jailkit(*fix[1:])  # the command the finding gives, as it is
     assert result.returncode == 0, result.stderr
     assert f"updated  {host}/data.txt: host file changed" in result.stdout
     assert run_jailkit("check", profile, "--root", jail).returncode == 0
@@ -103,3 +104,9 @@ def test_check_without_a_jail_is_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr == (f"jailkit: no jail at {tmp_path}/none; build it first with "
                              "`jailkit build`\n")
+
+
+def test_check_of_another_profile_in_a_jail_is_refused(jail):
+    result = run_jailkit("check", "nginx", "--root", jail)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "'shell'" in result.stderr and "not 'nginx'" in result.stderr, result.stderr

@@ -5,6 +5,7 @@ import ftplib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NOBODY, SETS_NEEDED, as_nobody, jailkit_env, run_jailkit
+from conftest import NOBODY, SETS_NEEDED, as_nobody, descendants, jailkit_env, run_jailkit, wait_for
 from services import free_port
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -151,7 +152,8 @@ def test_a_refused_syscall_and_a_taken_port_from_a_command(tmp_path):
     assert result.returncode == 1, result.stderr
     found = fixes(json.loads(result.stdout))
     assert found.get('[service] seccomp_allow = ["unshare"]') == "seccomp", found
-    assert "port" in found.values(), found
+    port_fix = next(fix for fix, kind in found.items() if kind == "port")
+    assert f"jailkit build python3 --root {jail} --set port=N" in port_fix, port_fix
 
 
 def test_doctor_of_a_jail_never_built_is_one_line(tmp_path):
@@ -188,3 +190,38 @@ def test_a_jail_run_refuses_is_its_one_line(tmp_path):
     result = run_jailkit("doctor", "shell", "--root", jail, "--", "/bin/true", timeout=60)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "launch spec" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_doctor_stopped_by_a_signal_stops_what_it_started(tmp_path, signum):
+    """A signal to doctor alone (not its process group: strace runs in a session of its own)
+    stops strace and the traced jail and removes doctor's temporary directory."""
+    jail, scratch = tmp_path / "j", tmp_path / "tmpdir"
+    build("shell", jail)
+    scratch.mkdir()
+    env = dict(jailkit_env(), TMPDIR=str(scratch))
+    proc = subprocess.Popen([sys.executable, "-m", "jailkit", "doctor", "shell", "--root",
+                             str(jail), "--timeout", "120", "--", "/bin/sleep", "600"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = wait_for(lambda: (lambda below: below if any(
+            _comm(p) == "sleep" for p in below) else None)(descendants(proc.pid)), 60)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0 and err.count("\n") == 1 and "interrupted" in err, err
+    left = [p for p, start in started.items() if descendants(1).get(p) == start]
+    for pid in left:  # the processes this test started, by pid and start time
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"doctor left {left} running"
+    assert list(scratch.iterdir()) == [], "doctor left its temporary directory"
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""

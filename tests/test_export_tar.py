@@ -270,3 +270,46 @@ def test_an_ordinary_user_exports_imports_checks_and_runs_its_own_jail(home):
                          "echo from the import")
     assert (ran.returncode, ran.stdout) == (0, "from the import\n"), ran.stderr
     assert (base / "copy").stat().st_uid == NOBODY
+
+
+def _sets_of(jail) -> dict:
+    return json.loads((jail / "current/sets.json").read_text())
+
+
+def test_the_jails_set_values_travel_with_the_archive(tmp_path):
+    """A jail built with `--set port=P`, exported without --set: the archive's profile.toml
+    shows P, the archive carries the remembered values (0600), and an update after import
+    keeps P instead of reverting to the profile's 8080."""
+    port = free_port()
+    build("nginx", tmp_path / "jail", f"port={port}")
+    archive = tmp_path / "nginx.tar"
+    assert export("nginx", tmp_path / "jail", "tar", archive).returncode == 0
+    items = dict((m.name, (m, data)) for m, data in members(archive))
+    assert f"port = {port}".encode() in items["profile.toml"][1]
+    info, data = items["sets.json"]
+    assert stat.S_IMODE(info.mode) == 0o600
+    assert json.loads(data) == {"profile": "nginx", "sets": {"port": str(port)}}
+    copy = tmp_path / "copy"
+    assert imported(archive, copy).returncode == 0
+    assert _sets_of(copy) == {"profile": "nginx", "sets": {"port": str(port)}}
+    assert stat.S_IMODE((copy / "current/sets.json").stat().st_mode) == 0o600
+    assert run_jailkit("update", "nginx", "--root", copy, timeout=300).returncode == 0
+    assert f"listen {port};" in (copy / "current/root/etc/nginx/nginx.conf").read_text()
+
+
+def test_an_archive_without_set_values_keeps_the_jails_own(nginx_archive, tmp_path):
+    """Importing into an existing jail an archive that carries no remembered values (an older
+    jailkit's) leaves the jail's own; a sets.json that is not string -> string is refused."""
+    port = free_port()
+    build("nginx", tmp_path / "jail", f"port={port}")
+    bare = rewrite(nginx_archive[2], tmp_path / "bare.tar",
+                   lambda items: items.remove(next(i for i in items if i[0].name == "sets.json")))
+    assert imported(bare, tmp_path / "jail").returncode == 0
+    assert _sets_of(tmp_path / "jail") == {"profile": "nginx", "sets": {"port": str(port)}}
+
+    def bad_sets(items):
+        i = next(i for i, (m, _) in enumerate(items) if m.name == "sets.json")
+        items[i] = (items[i][0], b'{"profile": "nginx", "sets": {"port": 8080}}')
+
+    refused(rewrite(nginx_archive[2], tmp_path / "bad.tar", bad_sets), tmp_path / "new",
+            "sets.json")

@@ -672,3 +672,11 @@ def test_dry_run_prints_the_plan_and_runs_nothing(jail):
     assert result.returncode == 0, result.stderr
     assert "tmpfs  /tmp" in result.stdout and "proc   /proc" in result.stdout
     assert "network   veth" in result.stdout
+
+
+def test_run_of_another_profile_in_a_jail_is_refused(jail):
+    """`run nginx --root <the shell jail>` would start the shell jail's service as if it were
+    nginx's: refused, naming the jail's profile."""
+    result = run_jailkit("run", "nginx", "--root", jail, "--", "/bin/true", timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "'shell'" in result.stderr and "not 'nginx'" in result.stderr, result.stderr

@@ -164,3 +164,13 @@ def test_exit_status(build, chain):
     assert missing.returncode != 0
     # A missing library fails the run even when the other files are fine.
     assert run_jailkit("ldd", "/usr/bin/ls", chain).returncode != 0
+
+
+def test_every_command_takes_dash_h_for_help():
+    """`jailkit build -h` answered "No such option: -h" while `jailkit run -h` printed help."""
+    from jailkit.cli.main import COMMANDS
+
+    for args in ([], *([name] for name in COMMANDS)):
+        result = run_jailkit(*args, "-h")
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.startswith("Usage:"), (args, result.stdout)

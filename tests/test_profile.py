@@ -351,3 +351,22 @@ def test_every_key_of_the_settings_table_is_read_and_shown_and_loads_back(tmp_pa
     (tmp_path / "elsewhere").mkdir()
     again = load(str(write(tmp_path / "elsewhere", "all", as_toml(profile))))
     assert again._replace(sources=()) == profile._replace(sources=())
+
+
+def test_a_profile_without_the_root_user_is_told_how_to_get_it(tmp_path):
+    """A traced or hand-written profile without `extends = ["libc"]` has no root user: the
+    error names the fix, not only the lack."""
+    path = write(tmp_path, "p", 'binaries = ["/bin/true"]\n[service]\ncommand = ["/bin/true"]\n')
+    result = run_jailkit("build", path, "--root", tmp_path / "jail")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "no user 'root'" in result.stderr, result.stderr
+    assert 'extends = ["libc"]' in result.stderr and "[users.root]" in result.stderr
+
+
+def test_an_empty_set_value_for_a_variable_with_a_default_is_refused(tmp_path):
+    """`--set worker_processes=` rendered `worker_processes ;`: nginx would not start."""
+    result = run_jailkit("build", "nginx", "--root", tmp_path / "jail",
+                         "--set", "worker_processes=")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--set worker_processes=" in result.stderr and "empty" in result.stderr
+    assert not (tmp_path / "jail").exists()

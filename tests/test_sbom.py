@@ -254,3 +254,35 @@ def test_outdated_survives_and_escapes_hostile_manifest_versions(shell_jail, tmp
     assert result.returncode in (0, 1, 2), result.stderr
     assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_outdated_fix_for_a_jail_built_from_a_profile_file_names_the_file(tmp_path):
+    """`jailkit update mysite` fails ("no bundled profile named 'mysite'"): the fix names the
+    profile file, and the command it gives, with that file, updates the jail."""
+    profile = tmp_path / "mysite.toml"
+    profile.write_text((Path(__file__).parent.parent / "jailkit/profiles/shell.toml").read_text())
+    jail = tmp_path / "mysite"
+    assert run_jailkit("build", profile, "--root", jail).returncode == 0
+    admindir = bumped_admindir(tmp_path, "libc6:amd64")
+    result = run_jailkit("outdated", "--root", jail, "--admindir", admindir, "--json")
+    (found,) = json.loads(result.stdout)
+    assert found["fix"] == f"jailkit update <path of mysite.toml> --root {jail}", found
+    fixed = found["fix"].replace("<path of mysite.toml>", str(profile)).split()
+    assert run_jailkit(*fixed[1:]).returncode == 0
+
+
+def test_an_imported_jail_is_not_reported_up_to_date(shell_jail, tmp_path):
+    """An imported jail records no packages: outdated cannot know, and says so with the fix."""
+    archive, jail = tmp_path / "shell.tar", tmp_path / "imported"
+    assert run_jailkit("export", "shell", "--root", shell_jail, "--format", "tar", "-o",
+                       archive, timeout=120).returncode == 0
+    assert run_jailkit("import", archive, "--root", jail, timeout=120).returncode == 0
+    result = run_jailkit("outdated", "--root", jail)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{jail}: its packages are unknown" in result.stdout, result.stdout
+    assert f"  fix: jailkit update shell --root {jail} (once, to record its packages)" \
+        in result.stdout
+    (found,) = json.loads(run_jailkit("outdated", "--root", jail, "--json").stdout)
+    assert found["unknown"] is True and found["packages"] == []
+    assert run_jailkit("update", "shell", "--root", jail, timeout=300).returncode == 0
+    assert run_jailkit("outdated", "--root", jail).returncode == 0

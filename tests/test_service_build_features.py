@@ -107,7 +107,7 @@ def test_password_is_hashed_with_yescrypt_and_kept_while_unchanged(tmp_path, acc
 
 @pytest.mark.parametrize("sets, message", [
     (["name=Not A Name"], "name = 'Not A Name' is not a user name"),
-    (["pw="], "the password is empty"),
+    (["pw="], "--set pw=: an empty value"),  # refused before the account checks
 ])
 def test_bad_account_variables_are_one_line(tmp_path, account_profile, sets, message):
     result = build(account_profile, "--root", tmp_path / "jail",

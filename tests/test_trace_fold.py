@@ -70,7 +70,7 @@ def test_trace_reads_ids_ports_and_relative_paths(recorded):
     # the child that changed directory wrote relative to its own directory, as the user
     # it inherited from its parent
     assert trace.writer_uid[f"{tmp}/data/store.db"] == 1
-    assert trace.used_relative_paths
+    assert trace.used_start_dir
 
 
 def test_folding(recorded):

@@ -6,6 +6,8 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from conftest import NOBODY, REPO, as_nobody, run_jailkit
@@ -150,3 +152,53 @@ def test_ordinary_user_traces_builds_and_runs(as_root, world_readable_checkout):
             service.wait(timeout=30)
     finally:
         shutil.rmtree(home)
+
+
+def test_a_service_that_died_by_itself_fails_the_trace(tmp_path):
+    """The port is taken: the traced http.server dies at once, and the probe is answered by the
+    server already there (or there is no probe). The trace fails with one line giving the
+    service's status, and writes no profile of that run."""
+    profile = tmp_path / "site.toml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        probe = ("python3 -c \"import socket, time; time.sleep(2); "
+                 f"socket.create_connection(('127.0.0.1', {port}))\"")
+        for probing in (["--probe", probe], []):
+            result = run_jailkit("trace", "-o", profile, "--duration", "4", *probing, "--",
+                                 "python3", "-m", "http.server", "--bind", "127.0.0.1",
+                                 str(port), cwd=tmp_path, timeout=60)
+            assert result.returncode == 1, (probing, result.stderr)
+            ours = [line for line in result.stderr.splitlines() if line.startswith("jailkit:")]
+            assert len(ours) == 1, result.stderr  # the rest is the service's own traceback
+            assert "exited by itself" in ours[0] and "status 1" in ours[0], ours
+            assert not profile.exists()
+
+
+def test_a_traced_http_server_serves_its_site_not_the_jails_root(as_root, tmp_path):
+    """`python3 -m http.server` serves the directory it was started in (it asks getcwd, then
+    reads absolute paths): the profile's workdir must be that directory, or the jail's service
+    serves the jail's / (its /etc/passwd)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("the site\n")
+    port = free_port()
+    fetch = ("python3 -c \"import urllib.request; "
+             f"urllib.request.urlopen('http://127.0.0.1:{port}/index.html')\"")
+    result = run_jailkit("trace", "-o", tmp_path / "site.toml", "--probe", fetch, "--",
+                         "python3", "-m", "http.server", "--bind", "127.0.0.1", str(port),
+                         cwd=site, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f'workdir = "{site}"' in (tmp_path / "site.toml").read_text()
+    build(str(tmp_path / "site.toml"), tmp_path / "jail")
+    service = Service(str(tmp_path / "site.toml"), tmp_path / "jail", tmp_path / "service.log")
+    try:
+        service.wait_port(port)
+        base = f"http://127.0.0.1:{port}"
+        assert urllib.request.urlopen(f"{base}/index.html", timeout=10).read() == b"the site\n"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{base}/etc/passwd", timeout=10)
+        assert service.stop() == 128 + 15, service.log()  # http.server has no SIGTERM handler
+    finally:
+        service.kill()

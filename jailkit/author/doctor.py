@@ -137,7 +137,7 @@ def _path(call: Call) -> str | None:
 class Jail:
     """What the built jail holds (its manifest) and mounts (its launch.json)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, profile: str):
         from jailkit.build.jaildir import JailDir
         from jailkit.build.manifest import read, read_json
 
@@ -151,6 +151,7 @@ class Jail:
                 launch = read_json(gen_fd, "launch.json") or {}
             finally:
                 os.close(gen_fd)
+        self.rebuild = f"jailkit build {profile} --root {root}"  # for a fix line
         self.mounts = [w["path"] for w in launch.get("writable", [])]
         self.mounts += ["/dev"] * bool(launch.get("devices"))
         self.mounts += [b["path"] for b in launch.get("binds", [])]
@@ -229,10 +230,10 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
             if call.errno == "EADDRINUSE":
                 add("port", f"bind to port {number}: already in use on the host",
                     "stop what listens there, or rebuild with another port: "
-                    "jailkit build PROFILE --set port=N")
+                    f"{jail.rebuild} --set port=N")
             elif number < 1024:
                 add("port", f"bind to port {number}: below 1024, refused in the host's network",
-                    "rebuild with a port of 1024 or more (jailkit build PROFILE --set port=N), "
+                    f"rebuild with a port of 1024 or more ({jail.rebuild} --set port=N), "
                     'or run it with --net veth and capabilities = ["CAP_NET_BIND_SERVICE"]')
             else:
                 add("port", f"bind to port {number}: not in the ports the jail may bind",
@@ -303,7 +304,10 @@ def trace(profile: str, root: str, command: list[str], timeout: float, log_dir: 
     try:
         status = proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        _stop(proc, log)
+        pass
+    finally:  # also when doctor itself is stopped (interruptible)
+        if proc.poll() is None:
+            _stop(proc, log)
     ran = time.monotonic() - started
     with open(out_path, errors="replace") as f:
         output = f.read()
@@ -318,17 +322,22 @@ def _stop(proc: subprocess.Popen, log: str) -> None:
             launcher = int(f.readline().split()[0])
         os.kill(launcher, signal.SIGTERM)
     except (OSError, ValueError, IndexError):
-        proc.terminate()
+        # not started yet: strace and the launcher are the process group doctor made
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(15)
     except subprocess.TimeoutExpired:
-        proc.kill()  # strace itself; the jail dies with its launcher (parent-death signal)
+        # strace and the launcher; the jail dies with its launcher (parent-death signal)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(15)
 
 
 def doctor(profile: str, root: str, command: list[str], timeout: float) -> dict:
-    jail = Jail(root)
-    with tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:
+    from jailkit.author.trace import interruptible
+
+    jail = Jail(root, profile)
+    with interruptible("doctor stopped the jail and strace"), \
+            tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:
         log, output, ran, status = trace(profile, root, command, timeout, log_dir)
         calls, exits = service_calls(log)
     if exits.get("service") is None:

@@ -460,11 +460,11 @@ def _accounts(trace: Trace, draft: Draft) -> None:
 def _service(trace: Trace, draft: Draft, command: list[str] | None) -> None:
     argv = list(command or trace.command)
     draft.command = [trace.program or argv[0], *argv[1:]] if argv else []
-    if trace.used_relative_paths and trace.cwd and trace.cwd != "/":
+    if trace.used_start_dir and trace.cwd and trace.cwd != "/":
         draft.workdir = trace.cwd
         if trace.cwd not in draft.writable:
             draft.directories[trace.cwd] = {"why": "the working directory it was traced in "
-                                                   "(it used relative paths)"}
+                                                   "(it used it)"}
     draft.capabilities = [Entry(c, w) for c, w in sorted(trace.capabilities.items())]
     if trace.tcp_binds or trace.udp_binds or trace.tcp_connects:
         draft.network = "host"

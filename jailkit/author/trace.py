@@ -7,6 +7,7 @@ service needs from its file system, its accounts and its network are traced (TRA
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -21,6 +22,7 @@ from jailkit.errors import JailkitError
 
 TRACED_CALLS = ",".join([
     "%file",  # open*, stat*, access, exec*, chdir, mkdir, unlink, rename, chown, readlink, ...
+    "getcwd",  # a service that asks where it runs uses that directory (http.server serves it)
     "clone", "clone3", "fork", "vfork",  # who inherits whose ids
     "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
     "setfsuid", "setfsgid",
@@ -72,7 +74,7 @@ class Trace:
     command: list[str] = field(default_factory=list)  # argv of the first program run
     program: str | None = None  # its absolute path, as executed
     cwd: str | None = None
-    used_relative_paths: bool = False
+    used_start_dir: bool = False  # relative paths, getcwd, or files read below it
     paths: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> {how: seen as}
     executed: dict[str, str] = field(default_factory=dict)
     writer_uid: dict[str, int] = field(default_factory=dict)  # written path -> euid writing it
@@ -265,7 +267,7 @@ def read_trace(text: str) -> Trace:
             if not at:
                 continue
             path, relative = at
-            trace.used_relative_paths |= relative and pid not in moved
+            trace.used_start_dir |= relative and pid not in moved
             flags = call.args[index + 1] if len(call.args) > index + 1 else ""
             writes = name == "creat" or any(f in flags for f in WRITE_FLAGS)
             if call.ok:
@@ -281,9 +283,11 @@ def read_trace(text: str) -> Trace:
                                                          "fstatat64") else None
             at = _path_at(call, dirfd, 1 if dirfd is not None else 0, here)
             if at:
-                trace.used_relative_paths |= at[1] and pid not in moved
+                trace.used_start_dir |= at[1] and pid not in moved
                 trace.saw(at[0], "stat" if call.ok else "missing" if call.error == "ENOENT"
                           else "denied", seen)
+        elif name == "getcwd":
+            trace.used_start_dir |= call.ok and pid not in moved
         elif name in ("chdir", "chroot"):
             at = _path_at(call, None, 0, here)
             if at and call.ok:
@@ -343,6 +347,12 @@ def read_trace(text: str) -> Trace:
                 soft, hard = (_limit_value(v) for v in limit.groups())
                 if hard > 4096:  # above the jail's default hard limit: the profile must say so
                     trace.nofile = (soft, hard)
+    if trace.cwd and trace.cwd != "/":
+        # files read or listed below the start directory by absolute path are using it too
+        below = trace.cwd.rstrip("/") + "/"
+        trace.used_start_dir |= any(
+            path.startswith(below) and ("read" in how or "list" in how)
+            for path, how in trace.paths.items())
     if first_pid is not None and trace.program:
         trace.daemonized = _first_exited_early(text, first_pid)
     return trace
@@ -382,7 +392,7 @@ def _wrote(trace: Trace, call: Call, uid: int, seen: str, cwd: str | None,
     for dirfd, index in at_calls.get(name, [(None, 0)]):
         at = _path_at(call, dirfd, index, cwd)
         if at:
-            trace.used_relative_paths |= at[1] and in_start_dir
+            trace.used_start_dir |= at[1] and in_start_dir
             trace.saw(at[0], "create" if name.startswith(("mkdir", "mknod")) else "write", seen)
             trace.writer_uid.setdefault(at[0], uid)
 
@@ -441,45 +451,66 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
     # Orphans (a service's forked children whose parent exited) come back to us rather than
     # to the host's init, so that every process the service started is found and stopped.
     syscalls.prctl(PR_SET_CHILD_SUBREAPER, 1)
-    # SIGTERM to the trace stops the service too (the finally below), as ^C does
-    signal.signal(signal.SIGTERM, _interrupted)
     workdir = tempfile.mkdtemp(prefix="jailkit-trace-")
     log_path = os.path.join(workdir, "strace.log")
-    tracer = subprocess.Popen(
-        [strace, "-f", "-qq", "-yy", "-s", "512", "-e", "signal=none", "-e",
-         f"trace={TRACED_CALLS}", "-o", log_path, "--", program, *command[1:]],
-        stdin=subprocess.DEVNULL, env={"PATH": SERVICE_PATH}, start_new_session=True)
     result = RunResult(log="", probe_ok=None)
-    try:
-        deadline = time.monotonic() + duration
-        if probe_argv:
-            result.probe_ok = False
-            while time.monotonic() < deadline and tracer.poll() is None:
-                ok, output = _probe(probe_argv, deadline)
-                result.probe_output = output
-                if ok:
-                    result.probe_ok = True
-                    break
-                time.sleep(0.2)
-        else:
-            while time.monotonic() < deadline and tracer.poll() is None:
-                time.sleep(0.1)
-        if tracer.poll() is not None:
-            result.exited_early = tracer.returncode
-        _stop_tree(tracer)
-        with open(log_path, encoding="utf-8", errors="surrogateescape") as f:
-            result.log = f.read()
-    except KeyboardInterrupt:
-        raise JailkitError("interrupted: the service and what it started were stopped") from None
-    finally:
-        if tracer.poll() is None:
+    with interruptible("the service and what it started were stopped"):
+        tracer = None
+        try:
+            tracer = subprocess.Popen(
+                [strace, "-f", "-qq", "-yy", "-s", "512", "-e", "signal=none", "-e",
+                 f"trace={TRACED_CALLS}", "-o", log_path, "--", program, *command[1:]],
+                stdin=subprocess.DEVNULL, env={"PATH": SERVICE_PATH}, start_new_session=True)
+            _watch(tracer, probe_argv, duration, result)
+            # none of its processes left: it ended by itself (a probe may have been answered
+            # by another server on its port), and strace exits with its status
+            ended = not [p for p in _descendants(os.getpid()) if p != tracer.pid and _alive(p)]
             _stop_tree(tracer)
-        shutil.rmtree(workdir, ignore_errors=True)
+            if ended:
+                result.exited_early = tracer.returncode
+            with open(log_path, encoding="utf-8", errors="surrogateescape") as f:
+                result.log = f.read()
+        finally:
+            if tracer is not None and tracer.poll() is None:
+                _stop_tree(tracer)
+            shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt
+def _watch(tracer: subprocess.Popen, probe_argv: list[str] | None, duration: float,
+           result: RunResult) -> None:
+    """Probe the service until it answers (or let it run) for at most `duration` seconds."""
+    deadline = time.monotonic() + duration
+    if probe_argv:
+        result.probe_ok = False
+        while time.monotonic() < deadline and tracer.poll() is None:
+            ok, output = _probe(probe_argv, deadline)
+            result.probe_output = output
+            if ok:
+                result.probe_ok = True
+                break
+            time.sleep(0.2)
+    else:
+        while time.monotonic() < deadline and tracer.poll() is None:
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def interruptible(stopped: str):
+    """SIGTERM and SIGINT to this process (a service manager's stop, ^C) end the block by an
+    exception, so that its `finally` stops what it started (a tracer runs in a session of its
+    own: nothing else would) and removes its files; the command then ends with one line."""
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise JailkitError(f"interrupted: {stopped}") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _probe(argv: list[str], deadline: float) -> tuple[bool, str]:

@@ -88,7 +88,7 @@ def render(draft: Draft, traced: list[str]) -> str:
     lines += ["", "[service]", f"command = [{', '.join(quote(a) for a in draft.command)}]"]
     if draft.workdir:
         lines.append(f"workdir = {quote(draft.workdir)}  "
-                     f"{comment('it used relative paths from here')}")
+                     f"{comment('it was started here and used it')}")
     lines.append(f"env = {{ PATH = {quote(SERVICE_PATH)} }}  "
                  f"{comment('the environment it was traced with')}")
     if draft.capabilities:

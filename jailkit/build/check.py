@@ -55,19 +55,19 @@ def sha256_of(opener: TreeOpener, path: str) -> str:
         os.close(fd)
 
 
-def _host_changed(record: manifest.Record) -> str | None:
+def _host_changed(record: manifest.Record, update: str) -> str | None:
     try:
         now = HostStat.of(os.lstat(record.source))
     except OSError as e:
-        return f"host source {record.source} is gone ({e.strerror}): `jailkit update` the jail"
+        return f"host source {record.source} is gone ({e.strerror}): `{update}`"
     if record.host.ctime_ns is None:  # recorded by an older build
         now = now._replace(ctime_ns=None)
     if now != record.host:
-        return f"host source {record.source} changed since the build: `jailkit update` the jail"
+        return f"host source {record.source} changed since the build: `{update}`"
     return None
 
 
-def _check_record(record, seen, opener, owners) -> list[Finding]:
+def _check_record(record, seen, opener, owners, update: str) -> list[Finding]:
     path = record.path
     if seen is None:
         return [Finding("missing", path, f"{record.type} in the manifest, not in the jail")]
@@ -102,14 +102,19 @@ def _check_record(record, seen, opener, owners) -> list[Finding]:
     # no host identity: an imported jail's (its archive's was not believed), whose next build
     # copies every file afresh; its content was checked above all the same
     if record.type == "file" and record.source is not None and record.host is not None:
-        stale = _host_changed(record)
+        stale = _host_changed(record, update)
         if stale:
             out.append(Finding("stale", path, stale))
     return out
 
 
-def check_jail(jail: JailDir) -> list[Finding]:
-    """Every finding for the generation DIR/current points to (empty: the jail is as built)."""
+def check_jail(jail: JailDir, profile: str, root: str) -> list[Finding]:
+    """Every finding for the generation DIR/current points to (empty: the jail is as built).
+    `profile` and `root` as typed: a jail of another profile is refused (checked against the
+    wrong profile, it would pass as that one's), and they make the fix of a stale finding."""
+    from jailkit.vocabulary import jail_name
+
+    update = f"jailkit update {profile} --root {root}"
     number = jail.current()
     if number is None:
         raise JailkitError(f"no jail is built in {jail.path}: run `jailkit build` first")
@@ -117,6 +122,10 @@ def check_jail(jail: JailDir) -> list[Finding]:
         gen_fd = jail.open_generation(number)
         try:
             built = manifest.read(gen_fd, f"{jail.path}/gen-{number}")
+            if built.profile != jail_name(profile):
+                raise JailkitError(f"{root} holds the jail of profile {built.profile!r}, not "
+                                   f"{jail_name(profile)!r}: check --root, or check it with "
+                                   f"`jailkit check {built.profile} --root {root}`")
             root_fd = open_dir("root", gen_fd)
         finally:
             os.close(gen_fd)
@@ -129,7 +138,7 @@ def check_jail(jail: JailDir) -> list[Finding]:
         seen = walk_tree(root_fd)
         findings = []
         for path, record in built.records.items():
-            findings += _check_record(record, seen.get(path), opener, owners)
+            findings += _check_record(record, seen.get(path), opener, owners, update)
         for path, st in seen.items():
             record = built.records.get(path)
             if record is None:

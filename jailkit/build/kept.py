@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from jailkit.build import generate
 from jailkit.build.jaildir import JailDir
-from jailkit.build.manifest import SETS, Manifest, read_current, read_json
+from jailkit.build.manifest import SETS, Manifest, read_current, read_json, remembered
 from jailkit.launch.syscalls import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2
 
 
@@ -66,9 +66,4 @@ def remembered_sets(jail: JailDir, name: str) -> dict[str, str]:
         record = read_json(gen_fd, SETS)
     finally:
         os.close(gen_fd)
-    if not isinstance(record, dict) or record.get("profile") != name:
-        return {}
-    sets = record.get("sets")
-    if not isinstance(sets, dict):
-        return {}
-    return {str(k): str(v) for k, v in sets.items()}
+    return remembered(record, name) or {}

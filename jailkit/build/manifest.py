@@ -144,6 +144,18 @@ def read_current(jail) -> Manifest | None:
         return None
 
 
+def remembered(record, profile: str) -> dict[str, str] | None:
+    """The --set values of a sets.json `record` of jail `profile`, or None when it is not one
+    as build writes it (an object {"profile": NAME, "sets": {VARIABLE: VALUE}}, all strings)."""
+    if not isinstance(record, dict) or record.get("profile") != profile:
+        return None
+    sets = record.get("sets")
+    if not isinstance(sets, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in sets.items()):
+        return None
+    return sets
+
+
 def read_json(gen_fd: int, name: str) -> dict | None:
     """A small JSON file of a generation (launch.json), or None when it is missing or unreadable."""
     try:

@@ -51,8 +51,13 @@ def trace(output, probe, duration, log_out, from_log, as_json, command):
         run = trace_service(command, probe, duration)
         log = run.log
         if run.exited_early is not None:
-            click.echo(f"jailkit: the service exited by itself (status {run.exited_early}) "
-                       "before it was stopped", err=True)
+            # a trace of a service that failed (a port taken, a bad option) is no profile of it
+            if log_out:
+                _write(log_out, log)
+            status = run.exited_early
+            how = f"status {status}" if status >= 0 else f"killed by signal {-status}"
+            raise TraceFailed(f"the service exited by itself ({how}) before the trace stopped "
+                              "it: no profile written; see its output above")
         if run.probe_ok is False:
             click.echo(f"jailkit: the probe never succeeded: {run.probe_output or 'no output'}",
                        err=True)
@@ -81,6 +86,10 @@ def trace(output, probe, duration, log_out, from_log, as_json, command):
         click.echo(text, nl=False)
     if not from_log and (run.probe_ok is False):
         sys.exit(1)
+
+
+class TraceFailed(JailkitError):
+    exit_code = 1
 
 
 def _write(path: str, text: str) -> None:

@@ -298,7 +298,7 @@ def check(profile, root, as_json):
 
         root = _root(None, os.path.basename(locate(profile)).removesuffix(".toml"))
     with JailDir(root) as jail:
-        findings = check_jail(jail)
+        findings = check_jail(jail, profile, root)
     if as_json:
         click.echo(json.dumps([f._asdict() for f in findings], indent=2))
     else:

@@ -21,7 +21,7 @@ def _ports(jail, profile, sets) -> list[int]:
         return ports
     from jailkit.profile.model import load
 
-    port = load(profile, _overrides(sets)).variables.get("port")
+    port = load(profile, _overrides(sets), jail.sets).variables.get("port")
     return [port] if isinstance(port, int) and not isinstance(port, bool) else []
 
 
@@ -79,7 +79,8 @@ def export(profile, root, fmt, out, force, sets):
             from jailkit.profile.dump import as_toml
             from jailkit.profile.model import load
 
-            shown = as_toml(load(profile, _overrides(sets)))
+            # the profile as this jail was built: its remembered --set values, then these
+            shown = as_toml(load(profile, _overrides(sets), jail.sets))
             with staged(path, directory=False) as temp:
                 archive.write_archive(jail, temp, shown)
             click.echo(f"{jail.name}: gen-{jail.generation} -> {path}")

@@ -45,7 +45,8 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module_name), attribute)
 
 
-@click.group(cls=LazyGroup)
+# every command takes -h as run (click-free) does; subcommands inherit it from the group
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="jailkit")
 def cli():
     """Build minimal, hardened service jails from profiles, and run services in them."""

@@ -193,8 +193,8 @@ def _refuse_variables(opts: Options) -> None:
         if key.split(".")[0] not in (*REQUIRED, *DEFAULTS):
             raise JailkitError(f"--set {key}: launch.json has no key {key.split('.')[0]!r} "
                                "(run --set overrides launch.json keys); if it is a profile "
-                               f"variable, rebuild: jailkit build {opts.profile} --set "
-                               f"{key}={text}")
+                               f"variable, rebuild: jailkit build {opts.profile}"
+                               f"{f' --root {opts.root}' if opts.root else ''} --set {key}={text}")
 
 
 def run(opts: Options) -> int:
@@ -205,6 +205,12 @@ def run(opts: Options) -> int:
         check_name(opts.name)
     _refuse_variables(opts)
     jail = Jail(opts.root or default_jail_dir(jail_name(opts.profile)), opts.profile)
+    built = jail.raw_spec.get("name") if isinstance(jail.raw_spec, dict) else None
+    if isinstance(built, str) and built != jail_name(opts.profile):
+        # its launch.json, its files and its ports are another service's
+        raise JailkitError(f"{jail.dir} holds the jail of profile {built!r}, not "
+                           f"{jail_name(opts.profile)!r}: check --root, or run it with "
+                           f"`jailkit run {built} --root {jail.dir}`")
     raw = apply_sets(jail.raw_spec, [*opts.sets, *limit_sets(opts.limits)])
     if opts.command:
         raw["command"] = opts.command

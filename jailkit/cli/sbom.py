@@ -56,21 +56,27 @@ def _shown(text: str) -> str:
 @json_option
 @_one_line_errors
 def outdated(roots, admindir, as_json):
-    """List built jails holding files of packages the host has upgraded since; exit 1 if any."""
+    """List built jails holding files of packages the host has upgraded since, and jails
+    whose packages are unknown (imported); exit 1 if any."""
     from jailkit.provenance.outdated import outdated as find_outdated
 
     found, read = find_outdated(list(roots), admindir)
     if as_json:
         click.echo(json.dumps([{"root": jail.root, "profile": jail.profile,
                                 "packages": [s._asdict() for s in jail.packages],
-                                "fix": jail.fix} for jail in found], indent=2))
+                                "unknown": jail.unknown, "fix": jail.fix} for jail in found],
+                               indent=2))
     else:
         for jail in found:
+            if jail.unknown:
+                click.echo(f"{jail.root}: its packages are unknown (an imported jail records "
+                           "none)")
             for stale in jail.packages:
                 click.echo(f"{jail.root}: {_shown(stale.package)} {_shown(stale.jail_version)} "
                            f"in the jail, {_shown(stale.host_version)} on the host "
                            f"({stale.entries} entries)")
             click.echo(f"  fix: {jail.fix}")
-        click.echo(f"{len(found)} of {read} jail(s) hold older package versions than the host",
-                   err=True)
+        unknown = sum(jail.unknown for jail in found)
+        click.echo(f"{len(found) - unknown} of {read} jail(s) hold older package versions than "
+                   f"the host" + (f", {unknown} unknown" if unknown else ""), err=True)
     sys.exit(1 if found else 0)

@@ -1,8 +1,10 @@
 """`--format tar` and `jailkit import`: a whole jail in one archive, and back.
 
 The archive holds, in this order: jailkit-archive.json (format, profile, generation),
-manifest.json, launch.json, profile.toml (the profile as `jailkit show` printed it at export:
-for people, never read back), then root/ (the tree, owners and modes as in the manifest).
+manifest.json, launch.json, profile.toml (the profile as `jailkit show` printed it at export,
+with the jail's --set values: for people, never read back), sets.json (those values, 0600: a
+password may be among them; absent from an older jailkit's archive), then root/ (the tree,
+owners and modes as in the manifest).
 
 Import treats the archive as hostile, as root: it writes only a fresh DIR/gen-N, creates every
 entry through directory descriptors with O_NOFOLLOW/O_EXCL (nothing in the archive can name a
@@ -32,6 +34,7 @@ from jailkit.export.oci import epoch
 FORMAT = 1
 HEADER = "jailkit-archive.json"
 META = (HEADER, "manifest.json", "launch.json", "profile.toml")
+SETS = manifest.SETS  # optional, after META
 TREE = "root"
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
@@ -48,9 +51,11 @@ def write_archive(jail, out: str, profile_toml: str) -> None:
                          "generation": jail.generation}).encode()
     documents = (header, jail.manifest_bytes, json.dumps(jail.launch, indent=2).encode() + b"\n",
                  profile_toml.encode())
+    head = [(name, data, 0o644) for name, data in zip(META, documents, strict=True)]
+    sets = json.dumps({"profile": jail.name, "sets": jail.sets}).encode() + b"\n"
+    head.append((SETS, sets, 0o600))
     with open(out, "wb") as f:
-        write_tree(jail, f, mtime, prefix=f"{TREE}/", include_root=True,
-                   head=tuple(zip(META, documents, strict=True)))
+        write_tree(jail, f, mtime, prefix=f"{TREE}/", include_root=True, head=tuple(head))
 
 
 def _refuse(archive: str, what: str) -> ArchiveRefused:
@@ -211,7 +216,8 @@ class _Tree:
 
 
 def _read_head(tar, archive: str) -> tuple[dict, Manifest, bytes, object]:
-    """The four documents that open the archive."""
+    """The four documents that open the archive (sets.json, which may follow, is read by
+    `_read_sets`)."""
     documents = {}
     for expected in META:
         member = tar.next()
@@ -244,6 +250,23 @@ def _read_head(tar, archive: str) -> tuple[dict, Manifest, bytes, object]:
     return header, loaded, documents["launch.json"], spec
 
 
+def _read_sets(tar, archive: str, profile: str):
+    """(the --set values the archive carries, or None when it has none; the first member of
+    the tree)."""
+    member = tar.next()
+    if member is None or member.name != SETS:
+        return None, member
+    sets = None
+    try:
+        sets = manifest.remembered(json.loads(_meta(tar, member, archive)), profile)
+    except ValueError:
+        pass
+    if sets is None:
+        raise _refuse(archive, f"{SETS} is not {{\"profile\": {profile!r}, \"sets\": "
+                               "{VARIABLE: VALUE}} with string values")
+    return sets, tar.next()
+
+
 def asks(spec) -> list[str]:
     """What an imported jail's launch.json asks for beyond the defaults that open the jail
     further, one line each: whoever imports should see it before `jailkit run`."""
@@ -272,6 +295,7 @@ def import_archive(archive: str, root: str | None) -> tuple[str, str, int, list[
     with tar:
         try:
             _, loaded, launch_bytes, spec = _read_head(tar, archive)
+            sets, first = _read_sets(tar, archive, loaded.profile)
             for record in loaded.records.values():
                 _check_policy(record, archive)
             if "/" not in loaded.records:
@@ -281,7 +305,8 @@ def import_archive(archive: str, root: str | None) -> tuple[str, str, int, list[
 
                 root = default_jail_dir(loaded.profile)
             _check_space(loaded, root, archive)
-            return (*_restore(tar, archive, loaded, launch_bytes, spec, root), asks(spec))
+            return (*_restore(tar, first, archive, loaded, launch_bytes, sets, spec, root),
+                    asks(spec))
         except tarfile.TarError as e:
             raise _refuse(archive, f"damaged archive ({e})") from None
 
@@ -305,7 +330,7 @@ def _check_space(loaded: Manifest, root: str, archive: str) -> None:
                                "free): free some space or import elsewhere")
 
 
-def _restore(tar, archive, loaded: Manifest, launch_bytes: bytes, spec, root: str):
+def _restore(tar, first, archive, loaded: Manifest, launch_bytes: bytes, sets, spec, root: str):
     new_dir = not os.path.lexists(root)
     try:
         with JailDir(root, create=True) as jail, jail.locked():
@@ -314,9 +339,16 @@ def _restore(tar, archive, loaded: Manifest, launch_bytes: bytes, spec, root: st
                 if previous.profile != loaded.profile:
                     raise _refuse(archive, f"{root} holds a jail of profile "
                                            f"{previous.profile!r}, not {loaded.profile!r}")
+            if sets is None:
+                # an archive without them does not wipe the values the jail remembers
+                from jailkit.build.kept import remembered_sets
+
+                sets = remembered_sets(jail, loaded.profile)
             number, gen_fd = jail.new_generation()
             try:
-                _fill(tar, archive, loaded, launch_bytes, number, gen_fd)
+                _fill(tar, first, archive, loaded, launch_bytes, number, gen_fd)
+                manifest.write_new(gen_fd, SETS, json.dumps(
+                    {"profile": loaded.profile, "sets": sets}) + "\n")
             except BaseException:
                 os.close(gen_fd)
                 _remove_generation(jail, number)
@@ -335,13 +367,15 @@ def _restore(tar, archive, loaded: Manifest, launch_bytes: bytes, spec, root: st
         raise
 
 
-def _fill(tar, archive, loaded: Manifest, launch_bytes: bytes, number: int, gen_fd: int) -> None:
+def _fill(tar, first, archive, loaded: Manifest, launch_bytes: bytes, number: int,
+          gen_fd: int) -> None:
     owners = os.geteuid() == 0
     os.mkdir(TREE, 0o700, dir_fd=gen_fd)
     tree = _Tree(open_dir(TREE, gen_fd), owners)
     try:
         seen = set()
-        while (member := tar.next()) is not None:
+        member = first
+        while member is not None:
             path = _tree_path(member.name, archive)
             record = loaded.records.get(path)
             if record is None:
@@ -355,6 +389,7 @@ def _fill(tar, archive, loaded: Manifest, launch_bytes: bytes, number: int, gen_
             else:
                 tree.add(record, member, tar.extractfile(member) if member.isreg() else None,
                          archive)
+            member = tar.next()
         missing = [p for p in loaded.records if p not in seen]
         if missing:
             raise _refuse(archive, f"{missing[0]}: in the manifest but not in the archive"

@@ -54,6 +54,9 @@ class BuiltJail:
             raise ExportError(f"{self.dir}/gen-{number} cannot be read ({e}); rebuild the "
                               "jail") from None
         self.name = self.manifest.profile
+        # the --set values it was built with ({}: none, or a jailkit that did not keep them)
+        self.sets = manifest.remembered(manifest.read_json(self.gen_fd, manifest.SETS),
+                                        self.name) or {}
         self.manifest_digest = "sha256:" + hashlib.sha256(self.manifest_bytes).hexdigest()
 
     def _read(self, name: str) -> bytes:

@@ -195,8 +195,14 @@ def _coerce(name: str, text: str, default):
             return float(text)
         except ValueError:
             pass
-    else:
+    elif text or not default:
         return text
+    else:
+        # an empty value where the profile has one renders `worker_processes ;`: the service
+        # would fail at start, far from the cause
+        # (the default is not shown: it may be a password)
+        raise ProfileError(f"--set {name}=: an empty value, where the profile's default is not "
+                           f"empty; give a value, or leave --set {name} out to keep the default")
     raise ProfileError(f"--set {name}={text}: expected {type(default).__name__} like {default!r}")
 
 
@@ -386,8 +392,11 @@ def _service(where: str, name: str, data: dict, variables: dict, users: dict,
     )
     for field_, value in (("user", service.user), *(("groups", g) for g in service.groups)):
         if value not in (users if field_ == "user" else groups):
+            table = "users" if field_ == "user" else "groups"
+            fix = (f'add extends = ["libc"] (its root user and group), or define '
+                   f"[{table}.{value}]" if value == "root" else f"define [{table}.{value}]")
             raise ProfileError(f"{where}: service.{field_}: no {field_.rstrip('s')} {value!r} "
-                               "in the profile's users/groups")
+                               f"in the profile's users/groups: {fix}")
     if service.group is not None and service.group not in groups:
         raise ProfileError(f"{where}: service.group: no group {service.group!r} in the profile")
     if len((service.hostname or name).encode()) > 64:

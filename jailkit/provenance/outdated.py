@@ -26,10 +26,18 @@ class OutdatedJail(NamedTuple):
     root: str
     profile: str
     packages: list[Stale]
+    unknown: bool = False  # it records no package at all (an imported jail): cannot be judged
 
     @property
     def fix(self) -> str:
-        return f"jailkit update {self.profile} --root {self.root}"
+        from jailkit.profile.model import bundled_profiles
+
+        # the manifest keeps a profile file's name, not its path: `update NAME` would look for
+        # a bundled profile of that name
+        profile = (self.profile if self.profile in bundled_profiles()
+                   else f"<path of {self.profile}.toml>")
+        once = " (once, to record its packages)" if self.unknown else ""
+        return f"jailkit update {profile} --root {self.root}{once}"
 
 
 def default_jail_dirs() -> list[str]:
@@ -78,7 +86,8 @@ def stale_packages(built: manifest.Manifest, host: dict[str, str]) -> list[Stale
 
 
 def outdated(roots: list[str], admindir: str = ADMINDIR) -> tuple[list[OutdatedJail], int]:
-    """(the jails that hold older package versions than the host's, how many jails were read).
+    """(the jails that hold older package versions than the host's or record none, how many
+    jails were read).
     `roots` empty: every jail in the default directory (one that is not a jail is passed over)."""
     host = host_versions(admindir)
     named = bool(roots)
@@ -91,6 +100,10 @@ def outdated(roots: list[str], admindir: str = ADMINDIR) -> tuple[list[OutdatedJ
                 raise
             continue
         read += 1
+        if all(record.package is None for record in built.records.values()):
+            # import drops what an archive claims about packages: nothing says it is current
+            found.append(OutdatedJail(os.path.abspath(root), built.profile, [], unknown=True))
+            continue
         stale = stale_packages(built, host)
         if stale:
             found.append(OutdatedJail(os.path.abspath(root), built.profile, stale))

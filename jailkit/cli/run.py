@@ -250,8 +250,12 @@ def _launch(opts: Options, jail, spec, report=None) -> int:
                           opts.detach)
         entry_fd = registry.register(name, entry_for(plan, opts.profile, opts.restart_args))
     plan.registration = (registry.fd, entry_fd)
-    if report is not None:
-        os.write(report, f"{name}\n".encode())
+    if report is not None:  # its name, and how long its log is before this run writes to it
+        try:
+            log_size = os.stat(f"{name}.log", dir_fd=registry.fd, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            log_size = 0
+        os.write(report, f"{name} {log_size}\n".encode())
     for line in warnings(spec.capabilities):  # accepted by name: still say what each opens
         sys.stderr.write(f"jailkit: warning: {line}\n")
     if plan.landlock.missing:

@@ -41,8 +41,10 @@ def start(launch_child, ready: dict | None, network: str) -> int:
         os._exit(code)
     os.close(report_w)
     with open(report_r, "rb") as f:
-        name = f.read().decode().strip()  # EOF: the waiter was exec'd, or the child failed
-    log_start = _size(name)  # logs are appended across runs: a failure shows this run's lines
+        # EOF: the waiter was exec'd, or the child failed. Logs are appended across runs: the
+        # child says how long the log was before this run, so a failure shows this run's lines
+        name, _, log_start = f.read().decode().strip().partition(" ")
+    log_start = int(log_start or 0)
     deadline = time.monotonic() + START_SECONDS
     code = _exited(pid)
     while code is None and _comm(pid) != "jailkit-reaper" and time.monotonic() < deadline:
@@ -120,16 +122,6 @@ def _answers(address: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _size(name: str) -> int:
-    """How long NAME.log is now (0 when there is none yet)."""
-    from jailkit.launch.registry import directory
-
-    try:
-        return os.stat(f"{directory()}/{name}.log").st_size if name else 0
-    except OSError:
-        return 0
 
 
 def _failed(name: str, code: int, log: str | None, start: int, when: str) -> int:

@@ -1,5 +1,6 @@
 """Shared fixtures: run the jailkit CLI from this checkout, as root or as another user."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -213,6 +214,25 @@ def nobody_registry() -> Iterator[None]:
     yield
     if not existed and os.geteuid() == 0:
         shutil.rmtree(registry, ignore_errors=True)
+
+
+@pytest.fixture
+def names(request):
+    """Names for this test's jails (prefixed by the module's PREFIX and this session's pid);
+    whatever still runs at the test's end is stopped, and its logs are removed."""
+    prefix = getattr(request.module, "PREFIX", "t")
+    made = []
+
+    def name(suffix: str) -> str:
+        made.append(f"{prefix}{os.getpid()}{suffix}")
+        return made[-1]
+
+    yield name
+    for leftover in made:
+        run_jailkit("stop", leftover, "--timeout", "1", timeout=30)
+        for log in (f"/run/jailkit/{leftover}.log", f"/run/jailkit/{leftover}.log.1"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log)
 
 
 @pytest.fixture

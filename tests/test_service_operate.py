@@ -37,7 +37,7 @@ text = "{{ motd }}"
 [service]
 command = ["/bin/sh", "-c", "while :; do sleep 1; done"]
 """
-PREFIX = f"t{os.getpid()}"  # names of this session's jails
+PREFIX = "t"  # names of this module's jails: PREFIX, the session's pid, a word
 
 
 def build(base: Path, name: str, *sets) -> Path:
@@ -120,23 +120,6 @@ def wait_for(predicate, seconds=10.0, what="the jail"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def names():
-    """Names for this test's jails; whatever is still running at its end is stopped."""
-    made = []
-
-    def name(suffix: str) -> str:
-        made.append(f"{PREFIX}{suffix}")
-        return made[-1]
-
-    yield name
-    for leftover in made:
-        run_jailkit("stop", leftover, "--timeout", "1", timeout=30)
-        for log in (f"/run/jailkit/{leftover}.log", f"/run/jailkit/{leftover}.log.1"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(log)
-
-
 def detach(jail: Path, name: str, *args, command=(), prefix=(), **kwargs):
     argv = ["run", "svc", "--root", jail, "--name", name, "--detach", *args]
     if command:
@@ -155,19 +138,6 @@ def started(jail: Path, name: str, *args, **kwargs) -> dict:
     assert result.returncode == 0, result.stderr
     assert f"jailkit stop {name}" in result.stdout
     return ps()[name]
-
-
-@pytest.fixture
-def netns():
-    """A network namespace of the test's own, so that a veth never touches the host's network."""
-    holder = subprocess.Popen(["unshare", "--net", "sleep", "600"])
-    try:
-        ours = os.readlink("/proc/self/ns/net")
-        wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != ours)
-        yield holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_ps_lists_a_detached_jail_with_its_address_limits_and_usage(jail_a, names, netns):
@@ -469,7 +439,7 @@ def test_v1_freeze_and_kill_ends_every_process_of_a_group():
     this host's freezer, with real processes that fork while being killed)."""
     from jailkit.launch import cgroup
 
-    group = f"/sys/fs/cgroup/freezer/jailkit/{PREFIX}freeze"
+    group = f"/sys/fs/cgroup/freezer/jailkit/{PREFIX}{os.getpid()}freeze"
     os.makedirs(group)
     try:
         def join():

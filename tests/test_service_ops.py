@@ -1,7 +1,6 @@
 """Day two, second half: `jailkit logs`, `exec` and `unit`, and /dev/log in every jail, done
 the way an administrator does them, on real detached jails (the bundled `shell` profile)."""
 
-import contextlib
 import os
 import shutil
 import signal
@@ -22,7 +21,7 @@ extends = ["shell"]
 [service]
 command = ["/bin/sh", "-c", "while :; do sleep 1; done"]
 """
-PREFIX = f"o{os.getpid()}"
+PREFIX = "o"  # names of this module's jails: PREFIX, the session's pid, a word
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +38,6 @@ def jail(base):
     built = run_jailkit("build", base / "svc.toml", "--root", base / "shell", timeout=120)
     assert built.returncode == 0, built.stderr
     return base / "shell"
-
-
-@pytest.fixture
-def names():
-    """Names for this test's jails; whatever still runs at its end is stopped, logs removed."""
-    made = []
-
-    def name(suffix: str) -> str:
-        made.append(f"{PREFIX}{suffix}")
-        return made[-1]
-
-    yield name
-    for leftover in made:
-        run_jailkit("stop", leftover, "--timeout", "1", timeout=30)
-        for log in (f"/run/jailkit/{leftover}.log", f"/run/jailkit/{leftover}.log.1"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(log)
 
 
 def detach(jail: Path, name: str, *command, args=()):
@@ -246,7 +228,7 @@ def test_an_ordinary_user_execs_into_its_own_jail(world_readable_checkout):
         return subprocess.run([sys.executable, "-m", "jailkit", *map(str, args)], env=env,
                               text=True, capture_output=True, preexec_fn=as_nobody, timeout=120,
                               cwd="/")
-    name = f"{PREFIX}mine"
+    name = f"{PREFIX}{os.getpid()}mine"
     try:
         assert jailkit("build", "shell", "--root", base / "shell").returncode == 0
         started = jailkit("run", "shell", "--root", base / "shell", "--name", name, "--detach",

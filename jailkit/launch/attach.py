@@ -23,7 +23,7 @@ import os
 from jailkit.errors import JailkitError
 from jailkit.launch import caps, landlock, rlimits, running, seccomp
 from jailkit.launch import syscalls as sc
-from jailkit.launch.contain import _close_fds
+from jailkit.launch.contain import _close_fds, exec_command, report_and_exit
 from jailkit.launch.jail import BENEATH, DIR_FLAGS
 from jailkit.launch.plan import reaper_path
 from jailkit.launch.stdio import Stdio
@@ -137,8 +137,8 @@ def attach(name: str, command: list[str], user: str | None, interactive: bool) -
     # from here, the filesystem is the jail's
     child = os.fork()  # the first process that is in the jail's pid namespace
     if child == 0:
-        _report_and_exit(lambda: _confine(spec, command, user, cap_mask, ruleset,
-                                          allow_setgroups, stdio))
+        report_and_exit(lambda: _confine(spec, command, user, cap_mask, ruleset,
+                                         allow_setgroups, stdio), "entering the jail", FAILED)
     # the waiter: CAP_KILL alone, nothing of the caller's but what it relays
     caps.drop_bounding(1 << CAP_KILL)
     sc.capset(1 << CAP_KILL, 1 << CAP_KILL, 0)
@@ -165,39 +165,4 @@ def _confine(spec, command, user, cap_mask, ruleset, allow_setgroups, stdio) -> 
     _close_fds(set())
     sc.unblock_signals()
     seccomp.install(spec.seccomp_allow)
-    _exec(command, spec.env)
-
-
-def _exec(command: list[str], env: dict[str, str]) -> None:
-    """execvp(3) with the jail's PATH; not found is one line saying the jail lacks it."""
-    name, failure = command[0], None
-    dirs = [""] if "/" in name else env.get("PATH", "/bin:/usr/bin").split(":")
-    for directory in dirs:
-        try:
-            os.execve(os.path.join(directory, name), command, env)
-        except OSError as e:
-            if failure is None or e.errno == 13:  # as execvp: EACCES over ENOENT
-                failure = e
-    if failure.errno == 2:
-        message = (f"{name}: no such program in this jail (it holds only what its profile "
-                   "lists; a jail without a shell has no /bin/sh): exec one of its programs")
-    else:
-        message = f"cannot run {name} in the jail: {failure.strerror}"
-    os.write(2, f"jailkit: {message}\n".encode(errors="replace"))
-    os._exit(127 if failure.errno == 2 else 126)
-
-
-def _report_and_exit(setup) -> None:
-    try:
-        setup()
-        message = "exec returned"
-    except JailkitError as e:
-        message = e.message
-    except OSError as e:
-        message = f"entering the jail failed: {e.args[1] if len(e.args) == 2 else e}"
-    except BaseException as e:
-        message = f"internal error while entering the jail: {e!r}"
-    try:
-        os.write(2, f"jailkit: {message}\n".encode(errors="replace"))
-    finally:
-        os._exit(FAILED)
+    exec_command(command, spec.env)

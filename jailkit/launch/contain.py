@@ -184,10 +184,10 @@ def confine_service(plan, maps_fd: int) -> None:
     seccomp.install(spec.seccomp_allow)
     # g. The service, with exactly the profile's environment.
     _at("exec of the service")
-    _exec_command(spec.command, spec.env)
+    exec_command(spec.command, spec.env)
 
 
-def _exec_command(command: list[str], env: dict[str, str]) -> None:
+def exec_command(command: list[str], env: dict[str, str]) -> None:
     """execvp(3) with `env`'s PATH (os.execvpe would import a module, from the jail by now); a
     failure is one line and the shell's status: 127 not found, else 126."""
     name, failure = command[0], None
@@ -200,8 +200,12 @@ def _exec_command(command: list[str], env: dict[str, str]) -> None:
                 failure = e
             if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
                 break
-    os.write(2, f"jailkit: cannot run {name} in the jail: {failure.strerror}\n"
-             .encode(errors="replace"))
+    if failure.errno == errno.ENOENT:
+        message = (f"cannot run {name} in the jail: {name}: no such program in this jail (it "
+                   "holds only what its profile lists; a jail without a shell has no /bin/sh)")
+    else:
+        message = f"cannot run {name} in the jail: {failure.strerror}"
+    os.write(2, f"jailkit: {message}\n".encode(errors="replace"))
     os._exit(127 if failure.errno == errno.ENOENT else 126)
 
 
@@ -215,8 +219,9 @@ def _receive_sources(sock, count: int) -> list[int]:
     return [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
 
 
-def _report_and_exit(setup) -> None:
-    """Run `setup` (which ends in exec); on any failure, one line on stderr and exit 2."""
+def report_and_exit(setup, doing: str = "setting up the jail",
+                    status: int = SETUP_FAILED) -> None:
+    """Run `setup` (which ends in exec); on any failure, one line on stderr and exit `status`."""
     try:
         setup()
         message = "exec returned"
@@ -224,20 +229,20 @@ def _report_and_exit(setup) -> None:
         message = e.message
     except OSError as e:
         detail = e.args[1] if len(e.args) == 2 else e  # "what: strerror" from syscalls.py
-        message = f"setting up the jail failed at {_step}: {detail}"
+        message = f"{doing} failed at {_step}: {detail}"
     except BaseException as e:  # a bug: still report it as one line through the launcher
-        message = f"internal error while setting up the jail at {_step}: {e!r}"
+        message = f"internal error while {doing} at {_step}: {e!r}"
     try:
         os.write(2, f"jailkit: {message}\n".encode(errors="replace"))
     finally:
-        os._exit(SETUP_FAILED)
+        os._exit(status)
 
 
 def run_child(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     """Entry point of the launcher's cloned child, the jail's pid 1: never returns."""
-    _report_and_exit(lambda: confine(plan, sync_fd, root_sock, reaper_fd))
+    report_and_exit(lambda: confine(plan, sync_fd, root_sock, reaper_fd))
 
 
 def run_service(plan, maps_fd: int) -> None:
     """Entry point of pid 1's cloned child, the service: never returns."""
-    _report_and_exit(lambda: confine_service(plan, maps_fd))
+    report_and_exit(lambda: confine_service(plan, maps_fd))

@@ -144,14 +144,15 @@ def descendants(pid: int) -> dict[int, str]:
     return found
 
 
-def wait_for(predicate, seconds=10.0):
+def wait_for(predicate, seconds=10.0, what="the jail"):
+    """The predicate's first true value, polled for at most `seconds`."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.02)
-    raise AssertionError("timed out waiting for the jail")
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def host_uid(pid: int) -> int:

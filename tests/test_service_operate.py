@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_jailkit
+from conftest import REPO, run_jailkit, wait_for
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -108,16 +108,6 @@ def alive(pids) -> list[int]:
 def mounts_under(path: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if line.split()[4].startswith(str(path))]
-
-
-def wait_for(predicate, seconds=10.0, what="the jail"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def detach(jail: Path, name: str, *args, command=(), prefix=(), **kwargs):

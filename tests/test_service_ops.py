@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import jailkit_env, run_jailkit
+from conftest import jailkit_env, run_jailkit, wait_for
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -44,16 +44,6 @@ def detach(jail: Path, name: str, *command, args=()):
     started = run_jailkit("run", "svc", "--root", jail, "--name", name, "--detach", *args,
                           *(("--", *command) if command else ()), timeout=60)
     assert started.returncode == 0, started.stderr
-
-
-def wait_for(predicate, seconds=10.0, what="the jail"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def jailkit_popen(*args, **kwargs) -> subprocess.Popen:

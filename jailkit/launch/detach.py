@@ -15,6 +15,7 @@ import sys
 import time
 
 from jailkit.errors import JailkitError
+from jailkit.launch.running import first_child
 
 START_SECONDS = 30  # for the jail to confine itself and start the service
 
@@ -63,7 +64,7 @@ def start(launch_child, ready: dict | None, network: str) -> int:
         code = _exited(pid)
         if code is not None:
             return _failed(name, code, log, log_start, "while starting")
-        jail_pid = jail_pid or _child(pid)
+        jail_pid = jail_pid or first_child(pid)
         if jail_pid and _comm(jail_pid) == "jailkit-reaper":
             break
         time.sleep(0.005)
@@ -103,15 +104,6 @@ def _comm(pid: int) -> str | None:
 def _exited(pid: int) -> int | None:
     done, status = os.waitpid(pid, os.WNOHANG)
     return os.waitstatus_to_exitcode(status) if done else None
-
-
-def _child(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = f.read().split()
-    except OSError:
-        return None
-    return int(children[0]) if children else None
 
 
 def _answers(address: str, port: int) -> bool:

@@ -36,15 +36,18 @@ def find(name: str) -> dict:
     raise JailkitError(f"no running jail is named {name!r} ({names}): see `jailkit ps`")
 
 
-def jail_pid(entry: dict) -> int | None:
-    """The jail's pid 1: the waiter's only child."""
-    pid = entry["pid"]
+def first_child(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             children = f.read().split()
     except OSError:
         return None
     return int(children[0]) if children else None
+
+
+def jail_pid(entry: dict) -> int | None:
+    """The jail's pid 1: the waiter's only child."""
+    return first_child(entry["pid"])
 
 
 def newest_generation(entry: dict) -> str | None:

@@ -5,10 +5,13 @@ so that the host's container storage is never touched and everything goes away a
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -100,3 +103,33 @@ def podman():
         yield instance
     finally:
         instance.cleanup()
+
+
+def members(archive):
+    """[(TarInfo, data or None)] of an archive, in order."""
+    with tarfile.open(archive) as tar:
+        return [(m, tar.extractfile(m).read() if m.isreg() else None) for m in tar]
+
+
+def rewrite(source, target, change, manifest=None, launch=None):
+    """A copy of tar `source`: change(members) on its [(TarInfo, data)], manifest(document) on its
+    manifest.json, launch(document) on its launch.json."""
+    items = members(source)
+    for name, edit in (("manifest.json", manifest), ("launch.json", launch)):
+        if edit is not None:
+            i = next(i for i, (m, _) in enumerate(items) if m.name == name)
+            document = json.loads(items[i][1])
+            edit(document)
+            items[i] = (items[i][0], json.dumps(document).encode())
+    if change is not None:
+        change(items)
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in items:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return target
+
+
+def imported(archive, root):
+    return run_jailkit("import", archive, "--root", root, timeout=120)

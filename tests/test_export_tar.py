@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 from conftest import NOBODY, nobody_jailkit, run_jailkit
-from exporting import export
+from exporting import export, imported, members, rewrite
 from services import Service, build, free_port, http_get
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -24,28 +24,6 @@ def nginx_archive(tmp_path_factory):
     result = export("nginx", base / "jail", "tar", base / "nginx.tar", "--set", f"port={port}")
     assert result.returncode == 0, result.stderr
     return base, port, base / "nginx.tar"
-
-
-def members(archive):
-    """[(TarInfo, data or None)] of an archive, in order."""
-    with tarfile.open(archive) as tar:
-        return [(m, tar.extractfile(m).read() if m.isreg() else None) for m in tar]
-
-
-def rewrite(source, target, change):
-    """A copy of the archive with change(list of (TarInfo, data)) applied."""
-    items = members(source)
-    change(items)
-    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in items:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return target
-
-
-def imported(archive, root):
-    return run_jailkit("import", archive, "--root", root, timeout=120)
 
 
 def test_round_trip_runs_and_checks_clean(nginx_archive, tmp_path):

@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 from conftest import nobody_jailkit, run_jailkit
-from exporting import export
+from exporting import export, imported, rewrite
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -25,31 +25,6 @@ def shell_archive(tmp_path_factory):
     result = export("shell", base / "jail", "tar", base / "shell.tar")
     assert result.returncode == 0, result.stderr
     return base / "shell.tar"
-
-
-def rewrite(source, target, change, manifest=None, launch=None):
-    """A copy of tar `source`: change(members) on its [(TarInfo, data)], manifest(document) on its
-    manifest.json, launch(document) on its launch.json."""
-    with tarfile.open(source) as tar:
-        items = [(m, tar.extractfile(m).read() if m.isreg() else None) for m in tar]
-    for name, edit in (("manifest.json", manifest), ("launch.json", launch)):
-        if edit is not None:
-            i = next(i for i, (m, _) in enumerate(items) if m.name == name)
-            document = json.loads(items[i][1])
-            edit(document)
-            items[i] = (items[i][0], json.dumps(document).encode())
-    if change is not None:
-        change(items)
-    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in items:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return target
-
-
-def imported(archive, root):
-    return run_jailkit("import", archive, "--root", root, timeout=120)
 
 
 def one_line_refusal(result, *words):

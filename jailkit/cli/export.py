@@ -25,6 +25,12 @@ def _ports(jail, profile, sets) -> list[int]:
     return [port] if isinstance(port, int) and not isinstance(port, bool) else []
 
 
+def _notes(lines: list[str]) -> None:
+    """What the format could not carry, one line each, on stderr."""
+    for line in lines:
+        click.echo(f"jailkit: note: {line}", err=True)
+
+
 @click.command("export")
 @click.argument("profile")
 @root_option
@@ -61,12 +67,14 @@ def export(profile, root, fmt, out, force, sets):
                     digest = oci.write_layout(jail, layout, ports)
             click.echo(f"{jail.name}: gen-{jail.generation} -> {path} ({oci.image_name(jail)}, "
                        f"manifest {digest})")
+            _notes(oci.notes(jail.launch))
         elif fmt == "bundle":
             from jailkit.export import bundle
 
             with staged(path, directory=True) as temp:
                 bundle.write_bundle(jail, temp, path)
             click.echo(f"{jail.name}: gen-{jail.generation} -> {path} (runc run --bundle {path})")
+            _notes(bundle.notes(jail.launch))
         elif fmt == "kube":
             from jailkit.export import kube, oci
 
@@ -74,6 +82,7 @@ def export(profile, root, fmt, out, force, sets):
                 f.write(kube.pod_yaml(jail, _ports(jail, profile, sets)))
             click.echo(f"{jail.name}: gen-{jail.generation} -> {path} (image "
                        f"{oci.image_name(jail)}, from `--format oci`)")
+            _notes(kube.notes(jail.launch))
         else:
             from jailkit.export import archive
             from jailkit.profile.dump import as_toml

@@ -8,17 +8,22 @@ ids, since runc 1.1 has no idmapped root; otherwise the caller's own id as 0, fo
 `runc --rootless`); a read-only root; /proc with sys, irq, bus, fs read-only; a minimal /dev; the
 writable directories as tmpfs or binds of DIR/state; the profile's capabilities in the bounding,
 effective and permitted sets (and inheritable/ambient for a non-root user); noNewPrivileges;
-rlimits; memory and pids limits; the hostname; seccomp from jailkit.launch.seccomp's own deny list.
+rlimits; the cgroup limits (limits.py: memory, swap, pids, CPU weight and quota, I/O weight);
+the live host binds, with their flags; the hostname; seccomp from jailkit.launch.seccomp's own
+deny list.
 
 What a bundle cannot say: the launcher's `max_user_namespaces` 0 (runc refuses user.* sysctls),
 so the filter refuses clone() with CLONE_NEWUSER and clone3 (ENOSYS: glibc falls back to clone)
-instead; Landlock rules; a veth (the jail gets an empty network namespace).
+instead; Landlock rules; a veth (the jail gets an empty network namespace); the launcher's
+refusal of a bind source reached through a symlink (the runtime resolves the source path as it
+finds it).
 """
 
 import json
 import os
 import stat
 
+from jailkit.export import limits
 from jailkit.export.source import BuiltJail
 from jailkit.launch import allocate, seccomp
 from jailkit.launch.rlimits import RLIMITS
@@ -88,11 +93,7 @@ def runtime_config(launch: dict, state_dir: str, jail_dir: str, root_fs: str = "
     namespaces = [{"type": t} for t in ("user", "mount", "pid", "ipc", "uts")]
     if spec.network != "host":
         namespaces.append({"type": "network"})
-    resources = {}
-    if spec.memory_max:
-        resources["memory"] = {"limit": spec.memory_max}
-    if spec.pids_max:
-        resources["pids"] = {"limit": spec.pids_max}
+    resources = limits.runtime_resources(spec.limits)
     rlimits = [{"type": RLIMIT_NAMES[RLIMITS[name]],
                 "soft": RLIM_INFINITY if soft is None else soft,
                 "hard": RLIM_INFINITY if hard is None else hard}
@@ -123,6 +124,7 @@ def runtime_config(launch: dict, state_dir: str, jail_dir: str, root_fs: str = "
             mounts.append({"destination": w.path, "type": "bind",
                            "source": os.path.join(state_dir, w.source),
                            "options": ["rbind", "rw", "nosuid", "nodev"]})
+    mounts += bind_mounts(spec.binds)
     linux = {
         "uidMappings": uid_maps, "gidMappings": gid_maps, "namespaces": namespaces,
         "readonlyPaths": list(PROC_READ_ONLY) if spec.mount_proc else [],
@@ -150,6 +152,29 @@ def runtime_config(launch: dict, state_dir: str, jail_dir: str, root_fs: str = "
                         "org.jailkit.stop-signal": str(spec.stop_signal)},
         "linux": linux,
     }
+
+
+def bind_flags(bind) -> list[str]:
+    """A live host bind's flags as jailkit's launcher sets them (mounts.HostBind): read-only
+    unless rw, nosuid and nodev, noexec unless exec. Mount options, as `podman run -v` takes
+    them too."""
+    return ["rw" if bind.rw else "ro", "nosuid", "nodev", *([] if bind.exec else ["noexec"])]
+
+
+def bind_mounts(binds) -> list[dict]:
+    """The live host binds, not recursive (a mount below the source stays out, as open_tree
+    without AT_RECURSIVE leaves it), shallower paths first, so that a bind inside another lands
+    on top of it, as the launcher orders them."""
+    return [{"destination": b.path, "type": "bind", "source": b.source,
+             "options": ["bind", *bind_flags(b)]}
+            for b in sorted(binds, key=lambda b: b.path.count("/"))]
+
+
+def notes(launch: dict) -> list[str]:
+    """What the bundle carries in a way some runtime refuses (one line each)."""
+    from jailkit.launch.spec import LaunchSpec
+
+    return limits.runtime_notes(LaunchSpec.from_dict(launch).limits)
 
 
 def write_bundle(jail: BuiltJail, directory: str, final_path: str) -> None:

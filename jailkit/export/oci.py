@@ -5,6 +5,9 @@ command, environment, user, working directory, ports, stop signal and labels.
 Reproducible: the layer is layer.py's stream, gzip'd with no name and no timestamp, and every
 JSON document is serialised with sorted keys; `created` is SOURCE_DATE_EPOCH (0 when unset). The
 same jail and the same SOURCE_DATE_EPOCH give the same manifest digest.
+
+An image config has no field for cgroup limits or host directories: `notes` names the jail's,
+with the `podman run` options that give them back.
 """
 
 import gzip
@@ -14,6 +17,7 @@ import os
 import tarfile
 import time
 
+from jailkit.export import limits
 from jailkit.export.layer import write_tree
 from jailkit.export.source import BuiltJail
 
@@ -110,6 +114,23 @@ def image_config(jail: BuiltJail, diff_id: str, ports: list[int], created: str) 
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created": created, "created_by": f"jailkit export {jail.name}"}],
     }
+
+
+def notes(launch: dict) -> list[str]:
+    """What the image cannot carry (one line each): the cgroup limits, the live host binds."""
+    from jailkit.export.bundle import bind_flags
+    from jailkit.launch.spec import LaunchSpec
+
+    spec = LaunchSpec.from_dict(launch)
+    lines = limits.image_notes(spec.limits)
+    if spec.binds:
+        binds = sorted(spec.binds, key=lambda b: b.path)
+        named = ", ".join(f"{b.path} (from {b.source}, {'read-write' if b.rw else 'read-only'})"
+                          for b in binds)
+        volumes = " ".join(f"-v {b.source}:{b.path}:{','.join(bind_flags(b))}" for b in binds)
+        lines.append(f"an OCI image cannot carry host directories; not carried: {named}: mount "
+                     f"them at run time (podman run {volumes}), or export --format bundle or kube")
+    return lines
 
 
 def labels(jail: BuiltJail) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_jailkit
 
+from jailkit.author.doctor import _path, service_calls
 from jailkit.author.fold import fold, secret_reason
 from jailkit.author.trace import parse_log, read_trace
 from jailkit.author.write import render
@@ -189,3 +190,29 @@ def test_a_folded_file_others_cannot_read_is_listed_as_private(tmp_path):
     text = render(Draft("svc", files=[Entry(str(config), "read by svc")]), ["svc"])
     assert f'private_files = [\n    "{config}/password",' in text
     assert f'"{config}/service.conf"' not in text.split("private_files")[1]
+
+
+DOCTOR_LOG = r"""100 clone(child_stack=NULL, flags=CLONE_NEWNS|CLONE_NEWUSER|CLONE_NEWPID|SIGCHLD) = 101
+101 clone(child_stack=NULL, flags=CLONE_NEWNS|CLONE_NEWUSER|SIGCHLD <unfinished ...>
+101 <... clone resumed>) = 2 /* 102 in strace's PID NS */
+102 openat(AT_FDCWD, "/etc/before exec", O_RDONLY) = -1 ENOENT (No such file or directory)
+102 execve("/bin/svc", ["svc", "a, b"], 0x7ffd2 /* 3 vars */) = 0
+102 linkat(AT_FDCWD, "/srv/in, out", AT_FDCWD, "/etc/new, \"link", 0) = -1 EROFS (Read-only file system)
+102 symlinkat("/target, \"x", AT_FDCWD, "/data/link") = -1 ENOENT (No such file or directory)
+102 vfork() = 3 /* 103 in strace's PID NS */
+103 exit_group(0) = ?
+102 exit_group(3) = ?
+"""
+
+
+def test_doctor_reads_the_same_strace_syntax_as_trace(tmp_path):
+    """doctor's log (--decode-pids=pidns) through trace's parser: processes made in the jail are
+    known by their host pids, only the service's calls from its execve on count, and a path
+    argument after a string holding ', ' or a quote is read whole."""
+    log = tmp_path / "trace.log"
+    log.write_text(DOCTOR_LOG)
+    calls, exits = service_calls(str(log))
+    assert exits == {"service": 102, 103: 0, 102: 3}
+    assert [(c.name, _path(c)) for c in calls if c.name.endswith("at")] == [
+        ("linkat", '/etc/new, "link'), ("symlinkat", "/data/link")]
+    assert [c.child for c in calls if c.child] == [103]

@@ -18,12 +18,11 @@ import tempfile
 import time
 from typing import NamedTuple
 
+from jailkit.author.trace import Call, interruptible, parse_log, unquote
 from jailkit.errors import JailkitError
 from jailkit.launch.seccomp import DENIED
 from jailkit.vocabulary import DEVICES
 
-LINE_RE = re.compile(r"^(\d+) +(\w+)\((.*)\) += (-?\d+|\?|0x[0-9a-f]+)(?: (E[A-Z0-9]+) )?(.*)$")
-HOST_PID_RE = re.compile(r"/\* (\d+) in strace's PID NS \*/")
 PORT_RE = re.compile(r"sin6?_port=htons\((\d+)\)")
 PATH_CALLS = {  # syscall -> index of the path argument
     "open": 0, "openat": 1, "openat2": 1, "stat": 0, "lstat": 0, "newfstatat": 1, "statx": 1,
@@ -60,47 +59,14 @@ class Finding(NamedTuple):
     fix: str  # the profile line (or command) that fixes it
 
 
-class Call(NamedTuple):
-    pid: int
-    name: str
-    args: str
-    result: str
-    errno: str | None
-    child: int | None  # host pid of a process this call created
-
-
-def _calls(log: str):
-    """The system calls of an `strace -f` log, an unfinished call joined with its resumption."""
-    pending: dict[str, str] = {}
-    with open(log, errors="replace") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            pid, _, rest = line.partition(" ")
-            if rest.endswith("<unfinished ...>"):
-                pending[pid] = rest[: -len("<unfinished ...>")].rstrip()
-                continue
-            resumed = re.match(r"<\.\.\. \w+ resumed>(.*)$", rest.lstrip())
-            if resumed:
-                rest = pending.pop(pid, "") + resumed.group(1)
-            match = LINE_RE.match(f"{pid} {rest.strip()}")
-            if match:
-                child = None
-                if match.group(2) in ("clone", "clone3", "fork", "vfork") \
-                        and match.group(4).isdigit():
-                    host = HOST_PID_RE.search(match.group(6) or "")
-                    child = int(host.group(1)) if host else int(match.group(4))
-                yield Call(int(match.group(1)), match.group(2), match.group(3), match.group(4),
-                           match.group(5), child)
-
-
 def service_calls(log: str) -> tuple[list[Call], dict[int, int]]:
     """The calls made by the service's processes, and pid -> exit status of those that exited
     (with "service": the service's pid)."""
-    calls = list(_calls(log))
-    jail_pid1 = next((c.child for c in calls if c.name in ("clone", "clone3")
-                      and "CLONE_NEWPID" in c.args and c.child), None)
-    service = next((c.child for c in calls if c.pid == jail_pid1 and c.name in (
-        "clone", "clone3") and "CLONE_NEWUSER" in c.args and c.child), None)
+    with open(log, errors="replace") as f:
+        calls = parse_log(f.read())
+    jail_pid1 = next((c.child for c in calls if c.child and _flag(c, "CLONE_NEWPID")), None)
+    service = next((c.child for c in calls if c.pid == jail_pid1 and c.child
+                    and _flag(c, "CLONE_NEWUSER")), None)
     active: set[int] = set()
     started = False
     out = []
@@ -117,21 +83,20 @@ def service_calls(log: str) -> tuple[list[Call], dict[int, int]]:
     # -qq leaves out strace's own "exited" lines: a process's exit_group says it
     exits: dict = {"service": service}
     for call in out:
-        if call.name == "exit_group" and call.args.strip().lstrip("-").isdigit():
-            exits[call.pid] = int(call.args)
+        if call.name == "exit_group" and call.args and call.args[0].lstrip("-").isdigit():
+            exits[call.pid] = int(call.args[0])
     return out, exits
+
+
+def _flag(call: Call, flag: str) -> bool:
+    return any(flag in arg for arg in call.args)
 
 
 def _path(call: Call) -> str | None:
     index = PATH_CALLS.get(call.name)
-    if index is None:
+    if index is None or index >= len(call.args):
         return None
-    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', call.args)
-    args = [a.strip() for a in call.args.split(", ")]
-    quoted = [i for i, a in enumerate(args) if a.startswith('"')]
-    if index not in quoted or not strings:
-        return None
-    return strings[quoted.index(index)].encode().decode("unicode_escape")
+    return unquote(call.args[index])
 
 
 class Jail:
@@ -191,14 +156,14 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
 
     for call in calls:
         path = _path(call)
-        if call.errno == "ENOENT" and path and path.startswith("/"):
+        if call.error == "ENOENT" and path and path.startswith("/"):
             if path.startswith("/dev/") and path[5:] in DEVICES and not jail.mounted("/dev"):
                 add("missing-file", f"{call.name} {path}: the jail has no /dev/{path[5:]}",
                     f'devices = ["{path[5:]}"]')
                 continue
             if path.startswith(SKIPPED_TOPS) or path in NOT_NEEDED or jail.mounted(path):
                 continue
-            creating = call.name in CREATES or "O_CREAT" in call.args
+            creating = call.name in CREATES or _flag(call, "O_CREAT")
             parent = os.path.dirname(path)
             if creating and not jail.has(parent):
                 add("read-only", f"{call.name} {path}: its directory {parent} is not in the jail "
@@ -209,25 +174,26 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
                 fix = 'extends = ["tzdata"]' if path == "/etc/localtime" else f'{key} = ["{path}"]'
                 add("missing-file", f"{call.name} {path}: not in the jail (it is on the host)",
                     fix)
-        elif call.errno == "EROFS" and path:
+        elif call.error == "EROFS" and path:
             add("read-only", f"{call.name} {path}: the jail's tree is read-only",
                 _writable_fix(path) if call.name not in ("mkdir", "mkdirat")
                 else f'[writable."{os.path.dirname(path) or path}"]')
-        elif call.errno == "EPERM" and call.name in DENIED \
+        elif call.error == "EPERM" and call.name in DENIED \
                 and call.name not in jail.seccomp_allow:
             add("seccomp", f"{call.name}: refused by the jail's seccomp filter",
                 f'[service] seccomp_allow = ["{call.name}"]')
-        elif call.errno == "EPERM" and call.name in CAPABILITY_CALLS:
+        elif call.error == "EPERM" and call.name in CAPABILITY_CALLS:
             cap = CAPABILITY_CALLS[call.name]
             if cap not in jail.capabilities:
-                add("capability", f"{call.name}({call.args[:60]}): refused without {cap}",
+                add("capability", f"{call.name}({', '.join(call.args)[:60]}): refused without "
+                    f"{cap}",
                     f'[service] capabilities = {_with(jail.capabilities, cap)}')
-        elif call.name == "bind" and call.errno in ("EADDRINUSE", "EACCES"):
-            port = PORT_RE.search(call.args)
+        elif call.name == "bind" and call.error in ("EADDRINUSE", "EACCES"):
+            port = PORT_RE.search(", ".join(call.args))
             if port is None:
                 continue
             number = int(port.group(1))
-            if call.errno == "EADDRINUSE":
+            if call.error == "EADDRINUSE":
                 add("port", f"bind to port {number}: already in use on the host",
                     "stop what listens there, or rebuild with another port: "
                     f"{jail.rebuild} --set port=N")
@@ -333,8 +299,6 @@ def _stop(proc: subprocess.Popen, log: str) -> None:
 
 
 def doctor(profile: str, root: str, command: list[str], timeout: float) -> dict:
-    from jailkit.author.trace import interruptible
-
     jail = Jail(root, profile)
     with interruptible("doctor stopped the jail and strace"), \
             tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:

@@ -37,7 +37,11 @@ PR_SET_CHILD_SUBREAPER = 36
 
 _LINE = re.compile(r"^(\d+)\s+(.*)$")
 _CALL = re.compile(r"^([a-z_0-9]+)\(")
-_RESULT = re.compile(r"^\s*=\s*(-?\d+|\?|0x[0-9a-f]+)(?:<(.*)>)?(?:\s+([A-Z][A-Z0-9_]+)\b.*)?$")
+# `= RESULT<what -yy decorates it with> /* PID in strace's PID NS */ ERRNO (text)`: the comment
+# (--decode-pids=pidns, doctor) gives a process made in the jail's pid namespace its host pid
+_RESULT = re.compile(r"^\s*=\s*(-?\d+|\?|0x[0-9a-f]+)(?:<(.*)>)?"
+                     r"(?: /\* (\d+) in strace's PID NS \*/)?(?:\s+([A-Z][A-Z0-9_]+)\b.*)?$")
+CREATING_CALLS = ("clone", "clone3", "fork", "vfork")
 _PORT = re.compile(r"sin6?_port=htons\((\d+)\)")
 _SUN_PATH = re.compile(r"sun_path=(@?)(\".*\")")
 _LIMIT = re.compile(r"rlim_cur=([^,]+), rlim_max=([^}]+)\}")
@@ -61,6 +65,7 @@ class Call:
     result: str
     returned: str | None  # what the returned descriptor refers to (-yy)
     error: str | None  # errno name when it failed
+    child: int | None = None  # the process a clone or fork made, by its pid in strace's namespace
 
     @property
     def ok(self) -> bool:
@@ -185,8 +190,11 @@ def parse_log(text: str) -> list[Call]:
         result = _RESULT.match(rest)
         if not result:
             continue
-        calls.append(Call(pid, call.group(1), args, result.group(1), result.group(2),
-                          result.group(3)))
+        name, returned = call.group(1), result.group(1)
+        child = None
+        if name in CREATING_CALLS and returned.isdigit():
+            child = int(result.group(3) or returned)
+        calls.append(Call(pid, name, args, returned, result.group(2), result.group(4), child))
     return calls
 
 
@@ -233,8 +241,8 @@ def read_trace(text: str) -> Trace:
         name = call.name
         seen = f"{name} by {os.path.basename(me)}"
 
-        if name in ("clone", "clone3", "fork", "vfork") and call.ok:
-            child = int(call.result)
+        if call.child:
+            child = call.child
             euid[child], program[child] = uid, me
             if pid in moved:
                 moved.add(child)

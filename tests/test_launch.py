@@ -44,7 +44,25 @@ def links_in(netns: int) -> set[str]:
     return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
 
 
+def direct_children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
 # --- the command runs, and its status comes back -----------------------------------------
+
+
+def test_the_waiter_keeps_no_child_but_the_jail(jail):
+    """As root the launcher first starts a process of its own (cgroup.prime: the kernel's wait
+    before the jail's first cgroup move begins while Python still plans); the waiter it becomes
+    reaps it, so the jail's pid 1 is all that stays below it, dead or alive."""
+    proc = start(jail, "/bin/sleep", "30")
+    try:
+        assert wait_for(lambda: len(direct_children(proc.pid)) == 1,
+                        what="the waiter to reap every child but the jail's pid 1")
+    finally:
+        stop(proc)
+
 
 
 def test_runs_command_and_passes_exit_status(jail):

@@ -238,6 +238,11 @@ def _launch(opts: Options, jail, spec, report=None) -> int:
     from jailkit.launch.plan import LaunchPlan
     from jailkit.launch.registry import Registry, entry_for, pick_name
 
+    if os.geteuid() == 0:  # the jail's cgroups: start the kernel's wait for them now
+        from jailkit.launch.cgroup import prime
+        from jailkit.launch.plan import reaper_path
+
+        prime(reaper_path())
     registry = Registry()
     with registry:
         running = registry.running()

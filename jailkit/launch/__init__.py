@@ -7,7 +7,7 @@ concern    what it plans (plan.py)        host side (launcher.py)        jail si
 ids        userns.plan, allocate.for_jail userns.clone_owned_by, .write  userns.write_nested,
                                                                           .forbid_nested
 mounts     mounts.plan (typed steps)      mounts.detached_sources        mounts.apply, .pivot
-cgroups    cgroup.plan                    cgroup.create, .attach, .remove (the waiter)
+cgroups    cgroup.plan                    cgroup.prime, .create, .attach, .remove (the waiter)
 network    net.clone_flags, net.Veth      net.create_veth                net.setup_inside
 stdio      stdio.Stdio                    Stdio.open (a pty relay)       Stdio.attach
 landlock   landlock.Ruleset               -                              landlock.restrict

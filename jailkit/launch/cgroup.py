@@ -138,6 +138,15 @@ def _made_dir(where, name: str, exist_ok: bool) -> int:
             os.close(at)
 
 
+def prime(reaper: str) -> None:
+    """Have the kernel's wait before the jail's first cgroup move (reaper.c, `prime`) begin now,
+    in a process of its own, while this one still plans; the waiter reaps it."""
+    try:
+        os.posix_spawn(reaper, ["jailkit-reaper", "prime"], {})
+    except OSError:
+        pass  # only time is lost: attach() then waits itself
+
+
 def attach(groups: list[Group], pid: int) -> None:
     for group in groups:
         with open(f"{group.path}/cgroup.procs", "w") as f:

@@ -99,9 +99,9 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     #    Dumpable first, which the child inherits: a process that changed ids (step 2) is not,
     #    and its /proc files then belong to the host's root, not to us who write its maps.
     #    Each exec sets it again by its own rules.
-    # 8. Our cgroups, which the launcher joins us to while we set up (on v1 the first move into
-    #    a cgroup waits for an RCU grace period, ~10 ms): nothing may fork before, and then a
-    #    cgroup namespace of our own, in which the jail sees its cgroup as the root.
+    # 8. Our cgroups, which the launcher joins us to while we set up (a first move into a cgroup
+    #    waits for an RCU grace period, begun early by cgroup.prime): nothing may fork before,
+    #    and then a cgroup namespace of our own, in which the jail sees its cgroup as the root.
     _at("joining the jail's cgroups")
     _wait_for_launcher(sync_fd, b"2")
     sc.unshare(sc.CLONE_NEWCGROUP)

@@ -122,10 +122,10 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
     except BaseException:
         _abort(pid, plan)
         raise
-    # The jail sets itself up while this process joins it to its cgroups (on v1 the first move
-    # waits for an RCU grace period: ~10 ms off the critical path) and becomes the waiter (on
-    # the other core); from here the jail reports its own setup errors, and the waiter cleans
-    # up after any exit.
+    # The jail sets itself up while this process joins it to its cgroups (a first move waits
+    # for an RCU grace period, which cgroup.prime began before planning) and becomes the waiter
+    # (on the other core); from here the jail reports its own setup errors, and the waiter
+    # cleans up after any exit.
     os.write(sync_w, b"1")
     try:
         cgroup.attach(plan.cgroups, pid)

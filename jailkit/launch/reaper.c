@@ -37,6 +37,11 @@
  *       each line goes to DIRFD/FILE with a UTC timestamp, and once FILE holds N bytes it is
  *       renamed FILE.1 (replacing the previous one) and a new FILE begun: at most 2N bytes.
  *
+ *   jailkit-reaper prime
+ *       the launcher's helper, as root, before it plans: moves itself into its own cgroup and
+ *       exits, so that the kernel's wait before a first cgroup move is over by the time the
+ *       jail's is made (docs/kernel-notes.md, "Control groups"). The waiter reaps it.
+ *
  * All block the signals they forward and take them with sigwaitinfo(): a blocked signal is
  * queued even for a pid-namespace init, and nothing runs in a signal handler.
  */
@@ -320,14 +325,18 @@ static void remove_cgroup(const char *dir)
 	fprintf(stderr, "jailkit: could not remove cgroup %s: %s\n", dir, strerror(errno));
 }
 
-/* Forward signal `sig` to the jail; -1 while it runs, its exit code once it has exited. */
+/* Forward signal `sig` to the jail; -1 while it runs, its exit code once it has exited. Any
+ * other child (the launcher's `prime` process) is reaped too. */
 static int forward(pid_t jail, int sig)
 {
 	int status;
+	pid_t pid;
 	if (sig != SIGCHLD)
 		kill(jail, sig);
-	else if (waitpid(jail, &status, WNOHANG) == jail)
-		return status_code(status);
+	else
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+			if (pid == jail)
+				return status_code(status);
 	return -1;
 }
 
@@ -571,6 +580,48 @@ static int run_wait(int argc, char **argv)
 	return code;
 }
 
+/* Moves this process into the cgroup it is already in, so that the launcher's first real move
+ * (of the jail) finds the kernel's cgroup_threadgroup_rwsem out of its idle state: the first
+ * writer after a quiet moment waits for an RCU grace period (5-15 ms here), and this one waits
+ * while Python is still planning. Any hierarchy will do: the lock is global. Errors are ignored:
+ * the launcher's own move then waits instead. */
+static int prime_at(const char *root, const char *controllers, const char *path)
+{
+	char procs[4200];
+	snprintf(procs, sizeof(procs), "%s%s%s/cgroup.procs", root, controllers, path);
+	int fd = open(procs, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int written = dprintf(fd, "%d", (int)getpid());
+	close(fd);
+	return written > 0 ? 0 : -1;
+}
+
+static int run_prime(void)
+{
+	char line[4096];
+	FILE *cgroups = fopen("/proc/self/cgroup", "r");
+	if (!cgroups)
+		return 0;
+	while (fgets(line, sizeof(line), cgroups)) { /* ID:CONTROLLERS:PATH */
+		line[strcspn(line, "\n")] = 0;
+		char *controllers = strchr(line, ':'), *path;
+		if (!controllers || !(path = strchr(++controllers, ':')))
+			continue;
+		*path++ = 0;
+		if (*controllers == 0) { /* the unified hierarchy, on a hybrid host or alone */
+			if (prime_at("/sys/fs/cgroup/unified", "", path) == 0 ||
+			    prime_at("/sys/fs/cgroup", "", path) == 0)
+				break;
+		} else if (strncmp(controllers, "name=", 5) != 0) {
+			if (prime_at("/sys/fs/cgroup/", controllers, path) == 0)
+				break;
+		}
+	}
+	fclose(cgroups);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && (strcmp(argv[1], "init") == 0 || strcmp(argv[1], "adopt") == 0)) {
@@ -581,6 +632,8 @@ int main(int argc, char **argv)
 	}
 	if (argc >= 2 && strcmp(argv[1], "wait") == 0)
 		return run_wait(argc, argv);
-	fprintf(stderr, "usage: jailkit-reaper init|adopt|wait ...\n");
+	if (argc >= 2 && strcmp(argv[1], "prime") == 0)
+		return run_prime();
+	fprintf(stderr, "usage: jailkit-reaper init|adopt|wait|prime ...\n");
 	return 2;
 }

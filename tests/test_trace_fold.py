@@ -192,12 +192,12 @@ def test_a_folded_file_others_cannot_read_is_listed_as_private(tmp_path):
     assert f'"{config}/service.conf"' not in text.split("private_files")[1]
 
 
-DOCTOR_LOG = r"""100 clone(child_stack=NULL, flags=CLONE_NEWNS|CLONE_NEWUSER|CLONE_NEWPID|SIGCHLD) = 101
+DOCTOR_LOG = r"""100 clone(child_stack=NULL, flags=CLONE_NEWUSER|CLONE_NEWPID|SIGCHLD) = 101
 101 clone(child_stack=NULL, flags=CLONE_NEWNS|CLONE_NEWUSER|SIGCHLD <unfinished ...>
 101 <... clone resumed>) = 2 /* 102 in strace's PID NS */
 102 openat(AT_FDCWD, "/etc/before exec", O_RDONLY) = -1 ENOENT (No such file or directory)
 102 execve("/bin/svc", ["svc", "a, b"], 0x7ffd2 /* 3 vars */) = 0
-102 linkat(AT_FDCWD, "/srv/in, out", AT_FDCWD, "/etc/new, \"link", 0) = -1 EROFS (Read-only file system)
+102 linkat(AT_FDCWD, "/srv/in, out", AT_FDCWD, "/etc/new, \"link", 0) = -1 EROFS (Read-only)
 102 symlinkat("/target, \"x", AT_FDCWD, "/data/link") = -1 ENOENT (No such file or directory)
 102 vfork() = 3 /* 103 in strace's PID NS */
 103 exit_group(0) = ?

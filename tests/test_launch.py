@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -52,11 +53,36 @@ def direct_children(pid: int) -> list[int]:
 # --- the command runs, and its status comes back -----------------------------------------
 
 
-def test_the_waiter_keeps_no_child_but_the_jail(jail):
+def own_cgroup_procs() -> str:
+    with open("/proc/self/cgroup") as f:
+        unified = next(line for line in f if line.startswith("0::")).strip()[3:]
+    hybrid = f"/sys/fs/cgroup/unified{unified}/cgroup.procs"
+    return hybrid if os.path.exists(hybrid) else f"/sys/fs/cgroup{unified}/cgroup.procs"
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_the_waiter_keeps_no_child_but_the_jail(jail, busy):
     """As root the launcher first starts a process of its own (cgroup.prime: the kernel's wait
     before the jail's first cgroup move begins while Python still plans); the waiter it becomes
-    reaps it, so the jail's pid 1 is all that stays below it, dead or alive."""
-    proc = start(jail, "/bin/sleep", "30")
+    reaps it, so the jail's pid 1 is all that stays below it, dead or alive. Busy: other cgroup
+    moves keep the kernel's lock ready, so that process ends at once, before the launcher blocks
+    signals (its SIGCHLD is lost)."""
+    stop_moving = threading.Event()
+
+    def move_ourselves():  # into the group we are in: a no-op move, as `prime` makes
+        while not stop_moving.wait(0.002):
+            with open(own_cgroup_procs(), "w") as f:
+                f.write(str(os.getpid()))
+
+    mover = threading.Thread(target=move_ourselves)
+    if busy:
+        mover.start()
+    try:
+        proc = start(jail, "/bin/sleep", "30")
+    finally:
+        stop_moving.set()
+        if busy:
+            mover.join()
     try:
         assert wait_for(lambda: len(direct_children(proc.pid)) == 1,
                         what="the waiter to reap every child but the jail's pid 1")

@@ -340,6 +340,19 @@ static int forward(pid_t jail, int sig)
 	return -1;
 }
 
+/* A child the launcher started before it blocked signals (its `prime` process) may have ended
+ * unseen, its SIGCHLD discarded: reap those, leaving the jail's own status to forward(). */
+static void reap_others(pid_t jail)
+{
+	for (;;) {
+		siginfo_t info = {0};
+		if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) || info.si_pid == 0 ||
+		    info.si_pid == jail)
+			return;
+		waitpid(info.si_pid, NULL, 0);
+	}
+}
+
 static void write_all(int fd, const char *buf, ssize_t len)
 {
 	while (len > 0) {
@@ -553,6 +566,7 @@ static int run_wait(int argc, char **argv)
 	sigset_t set;
 	forwarded_set(&set);
 	sigprocmask(SIG_BLOCK, &set, NULL);
+	reap_others(jail);
 	int code = -1;
 	if (pty >= 0)
 		code = relay(jail, &set, pty, relay_input);

@@ -156,16 +156,18 @@ def test_ordinary_user_traces_builds_and_runs(as_root, world_readable_checkout):
 
 def test_a_service_that_died_by_itself_fails_the_trace(tmp_path):
     """The port is taken: the traced http.server dies at once, and the probe is answered by the
-    server already there (or there is no probe). The trace fails with one line giving the
-    service's status, and writes no profile of that run."""
+    server already there, before the service has even started or once it has died (or there is
+    no probe). The trace fails with one line giving the service's status, and writes no profile
+    of that run."""
     profile = tmp_path / "site.toml"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        probe = ("python3 -c \"import socket, time; time.sleep(2); "
+        probe = ("python3 -c \"import socket, time; time.sleep({}); "
                  f"socket.create_connection(('127.0.0.1', {port}))\"")
-        for probing in (["--probe", probe], []):
+        for probing in (["--probe", probe.format(0)], ["--probe", probe.format(0)],
+                        ["--probe", probe.format(2)], []):
             result = run_jailkit("trace", "-o", profile, "--duration", "4", *probing, "--",
                                  "python3", "-m", "http.server", "--bind", "127.0.0.1",
                                  str(port), cwd=tmp_path, timeout=60)

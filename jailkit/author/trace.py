@@ -42,6 +42,7 @@ _CALL = re.compile(r"^([a-z_0-9]+)\(")
 _RESULT = re.compile(r"^\s*=\s*(-?\d+|\?|0x[0-9a-f]+)(?:<(.*)>)?"
                      r"(?: /\* (\d+) in strace's PID NS \*/)?(?:\s+([A-Z][A-Z0-9_]+)\b.*)?$")
 CREATING_CALLS = ("clone", "clone3", "fork", "vfork")
+_BIND_RESULT = re.compile(r"^\d+ +bind\(.*\) += (0|-1 E[A-Z]+)\b", re.MULTILINE)
 _PORT = re.compile(r"sin6?_port=htons\((\d+)\)")
 _SUN_PATH = re.compile(r"sun_path=(@?)(\".*\")")
 _LIMIT = re.compile(r"rlim_cur=([^,]+), rlim_max=([^}]+)\}")
@@ -469,7 +470,10 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
                 [strace, "-f", "-qq", "-yy", "-s", "512", "-e", "signal=none", "-e",
                  f"trace={TRACED_CALLS}", "-o", log_path, "--", program, *command[1:]],
                 stdin=subprocess.DEVNULL, env={"PATH": SERVICE_PATH}, start_new_session=True)
-            _watch(tracer, probe_argv, duration, result)
+            deadline = time.monotonic() + duration
+            _watch(tracer, probe_argv, deadline, result)
+            if result.probe_ok:
+                _settle(tracer, log_path, deadline)
             # none of its processes left: it ended by itself (a probe may have been answered
             # by another server on its port), and strace exits with its status
             ended = not [p for p in _descendants(os.getpid()) if p != tracer.pid and _alive(p)]
@@ -485,10 +489,9 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
     return result
 
 
-def _watch(tracer: subprocess.Popen, probe_argv: list[str] | None, duration: float,
+def _watch(tracer: subprocess.Popen, probe_argv: list[str] | None, deadline: float,
            result: RunResult) -> None:
-    """Probe the service until it answers (or let it run) for at most `duration` seconds."""
-    deadline = time.monotonic() + duration
+    """Probe the service until it answers (or let it run) until `deadline`."""
     if probe_argv:
         result.probe_ok = False
         while time.monotonic() < deadline and tracer.poll() is None:
@@ -501,6 +504,22 @@ def _watch(tracer: subprocess.Popen, probe_argv: list[str] | None, duration: flo
     else:
         while time.monotonic() < deadline and tracer.poll() is None:
             time.sleep(0.1)
+
+
+def _settle(tracer: subprocess.Popen, log_path: str, deadline: float) -> None:
+    """A probe may be answered by another server on the service's port, even before the
+    service tried to bind it: wait until the service has bound a socket, or was refused one
+    (then until it ends, as a server usually does), so that a dying service is not taken for a
+    serving one. A service that binds nothing is given until the deadline."""
+    while tracer.poll() is None and time.monotonic() < deadline:
+        with open(log_path, encoding="utf-8", errors="surrogateescape") as f:
+            results = {match.group(1) for match in _BIND_RESULT.finditer(f.read())}
+        if "-1 EADDRINUSE" in results or "-1 EACCES" in results:
+            while tracer.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        elif "0" in results:
+            return
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

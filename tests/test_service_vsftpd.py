@@ -4,12 +4,17 @@ import ftplib
 import io
 import os
 import random
+import shlex
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
-from conftest import run_jailkit, wait_for
+from conftest import NOBODY, run_jailkit, wait_for
 from services import Service, build, free_port
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -185,6 +190,52 @@ def test_password_from_set_replaces_the_profiles(anon, tmp_path):
         assert service.stop() == TERMINATED, service.log()
     finally:
         service.kill()
+
+
+def test_an_ordinary_users_jail_logs_failed_logins_too(world_readable_checkout):
+    """vsftpd switches between four ids, so an ordinary user runs it with subordinate ids (a
+    range for nobody in /etc/subuid and /etc/subgid, bound over the host's files only in this
+    test's own mount namespace). Its registry and logs are its own (XDG_RUNTIME_DIR)."""
+    base = Path(tempfile.mkdtemp(prefix="jailkit-vsftpd-nobody-"))
+    base.chmod(0o711)
+    home, subid = base / "home", base / "subid"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    subid.write_text("nobody:300000:65536\n")
+    subid.chmod(0o644)
+    env = ["PATH=/usr/bin:/bin", f"PYTHONPATH={world_readable_checkout}", f"HOME={home}",
+           f"XDG_RUNTIME_DIR={home}"]
+
+    def jailkit(*args):
+        script = (f"mount --bind {subid} /etc/subuid && mount --bind {subid} /etc/subgid && "
+                  f"exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups "
+                  + shlex.join(["env", *env, sys.executable, "-m", "jailkit", *args]))
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script], cwd="/", capture_output=True, text=True, timeout=300)
+
+    try:
+        port = free_port()
+        low, high = free_range(8)
+        built = jailkit("build", "vsftpd", "--root", str(home / "ftp"), "--set", f"port={port}",
+                        "--set", f"pasv_min={low}", "--set", f"pasv_max={high}", "--set",
+                        "local_password=from the profile")
+        assert built.returncode == 0, built.stderr
+        started = jailkit("run", "vsftpd", "--root", str(home / "ftp"), "--name", "ftp",
+                          "--detach")
+        assert started.returncode == 0, started.stderr
+        assert f"{home}/jailkit/ftp.log" in started.stdout
+        refuse_wrong_password_and_root(port)
+
+        def logged():
+            lines = [line.split(" ", 1)[1] for line in
+                     jailkit("logs", "ftp").stdout.splitlines()]
+            return WRONG_PASSWORD in lines and REFUSED_ROOT in lines
+        wait_for(logged, seconds=20, what="PAM's lines in the jail's log")
+        stopped = jailkit("stop", "ftp")
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        jailkit("stop", "ftp", "--timeout", "1")
+        shutil.rmtree(base)
 
 
 def zombies(service: Service) -> list[int]:

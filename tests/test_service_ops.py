@@ -309,6 +309,20 @@ def test_syslog_of_a_detached_jail_goes_to_its_log_from_any_user(jail, names, sy
     assert line.endswith("]: authentication failure; user=ftpuser 0")
 
 
+def test_a_jail_without_devices_has_dev_log_alone_read_only(jail, syslog_probe):
+    """A profile that names no devices (vsftpd's) still gets /dev/log: PAM's only channel."""
+    shutil.copy(syslog_probe, jail / "current/root/usr/bin/syslog_probe")
+    try:
+        ran = run_jailkit("run", "svc", "--root", jail, "--set", "devices=[]", "--", "/bin/sh",
+                          "-c", "ls -A /dev; syslog_probe 1 alone; touch /dev/x", timeout=60)
+    finally:
+        (jail / "current/root/usr/bin/syslog_probe").unlink()
+    assert ran.returncode == 1 and ran.stdout == "log\n", ran.stderr
+    lines = ran.stderr.splitlines()
+    assert lines[0].startswith("syslog auth.warning: probe[") and lines[0].endswith("]: alone 0")
+    assert "Read-only file system" in lines[1]
+
+
 def test_syslog_goes_to_a_foreground_runs_stderr_rate_limited_one_line_each(jail,
                                                                             syslog_probe):
     shutil.copy(syslog_probe, jail / "current/root/usr/bin/syslog_probe")

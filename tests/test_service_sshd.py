@@ -6,10 +6,11 @@ import stat
 import subprocess
 
 import pytest
-from conftest import run_jailkit
+from conftest import run_jailkit, wait_for
 from services import Service, build, free_port
 
 pytestmark = pytest.mark.usefixtures("as_root")
+PREFIX = "h"  # names of this module's detached jails: PREFIX, the session's pid, a word
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +37,17 @@ def sshd(client):
         service.kill()
 
 
-def options(client, user="alice"):
-    """Only this test's key and the jail's own host key are trusted (no user config)."""
+def options(client, user="alice", key=None):
+    """Only this test's key (or `key`) and the jail's own host key are trusted (no user
+    config)."""
     return ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-            "-i", str(client / "id"), "-o", f"UserKnownHostsFile={client / 'known_hosts'}",
-            "-o", "StrictHostKeyChecking=yes", "-o", f"User={user}"]
+            "-i", str(key or client / "id"), "-o",
+            f"UserKnownHostsFile={client / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"User={user}"]
 
 
-def sftp(client, port, batch: str, user="alice"):
-    return subprocess.run(["sftp", *options(client, user), "-P", str(port), "-b", "-",
+def sftp(client, port, batch: str, user="alice", key=None):
+    return subprocess.run(["sftp", *options(client, user, key), "-P", str(port), "-b", "-",
                            "127.0.0.1"], input=batch, capture_output=True, text=True, timeout=60)
 
 
@@ -124,3 +127,32 @@ def test_clients_keep_trusting_the_server_across_update_and_rebuild(client, sshd
         assert again.stop() == 0, again.log()
     finally:
         again.kill()
+
+
+def test_failed_logins_of_a_detached_jail_are_in_its_log(client, names, tmp_path):
+    """An unknown user and a key the server does not know: both refused, and both in
+    `jailkit logs` (sshd -e: its stderr, the jail's log)."""
+    port = free_port()
+    root = tmp_path / "jail"
+    build("sshd", root, f"port={port}", "sftp_user=alice", f"sftp_pubkey={client / 'id.pub'}")
+    host_key = (root / "current/root/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+    (client / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "stranger"],
+                   check=True)
+    name = names("logins")
+    started = run_jailkit("run", "sshd", "--root", root, "--name", name, "--detach", timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert sftp(client, port, "ls\n", user="mallory").returncode != 0
+    assert sftp(client, port, "ls\n", key=tmp_path / "stranger").returncode != 0
+
+    def logged():
+        lines = [line.split(" ", 1)[1] for line in
+                 run_jailkit("logs", name, timeout=30).stdout.splitlines()]
+        invalid = [line for line in lines if line.startswith("Invalid user mallory from "
+                                                               "127.0.0.1 port ")]
+        alice = [line for line in lines if line.startswith("Connection closed by "
+                                                             "authenticating user alice "
+                                                             "127.0.0.1 port ")]
+        return invalid and alice
+    wait_for(logged, seconds=20, what="sshd's refusals in the jail's log")
+    assert run_jailkit("stop", name, timeout=60).returncode == 0

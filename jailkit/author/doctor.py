@@ -118,7 +118,8 @@ class Jail:
                 os.close(gen_fd)
         self.rebuild = f"jailkit build {profile} --root {root}"  # for a fix line
         self.mounts = [w["path"] for w in launch.get("writable", [])]
-        self.mounts += ["/dev"] * bool(launch.get("devices"))
+        self.mounts += ["/dev"]  # every jail's, with its /dev/log
+        self.devices = launch.get("devices", [])
         self.mounts += [b["path"] for b in launch.get("binds", [])]
         self.capabilities = launch.get("capabilities", [])
         self.seccomp_allow = launch.get("seccomp_allow", [])
@@ -157,7 +158,7 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
     for call in calls:
         path = _path(call)
         if call.error == "ENOENT" and path and path.startswith("/"):
-            if path.startswith("/dev/") and path[5:] in DEVICES and not jail.mounted("/dev"):
+            if path.startswith("/dev/") and path[5:] in DEVICES and path[5:] not in jail.devices:
                 add("missing-file", f"{call.name} {path}: the jail has no /dev/{path[5:]}",
                     f'devices = ["{path[5:]}"]')
                 continue

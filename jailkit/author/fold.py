@@ -292,7 +292,8 @@ def fold(trace: Trace, name: str, command: list[str] | None = None) -> Draft:
         draft.notes.append(f"it read {len(sys_reads)} files under /sys ({_names(sys_reads)}); "
                            "the jail has no /sys unless `mount_sys = true`")
     for path, why in sorted(trace.unix_connects.items()):
-        if not under_writable(path) and ":" not in why:  # a failed connect: absent here too
+        # a failed connect: absent here too; /dev/log: every jail has one (jailkit relays it)
+        if not under_writable(path) and ":" not in why and path != "/dev/log":
             draft.notes.append(f"it connected to the unix socket {path} ({why}), which is not "
                                "in the jail")
     _accounts(trace, draft)

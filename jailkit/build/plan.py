@@ -543,7 +543,8 @@ def make_plan(profile: Profile, kept=None) -> Plan:
         uid, gid = planner.owner(d.owner, d.group)
         planner.add(Entry(d.path, "dir", mode=d.mode, uid=uid, gid=gid))
     mount_points = [w.path for w in profile.writable.values()] + _bind_points(profile)
-    mount_points += ["/dev"] * bool(profile.devices) + ["/proc"] * profile.service.mount_proc
+    # /dev in every jail, for its syslog socket /dev/log (launch/mounts.py)
+    mount_points += ["/dev"] + ["/proc"] * profile.service.mount_proc
     mount_points += ["/sys"] * profile.service.mount_sys
     for path in mount_points:
         # an empty, root-owned directory for the launcher to mount on; what is planned below a

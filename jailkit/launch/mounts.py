@@ -158,8 +158,10 @@ class Proc(Mount):
 
 
 class Dev(Mount):
-    """A tmpfs /dev holding binds of the host's nodes (mknod is refused in a user namespace),
-    a devpts of its own, /dev/shm; read-only once made."""
+    """A tmpfs /dev, read-only once made, in every jail: /dev/log, and for a profile that
+    names devices, binds of the host's nodes (mknod is refused in a user namespace), a devpts
+    of its own, /dev/shm. A jail that names none gets no shm: it would be a writable, exec-able
+    place in a jail that asked for none."""
 
     __slots__ = ("devices", "pts_gid", "syslog_fd")
     kind = "dev"
@@ -173,8 +175,18 @@ class Dev(Mount):
         return f"devices={self.devices} pts_gid={self.pts_gid}"
 
     def apply(self, detached):
+        if not os.path.lexists(f".{self.path}"):
+            raise JailkitError(
+                f"the jail has no {self.path} for its syslog socket (built by an older "
+                "jailkit): rebuild it with `jailkit build PROFILE --root DIR`")
         target = _target(self.path)
         sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=755,size=64k")
+        if self.devices:
+            self._devices(target)
+        self.syslog_fd = _bind_syslog(f"{target}/log")
+        _remount(target, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
+
+    def _devices(self, target: str) -> None:
         for name in self.devices:
             node = f"{target}/{name}"
             os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
@@ -190,8 +202,6 @@ class Dev(Mount):
         for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                            ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
             os.symlink(link, f"{target}/{name}")
-        self.syslog_fd = _bind_syslog(f"{target}/log")
-        _remount(target, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
 
 
 def _bind_syslog(path: str) -> int:
@@ -245,8 +255,7 @@ def plan(spec, host_root: str, state_dir: str, pts_gid: int | None) -> list[Moun
         ops.append(HostBind(b.path, b.source, b.rw, b.exec, create))
     if spec.mount_proc:
         ops.append(Proc("/proc"))
-    if spec.devices:
-        ops.append(Dev("/dev", spec.devices, pts_gid))
+    ops.append(Dev("/dev", spec.devices, pts_gid))  # every jail: its /dev/log
     if spec.mount_sys:
         ops.append(Sys("/sys"))
     return ops

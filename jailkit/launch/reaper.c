@@ -532,7 +532,8 @@ static int log_relay(pid_t jail, const sigset_t *set, int pipe, struct log *log)
  */
 #define PUBLISH_MAX 64		/* listeners: `run` refuses more */
 #define RELAY_CONNECTIONS 512	/* at once; more are refused (reset) until some end */
-#define RELAY_BUFFER 16384	/* bytes each way per connection: the kernel's buffers do the rest */
+#define RELAY_BUFFER 65536	/* bytes each way per connection (while it is open) */
+#define RELAY_ROUNDS 4		/* buffers moved each way per connection and wake-up */
 #define ACCEPT_BURST 64		/* connections taken per listener per round */
 
 struct listener {
@@ -614,63 +615,69 @@ static void relay_close(struct connection *c, int failed)
 	*c = connections[--nconnections];
 }
 
-/* What to wait for on side `s` of a connection (0: nothing, then it is not polled). */
+/* What to wait for on side `s` of a connection (0: nothing, then it is not polled). While the
+ * connection to the jail is being made, the client's bytes wait in its socket. */
 static short relay_events(const struct connection *c, int s)
 {
-	if (s == 1 && c->connecting)
-		return POLLOUT;
-	short events = 0;
-	if (!c->flow[s].eof && !c->flow[s].len)
-		events |= POLLIN;
-	if (c->flow[!s].len && !(s == 0 && c->connecting))
-		events |= POLLOUT;
-	return events;
+	if (c->connecting)
+		return s == 1 ? POLLOUT : 0;
+	return (!c->flow[s].eof && !c->flow[s].len ? POLLIN : 0) | (c->flow[!s].len ? POLLOUT : 0);
 }
 
-/* Move what can move on one connection: 1 while it goes on, 0 once both ways have ended, -1 on
- * an error. An end of input is passed on (shutdown SHUT_WR) once what came before it is written. */
+/* Move one way of a connection (flow[s], fd[s] to fd[!s]) as far as it goes now, a few
+ * buffers at most (the other connections wait meanwhile); -1 on an error. An end of input is
+ * passed on (shutdown SHUT_WR) once what came before it is written. */
+static int relay_flow(struct connection *c, int s, int readable)
+{
+	struct flow *f = &c->flow[s];
+	for (int round = 0; round < RELAY_ROUNDS; round++) {
+		if (!f->len && !f->eof && readable) {
+			ssize_t n = recv(c->fd[s], f->buf, RELAY_BUFFER, 0);
+			if (n > 0) {
+				f->off = 0;
+				f->len = (size_t)n;
+			} else if (n == 0) {
+				f->eof = 1;
+			} else if (errno == EAGAIN || errno == EINTR) {
+				readable = 0;
+			} else {
+				return -1;
+			}
+		}
+		if (!f->len)
+			break;
+		ssize_t n = send(c->fd[!s], f->buf + f->off, f->len, MSG_NOSIGNAL);
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return -1;
+		if (n > 0) {
+			f->off += (size_t)n;
+			f->len -= (size_t)n;
+		}
+		if (f->len)
+			break; /* the other side is full: wait until it can take more */
+	}
+	if (f->eof && !f->len && !f->shut) {
+		shutdown(c->fd[!s], SHUT_WR);
+		f->shut = 1;
+	}
+	return 0;
+}
+
+/* 1 while the connection goes on, 0 once both ways have ended, -1 on an error. */
 static int relay_step(struct connection *c, const struct pollfd p[2])
 {
-	if (c->connecting && p[1].revents) {
+	if (!p[0].revents && !p[1].revents)
+		return 1;
+	if (c->connecting) {
 		int err = 0;
 		socklen_t len = sizeof(err);
 		if (getsockopt(c->fd[1], SOL_SOCKET, SO_ERROR, &err, &len) || err)
 			return -1; /* nothing listens in the jail (yet): the client is reset */
 		c->connecting = 0;
 	}
-	for (int s = 0; s < 2; s++) {
-		struct flow *f = &c->flow[s];
-		if (!(p[s].revents & (POLLIN | POLLHUP | POLLERR)) || f->eof || f->len ||
-		    (s == 1 && c->connecting))
-			continue;
-		ssize_t n = recv(c->fd[s], f->buf, RELAY_BUFFER, 0);
-		if (n > 0) {
-			f->off = 0;
-			f->len = (size_t)n;
-		} else if (n == 0) {
-			f->eof = 1;
-		} else if (errno != EAGAIN && errno != EINTR) {
+	for (int s = 0; s < 2; s++)
+		if (relay_flow(c, s, (p[s].revents & (POLLIN | POLLHUP | POLLERR)) != 0) < 0)
 			return -1;
-		}
-	}
-	for (int s = 0; s < 2; s++) {
-		struct flow *f = &c->flow[s];
-		if (s == 0 && c->connecting)
-			continue;
-		if (f->len) { /* written at once: most often the other side can take it */
-			ssize_t n = send(c->fd[!s], f->buf + f->off, f->len, MSG_NOSIGNAL);
-			if (n > 0) {
-				f->off += (size_t)n;
-				f->len -= (size_t)n;
-			} else if (n < 0 && errno != EAGAIN && errno != EINTR) {
-				return -1;
-			}
-		}
-		if (f->eof && !f->len && !f->shut) {
-			shutdown(c->fd[!s], SHUT_WR);
-			f->shut = 1;
-		}
-	}
 	return !(c->flow[0].shut && c->flow[1].shut);
 }
 

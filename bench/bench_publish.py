@@ -118,6 +118,9 @@ def main() -> None:
     finally:
         if started:
             subprocess.run([JAILKIT, "stop", NAME], stdout=subprocess.DEVNULL)
+            for log in (f"/run/jailkit/{NAME}.log", f"/run/jailkit/{NAME}.log.1"):
+                if os.path.exists(log):
+                    os.unlink(log)
         holder.kill()
         holder.wait()
         shutil.rmtree(base)

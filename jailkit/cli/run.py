@@ -29,6 +29,10 @@ Options:
                          else $XDG_DATA_HOME/jailkit/PROFILE].
   --net [host|none|veth] Network: the host's, loopback only, or a veth pair to the
                          host (root only) [default: the profile's].
+  -p, --publish [HOSTADDR:]HOSTPORT:JAILPORT
+                         Forward a host port (on HOSTADDR, default all addresses) to
+                         the jail's port on its veth address, while it runs; e.g.
+                         -p 127.0.0.1:8080:80. Needs --net veth. Repeatable.
   --set KEY=VALUE        Override a launch.json key for this run (dotted for nested
                          keys, VALUE as JSON or a plain string), e.g. --set user.uid=33
                          --set cgroup.memory_max=64M. Repeatable. Profile variables
@@ -63,12 +67,13 @@ class UsageError(Exception):
 
 class Options:
     __slots__ = ("profile", "root", "sets", "pass_fds", "dry_run", "interactive", "command",
-                 "help", "name", "detach", "limits", "restart_args")
+                 "help", "name", "detach", "limits", "restart_args", "publish")
 
     def __init__(self):
         self.profile = self.root = self.command = self.name = None
         self.sets: list[tuple[str, str]] = []
         self.pass_fds: list[int] = []
+        self.publish: list[str] = []  # as typed, checked in run()
         self.limits: dict[str, str] = {}  # option -> value as typed, checked in run()
         self.restart_args: list[str] = []  # what `jailkit restart` runs again
         self.dry_run = self.interactive = self.help = self.detach = False
@@ -98,7 +103,10 @@ def parse(argv: list[str]) -> Options:
             opts.detach = True
             continue
         name, eq, value = arg.partition("=")
-        if name in ("--root", "--net", "--set", "--pass-fd", "--name", *LIMIT_OPTIONS):
+        if name == "-p":
+            name = "--publish"
+        if name in ("--root", "--net", "--set", "--pass-fd", "--name", "--publish",
+                    *LIMIT_OPTIONS):
             if not eq:
                 if not args:
                     raise UsageError(f"Option '{name}' requires an argument.")
@@ -109,6 +117,8 @@ def parse(argv: list[str]) -> Options:
                 opts.name = value
             elif name in LIMIT_OPTIONS:
                 opts.limits[name] = value
+            elif name == "--publish":
+                opts.publish.append(value)
             elif name == "--root":
                 opts.root = value
             elif name == "--pass-fd":
@@ -198,11 +208,13 @@ def _refuse_variables(opts: Options) -> None:
 
 
 def run(opts: Options) -> int:
+    from jailkit.launch import publish
     from jailkit.launch.jail import Jail
     from jailkit.launch.spec import LaunchSpec
 
     if opts.name is not None:
         check_name(opts.name)
+    publishes = [publish.parse(text) for text in opts.publish]
     _refuse_variables(opts)
     jail = Jail(opts.root or default_jail_dir(jail_name(opts.profile)), opts.profile)
     built = jail.raw_spec.get("name") if isinstance(jail.raw_spec, dict) else None
@@ -219,18 +231,18 @@ def run(opts: Options) -> int:
         from jailkit.launch.plan import LaunchPlan
 
         plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, True, opts.interactive,
-                          opts.name or os.path.basename(jail.dir), opts.detach)
+                          opts.name or os.path.basename(jail.dir), opts.detach, publishes)
         print(plan.describe())
         return 0
     if opts.detach:
         from jailkit.launch.detach import start
 
-        return start(lambda report: _launch(opts, jail, spec, report), spec.ready,
+        return start(lambda report: _launch(opts, jail, spec, publishes, report), spec.ready,
                      spec.network)
-    return _launch(opts, jail, spec)
+    return _launch(opts, jail, spec, publishes)
 
 
-def _launch(opts: Options, jail, spec, report=None) -> int:
+def _launch(opts: Options, jail, spec, publishes, report=None) -> int:
     """Register the jail by name, then launch it (execs the waiter on success). `report`: a
     descriptor to write the name to once registered (a detached start's watcher reads it)."""
     from jailkit.launch.dangerous import warnings
@@ -252,7 +264,7 @@ def _launch(opts: Options, jail, spec, report=None) -> int:
 
             remove_stale(name)  # a killed launcher's, or the registry would name it
         plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, False, opts.interactive, name,
-                          opts.detach)
+                          opts.detach, publishes)
         entry_fd = registry.register(name, entry_for(plan, opts.profile, opts.restart_args))
     plan.registration = (registry.fd, entry_fd)
     if report is not None:  # its name, and how long its log is before this run writes to it

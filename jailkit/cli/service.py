@@ -29,8 +29,9 @@ def _duration(seconds: float) -> str:
 @_one_line_errors
 def ps(as_json):
     """List the running jails: name, directory, generation, pid, uptime, memory, CPU time,
-    limits and network. A generation marked `<` has a newer one built since it started
-    (`jailkit restart NAME` runs it)."""
+    limits and network (a veth jail's address and published ports). A generation marked `<`
+    has a newer one built since it started (`jailkit restart NAME` runs it)."""
+    from jailkit.launch.publish import Publish
     from jailkit.launch.running import row, running
 
     now = time.time()
@@ -42,7 +43,8 @@ def ps(as_json):
     for r in rows:
         generation = r["generation"] + (f" < {r['newer_generation']}"
                                         if r["newer_generation"] else "")
-        network = r["network"] + (f" {r['address']}" if r["address"] else "")
+        network = " ".join([r["network"], *([r["address"]] if r["address"] else []),
+                            *(Publish(**p).describe() for p in r["published"])])
         cpu = "-" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.1f}s"
         table.append((r["name"], str(r["pid"]), _duration(r["uptime"]), _bytes(r["memory"]),
                       cpu, generation, network, limits_text(r["limits"]), r["dir"]))

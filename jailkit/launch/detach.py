@@ -88,6 +88,11 @@ def start(launch_child, ready: dict | None, network: str) -> int:
                 return 1
             time.sleep(0.05)
         how = f", answering on {address}:{ready['tcp']}"
+    veth = (entry or {}).get("veth")
+    if veth:
+        from jailkit.launch.publish import Publish, reach
+
+        how += "; " + reach(veth["jail_addr"], [Publish(**p) for p in entry.get("publish", [])])
     print(f"{name} started (pid {pid}){how}; its output: {log} (the newest lines last); "
           f"stop it with: jailkit stop {name}")
     return 0

@@ -1,18 +1,18 @@
 """The launcher: clone the jail, do the host-side steps for it, then become its waiter.
 
-Host side, in order: pid 1's program is copied into sealed memory and cgroups are made before
-the jail exists; the jail is cloned into its new namespaces; its id maps are written (it waits,
-still host uid 0, until they are); it joins its cgroups; as root, it is handed detached mounts
-of its tree (idmapped, read-only) and state, and a veth end. Then, while the jail confines
-itself (contain.py, which reports its own errors), this process execs the native waiter, which
-keeps nothing of Python resident, forwards signals, passes the jail's exit status on and cleans
-up after it."""
+Host side, in order: published ports are bound (publish.py); pid 1's program is copied into
+sealed memory and cgroups are made before the jail exists; the jail is cloned into its new
+namespaces; its id maps are written (it waits, still host uid 0, until they are); it joins its
+cgroups; as root, it is handed detached mounts of its tree (idmapped, read-only) and state, and
+a veth end. Then, while the jail confines itself (contain.py, which reports its own errors),
+this process execs the native waiter, which keeps nothing of Python resident, forwards
+signals, relays the published ports, passes the jail's exit status on and cleans up after it."""
 
 import errno
 import os
 
 from jailkit.errors import JailkitError
-from jailkit.launch import cgroup, contain, mounts, net, userns
+from jailkit.launch import cgroup, contain, mounts, net, publish, userns
 from jailkit.launch import syscalls as sc
 from jailkit.launch.plan import REAPER_NAME, LaunchPlan
 from jailkit.launch.registry import LOG_CAP
@@ -75,6 +75,8 @@ def _sealed_copy(reaper: str) -> int:
 
 def launch(plan: LaunchPlan, lock_fd: int) -> None:
     """Start the jail and exec the waiter; returns only by raising JailkitError."""
+    # First: a published port in use fails the run before anything is made for it.
+    listeners = publish.listen(plan.publish)
     # From here on, signals stay pending until the waiter takes (and forwards) them: none can
     # kill this process between making host state (cgroups) and handing its cleanup over.
     sc.block_signals()
@@ -101,6 +103,8 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         os.close(sync_w)
         if socks:
             socks[0].close()
+        for fd in listeners:  # host sockets: the jail's own network has the ports
+            os.close(fd)
         contain.run_child(plan, sync_r, socks and socks[1], reaper_fd)
     os.close(sync_r)
     os.close(reaper_fd)
@@ -141,6 +145,7 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         argv += ["--cgroup", group.path]
     if plan.veth:
         argv += ["--veth", plan.veth.host_name]
+        argv += publish.waiter_args(plan.publish, listeners, plan.veth.jail_addr)
     if plan.registration:  # the waiter holds the entry's lock, and removes it last
         registry_fd, entry_fd = plan.registration
         argv += ["--registry", str(registry_fd), "--entry", f"{plan.name}.json"]
@@ -148,6 +153,9 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
             argv += ["--log-name", f"{plan.name}.log", "--log-cap", str(LOG_CAP)]
         os.set_inheritable(registry_fd, True)
         os.set_inheritable(entry_fd, True)
+    if plan.veth and not plan.stdio.detached:  # a detached start says it itself (detach.py)
+        os.write(2, f"jailkit: {plan.name}: {publish.reach(plan.veth.jail_addr, plan.publish)}"
+                    "\n".encode())
     if plan.stdio.detached:  # nothing of the caller's stays open in the waiter
         null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         for fd in (0, 1, 2):

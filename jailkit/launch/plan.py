@@ -5,6 +5,7 @@ import os
 from jailkit.errors import JailkitError
 from jailkit.launch import allocate, caps, cgroup, dangerous, landlock, mounts, net, seccomp, userns
 from jailkit.launch import syscalls as sc
+from jailkit.launch.publish import check as check_publishes
 from jailkit.launch.spec import LaunchSpec
 from jailkit.launch.stdio import Stdio
 
@@ -22,16 +23,17 @@ class LaunchPlan:
     __slots__ = (
         "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
         "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "reaper_args", "reaper",
-        "pass_fds", "landlock", "stdio", "name", "registration",
+        "pass_fds", "landlock", "stdio", "name", "registration", "publish",
     )
 
     def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
                  dry_run: bool = False, interactive: bool = False, name: str | None = None,
-                 detached: bool = False):
+                 detached: bool = False, publishes: list = ()):
         """`jail`: the jail.Jail to run; `dry_run`: allocate nothing for a new jail, only say
         what it would get; `interactive`: the caller's terminal input reaches the jail; `name`:
         its name among running jails (registry.py), which names its cgroups; `detached`: its
-        output goes to a log file (the waiter writes it), not to the caller."""
+        output goes to a log file (the waiter writes it), not to the caller; `publishes`: host
+        ports forwarded to the jail's veth address (publish.Publish)."""
         self.spec = spec
         self.name = name or spec.name
         self.registration = None  # (registry dir fd, entry fd), once registered
@@ -40,6 +42,8 @@ class LaunchPlan:
         self.root = jail.root
         if spec.network == "veth" and os.geteuid() != 0:
             raise JailkitError("network 'veth' needs root: use --net none or --net host")
+        check_publishes(list(publishes), spec.network)
+        self.publish = list(publishes)
         self.allocation = None
         root_range = None
         if os.geteuid() == 0:  # root's jails each get ids (and a subnet) of their own
@@ -118,6 +122,8 @@ class LaunchPlan:
             f"network   {s.network}"
             + (f" {self.veth.host_name} {self.veth.host_addr} <-> eth0 {self.veth.jail_addr}"
                if self.veth else ""),
+            *(f"publish   {p.describe()} (to {self.veth.jail_addr}:{p.jail_port})"
+              for p in self.publish),
             f"landlock  {self.landlock.describe()}",
             *(f"landlock  not enforced on this kernel: {what}" for what in self.landlock.missing),
             *(f"mount     {m!r}" for m in self.mounts),

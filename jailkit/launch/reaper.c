@@ -25,7 +25,8 @@
  *       forge a line), at most SYSLOG_RATE a second: the others are counted and reported.
  *
  *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD | --log FD] [--cgroup DIR]...
- *                  [--veth NAME] [--registry DIRFD [--entry FILE] [--log-name FILE --log-cap N]]
+ *                  [--veth NAME] [--publish FD:ADDR:PORT]...
+ *                  [--registry DIRFD [--entry FILE] [--log-name FILE --log-cap N]]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
  *       and then removes what the launcher made on the host for this jail: its cgroups, its
  *       veth, and last its entry FILE in the registry directory DIRFD (launch/registry.py),
@@ -36,6 +37,8 @@
  *       detached jail), FD is the read end of the pipe that is the jail's stdout and stderr:
  *       each line goes to DIRFD/FILE with a UTC timestamp, and once FILE holds N bytes it is
  *       renamed FILE.1 (replacing the previous one) and a new FILE begun: at most 2N bytes.
+ *       With --publish, FD listens on the host, and a child of the waiter relays each
+ *       connection it accepts to ADDR:PORT, the jail's own address (see start_publishing).
  *
  *   jailkit-reaper prime
  *       the launcher's helper, as root, before it plans: moves itself into its own cgroup and
@@ -53,11 +56,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <linux/capability.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -325,8 +333,10 @@ static void remove_cgroup(const char *dir)
 	fprintf(stderr, "jailkit: could not remove cgroup %s: %s\n", dir, strerror(errno));
 }
 
+static pid_t publisher = -1; /* the waiter's child relaying published ports, while it lives */
+
 /* Forward signal `sig` to the jail; -1 while it runs, its exit code once it has exited. Any
- * other child (the launcher's `prime` process) is reaped too. */
+ * other child (the launcher's `prime` process, a relay that crashed) is reaped too. */
 static int forward(pid_t jail, int sig)
 {
 	int status;
@@ -334,9 +344,12 @@ static int forward(pid_t jail, int sig)
 	if (sig != SIGCHLD)
 		kill(jail, sig);
 	else
-		while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 			if (pid == jail)
 				return status_code(status);
+			if (pid == publisher)
+				publisher = -1; /* reaped: its pid must not be signalled again */
+		}
 	return -1;
 }
 
@@ -536,15 +549,278 @@ static int log_relay(pid_t jail, const sigset_t *set, int pipe, struct log *log)
 	return code;
 }
 
+/*
+ * --publish FD:ADDR:PORT: FD is a listening socket the launcher bound on the host; each
+ * connection it accepts is relayed to ADDR:PORT, the jail's veth address. The relay runs in a
+ * child of the waiter, not in its loop: a fault in it ends the relay, never the jail (whose
+ * pid 1 dies with the waiter), and the waiter's loops stay one thing each. The child dies with
+ * the waiter (parent-death signal) or is killed by it when the jail has exited: the host ports
+ * close with it.
+ */
+#define PUBLISH_MAX 64		/* listeners: `run` refuses more */
+#define RELAY_CONNECTIONS 512	/* at once; more are refused (reset) until some end */
+#define RELAY_BUFFER 65536	/* bytes each way per connection (while it is open) */
+#define RELAY_ROUNDS 4		/* buffers moved each way per connection and wake-up */
+#define ACCEPT_BURST 64		/* connections taken per listener per round */
+
+struct listener {
+	int fd;
+	struct sockaddr_in to;
+};
+
+/* One direction of a connection: what was read from one side, not yet written to the other. */
+struct flow {
+	char *buf;
+	size_t off, len;
+	int eof, shut;
+};
+
+/* fd[0] the client's, fd[1] the jail's; flow[s] is read from fd[s] and written to fd[!s]. */
+struct connection {
+	int fd[2], connecting;
+	struct flow flow[2];
+};
+
+static struct connection connections[RELAY_CONNECTIONS];
+static int nconnections;
+
+/* Close at once with a reset: the client learns there is nothing behind the port now. */
+static void refuse(int fd)
+{
+	struct linger reset = {1, 0};
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+	close(fd);
+}
+
+/* Take one connection and start connecting to the jail: 1 when one was taken (or refused), 0
+ * when none waits, -1 when accept() must wait (out of descriptors: the listener would poll
+ * readable forever). */
+static int relay_accept(const struct listener *l)
+{
+	int client = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (client < 0)
+		return errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM ? -1 : 0;
+	if (nconnections == RELAY_CONNECTIONS) {
+		refuse(client);
+		return 1;
+	}
+	int jail = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	char *buf = jail < 0 ? MAP_FAILED : mmap(NULL, 2 * RELAY_BUFFER, PROT_READ | PROT_WRITE,
+						 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int started = buf == MAP_FAILED ? -1 : connect(jail, (const struct sockaddr *)&l->to,
+							sizeof(l->to));
+	if (started < 0 && (buf == MAP_FAILED || errno != EINPROGRESS)) {
+		if (buf != MAP_FAILED)
+			munmap(buf, 2 * RELAY_BUFFER);
+		if (jail >= 0)
+			close(jail);
+		refuse(client);
+		return 1;
+	}
+	int on = 1; /* a relay must not add Nagle's delay to a request/response exchange */
+	setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+	setsockopt(jail, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+	struct connection *c = &connections[nconnections++];
+	memset(c, 0, sizeof(*c));
+	c->fd[0] = client;
+	c->fd[1] = jail;
+	c->connecting = started < 0;
+	c->flow[0].buf = buf;
+	c->flow[1].buf = buf + RELAY_BUFFER;
+	return 1;
+}
+
+/* `failed`: the client is reset; else both ways have ended, and close lets the last bytes go. */
+static void relay_close(struct connection *c, int failed)
+{
+	if (failed)
+		refuse(c->fd[0]);
+	else
+		close(c->fd[0]);
+	close(c->fd[1]);
+	munmap(c->flow[0].buf, 2 * RELAY_BUFFER);
+	*c = connections[--nconnections];
+}
+
+/* What to wait for on side `s` of a connection (0: nothing, then it is not polled). While the
+ * connection to the jail is being made, the client's bytes wait in its socket. */
+static short relay_events(const struct connection *c, int s)
+{
+	if (c->connecting)
+		return s == 1 ? POLLOUT : 0;
+	return (!c->flow[s].eof && !c->flow[s].len ? POLLIN : 0) | (c->flow[!s].len ? POLLOUT : 0);
+}
+
+/* Move one way of a connection (flow[s], fd[s] to fd[!s]) as far as it goes now, a few
+ * buffers at most (the other connections wait meanwhile); -1 on an error. An end of input is
+ * passed on (shutdown SHUT_WR) once what came before it is written. */
+static int relay_flow(struct connection *c, int s, int readable)
+{
+	struct flow *f = &c->flow[s];
+	for (int round = 0; round < RELAY_ROUNDS; round++) {
+		if (!f->len && !f->eof && readable) {
+			ssize_t n = recv(c->fd[s], f->buf, RELAY_BUFFER, 0);
+			if (n > 0) {
+				f->off = 0;
+				f->len = (size_t)n;
+			} else if (n == 0) {
+				f->eof = 1;
+			} else if (errno == EAGAIN || errno == EINTR) {
+				readable = 0;
+			} else {
+				return -1;
+			}
+		}
+		if (!f->len)
+			break;
+		ssize_t n = send(c->fd[!s], f->buf + f->off, f->len, MSG_NOSIGNAL);
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return -1;
+		if (n > 0) {
+			f->off += (size_t)n;
+			f->len -= (size_t)n;
+		}
+		if (f->len)
+			break; /* the other side is full: wait until it can take more */
+	}
+	if (f->eof && !f->len && !f->shut) {
+		shutdown(c->fd[!s], SHUT_WR);
+		f->shut = 1;
+	}
+	return 0;
+}
+
+/* 1 while the connection goes on, 0 once both ways have ended, -1 on an error. */
+static int relay_step(struct connection *c, const struct pollfd p[2])
+{
+	if (!p[0].revents && !p[1].revents)
+		return 1;
+	if (c->connecting) {
+		int err = 0;
+		socklen_t len = sizeof(err);
+		if (getsockopt(c->fd[1], SOL_SOCKET, SO_ERROR, &err, &len) || err)
+			return -1; /* nothing listens in the jail (yet): the client is reset */
+		c->connecting = 0;
+	}
+	for (int s = 0; s < 2; s++)
+		if (relay_flow(c, s, (p[s].revents & (POLLIN | POLLHUP | POLLERR)) != 0) < 0)
+			return -1;
+	return !(c->flow[0].shut && c->flow[1].shut);
+}
+
+static _Noreturn void publish_loop(struct listener *listeners, int nlisteners)
+{
+	static struct pollfd fds[PUBLISH_MAX + 2 * RELAY_CONNECTIONS];
+	int accepting = 1;
+	for (;;) {
+		for (int i = 0; i < nlisteners; i++) {
+			fds[i].fd = accepting ? listeners[i].fd : -1;
+			fds[i].events = POLLIN;
+		}
+		int polled = nconnections; /* connections accepted below are polled next round */
+		for (int i = 0; i < polled; i++)
+			for (int s = 0; s < 2; s++) {
+				struct pollfd *p = &fds[nlisteners + 2 * i + s];
+				p->events = relay_events(&connections[i], s);
+				p->fd = p->events ? connections[i].fd[s] : -1;
+			}
+		/* out of descriptors: try accepting again in a moment */
+		if (poll(fds, nlisteners + 2 * polled, accepting ? -1 : 100) < 0)
+			continue; /* EINTR */
+		accepting = 1;
+		for (int i = polled - 1; i >= 0; i--) { /* backwards: a closed one takes the last's place */
+			int going = relay_step(&connections[i], &fds[nlisteners + 2 * i]);
+			if (going <= 0)
+				relay_close(&connections[i], going < 0);
+		}
+		for (int i = 0; i < nlisteners; i++)
+			for (int n = 0; fds[i].revents & POLLIN && n < ACCEPT_BURST; n++) {
+				int taken = relay_accept(&listeners[i]);
+				if (taken < 0)
+					accepting = 0;
+				if (taken <= 0)
+					break;
+			}
+	}
+}
+
+/* Close every descriptor but the listeners (the waiter's locks, the jail's pty or log pipe, the
+ * caller's terminal: the relay holds nothing of the jail's run but its ports). */
+static void keep_only(const struct listener *listeners, int nlisteners)
+{
+	int fds[PUBLISH_MAX];
+	for (int i = 0; i < nlisteners; i++) { /* sorted, by insertion */
+		int j = i;
+		for (; j > 0 && fds[j - 1] > listeners[i].fd; j--)
+			fds[j] = fds[j - 1];
+		fds[j] = listeners[i].fd;
+	}
+	unsigned from = 0;
+	for (int i = 0; i < nlisteners; i++) {
+		if ((unsigned)fds[i] > from)
+			syscall(SYS_close_range, from, (unsigned)fds[i] - 1, 0);
+		from = (unsigned)fds[i] + 1;
+	}
+	syscall(SYS_close_range, from, ~0U, 0);
+}
+
+/* Fork the relay; the waiter keeps no listener open, so the ports close with the relay. */
+static pid_t start_publishing(struct listener *listeners, int nlisteners)
+{
+	pid_t waiter = getpid();
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != waiter)
+			_exit(0); /* the waiter died before the line above */
+		prctl(PR_SET_NAME, "jailkit-publish");
+		keep_only(listeners, nlisteners);
+		struct rlimit files; /* two descriptors a connection: above the usual soft 1024 */
+		if (getrlimit(RLIMIT_NOFILE, &files) == 0) {
+			files.rlim_cur = files.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &files);
+		}
+		for (int i = 0; i < nlisteners; i++)
+			fcntl(listeners[i].fd, F_SETFL, fcntl(listeners[i].fd, F_GETFL) | O_NONBLOCK);
+		publish_loop(listeners, nlisteners);
+	}
+	for (int i = 0; i < nlisteners; i++)
+		close(listeners[i].fd);
+	if (pid < 0)
+		perror("jailkit: fork (the published ports are closed)");
+	return pid;
+}
+
+/* "FD:ADDR:PORT" as a listener; 0 if it is not one. */
+static int parse_publish(const char *arg, struct listener *l)
+{
+	char *end, addr[INET_ADDRSTRLEN];
+	long fd = strtol(arg, &end, 10);
+	const char *colon = *end == ':' ? strrchr(end + 1, ':') : NULL;
+	if (end == arg || fd < 0 || !colon || colon - end - 1 >= (long)sizeof(addr))
+		return 0;
+	memcpy(addr, end + 1, (size_t)(colon - end - 1));
+	addr[colon - end - 1] = 0;
+	long port = strtol(colon + 1, &end, 10);
+	if (end == colon + 1 || *end || port < 1 || port > 65535)
+		return 0;
+	memset(&l->to, 0, sizeof(l->to));
+	l->fd = (int)fd;
+	l->to.sin_family = AF_INET;
+	l->to.sin_port = htons((uint16_t)port);
+	return inet_pton(AF_INET, addr, &l->to.sin_addr) == 1;
+}
+
 static int run_wait(int argc, char **argv)
 {
 	if (argc < 3) {
 		fprintf(stderr, "usage: jailkit-reaper wait PID [--pty FD | --pty-interactive FD] "
-				"[--cgroup DIR]... [--veth NAME]\n");
+				"[--cgroup DIR]... [--veth NAME] [--publish FD:ADDR:PORT]...\n");
 		return 2;
 	}
 	pid_t jail = (pid_t)atol(argv[2]);
-	int pty = -1, relay_input = 0, log_pipe = -1;
+	int pty = -1, relay_input = 0, log_pipe = -1, nlisteners = 0;
+	static struct listener listeners[PUBLISH_MAX];
 	struct log log = {-1, -1, 1, NULL, 1 << 20, 0};
 	const char *entry = NULL;
 	for (int i = 3; i + 1 < argc; i += 2) {
@@ -561,12 +837,19 @@ static int run_wait(int argc, char **argv)
 			log.cap = atoll(argv[i + 1]);
 		} else if (strcmp(argv[i], "--entry") == 0) {
 			entry = argv[i + 1];
+		} else if (strcmp(argv[i], "--publish") == 0) {
+			if (nlisteners == PUBLISH_MAX || !parse_publish(argv[i + 1], &listeners[nlisteners]))
+				fprintf(stderr, "jailkit: --publish %s: not FD:ADDR:PORT\n", argv[i + 1]);
+			else
+				nlisteners++;
 		}
 	}
 	sigset_t set;
 	forwarded_set(&set);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	reap_others(jail);
+	if (nlisteners)
+		publisher = start_publishing(listeners, nlisteners);
 	int code = -1;
 	if (pty >= 0)
 		code = relay(jail, &set, pty, relay_input);
@@ -577,6 +860,10 @@ static int run_wait(int argc, char **argv)
 		int sig = sigwaitinfo(&set, &info);
 		if (sig >= 0)
 			code = forward(jail, sig);
+	}
+	if (publisher > 0) { /* first: the host ports close as the jail ends */
+		kill(publisher, SIGKILL);
+		waitpid(publisher, NULL, 0);
 	}
 	for (int i = 3; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--cgroup") == 0) {

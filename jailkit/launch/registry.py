@@ -233,6 +233,7 @@ def entry_for(plan, profile: str, restart_args: list[str]) -> dict:
         "network": spec.network,
         "veth": veth and {"host": veth.host_name, "host_addr": veth.host_addr,
                           "jail_addr": veth.jail_addr},
+        "publish": [p.as_dict() for p in plan.publish],
         "stop_signal": spec.stop_signal, "ready": spec.ready,
         "log": f"{directory()}/{plan.name}.log" if plan.stdio.detached else None,
         "restart": restart_args,

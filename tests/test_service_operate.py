@@ -205,6 +205,21 @@ def test_a_detached_jail_that_fails_to_start_is_reported_with_its_log(jail_b, na
     assert not cgroup_dirs(name)
 
 
+def test_a_jail_failing_in_its_setup_is_reported_with_its_log(jail_b, names):
+    """pid 1 fails before the service exists (its /dev mount point is gone): the jail is over
+    before the start is seen; the reason is one line, and its log is still named."""
+    name = names("setup")
+    dev = jail_b / "current/root/dev"
+    dev.rmdir()
+    try:
+        result = detach(jail_b, name)
+    finally:
+        dev.mkdir(0o755)
+    assert result.returncode == 2, result.stderr
+    assert f"the end of its log /run/jailkit/{name}.log:" in result.stderr
+    assert "the jail has no directory /dev to mount on" in result.stderr
+
+
 def test_stop_ends_a_service_gracefully(jail_a, names):
     name = names("graceful")
     started(jail_a, name)

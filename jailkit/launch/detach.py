@@ -53,12 +53,13 @@ def start(launch_child, ready: dict | None, network: str) -> int:
         code = _exited(pid)
     if code is not None or not name:
         return code if code else 2  # the child said why
-    from jailkit.launch.registry import Registry
+    from jailkit.launch.registry import Registry, directory
 
     registry = Registry(create=False)
     entry, _ = registry.read(name)
     registry.close()
-    log = (entry or {}).get("log")
+    # the entry is gone already when the jail failed at once: its log is still there
+    log = (entry or {}).get("log") or f"{directory()}/{name}.log"
     jail_pid = None
     while time.monotonic() < deadline:
         code = _exited(pid)
@@ -121,18 +122,17 @@ def _answers(address: str, port: int) -> bool:
         return False
 
 
-def _failed(name: str, code: int, log: str | None, start: int, when: str) -> int:
+def _failed(name: str, code: int, log: str, start: int, when: str) -> int:
     """Say that the jail exited, with the last lines it wrote in this run (from `start`)."""
     tail = ""
-    if log:
-        try:
-            with open(log, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                f.seek(max(start if size >= start else 0, size - 2000))
-                tail = "".join(f"  {line}\n" for line in
-                               f.read().decode(errors="replace").splitlines()[-10:])
-        except OSError:
-            pass
+    try:
+        with open(log, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(start if size >= start else 0, size - 2000))
+            tail = "".join(f"  {line}\n" for line in
+                           f.read().decode(errors="replace").splitlines()[-10:])
+    except OSError:
+        pass
     sys.stderr.write(f"jailkit: {name} exited with status {code} {when}; the end of its log "
                      f"{log}:\n{tail}")
     return code if code else 1

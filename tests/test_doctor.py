@@ -97,7 +97,7 @@ def test_lighttpd_without_its_user_names_the_account(tmp_path):
 
 
 def test_sshd_without_sys_chroot_names_the_capability(tmp_path):
-    profile = broken_copy(tmp_path, "sshd", (', "CAP_SYS_CHROOT"]', "]"))
+    profile = broken_copy(tmp_path, "sshd", (', "CAP_SYS_CHROOT"', ""))
     port = free_port()
     key = SETS_NEEDED["sshd"]["sftp_pubkey"]
     build(profile, tmp_path / "j", f"port={port}", f"sftp_pubkey={key}")

@@ -155,4 +155,6 @@ def test_failed_logins_of_a_detached_jail_are_in_its_log(client, names, tmp_path
                                                              "127.0.0.1 port ")]
         return invalid and alice
     wait_for(logged, seconds=20, what="sshd's refusals in the jail's log")
+    # its monitor could end each refused connection's pre-auth child (CAP_KILL in the jail)
+    assert "Operation not permitted" not in run_jailkit("logs", name, timeout=30).stdout
     assert run_jailkit("stop", name, timeout=60).returncode == 0

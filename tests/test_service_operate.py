@@ -205,6 +205,38 @@ def test_a_detached_jail_that_fails_to_start_is_reported_with_its_log(jail_b, na
     assert not cgroup_dirs(name)
 
 
+TWO_CHILDREN = """
+import ctypes, os, sys, time
+os.posix_spawn("/bin/sleep", ["sleep", "30"], {})  # first, in our own pid namespace
+if ctypes.CDLL(None, use_errno=True).unshare(0x20000000):  # CLONE_NEWPID: for the next child
+    sys.exit("unshare failed")
+os.posix_spawn("/bin/sleep", ["sleep", "30"], {})  # pid 1 of a namespace of its own
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def test_the_jails_pid_1_is_the_waiters_child_in_a_pid_namespace_below_it():
+    """A waiter has other children than the jail (the launcher's `prime` process, listed
+    first while it lives; the published ports' relay): ps, stop, exec and a detached start must
+    take the one that is pid 1 of a namespace below, not the first listed."""
+    from jailkit.launch.running import jail_pid
+
+    parent = subprocess.Popen([sys.executable, "-c", TWO_CHILDREN], stdout=subprocess.PIPE,
+                              text=True)
+    children = []
+    try:
+        assert parent.stdout.readline() == "ready\n"
+        with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as f:
+            children = [int(child) for child in f.read().split()]
+        assert len(children) == 2 and jail_pid(parent.pid) == children[1]
+    finally:
+        for child in children:
+            os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+
+
 def test_a_jail_failing_in_its_setup_is_reported_with_its_log(jail_b, names):
     """pid 1 fails before the service exists (its /dev mount point is gone): the jail is over
     before the start is seen; the reason is one line, and its log is still named."""

@@ -37,7 +37,7 @@ FAILED = 125  # the command never ran (as docker exec)
 
 def service_pid(entry: dict) -> int:
     """The service: the child pid 1 started first, pid 2 in the jail's pid namespace."""
-    init = running.jail_pid(entry)
+    init = running.jail_pid(entry["pid"])
     if init:
         try:
             with open(f"/proc/{init}/task/{init}/children") as f:

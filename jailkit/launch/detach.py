@@ -15,7 +15,7 @@ import sys
 import time
 
 from jailkit.errors import JailkitError
-from jailkit.launch.running import first_child
+from jailkit.launch.running import jail_pid
 
 START_SECONDS = 30  # for the jail to confine itself and start the service
 
@@ -60,13 +60,13 @@ def start(launch_child, ready: dict | None, network: str) -> int:
     registry.close()
     # the entry is gone already when the jail failed at once: its log is still there
     log = (entry or {}).get("log") or f"{directory()}/{name}.log"
-    jail_pid = None
+    pid_1 = None
     while time.monotonic() < deadline:
         code = _exited(pid)
         if code is not None:
             return _failed(name, code, log, log_start, "while starting")
-        jail_pid = jail_pid or first_child(pid)
-        if jail_pid and _comm(jail_pid) == "jailkit-reaper":
+        pid_1 = pid_1 or jail_pid(pid)
+        if pid_1 and _comm(pid_1) == "jailkit-reaper":
             break
         time.sleep(0.005)
     else:

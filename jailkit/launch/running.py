@@ -36,18 +36,30 @@ def find(name: str) -> dict:
     raise JailkitError(f"no running jail is named {name!r} ({names}): see `jailkit ps`")
 
 
-def first_child(pid: int) -> int | None:
+def _nspid(pid: int) -> list[str]:
+    """Its pid in each pid namespace it is in, outermost first (world-readable, unlike ns/)."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+    except OSError:
+        return []
+
+
+def jail_pid(waiter: int) -> int | None:
+    """The jail's pid 1: the waiter's child that is pid 1 of a pid namespace below the waiter's
+    (its other children, the launcher's `prime` process and the published ports' relay, are
+    in the waiter's own)."""
+    try:
+        with open(f"/proc/{waiter}/task/{waiter}/children") as f:
             children = f.read().split()
     except OSError:
         return None
-    return int(children[0]) if children else None
-
-
-def jail_pid(entry: dict) -> int | None:
-    """The jail's pid 1: the waiter's only child."""
-    return first_child(entry["pid"])
+    depth = len(_nspid(waiter))
+    for child in children:
+        nspid = _nspid(int(child))
+        if depth and len(nspid) == depth + 1 and nspid[-1] == "1":
+            return int(child)
+    return None
 
 
 def newest_generation(entry: dict) -> str | None:
@@ -65,7 +77,7 @@ def row(entry: dict, now: float | None = None) -> dict:
     return {
         "name": entry["name"], "dir": entry["dir"], "generation": entry["generation"],
         "newer_generation": newest if newest and newest != entry["generation"] else None,
-        "pid": entry["pid"], "jail_pid": jail_pid(entry),
+        "pid": entry["pid"], "jail_pid": jail_pid(entry["pid"]),
         "uptime": round((now or time.time()) - entry["started"], 1),
         "memory": usage["memory_current"], "cpu_seconds":
             None if usage["cpu_usec"] is None else round(usage["cpu_usec"] / 1e6, 2),
@@ -108,10 +120,10 @@ def stop(entry: dict, timeout: float) -> int:
             result = KILLED
             if not cgroup.kill(entry.get("cgroups", [])):
                 # no cgroup (an ordinary user's jail): pid 1's death ends its pid namespace
-                child = jail_pid(entry)
+                child = jail_pid(entry["pid"])
                 if child:
                     child_fd = os.pidfd_open(child)
-                    if jail_pid(entry) == child:
+                    if jail_pid(entry["pid"]) == child:
                         signal.pidfd_send_signal(child_fd, signal.SIGKILL)
                     os.close(child_fd)
             if not _wait(pidfd, KILL_WAIT):

@@ -138,14 +138,16 @@ SHOW = ("id; grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; "
 
 
 def service_of(name: str, runner=run_jailkit) -> int:
-    """The service's host pid: pid 2 of the jail's pid namespace."""
+    """The service's host pid: the child pid 1 adopts (its pid in the jail is pid 1's 4th
+    argument, `jailkit-reaper adopt STOPSIG PID`)."""
     import json
 
     rows = json.loads(runner("ps", "--json").stdout)
     init = next(r["jail_pid"] for r in rows if r["name"] == name)
+    adopted = Path(f"/proc/{init}/cmdline").read_bytes().split(b"\0")[3].decode()
     for child in Path(f"/proc/{init}/task/{init}/children").read_text().split():
         status = Path(f"/proc/{child}/status").read_text()
-        if status.split("NSpid:")[1].split("\n")[0].split()[-1] == "2":
+        if status.split("NSpid:")[1].split("\n")[0].split()[-1] == adopted:
             return int(child)
     raise AssertionError("no service")
 
@@ -177,6 +179,21 @@ def test_exec_runs_in_the_jails_namespaces_as_confined_as_its_service(jail, name
                        timeout=30).stdout == "65534\n"
     # the command's status is passed on
     assert run_jailkit("exec", name, "--", "/bin/sh", "-c", "exit 7", timeout=30).returncode == 7
+
+
+def test_exec_reaches_the_service_of_a_veth_jail(jail, names, netns):
+    """In a veth jail pid 1 runs `ip` before the service, which is then pid 3, not 2."""
+    name = names("execveth")
+    started = subprocess.run(
+        ["nsenter", f"--net=/proc/{netns}/ns/net", "--", sys.executable, "-m", "jailkit", "run",
+         "svc", "--root", str(jail), "--name", name, "--detach", "--net", "veth"],
+        env=jailkit_env(), capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    shown = run_jailkit("exec", name, "--", "/bin/sh", "-c", "ip -o addr show eth0 || "
+                        "cat /proc/net/dev", timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert "eth0" in shown.stdout  # the jail's own network namespace
+    assert os.readlink(f"/proc/{service_of(name)}/ns/net") != os.readlink("/proc/self/ns/net")
 
 
 def test_exec_of_a_program_the_jail_lacks_or_an_unknown_jail_is_one_line(jail, names):

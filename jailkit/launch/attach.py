@@ -36,23 +36,21 @@ FAILED = 125  # the command never ran (as docker exec)
 
 
 def service_pid(entry: dict) -> int:
-    """The service: the child pid 1 started first, pid 2 in the jail's pid namespace."""
+    """The service: the child pid 1 adopted (`jailkit-reaper adopt STOPSIG PID`, PID in the
+    jail's pid namespace: 2, or 3 where pid 1 ran `ip` first to set up a veth)."""
     init = running.jail_pid(entry["pid"])
     if init:
         try:
+            with open(f"/proc/{init}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
             with open(f"/proc/{init}/task/{init}/children") as f:
                 children = f.read().split()
         except OSError:
-            children = []
+            argv, children = [], []
+        adopted = argv[3].decode() if len(argv) > 3 and argv[1] == b"adopt" else None
         for child in children:
-            try:
-                with open(f"/proc/{child}/status") as f:
-                    status = f.read()
-            except OSError:
-                continue
-            nspid = next((line.split()[1:] for line in status.splitlines()
-                          if line.startswith("NSpid:")), [])
-            if nspid and nspid[-1] == "2":
+            pids = running.nspid(int(child))
+            if adopted and pids and pids[-1] == adopted:
                 return int(child)
     raise JailkitError(f"{entry['name']}: its service is not running (starting or ending): "
                        "see `jailkit ps`")

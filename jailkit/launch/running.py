@@ -36,7 +36,7 @@ def find(name: str) -> dict:
     raise JailkitError(f"no running jail is named {name!r} ({names}): see `jailkit ps`")
 
 
-def _nspid(pid: int) -> list[str]:
+def nspid(pid: int) -> list[str]:
     """Its pid in each pid namespace it is in, outermost first (world-readable, unlike ns/)."""
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -54,10 +54,10 @@ def jail_pid(waiter: int) -> int | None:
             children = f.read().split()
     except OSError:
         return None
-    depth = len(_nspid(waiter))
+    depth = len(nspid(waiter))
     for child in children:
-        nspid = _nspid(int(child))
-        if depth and len(nspid) == depth + 1 and nspid[-1] == "1":
+        pids = nspid(int(child))
+        if depth and len(pids) == depth + 1 and pids[-1] == "1":
             return int(child)
     return None
 

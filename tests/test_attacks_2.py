@@ -195,3 +195,80 @@ def test_a_client_cannot_hold_the_relay_after_the_service_closed(closing, names,
         holder.stdin.close()
         holder.wait(30)
     assert run_jailkit("stop", name, timeout=60).returncode == 0
+
+
+# -- run --publish: host memory the relay holds for a client that does not read ----------------
+
+HUGE = 64 << 20  # a file nginx serves: far beyond what the relay should hold per connection
+
+
+@pytest.fixture(scope="module")
+def nginx(base) -> Path:
+    built = run_jailkit("build", "nginx", "--root", base / "nginx", "--set", "port=80",
+                        timeout=300)
+    assert built.returncode == 0, built.stderr
+    with open(base / "nginx/current/root/var/www/html/huge.bin", "wb") as f:
+        f.truncate(HUGE)
+    return base / "nginx"
+
+
+STALL = """
+import socket, sys
+conns = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never reads
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    s.sendall(b"GET /huge.bin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    conns.append(s)
+print("stalled", len(conns), flush=True)
+sys.stdin.read()
+"""
+
+
+def tcp_memory(enter) -> int:
+    """Bytes queued in every TCP socket of the test's network namespace (the relay's, and the
+    clients' own, whose receive buffers are 4 KiB): `ss -tm`'s r (received, unread) + w
+    (queued to send)."""
+    out = subprocess.run([*enter, "ss", "-tmnH"], capture_output=True, text=True).stdout
+    total = 0
+    for field in out.replace("(", ",").replace(")", ",").split(","):
+        if field[:1] in "rw" and field[1:].isdigit():
+            total += int(field[1:])
+    return total
+
+
+def test_a_client_that_does_not_read_cannot_pin_host_memory_through_the_relay(nginx, names,
+                                                                               net):
+    """A client asks for a big file and never reads. Without the relay, what nginx has sent
+    and the client not read waits in nginx's socket (the jail's: its memory cgroup on v2) and
+    the client's small window. Through the relay, the relay's socket to the jail keeps reading
+    (its receive buffer autotuned to MiBs while it read fast) and its socket to the client
+    queues MiBs more: ~11 MiB of host kernel memory a connection, outside the jail's cgroups,
+    512 connections ~6 GiB: past tcp_mem, every TCP socket of the host is starved. The relay's
+    socket buffers must be bounded (SO_RCVBUF/SO_SNDBUF)."""
+    name = names("stall")
+    started = subprocess.run(
+        [*net, sys.executable, "-m", "jailkit", "run", "nginx", "--root", nginx, "--name", name,
+         "--net", "veth", "--detach", "-p", f"127.0.0.1:{PORT}:80"], capture_output=True,
+        text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert started.returncode == 0, started.stderr
+    count = 8
+    staller = subprocess.Popen([*net, sys.executable, "-c", STALL, str(PORT), str(count)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert staller.stdout.readline() == f"stalled {count}\n"
+        held = []
+
+        def settled() -> bool:  # until the relay's queues stop growing
+            held.append(tcp_memory(net))
+            return len(held) > 20 and held[-1] == held[-20]
+        wait_for(settled, seconds=30, what="the relay's queues to settle")
+        per_connection = held[-1] / count
+        assert per_connection < 2 << 20, (
+            f"the relay holds {per_connection / (1 << 20):.1f} MiB of host TCP memory per "
+            "connection whose client does not read")
+    finally:
+        staller.stdin.close()
+        staller.wait(30)
+    assert run_jailkit("stop", name, timeout=60).returncode == 0

@@ -6,6 +6,7 @@ Each test is an attack that worked when it was written: it fails until the hole 
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -272,3 +273,26 @@ def test_a_client_that_does_not_read_cannot_pin_host_memory_through_the_relay(ng
         staller.stdin.close()
         staller.wait(30)
     assert run_jailkit("stop", name, timeout=60).returncode == 0
+
+
+def test_the_oci_note_quotes_the_podman_options_it_suggests(shell_archive, base):
+    """`export --format oci` suggests `podman run -v SRC:PATH:FLAGS` for the live binds, with
+    the paths as launch.json has them (an imported archive's): pasted into a shell, a mount
+    point named `/tmp/a $(...)` runs that command. The suggestion must be shell-quoted."""
+    path = "/tmp/a $(id >/dev/null)"
+
+    def odd_bind(document):
+        document["binds"] = [{"path": path, "source": "/srv", "rw": False, "exec": False}]
+
+    archive = rewrite(shell_archive, base / "odd.tar", None, launch=odd_bind)
+    jail = base / "imported-odd"
+    try:
+        assert imported(archive, jail).returncode == 0
+        result = export("shell", jail, "oci", base / "odd.oci")
+        assert result.returncode == 0, result.stderr
+        note = next(line for line in result.stderr.splitlines() if "podman run -v" in line)
+        suggested = note.split("(podman run ", 1)[1].rsplit(")", 1)[0]
+        assert shlex.split(suggested) == ["-v", f"/srv:{path}:ro,nosuid,nodev,noexec"], note
+    finally:
+        shutil.rmtree(jail, ignore_errors=True)
+        shutil.rmtree(base / "odd.oci", ignore_errors=True)

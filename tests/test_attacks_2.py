@@ -50,31 +50,26 @@ def shell_archive(base) -> Path:
 
 # -- import: the archive's live binds ---------------------------------------------------------
 
-def test_import_says_an_archive_binds_the_host_root_into_the_jail(shell_archive, base):
-    """import "treats the archive as hostile" and notes what opens the jail further (dangerous
-    capabilities, seccomp_allow, mount_sys, host network), but not `binds`: an archive's
-    launch.json that mounts the host's / read-write and exec at /tmp/host imports without a
-    word, and `jailkit run` as root then hands the jail the host's file system (every
-    world-readable file, world-writable directories such as /tmp, every host program)."""
-    marker = base / "host-marker"
-    marker.write_text("a host file\n")
-    marker.chmod(0o644)
-
+def test_import_refuses_an_archive_binding_the_host_root_unless_accepted(shell_archive, base):
+    """import treats the archive as hostile, but took its `binds` as they came: a launch.json
+    that mounts the host's / read-write and exec at /tmp/host imported without a word, and
+    `jailkit run` as root then handed the jail the host's file system. Now the import is refused,
+    naming each bind and the flag that accepts them, and nothing is written; accepted, each
+    bind is in the notes."""
     def bind_host_root(document):
         document["binds"] = [{"path": "/tmp/host", "source": "/", "rw": True, "exec": True}]
 
     archive = rewrite(shell_archive, base / "binds.tar", None, launch=bind_host_root)
     jail = base / "imported-binds"
-    result = imported(archive, jail)
     try:
-        # the consequence, as it stands: the jail reads the host's files
-        ran = run_jailkit("run", "shell", "--root", jail, "--", "/bin/cat",
-                          f"/tmp/host{marker}", timeout=60)
-        said = result.stdout + result.stderr
-        refused = result.returncode != 0
-        assert refused or ("binds" in said and "/tmp/host" in said), (
-            f"import was silent about a bind of the host's / (rw, exec); the jail then read "
-            f"{ran.stdout!r} from the host")
+        refused = run_jailkit("import", archive, "--root", jail, timeout=120)
+        assert refused.returncode != 0 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "/ at /tmp/host (read-write, exec)" in refused.stderr
+        assert "--accept-binds" in refused.stderr
+        assert not jail.exists()  # nothing restored
+        accepted = run_jailkit("import", archive, "--root", jail, "--accept-binds", timeout=120)
+        assert accepted.returncode == 0, accepted.stderr
+        assert "a bind: the host's / at /tmp/host (read-write, exec)" in accepted.stderr
     finally:
         shutil.rmtree(jail, ignore_errors=True)
 

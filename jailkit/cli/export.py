@@ -98,13 +98,16 @@ def export(profile, root, fmt, out, force, sets):
 @click.command("import")
 @click.argument("archive", type=click.Path(dir_okay=False))
 @root_option
+@click.option("--accept-binds", is_flag=True,
+              help="Keep the host directories the archive's jail mounts into itself (listed "
+                   "when refused without this).")
 @_one_line_errors
-def import_(archive, root):
+def import_(archive, root, accept_binds):
     """Restore a `jailkit export --format tar` ARCHIVE as a new generation of a jail directory,
     every file checked against the archive's manifest."""
     from jailkit.export.archive import import_archive
 
-    name, directory, number, asked = import_archive(archive, root)
+    name, directory, number, asked = import_archive(archive, root, accept_binds)
     click.echo(f"{name}: gen-{number} in {directory}, every file verified against its manifest")
     for line in asked:
         click.echo(f"jailkit: note: the imported jail asks for {line}", err=True)

@@ -279,10 +279,36 @@ def asks(spec) -> list[str]:
         lines.append("mount_sys: /sys is mounted in the jail")
     if spec.network == "host":
         lines.append("network = host: the jail shares the host's network")
+    lines += [f"a bind: the host's {describe_bind(b)}" for b in spec.binds]
+    if os.geteuid() == 0:  # the limits a jail root builds has unless its profile says otherwise
+        from jailkit.profile.schema import DEFAULT_MEMORY_MAX, DEFAULT_PIDS_MAX
+
+        if spec.memory_max is None:
+            lines.append(f"no memory_max (a jail root builds has {DEFAULT_MEMORY_MAX >> 20}m): "
+                         "it may use all the host's memory; run it with --memory SIZE")
+        if spec.pids_max is None:
+            lines.append(f"no pids_max (a jail root builds has {DEFAULT_PIDS_MAX}): it may start "
+                         "processes without end; run it with --pids N")
     return lines
 
 
-def import_archive(archive: str, root: str | None) -> tuple[str, str, int, list[str]]:
+def describe_bind(bind) -> str:
+    modes = ["read-write" if bind.rw else "read-only", *(["exec"] if bind.exec else [])]
+    return f"{bind.source} at {bind.path} ({', '.join(modes)})"
+
+
+def _consented(spec, accept_binds: bool, archive: str) -> None:
+    """Binds name host paths: an archive's (made elsewhere, by anyone) are refused unless the
+    importer accepts them, one by one as listed."""
+    if spec.binds and not accept_binds:
+        listed = "; ".join(describe_bind(b) for b in spec.binds)
+        raise JailkitError(f"{archive}: its jail mounts host directories into itself: {listed}; "
+                           "import it with --accept-binds if the host should give it these, "
+                           "else ask for an archive without them")
+
+
+def import_archive(archive: str, root: str | None,
+                   accept_binds: bool = False) -> tuple[str, str, int, list[str]]:
     """Restore ARCHIVE as a new generation; returns (profile, jail directory, generation, what
     its launch.json asks for beyond the defaults: `asks`)."""
     try:
@@ -295,6 +321,7 @@ def import_archive(archive: str, root: str | None) -> tuple[str, str, int, list[
     with tar:
         try:
             _, loaded, launch_bytes, spec = _read_head(tar, archive)
+            _consented(spec, accept_binds, archive)
             sets, first = _read_sets(tar, archive, loaded.profile)
             for record in loaded.records.values():
                 _check_policy(record, archive)

@@ -19,6 +19,7 @@ import time
 from typing import NamedTuple
 
 from jailkit.author.trace import Call, interruptible, parse_log, unquote
+from jailkit.author.write import quote
 from jailkit.errors import JailkitError
 from jailkit.launch.seccomp import DENIED
 from jailkit.vocabulary import DEVICES
@@ -145,7 +146,7 @@ class Jail:
 
 def _writable_fix(path: str) -> str:
     parent = os.path.dirname(path.rstrip("/")) or "/"
-    return f'[writable."{parent}"]'
+    return f"[writable.{quote(parent)}]"
 
 
 def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float,
@@ -157,28 +158,30 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
 
     for call in calls:
         path = _path(call)
+        # the service chose the name: quoted, it is one TOML string and one line, whatever it holds
+        shown = quote(path) if path else ""
         if call.error == "ENOENT" and path and path.startswith("/"):
             if path.startswith("/dev/") and path[5:] in DEVICES and path[5:] not in jail.devices:
-                add("missing-file", f"{call.name} {path}: the jail has no /dev/{path[5:]}",
-                    f'devices = ["{path[5:]}"]')
+                add("missing-file", f"{call.name} {shown}: the jail has no {shown}",
+                    f"devices = [{quote(path[5:])}]")
                 continue
             if path.startswith(SKIPPED_TOPS) or path in NOT_NEEDED or jail.mounted(path):
                 continue
             creating = call.name in CREATES or _flag(call, "O_CREAT")
             parent = os.path.dirname(path)
             if creating and not jail.has(parent):
-                add("read-only", f"{call.name} {path}: its directory {parent} is not in the jail "
-                    f"(a directory the service only reads: [directories.\"{parent}\"])",
+                add("read-only", f"{call.name} {shown}: its directory {quote(parent)} is not in "
+                    f"the jail (a directory the service only reads: [directories.{quote(parent)}])",
                     _writable_fix(path))
             elif not creating and os.path.lexists(path) and not jail.has(path):
                 key = "libraries" if re.search(r"\.so(\.[0-9.]+)?$", path) else "files"
-                fix = 'extends = ["tzdata"]' if path == "/etc/localtime" else f'{key} = ["{path}"]'
-                add("missing-file", f"{call.name} {path}: not in the jail (it is on the host)",
+                fix = 'extends = ["tzdata"]' if path == "/etc/localtime" else f"{key} = [{shown}]"
+                add("missing-file", f"{call.name} {shown}: not in the jail (it is on the host)",
                     fix)
         elif call.error == "EROFS" and path:
-            add("read-only", f"{call.name} {path}: the jail's tree is read-only",
+            add("read-only", f"{call.name} {shown}: the jail's tree is read-only",
                 _writable_fix(path) if call.name not in ("mkdir", "mkdirat")
-                else f'[writable."{os.path.dirname(path) or path}"]')
+                else f"[writable.{quote(os.path.dirname(path) or path)}]")
         elif call.error == "EPERM" and call.name in DENIED \
                 and call.name not in jail.seccomp_allow:
             add("seccomp", f"{call.name}: refused by the jail's seccomp filter",

@@ -282,7 +282,8 @@ def test_the_oci_note_quotes_the_podman_options_it_suggests(shell_archive, base)
     archive = rewrite(shell_archive, base / "odd.tar", None, launch=odd_bind)
     jail = base / "imported-odd"
     try:
-        assert imported(archive, jail).returncode == 0
+        assert run_jailkit("import", archive, "--root", jail, "--accept-binds",
+                           timeout=120).returncode == 0
         result = export("shell", jail, "oci", base / "odd.oci")
         assert result.returncode == 0, result.stderr
         note = next(line for line in result.stderr.splitlines() if "podman run -v" in line)

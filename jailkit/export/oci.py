@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import os
+import shlex
 import tarfile
 import time
 
@@ -127,7 +128,9 @@ def notes(launch: dict) -> list[str]:
         binds = sorted(spec.binds, key=lambda b: b.path)
         named = ", ".join(f"{b.path} (from {b.source}, {'read-write' if b.rw else 'read-only'})"
                           for b in binds)
-        volumes = " ".join(f"-v {b.source}:{b.path}:{','.join(bind_flags(b))}" for b in binds)
+        # quoted: an imported archive's paths are anyone's, and this is meant to be pasted
+        volumes = " ".join(f"-v {shlex.quote(f'{b.source}:{b.path}:' + ','.join(bind_flags(b)))}"
+                           for b in binds)
         lines.append(f"an OCI image cannot carry host directories; not carried: {named}: mount "
                      f"them at run time (podman run {volumes}), or export --format bundle or kube")
     return lines

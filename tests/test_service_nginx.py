@@ -104,3 +104,21 @@ def test_tls_variant_serves_https_with_the_certificate_made_for_this_jail(site, 
         assert service.stop() == 0, service.log()
     finally:
         service.kill()
+
+
+def test_address_makes_nginx_listen_on_that_address_alone(tmp_path):
+    """The README's first command builds with address=127.0.0.1: on a server, the quick
+    start's page is not offered to the network."""
+    port = free_port()
+    build("nginx", tmp_path / "jail", f"port={port}", "address=127.0.0.1")
+    service = Service("nginx", tmp_path / "jail", tmp_path / "service.log")
+    try:
+        service.wait_port(port)
+        listening = subprocess.run(["ss", "-Htln", f"sport = :{port}"], capture_output=True,
+                                   text=True, check=True).stdout.split()
+        assert [column for column in listening if column.endswith(f":{port}")] == \
+            [f"127.0.0.1:{port}"]
+        assert http_get(port, "/")[0] == 200
+        assert service.stop() == 0, service.log()
+    finally:
+        service.kill()

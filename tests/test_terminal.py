@@ -10,15 +10,28 @@ controlling terminal that pty is, in its foreground, as from a login shell.
 import fcntl
 import os
 import select
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
+from pathlib import Path
 
 import pytest
-from conftest import PROBE, descendants, jailkit_env, run_jailkit, stop, wait_for
+from conftest import (
+    NOBODY,
+    PROBE,
+    REPO,
+    as_nobody,
+    descendants,
+    jailkit_env,
+    run_jailkit,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -55,13 +68,16 @@ class UserTerminal:
         self.seen = 0  # what expect() has matched so far
         self.proc = None
 
-    def start(self, *args) -> None:
+    def start(self, *args, env=None, as_user=lambda: None) -> None:
         """`jailkit ARGS` in the terminal's foreground: a session whose controlling terminal it
         is."""
+        def session():
+            as_user()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jailkit", *map(str, args)], env=jailkit_env(),
+            [sys.executable, "-m", "jailkit", *map(str, args)], env=env or jailkit_env(),
             stdin=self.slave, stdout=self.slave, stderr=self.slave, start_new_session=True,
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+            preexec_fn=session, cwd="/")
 
     def current_modes(self) -> list:
         return termios.tcgetattr(self.slave)
@@ -187,6 +203,42 @@ def test_the_terminal_is_restored_when_the_jail_is_stopped_by_a_signal(jail, ter
     target = terminal.proc.pid if "jailkit" in how else int(direct_child(terminal.proc.pid))
     os.kill(target, sig)
     check_raw_then_restored(terminal, 128 + sig)
+
+
+@pytest.fixture(scope="module")
+def nobodys_jail(world_readable_checkout):
+    """A `shell` jail user nobody built for itself (a jail directory is its owner's alone), with
+    the probe, and how nobody runs jailkit (the world-readable copy of the package)."""
+    base = Path(tempfile.mkdtemp(prefix="jailkit-terminal-nobody-"))
+    os.chown(base, NOBODY, NOBODY)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+           "HOME": "/nonexistent"}
+    try:
+        built = subprocess.run([sys.executable, "-m", "jailkit", "build", "shell", "--root",
+                                base / "shell"], env=env, text=True, capture_output=True,
+                               preexec_fn=as_nobody, timeout=120, cwd="/")
+        assert built.returncode == 0, built.stderr
+        probe = base / "shell/current/root" / PROBE.lstrip("/")
+        subprocess.run(["gcc", "-static", "-O1", "-o", probe, REPO / "tests/launch_probe.c"],
+                       check=True, capture_output=True)
+        os.chown(probe, NOBODY, NOBODY)
+        yield base / "shell", env
+    finally:
+        shutil.rmtree(base)
+
+
+def test_an_ordinary_users_jail_gets_the_terminal_too(nobodys_jail, terminal):
+    jail, env = nobodys_jail
+    os.fchown(terminal.slave, NOBODY, NOBODY)  # the user's own terminal, as after a login
+    terminal.start("run", "shell", "--root", jail, "--", "/bin/sh", env=env, as_user=as_nobody)
+    terminal.expect(PROMPT)  # the jail's root, which is nobody outside
+    assert terminal.is_raw()
+    shell = int(direct_child(int(direct_child(terminal.proc.pid))))
+    terminal.type(f"{PROBE} winsize\r".encode())
+    terminal.expect(f"winsize {ROWS} {COLS}\r\n".encode())
+    interrupt_a_command_and_go_on(terminal, shell)
+    terminal.type(b"exit\r")
+    check_raw_then_restored(terminal, 0)
 
 
 # --- jailkit exec -i -----------------------------------------------------------------------

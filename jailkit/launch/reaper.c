@@ -25,8 +25,7 @@
  *       forge a line), at most SYSLOG_RATE a second: the others are counted and reported.
  *
  *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD | --pty-terminal FD | --log FD]
- *                  [--cgroup DIR]...
- *                  [--veth NAME] [--publish FD:ADDR:PORT]...
+ *                  [--cgroup DIR]... [--veth NAME] [--publish FD:ADDR:PORT]...
  *                  [--registry DIRFD [--entry FILE] [--log-name FILE --log-cap N]]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
  *       and then removes what the launcher made on the host for this jail: its cgroups, its

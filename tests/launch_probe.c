@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <grp.h>
 #include <sys/ptrace.h>
@@ -176,6 +177,28 @@ int main(int argc, char **argv)
 			return report("tty", -1);
 		printf("stdin %s %lu\n", isatty(0) ? "tty" : S_ISCHR(st.st_mode) ? "chr" : "other",
 		       (unsigned long)st.st_rdev);
+		return 0;
+	}
+	if (!strcmp(cmd, "winsize")) {
+		/* the window size of stdin's terminal; with "wait", again after the next SIGWINCH
+		 * (blocked first: one that comes before the wait is not lost) */
+		struct winsize size;
+		sigset_t winch;
+		sigemptyset(&winch);
+		sigaddset(&winch, SIGWINCH);
+		sigprocmask(SIG_BLOCK, &winch, NULL);
+		if (ioctl(0, TIOCGWINSZ, &size) != 0)
+			return report("winsize", -1);
+		printf("winsize %u %u\n", size.ws_row, size.ws_col);
+		fflush(stdout);
+		if (argc == 3 && !strcmp(argv[2], "wait")) {
+			struct timespec limit = {30, 0};
+			if (sigtimedwait(&winch, NULL, &limit) != SIGWINCH)
+				return report("sigwinch", -1);
+			if (ioctl(0, TIOCGWINSZ, &size) != 0)
+				return report("winsize", -1);
+			printf("resized %u %u\n", size.ws_row, size.ws_col);
+		}
 		return 0;
 	}
 	return 2;

@@ -134,8 +134,10 @@ def test_interactive_flag_passes_stdin_through(jail):
 
 def run_on_a_terminal(jail: Path, script: str, typed: bytes) -> tuple[bytes, int]:
     """Run `script` in the jail from a session whose controlling terminal is a pty of the test's
-    (so the launcher is in the terminal's foreground group); type `typed`; return (what the
-    terminal showed, the host terminal's device number)."""
+    (so the launcher is in the terminal's foreground group); type `typed` once the waiter has
+    made that terminal raw (keys typed before reach the jail too, but a ^D typed in cooked mode
+    would become a NUL byte when the mode changes, as it would under `ssh -t`); return (what
+    the terminal showed, the host terminal's device number)."""
     master, slave = os.openpty()
     host_tty = os.fstat(slave).st_rdev
     proc = subprocess.Popen(
@@ -143,8 +145,11 @@ def run_on_a_terminal(jail: Path, script: str, typed: bytes) -> tuple[bytes, int
          script], env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=slave, stdout=slave,
         stderr=slave, start_new_session=True,
         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-    os.close(slave)
     try:
+        wait_for(lambda: not termios.tcgetattr(slave)[3] & termios.ICANON,
+                 what="the caller's terminal to be raw")
+        os.close(slave)
+        slave = None
         os.write(master, typed)
         shown = b""
         deadline = time.monotonic() + 30
@@ -164,6 +169,8 @@ def run_on_a_terminal(jail: Path, script: str, typed: bytes) -> tuple[bytes, int
     finally:
         stop(proc)
         os.close(master)
+        if slave is not None:
+            os.close(slave)
 
 
 def test_interactive_terminal_reaches_the_jail_through_a_pty_of_its_own(jail):

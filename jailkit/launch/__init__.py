@@ -9,7 +9,8 @@ ids        userns.plan, allocate.for_jail userns.clone_owned_by, .write  userns.
 mounts     mounts.plan (typed steps)      mounts.detached_sources        mounts.apply, .pivot
 cgroups    cgroup.plan                    cgroup.prime, .create, .attach, .remove (the waiter)
 network    net.clone_flags, net.Veth      net.create_veth                net.setup_inside
-stdio      stdio.Stdio                    Stdio.open (a pty relay)       Stdio.attach
+stdio      stdio.Stdio                    Stdio.open (a pty relay)       Stdio.attach,
+                                                                          .own_session
 landlock   landlock.Ruleset               -                              landlock.restrict
 caps       caps.mask                      -                              caps.drop_bounding,
                                                                           .switch_user

@@ -10,9 +10,11 @@ reach, which only narrows it), the profile's capabilities in every set and the s
 (or --user), its workdir and environment, and seccomp last.
 
 The caller's terminal never enters the jail: as for `jailkit run`, a pty stands in for it
-(stdio.py), relayed by the reaper's `wait` mode, which this process execs. That waiter stays
-in the jail's namespaces but outside its pid namespace (no process of the jail can name it),
-holding CAP_KILL alone (to signal a command that switched user).
+(stdio.py), relayed by the reaper's `wait` mode, which this process execs; on a terminal the
+pty is the command's controlling terminal, with the caller's window size, and the caller's
+terminal is raw while it runs. That waiter stays in the jail's namespaces but outside its pid
+namespace (no process of the jail can name it), holding CAP_KILL alone (to signal a command
+that switched user).
 
 Nothing may be imported from the jail's tree once its mount namespace is joined: every module
 the command's setup needs is imported before the setns.
@@ -147,9 +149,10 @@ def attach(name: str, command: list[str], user: str | None, interactive: bool) -
 
 
 def _confine(spec, command, user, cap_mask, ruleset, allow_setgroups, stdio) -> None:
-    os.setsid()  # no controlling terminal to push input into (TIOCSTI)
+    os.setsid()  # not the caller's session: its terminal is out of reach (TIOCSTI)
     sc.join_session_keyring()  # not the caller's keys
     stdio.attach()
+    stdio.own_session()  # on a terminal, the jail's pty becomes this session's (stdio.py)
     rlimits.apply(spec.rlimits)
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     landlock.restrict(ruleset)

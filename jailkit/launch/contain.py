@@ -79,7 +79,8 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     _at("pivot_root")
     proc_fd = mounts.private_proc()
     mounts.pivot()
-    # 6. A new session: no controlling terminal to push input into (TIOCSTI); a fresh keyring;
+    # 6. A new session: no controlling terminal to push input into (TIOCSTI; the service may
+    #    take the jail's own pty as one: step b of confine_service); a fresh keyring;
     #    resource limits; 0-2 a pty or /dev/null, never the caller's terminal (stdio.py). The
     #    service inherits them all.
     _at("new session, keyring, rlimits and stdio")
@@ -160,29 +161,34 @@ def confine_service(plan, maps_fd: int) -> None:
     _at("waiting for the service's id maps")
     if os.read(maps_fd, 1) != b"1":
         os._exit(SETUP_FAILED)
-    # b. Privileges: bounding set first (needs CAP_SETPCAP), then the service's ids and caps.
+    # b. On the caller's terminal, a session of our own with the jail's pty as its controlling
+    #    terminal (stdio.py): ^C typed there signals our foreground group, not pid 1, which
+    #    stays in the session of step 6, without a terminal.
+    _at("the service's session and controlling terminal")
+    plan.stdio.own_session()
+    # c. Privileges: bounding set first (needs CAP_SETPCAP), then the service's ids and caps.
     _at("capabilities and user")
     caps.drop_bounding(plan.cap_mask)
     caps.switch_user(spec.uid, spec.gid, spec.groups, plan.cap_mask, plan.maps.allow_setgroups)
-    # c. Working directory.
+    # d. Working directory.
     _at("workdir")
     try:
         os.chdir(spec.workdir)
     except OSError as e:
         raise JailkitError(f"workdir {spec.workdir}: {e.strerror} in the jail") from None
-    # d. File descriptors: only 0-2 and those passed on purpose reach the service.
+    # e. File descriptors: only 0-2 and those passed on purpose reach the service.
     _at("closing fds")
     _close_fds(set(plan.pass_fds))
     for fd in plan.pass_fds:
         os.set_inheritable(fd, True)
-    # e. Signals: the launcher blocked them all (for the reaper to take); the service gets none
+    # f. Signals: the launcher blocked them all (for the reaper to take); the service gets none
     #    blocked.
     _at("signal mask")
     sc.unblock_signals()
-    # f. seccomp, last (no_new_privs is pid 1's, inherited: setuid files grant nothing).
+    # g. seccomp, last (no_new_privs is pid 1's, inherited: setuid files grant nothing).
     _at("seccomp")
     seccomp.install(spec.seccomp_allow)
-    # g. The service, with exactly the profile's environment.
+    # h. The service, with exactly the profile's environment.
     _at("exec of the service")
     exec_command(spec.command, spec.env)
 

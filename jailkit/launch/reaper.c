@@ -24,8 +24,8 @@
  *       FACILITY.SEVERITY: TAG[PID]: TEXT", control characters made spaces (a message cannot
  *       forge a line), at most SYSLOG_RATE a second: the others are counted and reported.
  *
- *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD | --log FD] [--cgroup DIR]...
- *                  [--veth NAME] [--publish FD:ADDR:PORT]...
+ *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD | --pty-terminal FD | --log FD]
+ *                  [--cgroup DIR]... [--veth NAME] [--publish FD:ADDR:PORT]...
  *                  [--registry DIRFD [--entry FILE] [--log-name FILE --log-cap N]]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
  *       and then removes what the launcher made on the host for this jail: its cgroups, its
@@ -33,7 +33,10 @@
  *       whose lock it holds (an inherited descriptor) while it runs. With --pty, FD is
  *       the master of the pty the jail has in place of the caller's terminal (launch/stdio.py):
  *       its output is copied to the caller's terminal, and with --pty-interactive the caller's
- *       stdin to it (end of input becomes the pty's end-of-file character). With --log (a
+ *       stdin to it (end of input becomes the pty's end-of-file character). --pty-terminal is
+ *       --pty-interactive on the caller's terminal, as `ssh -t`: that terminal is raw while
+ *       the jail runs and restored when it has exited, and a SIGWINCH (the caller's terminal
+ *       was resized) sets the new size on the master instead of being forwarded. With --log (a
  *       detached jail), FD is the read end of the pipe that is the jail's stdout and stderr:
  *       each line goes to DIRFD/FILE with a UTC timestamp, and once FILE holds N bytes it is
  *       renamed FILE.1 (replacing the previous one) and a new FILE begun: at most 2N bytes.
@@ -61,6 +64,7 @@
 #include <netinet/tcp.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <linux/capability.h>
 #include <sys/mman.h>
@@ -68,6 +72,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -379,18 +384,53 @@ static void write_all(int fd, const char *buf, ssize_t len)
 	}
 }
 
+enum pty_mode { PTY_OUTPUT, PTY_INTERACTIVE, PTY_TERMINAL };
+
+/* The caller's terminal (stdin) raw, as `ssh -t` makes it: every key reaches the jail's pty as
+ * a byte, where the jail's own line discipline echoes, edits lines and makes ^C and ^Z
+ * signals for the jail's foreground group; nothing is echoed or signalled here. 0 once the
+ * modes are saved in `saved` and changed. */
+static int enter_raw_mode(struct termios *saved)
+{
+	if (tcgetattr(0, saved))
+		return -1;
+	struct termios raw = *saved;
+	raw.c_iflag |= IGNPAR;
+	raw.c_iflag &= ~(ISTRIP | INLCR | IGNCR | ICRNL | IXON | IXANY | IXOFF | IUCLC);
+	raw.c_lflag &= ~(ISIG | ICANON | ECHO | ECHOE | ECHOK | ECHONL | IEXTEN);
+	raw.c_oflag &= ~OPOST; /* the jail's pty already turned its newlines into CR LF */
+	raw.c_cc[VMIN] = 1;
+	raw.c_cc[VTIME] = 0;
+	return tcsetattr(0, TCSADRAIN, &raw);
+}
+
+/* The caller's terminal was resized: the jail's pty takes its size, and the kernel then sends
+ * SIGWINCH to the pty's foreground process group (the jail's own, not its pid 1). */
+static void pass_window_size(int pty)
+{
+	struct winsize size;
+	if (ioctl(0, TIOCGWINSZ, &size) == 0)
+		ioctl(pty, TIOCSWINSZ, &size);
+}
+
 /*
  * Forward signals while relaying between the caller's terminal and the jail's pty master.
  * Input waits in `pending` while the jail does not read (the master is non-blocking), so the
- * waiter never blocks on the jail and always forwards signals.
+ * waiter never blocks on the jail and always forwards signals. PTY_TERMINAL: the caller's
+ * terminal is raw from here until the jail has exited, whatever ended it (its own exit, a
+ * signal forwarded to it, a kill from outside: each ends here as its exit status); only a
+ * SIGKILL of the waiter itself leaves it raw (`stty sane` restores it).
  */
-static int relay(pid_t jail, const sigset_t *set, int pty, int relay_input)
+static int relay(pid_t jail, const sigset_t *set, int pty, enum pty_mode mode)
 {
 	int sfd = signalfd(-1, set, SFD_CLOEXEC);
 	if (sfd < 0) {
 		perror("jailkit: signalfd (the jail's terminal output is not relayed)");
 		return -1;
 	}
+	struct termios saved;
+	int raw = mode == PTY_TERMINAL && enter_raw_mode(&saved) == 0;
+	int relay_input = mode != PTY_OUTPUT;
 	fcntl(pty, F_SETFL, fcntl(pty, F_GETFL) | O_NONBLOCK);
 	int out = isatty(1) ? 1 : isatty(2) ? 2 : 1;
 	char buf[4096], pending[4096];
@@ -404,8 +444,13 @@ static int relay(pid_t jail, const sigset_t *set, int pty, int relay_input)
 			continue; /* EINTR */
 		if (fds[0].revents & POLLIN) {
 			struct signalfd_siginfo info;
-			if (read(sfd, &info, sizeof(info)) == sizeof(info))
-				code = forward(jail, (int)info.ssi_signo);
+			if (read(sfd, &info, sizeof(info)) == sizeof(info)) {
+				int sig = (int)info.ssi_signo;
+				if (mode == PTY_TERMINAL && sig == SIGWINCH)
+					pass_window_size(pty);
+				else
+					code = forward(jail, sig);
+			}
 		}
 		if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
 			ssize_t n = read(pty, buf, sizeof(buf));
@@ -437,6 +482,8 @@ static int relay(pid_t jail, const sigset_t *set, int pty, int relay_input)
 	ssize_t n; /* what the service wrote just before it exited */
 	while ((n = read(pty, buf, sizeof(buf))) > 0)
 		write_all(out, buf, n);
+	if (raw)
+		tcsetattr(0, TCSADRAIN, &saved);
 	return code;
 }
 
@@ -814,19 +861,24 @@ static int parse_publish(const char *arg, struct listener *l)
 static int run_wait(int argc, char **argv)
 {
 	if (argc < 3) {
-		fprintf(stderr, "usage: jailkit-reaper wait PID [--pty FD | --pty-interactive FD] "
-				"[--cgroup DIR]... [--veth NAME] [--publish FD:ADDR:PORT]...\n");
+		fprintf(stderr, "usage: jailkit-reaper wait PID [--pty FD | --pty-interactive FD | "
+				"--pty-terminal FD] [--cgroup DIR]... [--veth NAME] "
+				"[--publish FD:ADDR:PORT]...\n");
 		return 2;
 	}
 	pid_t jail = (pid_t)atol(argv[2]);
-	int pty = -1, relay_input = 0, log_pipe = -1, nlisteners = 0;
+	int pty = -1, log_pipe = -1, nlisteners = 0;
+	enum pty_mode pty_mode = PTY_OUTPUT;
 	static struct listener listeners[PUBLISH_MAX];
 	struct log log = {-1, -1, 1, NULL, 1 << 20, 0};
 	const char *entry = NULL;
 	for (int i = 3; i + 1 < argc; i += 2) {
-		if (strcmp(argv[i], "--pty") == 0 || strcmp(argv[i], "--pty-interactive") == 0) {
+		if (strcmp(argv[i], "--pty") == 0 || strcmp(argv[i], "--pty-interactive") == 0 ||
+		    strcmp(argv[i], "--pty-terminal") == 0) {
 			pty = atoi(argv[i + 1]);
-			relay_input = strcmp(argv[i], "--pty-interactive") == 0;
+			pty_mode = strcmp(argv[i], "--pty-terminal") == 0      ? PTY_TERMINAL
+				   : strcmp(argv[i], "--pty-interactive") == 0 ? PTY_INTERACTIVE
+									       : PTY_OUTPUT;
 		} else if (strcmp(argv[i], "--log") == 0) {
 			log_pipe = atoi(argv[i + 1]);
 		} else if (strcmp(argv[i], "--registry") == 0) {
@@ -852,7 +904,7 @@ static int run_wait(int argc, char **argv)
 		publisher = start_publishing(listeners, nlisteners);
 	int code = -1;
 	if (pty >= 0)
-		code = relay(jail, &set, pty, relay_input);
+		code = relay(jail, &set, pty, pty_mode);
 	else if (log_pipe >= 0 && log.dir >= 0 && log.name)
 		code = log_relay(jail, &set, log_pipe, &log);
 	while (code < 0) {

@@ -171,6 +171,39 @@ def test_nginx_is_served_through_a_published_port_until_the_jail_stops(nginx, na
     nothing_left(net, name, [row["pid"], row["jail_pid"], relay])
 
 
+def test_the_relay_keeps_nothing_of_roots(echo, names, net):
+    """The relay reads whatever any client sends, on the host: as root with every capability,
+    a flaw in it was the host's. It runs as nobody, with no capability, no way to gain one and
+    a seccomp filter, and still relays."""
+    name = names("confined")
+    result = detach(net, echo, name, "--publish", f"127.0.0.1:{PORT}:{ECHO_PORT}", *ECHO_COMMAND)
+    assert result.returncode == 0, result.stderr
+    relay = relay_of(ps()[name]["pid"])
+    with open(f"/proc/{relay}/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines())
+    assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
+    assert status["Groups"].strip() == ""
+    assert all(int(status[c], 16) == 0 for c in ("CapInh", "CapPrm", "CapEff", "CapAmb"))
+    assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
+    sent = subprocess.run([*net, sys.executable, "-c", SEND_SMALL, str(PORT)],
+                          capture_output=True, text=True, timeout=60)
+    assert sent.stdout == "echoed\n", sent.stderr
+    assert not gone(relay)  # its filter let it do its whole job
+    assert run_jailkit("stop", name, timeout=60).returncode == 0
+
+
+SEND_SMALL = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(b"ping")
+s.shutdown(socket.SHUT_WR)
+got = b""
+while chunk := s.recv(4096):
+    got += chunk
+print("echoed" if got == b"ping" else got)
+"""
+
+
 ECHO = """
 import hashlib, os, socket, sys, threading
 data = os.urandom(int(sys.argv[2]))

@@ -53,6 +53,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -66,7 +68,10 @@
 #include <sys/socket.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <linux/audit.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -607,6 +612,8 @@ static int log_relay(pid_t jail, const sigset_t *set, int pipe, struct log *log)
 #define PUBLISH_MAX 64		/* listeners: `run` refuses more */
 #define RELAY_CONNECTIONS 512	/* at once; more are refused (reset) until some end */
 #define RELAY_BUFFER 65536	/* bytes each way per connection (while it is open) */
+#define RELAY_SOCKET_BUFFER 65536 /* SO_RCVBUF/SO_SNDBUF of the relay's sockets (see below) */
+#define RELAY_LINGER 10		/* seconds a client may keep a connection the service ended */
 #define RELAY_ROUNDS 4		/* buffers moved each way per connection and wake-up */
 #define ACCEPT_BURST 64		/* connections taken per listener per round */
 
@@ -626,6 +633,7 @@ struct flow {
 struct connection {
 	int fd[2], connecting;
 	struct flow flow[2];
+	time_t ended; /* when the service's side ended while the client's goes on; else 0 */
 };
 
 static struct connection connections[RELAY_CONNECTIONS];
@@ -637,6 +645,29 @@ static void refuse(int fd)
 	struct linger reset = {1, 0};
 	setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
 	close(fd);
+}
+
+/*
+ * The relay's socket buffers are fixed: left to the kernel, a socket that is read fast grows its
+ * receive buffer to MiBs (autotuning), and one whose peer does not read queues MiBs to send. A
+ * client asking for a big file and never reading then pinned ~11 MiB of host kernel memory a
+ * connection, outside the jail's cgroups: 512 connections starved every TCP socket of the host
+ * (tcp_mem). Fixed, each socket holds at most twice this (the kernel doubles it, for overhead).
+ * A receive buffer must be set before the connection is made (it fixes the window scale): on
+ * the listeners for the accepted sockets, before connect() for the jail's.
+ */
+static void bound_buffers(int fd)
+{
+	int size = RELAY_SOCKET_BUFFER;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+}
+
+static time_t now_seconds(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec + 1; /* never 0: 0 is "not ended" */
 }
 
 /* Take one connection and start connecting to the jail: 1 when one was taken (or refused), 0
@@ -652,6 +683,9 @@ static int relay_accept(const struct listener *l)
 		return 1;
 	}
 	int jail = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (jail >= 0)
+		bound_buffers(jail);
+	bound_buffers(client); /* its send buffer: the receive buffer came from the listener */
 	char *buf = jail < 0 ? MAP_FAILED : mmap(NULL, 2 * RELAY_BUFFER, PROT_READ | PROT_WRITE,
 						 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	int started = buf == MAP_FAILED ? -1 : connect(jail, (const struct sockaddr *)&l->to,
@@ -737,9 +771,18 @@ static int relay_flow(struct connection *c, int s, int readable)
 	return 0;
 }
 
-/* 1 while the connection goes on, 0 once both ways have ended, -1 on an error. */
-static int relay_step(struct connection *c, const struct pollfd p[2])
+/*
+ * 1 while the connection goes on, 0 once both ways have ended, -1 on an error. Once the
+ * service's side has ended and all it sent is written, the client has RELAY_LINGER seconds to
+ * end its own: without the bound, a client that never does held its connections, and the
+ * relay's RELAY_CONNECTIONS, forever, however short the service's own timeouts (the kernel
+ * bounds the like on a service's socket too: tcp_fin_timeout). A client that ends first waits
+ * for the service as long as the service likes (a request, then a long answer).
+ */
+static int relay_step(struct connection *c, const struct pollfd p[2], time_t now)
 {
+	if (c->ended && now - c->ended >= RELAY_LINGER)
+		return 0; /* closed, not reset: the client has had the service's end */
 	if (!p[0].revents && !p[1].revents)
 		return 1;
 	if (c->connecting) {
@@ -752,6 +795,8 @@ static int relay_step(struct connection *c, const struct pollfd p[2])
 	for (int s = 0; s < 2; s++)
 		if (relay_flow(c, s, (p[s].revents & (POLLIN | POLLHUP | POLLERR)) != 0) < 0)
 			return -1;
+	if (c->flow[1].shut && !c->flow[0].shut && !c->ended)
+		c->ended = now;
 	return !(c->flow[0].shut && c->flow[1].shut);
 }
 
@@ -760,6 +805,7 @@ static _Noreturn void publish_loop(struct listener *listeners, int nlisteners)
 	static struct pollfd fds[PUBLISH_MAX + 2 * RELAY_CONNECTIONS];
 	int accepting = 1;
 	for (;;) {
+		int lingering = 0;
 		for (int i = 0; i < nlisteners; i++) {
 			fds[i].fd = accepting ? listeners[i].fd : -1;
 			fds[i].events = POLLIN;
@@ -771,12 +817,15 @@ static _Noreturn void publish_loop(struct listener *listeners, int nlisteners)
 				p->events = relay_events(&connections[i], s);
 				p->fd = p->events ? connections[i].fd[s] : -1;
 			}
-		/* out of descriptors: try accepting again in a moment */
-		if (poll(fds, nlisteners + 2 * polled, accepting ? -1 : 100) < 0)
+		for (int i = 0; i < polled; i++)
+			lingering |= connections[i].ended != 0;
+		/* out of descriptors: try accepting again in a moment; lingering: check each second */
+		if (poll(fds, nlisteners + 2 * polled, !accepting ? 100 : lingering ? 1000 : -1) < 0)
 			continue; /* EINTR */
 		accepting = 1;
+		time_t now = now_seconds();
 		for (int i = polled - 1; i >= 0; i--) { /* backwards: a closed one takes the last's place */
-			int going = relay_step(&connections[i], &fds[nlisteners + 2 * i]);
+			int going = relay_step(&connections[i], &fds[nlisteners + 2 * i], now);
 			if (going <= 0)
 				relay_close(&connections[i], going < 0);
 		}
@@ -811,24 +860,73 @@ static void keep_only(const struct listener *listeners, int nlisteners)
 	syscall(SYS_close_range, from, ~0U, 0);
 }
 
+/*
+ * The relay reads what any client sends: it keeps nothing of root's. It runs as nobody with no
+ * capability (its listeners are bound, and the jail's address needs none to reach): a flaw in
+ * it gives an attacker an unprivileged process. 0, or -1 with errno.
+ */
+static int drop_ids(void)
+{
+	if (geteuid() != 0)
+		return 0;
+	return setgroups(0, NULL) || setgid(65534) || setuid(65534) ? -1 : 0;
+}
+
+/* ... which cannot gain any (no_new_privs) and can make only the calls of its loop (seccomp). */
+static int confine_relay(void)
+{
+	static const int allowed[] = {
+		SYS_poll, SYS_accept4, SYS_socket, SYS_connect, SYS_setsockopt, SYS_getsockopt,
+		SYS_recvfrom, SYS_sendto, SYS_shutdown, SYS_close, SYS_close_range, SYS_mmap,
+		SYS_munmap, SYS_clock_gettime, SYS_exit_group, SYS_exit, SYS_rt_sigreturn,
+		SYS_restart_syscall,
+	};
+	enum { N = sizeof(allowed) / sizeof(allowed[0]) };
+	struct sock_filter filter[4 + N + 2] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+	};
+	for (int i = 0; i < N; i++) /* a match jumps past the KILL below, to the ALLOW */
+		filter[4 + i] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+							     (unsigned)allowed[i], (unsigned char)(N - i), 0);
+	filter[4 + N] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+	filter[5 + N] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	struct sock_fprog program = {sizeof(filter) / sizeof(filter[0]), filter};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program);
+}
+
 /* Fork the relay; the waiter keeps no listener open, so the ports close with the relay. */
 static pid_t start_publishing(struct listener *listeners, int nlisteners)
 {
 	pid_t waiter = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (drop_ids()) {
+			perror("jailkit: the relay's change to nobody (the published ports are closed)");
+			_exit(1);
+		}
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* after the change of ids, which clears it */
 		if (getppid() != waiter)
 			_exit(0); /* the waiter died before the line above */
 		prctl(PR_SET_NAME, "jailkit-publish");
-		keep_only(listeners, nlisteners);
 		struct rlimit files; /* two descriptors a connection: above the usual soft 1024 */
 		if (getrlimit(RLIMIT_NOFILE, &files) == 0) {
 			files.rlim_cur = files.rlim_max;
 			setrlimit(RLIMIT_NOFILE, &files);
 		}
-		for (int i = 0; i < nlisteners; i++)
+		for (int i = 0; i < nlisteners; i++) {
 			fcntl(listeners[i].fd, F_SETFL, fcntl(listeners[i].fd, F_GETFL) | O_NONBLOCK);
+			bound_buffers(listeners[i].fd);
+		}
+		if (confine_relay()) {
+			perror("jailkit: the relay's seccomp filter (the published ports are closed)");
+			_exit(1);
+		}
+		keep_only(listeners, nlisteners);
 		publish_loop(listeners, nlisteners);
 	}
 	for (int i = 0; i < nlisteners; i++)

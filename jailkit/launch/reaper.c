@@ -612,7 +612,7 @@ static int log_relay(pid_t jail, const sigset_t *set, int pipe, struct log *log)
 #define PUBLISH_MAX 64		/* listeners: `run` refuses more */
 #define RELAY_CONNECTIONS 512	/* at once; more are refused (reset) until some end */
 #define RELAY_BUFFER 65536	/* bytes each way per connection (while it is open) */
-#define RELAY_SOCKET_BUFFER 65536 /* SO_RCVBUF/SO_SNDBUF of the relay's sockets (see below) */
+#define RELAY_SOCKET_BUFFER 131072 /* SO_RCVBUF/SO_SNDBUF of the relay's sockets (see below) */
 #define RELAY_LINGER 10		/* seconds a client may keep a connection the service ended */
 #define RELAY_ROUNDS 4		/* buffers moved each way per connection and wake-up */
 #define ACCEPT_BURST 64		/* connections taken per listener per round */

@@ -180,6 +180,35 @@ def netns():
         holder.wait()
 
 
+@pytest.fixture
+def net(netns) -> list[str]:
+    """The command prefix that enters this test's own network namespace, its loopback up."""
+    enter = in_netns(netns)
+    subprocess.run([*enter, "ip", "link", "set", "lo", "up"], check=True)
+    return enter
+
+
+PROBE_IN_JAIL = "/usr/bin/service_probe"
+LOOP_PROFILE = """\
+extends = ["shell"]
+
+[service]
+command = ["/bin/sh", "-c", "while :; do sleep 1; done"]
+"""
+
+
+def probe_jail(base: Path, name: str) -> Path:
+    """A jail of the `shell` profile in base/NAME, with tests/service_probe.c built into it at
+    PROBE_IN_JAIL, for a service of the test's choosing (`run ... -- PROBE_IN_JAIL ...`)."""
+    (base / f"{name}.toml").write_text(LOOP_PROFILE)
+    built = run_jailkit("build", base / f"{name}.toml", "--root", base / name, timeout=300)
+    assert built.returncode == 0, built.stderr
+    subprocess.run(["gcc", "-static", "-O1", "-o",
+                    base / name / "current/root" / PROBE_IN_JAIL.lstrip("/"),
+                    REPO / "tests/service_probe.c"], check=True)
+    return base / name
+
+
 def start(jail: Path, *command, sets=(), netns=None):
     """A running jail (Popen of the launcher, whose pid the waiter keeps) and its processes."""
     options = [arg for key_value in sets for arg in ("--set", key_value)]

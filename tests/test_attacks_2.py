@@ -15,20 +15,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, in_netns, run_jailkit, wait_for
+from conftest import PROBE_IN_JAIL as PROBE
+from conftest import REPO, probe_jail, run_jailkit, wait_for
 from exporting import export, imported, rewrite
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
 PREFIX = "a2"
-PROBE = "/usr/bin/service_probe"
 PORT = 18080  # in each publish test's own network namespace
-SHELL_LOOP = """\
-extends = ["shell"]
-
-[service]
-command = ["/bin/sh", "-c", "while :; do sleep 1; done"]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +117,7 @@ def test_doctor_fix_line_cannot_be_steered_into_a_host_bind(base, shell_archive)
 @pytest.fixture(scope="module")
 def closing(base) -> Path:
     """A jail whose service (service_probe listen) closes each connection as it accepts it."""
-    (base / "loop.toml").write_text(SHELL_LOOP)
-    built = run_jailkit("build", base / "loop.toml", "--root", base / "loop", timeout=300)
-    assert built.returncode == 0, built.stderr
-    subprocess.run(["gcc", "-static", "-O1", "-o", base / "loop/current/root" / PROBE.lstrip("/"),
-                    REPO / "tests/service_probe.c"], check=True)
-    return base / "loop"
-
-
-@pytest.fixture
-def net(netns) -> list[str]:
-    enter = in_netns(netns)
-    subprocess.run([*enter, "ip", "link", "set", "lo", "up"], check=True)
-    return enter
+    return probe_jail(base, "loop")
 
 
 HOLD = """

@@ -19,21 +19,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, in_netns, run_jailkit, wait_for
+from conftest import PROBE_IN_JAIL as PROBE
+from conftest import REPO, probe_jail, run_jailkit, wait_for
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
 PREFIX = "p"  # names of this module's jails
-PROBE = "/usr/bin/service_probe"
 ECHO_PORT = 7
 PORT = 18080  # free in every test's own network namespace
 BIG = 8 << 20  # bytes: far beyond every buffer on the way
-PROFILE = """\
-extends = ["shell"]
-
-[service]
-command = ["/bin/sh", "-c", "while :; do sleep 1; done"]
-"""
 ECHO_COMMAND = ["--", PROBE, "echo", str(ECHO_PORT)]
 
 
@@ -57,20 +51,7 @@ def nginx(base) -> Path:
 
 @pytest.fixture(scope="module")
 def echo(base) -> Path:
-    (base / "echo.toml").write_text(PROFILE)
-    built = run_jailkit("build", base / "echo.toml", "--root", base / "echo", timeout=120)
-    assert built.returncode == 0, built.stderr
-    subprocess.run(["gcc", "-static", "-O1", "-o", base / "echo/current/root" / PROBE.lstrip("/"),
-                    REPO / "tests/service_probe.c"], check=True)
-    return base / "echo"
-
-
-@pytest.fixture
-def net(netns) -> list[str]:
-    """The command prefix that enters this test's network namespace, its loopback up."""
-    enter = in_netns(netns)
-    subprocess.run([*enter, "ip", "link", "set", "lo", "up"], check=True)
-    return enter
+    return probe_jail(base, "echo")
 
 
 def jailkit(enter: list[str], *args, timeout=60) -> subprocess.CompletedProcess:

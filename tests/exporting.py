@@ -47,6 +47,18 @@ def port_closed(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def runc_stop(state, container: str, proc: subprocess.Popen) -> None:
+    """Stop nginx run by `runc run` (proc) gracefully, by force if it lingers, and delete it."""
+    subprocess.run(["runc", "--root", state, "kill", container, "SIGQUIT"], capture_output=True)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["runc", "--root", state, "kill", container, "SIGKILL"])
+        proc.wait(timeout=30)
+    subprocess.run(["runc", "--root", state, "delete", "--force", container],
+                   capture_output=True)
+
+
 def mounts_containing(text: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line for line in f if text in line]

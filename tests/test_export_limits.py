@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_jailkit
-from exporting import export, mounts_containing, podman, port_closed, wait_http
+from exporting import export, mounts_containing, podman, port_closed, runc_stop, wait_http
 from services import free_port
 from test_export_oci import run, validate_runtime_config
 
@@ -143,15 +143,7 @@ def test_runc_runs_the_bundle_with_the_limits_and_the_bind_in_force(limited):
             assert cgroup_file(pid, "cpu", "cpu.cfs_period_us") == "100000"
             assert {"ro", "nosuid", "nodev", "noexec"} <= mount_options(pid, "/srv/www")
         finally:
-            subprocess.run(["runc", "--root", state, "kill", container, "SIGQUIT"],
-                           capture_output=True)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                subprocess.run(["runc", "--root", state, "kill", container, "SIGKILL"])
-                proc.wait(timeout=30)
-            subprocess.run(["runc", "--root", state, "delete", "--force", container],
-                           capture_output=True)
+            runc_stop(state, container, proc)
         assert port_closed(port)
         assert not mounts_containing(str(work)), "runc left mounts on the host"
         assert not os.path.exists(f"/sys/fs/cgroup/pids/{container}")

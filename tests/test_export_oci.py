@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NOBODY, as_nobody, nobody_jailkit
-from exporting import export, mounts_containing, podman, port_closed, wait_http
+from exporting import export, mounts_containing, podman, port_closed, runc_stop, wait_http
 from services import build, free_port
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -140,15 +140,7 @@ def test_bundle_validates_and_runc_runs_it_confined(nginx):
             assert status["Uid"].split()[0] != "0"  # the jail's root is not the host's
             assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
         finally:
-            subprocess.run(["runc", "--root", state, "kill", container, "SIGQUIT"],
-                           capture_output=True)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                subprocess.run(["runc", "--root", state, "kill", container, "SIGKILL"])
-                proc.wait(timeout=30)
-            subprocess.run(["runc", "--root", state, "delete", "--force", container],
-                           capture_output=True)
+            runc_stop(state, container, proc)
         assert port_closed(port)
         assert not mounts_containing(str(work)), "runc left mounts on the host"
         assert not os.path.exists(f"/sys/fs/cgroup/pids/{container}")

@@ -27,6 +27,26 @@ def export(profile, root: Path, fmt: str, out: Path, *extra, env=None):
                        env=env, timeout=300)
 
 
+def kube_documents(path) -> list[dict]:
+    """The documents of a `--format kube` file, read by a YAML parser, each checked against
+    the Kubernetes API's own types (the official client's models, generated from its OpenAPI):
+    a field they do not know, or of another type, fails."""
+    import yaml
+    from kubernetes.client import ApiClient
+    from kubernetes.client.models import V1PersistentVolumeClaim, V1Pod
+
+    documents = list(yaml.safe_load_all(Path(path).read_text()))
+    models = {"Pod": V1Pod, "PersistentVolumeClaim": V1PersistentVolumeClaim}
+    for document in documents:
+        model = models[document["kind"]].from_dict(document)
+        assert ApiClient().sanitize_for_serialization(model) == document, document
+    return documents
+
+
+def pod_of(path) -> dict:
+    return next(d for d in kube_documents(path) if d["kind"] == "Pod")
+
+
 def wait_http(port: int, seconds: float = 30) -> bytes:
     """The body of GET / on 127.0.0.1:port once something answers (bounded)."""
     import urllib.request

@@ -274,3 +274,33 @@ def test_the_oci_note_quotes_the_podman_options_it_suggests(shell_archive, base)
     finally:
         shutil.rmtree(jail, ignore_errors=True)
         shutil.rmtree(base / "odd.oci", ignore_errors=True)
+
+
+def test_the_state_notes_quote_the_commands_they_suggest(shell_archive, base):
+    """The notes on state directories suggest `podman run -v` (oci) and `cp -a` (bundle) with
+    the directory and its DIR/state source as launch.json has them (an imported archive's):
+    each must stay one shell word, whatever it holds."""
+    path, source = "/tmp/b $(id >/dev/null)", "b $(id >/dev/null)"
+
+    def odd_state(document):
+        document["writable"] = [{"path": path, "kind": "bind", "source": source}]
+
+    archive = rewrite(shell_archive, base / "odd-state.tar", None, launch=odd_state)
+    jail = base / "imported-odd-state"
+    try:
+        assert run_jailkit("import", archive, "--root", jail, timeout=120).returncode == 0
+        oci = export("shell", jail, "oci", base / "odd-state.oci")
+        assert oci.returncode == 0, oci.stderr
+        note = next(line for line in oci.stderr.splitlines() if "state directory" in line)
+        suggested = note.split("(podman run ", 1)[1].split(") and copy", 1)[0]
+        assert shlex.split(suggested) == ["-v", f"NAME:{path}"], note
+        bundle = export("shell", jail, "bundle", base / "odd-state.bundle")
+        assert bundle.returncode == 0, bundle.stderr
+        note = next(line for line in bundle.stderr.splitlines() if "state directory" in line)
+        copy = note.split("to keep the jail's files: ", 1)[1].split(" (or ", 1)[0]
+        assert shlex.split(copy) == ["cp", "-a", f"{jail}/state/{source}/.",
+                                     f"{base}/odd-state.bundle/state/{source}/"], note
+    finally:
+        shutil.rmtree(jail, ignore_errors=True)
+        shutil.rmtree(base / "odd-state.oci", ignore_errors=True)
+        shutil.rmtree(base / "odd-state.bundle", ignore_errors=True)

@@ -11,10 +11,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import NOBODY, SETS_NEEDED, as_nobody, descendants, jailkit_env, run_jailkit, wait_for
+from conftest import (
+    NOBODY,
+    SETS_NEEDED,
+    as_nobody,
+    descendants,
+    in_netns,
+    jailkit_env,
+    run_jailkit,
+    wait_for,
+)
 from services import free_port
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -38,7 +48,7 @@ def build(profile: Path, jail: Path, *sets: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def start_doctor(profile: Path, jail: Path, timeout: float = 6) -> subprocess.Popen:
+def start_doctor(profile: Path | str, jail: Path, timeout: float = 6) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "jailkit", "doctor", str(profile), "--root",
                              str(jail), "--timeout", str(timeout), "--json"], env=jailkit_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -64,11 +74,34 @@ def fixes(report: dict) -> dict[str, str]:
     return {f["fix"]: f["kind"] for f in report["findings"]}
 
 
+def test_a_healthy_nginx_is_no_failure_and_its_probes_are_marked(tmp_path):
+    """nginx looks for files it goes on without (/etc/localtime, openssl.cnf) before it
+    listens: a jail that serves is no failure, and those findings are shown apart as probes."""
+    port = free_port()
+    build("nginx", tmp_path / "j", f"port={port}", "address=127.0.0.1")
+    doctor = start_doctor("nginx", tmp_path / "j")
+    wait_port(port, doctor)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+        assert b"nginx is serving this page" in page.read()
+    out, err = doctor.communicate(timeout=90)
+    assert doctor.returncode == 0, out + err
+    report = json.loads(out)
+    assert report["stopped"], report
+    assert report["findings"], "the host has neither /etc/localtime nor openssl.cnf to probe"
+    assert all(f["kind"] == "missing-file" and f["went_on"] for f in report["findings"]), report
+    text = run_jailkit("doctor", "nginx", "--root", tmp_path / "j", "--timeout", "3", timeout=90)
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "nothing the jail refused was found" in text.stdout
+    assert "the service went on without" in text.stdout
+    assert "\n  fix: " in text.stdout  # each probe still says how to give it the file
+
+
 def test_nginx_without_mime_types_names_the_file(tmp_path):
     profile = broken_copy(tmp_path, "nginx", ('files = ["/etc/nginx/mime.types"]', "files = []"))
     build(profile, tmp_path / "j", f"port={free_port()}")
     report = report_of(start_doctor(profile, tmp_path / "j"))
     assert report["findings"][0]["fix"] == 'files = ["/etc/nginx/mime.types"]', report
+    assert not report["findings"][0]["went_on"]  # it exited: nothing it met was a mere probe
     assert report["status"] == 1 and not report["stopped"]
     text = run_jailkit("doctor", profile, "--root", tmp_path / "j", timeout=90)
     assert text.returncode == 1
@@ -154,6 +187,32 @@ def test_a_refused_syscall_and_a_taken_port_from_a_command(tmp_path):
     assert found.get('[service] seccomp_allow = ["unshare"]') == "seccomp", found
     port_fix = next(fix for fix, kind in found.items() if kind == "port")
     assert f"jailkit build python3 --root {jail} --set port=N" in port_fix, port_fix
+
+
+def test_port_fixes_suggest_no_capability(tmp_path, netns):
+    """Below 1024 in the host's network a jail's capability does not help (the network is
+    not the jail's user namespace's): the fix is a network of its own. In a veth jail every
+    port may be bound, and a port in use is the service's own, not the host's."""
+    jail = tmp_path / "py"
+    build("python3", jail)
+    twice = ("import socket\n"
+             "a = socket.socket(); a.bind(('0.0.0.0', 80)); a.listen()\n"
+             "socket.socket().bind(('0.0.0.0', 80))\n")
+    veth = subprocess.run([*in_netns(netns), sys.executable, "-m", "jailkit", "doctor",
+                           "python3", "--root", str(jail), "--net", "veth", "--json", "--",
+                           "/usr/bin/python3", "-c", twice], env=jailkit_env(),
+                          capture_output=True, text=True, timeout=90)
+    assert veth.returncode == 1, veth.stderr
+    ports = [f for f in json.loads(veth.stdout)["findings"] if f["kind"] == "port"]
+    assert len(ports) == 1 and "already in use" in ports[0]["detail"], ports
+    assert "host" not in ports[0]["detail"] and "CAP_" not in ports[0]["fix"], ports
+    low = "import socket; socket.socket().bind(('127.0.0.1', 80))"
+    host = run_jailkit("doctor", "python3", "--root", jail, "--net", "host", "--json", "--",
+                       "/usr/bin/python3", "-c", low, timeout=90)
+    assert host.returncode == 1, host.stderr
+    ports = [f for f in json.loads(host.stdout)["findings"] if f["kind"] == "port"]
+    assert len(ports) == 1 and "below 1024" in ports[0]["detail"], ports
+    assert 'network = "veth"' in ports[0]["fix"] and "CAP_" not in ports[0]["fix"], ports
 
 
 def test_doctor_of_a_jail_never_built_is_one_line(tmp_path):

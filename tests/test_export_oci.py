@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NOBODY, as_nobody, nobody_jailkit
-from exporting import export, mounts_containing, podman, port_closed, runc_stop, wait_http
+from exporting import export, mounts_containing, pod_of, podman, port_closed, runc_stop, wait_http
 from services import build, free_port
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -72,7 +72,7 @@ def test_podman_runs_the_image_and_kube_play_runs_the_pod(nginx, tmp_path):
     assert export("nginx", base / "jail", "oci", archive, "--set", f"port={port}").returncode == 0
     pod = tmp_path / "pod.yaml"
     assert export("nginx", base / "jail", "kube", pod, "--set", f"port={port}").returncode == 0
-    spec = json.loads(pod.read_text())["spec"]
+    spec = pod_of(pod)["spec"]
     security = spec["containers"][0]["securityContext"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     assert security["capabilities"] == {"drop": ["ALL"], "add": sorted(

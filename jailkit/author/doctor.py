@@ -5,7 +5,9 @@ attachment is inherited across clone, namespaces included), so it sees the paths
 asked for as the service named them: in-jail paths. Only the service's own processes are judged:
 the process the jail's pid 1 clones into its nested user namespace, from its execve of the
 command on (before it, it is jailkit confining itself), and everything it forks. Each finding
-names the profile line that fixes it; the profile is never changed.
+names the profile line that fixes it; the profile is never changed. A file the service looked
+for and went on without (it listened afterwards and still ran when stopped) is a probe, marked
+`went_on`, not a failure.
 """
 
 import os
@@ -58,6 +60,7 @@ class Finding(NamedTuple):
     kind: str  # missing-file, read-only, seccomp, capability, user, daemon, port
     detail: str  # what the service did, in its own terms
     fix: str  # the profile line (or command) that fixes it
+    went_on: bool = False  # a probe: a file it looked for before it listened, and still ran
 
 
 def service_calls(log: str) -> tuple[list[Call], dict[int, int]]:
@@ -103,7 +106,7 @@ def _path(call: Call) -> str | None:
 class Jail:
     """What the built jail holds (its manifest) and mounts (its launch.json)."""
 
-    def __init__(self, root: str, profile: str):
+    def __init__(self, root: str, profile: str, network: str | None = None):
         from jailkit.build.jaildir import JailDir
         from jailkit.build.manifest import read, read_json
 
@@ -125,7 +128,7 @@ class Jail:
         self.capabilities = launch.get("capabilities", [])
         self.seccomp_allow = launch.get("seccomp_allow", [])
         self.bind_ports = launch.get("ports", {}).get("bind", [])
-        self.network = launch.get("network", "none")
+        self.network = network or launch.get("network", "none")
         self.users = set()
         passwd = self.records.get("/etc/passwd")
         if passwd is not None:
@@ -152,11 +155,19 @@ def _writable_fix(path: str) -> str:
 def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float,
              status: int | None, timeout: float) -> list[Finding]:
     findings: dict[tuple, Finding] = {}
+    # a service that listens has started: what it looked for before and went on without (a
+    # time zone, a default openssl.cnf) was a probe, unless it looks for it again once serving
+    listened = next((i for i, c in enumerate(calls) if c.name == "listen" and c.ok), len(calls))
+    met_serving: set[tuple] = set()
+    serving = False  # whether the call being judged came after the first listen()
 
     def add(kind, detail, fix):
         findings.setdefault((kind, fix), Finding(kind, detail, fix))
+        if serving:
+            met_serving.add((kind, fix))
 
-    for call in calls:
+    for index, call in enumerate(calls):
+        serving = index > listened
         path = _path(call)
         # the service chose the name: quoted, it is one TOML string and one line, whatever it holds
         shown = quote(path) if path else ""
@@ -197,17 +208,29 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
             if port is None:
                 continue
             number = int(port.group(1))
-            if call.error == "EADDRINUSE":
+            if call.error == "EADDRINUSE" and jail.network == "host":
                 add("port", f"bind to port {number}: already in use on the host",
                     "stop what listens there, or rebuild with another port: "
                     f"{jail.rebuild} --set port=N")
+            elif call.error == "EADDRINUSE":
+                add("port", f"bind to port {number}: already in use in the jail's own network, "
+                    "by the service itself",
+                    "give each of its listeners a port (or address) of its own, e.g. "
+                    f"{jail.rebuild} --set port=N")
+            elif jail.network != "host":
+                # a network of its own lets the jail bind any port, and Landlock limits only
+                # its connects there: the refusal is not the jail's
+                continue
             elif number < 1024:
+                # no capability helps: the host's network belongs to the host's user namespace
                 add("port", f"bind to port {number}: below 1024, refused in the host's network",
-                    f"rebuild with a port of 1024 or more ({jail.rebuild} --set port=N), "
-                    'or run it with --net veth and capabilities = ["CAP_NET_BIND_SERVICE"]')
+                    f"rebuild with a port of 1024 or more ({jail.rebuild} --set port=N), or give "
+                    'it a network of its own, where any port may be bound: [service] network = '
+                    '"veth" (`jailkit run --publish` forwards a host port to it)')
             else:
                 add("port", f"bind to port {number}: not in the ports the jail may bind",
                     f"[service.ports] bind = {_with(jail.bind_ports, number)}")
+    serving = True  # what follows is judged from the whole run, never a probe
     opened_passwd = any(_path(c) in ("/etc/passwd", "/etc/group") for c in calls)
     for match in USER_ERRORS.finditer(output):
         name = match.group(1) or match.group(2)
@@ -227,6 +250,9 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
     ordered = list(findings.values())
     if status not in (0, None):
         ordered.reverse()  # it failed: what it met last is the likeliest cause
+    elif status is None and listened < len(calls):  # it was serving when doctor stopped it
+        ordered = [f._replace(went_on=f.kind == "missing-file"
+                              and (f.kind, f.fix) not in met_serving) for f in ordered]
     return ordered
 
 
@@ -252,9 +278,11 @@ def _account_fix(name: str) -> str:
             return f"[users.{name}] uid = N, gid = N; [groups.{name}] gid = N"
 
 
-def trace(profile: str, root: str, command: list[str], timeout: float, log_dir: str):
-    """Run the jail's service (or `command`) under strace for at most `timeout` seconds:
-    (strace log path, the service's output, seconds it ran, exit status or None if stopped)."""
+def trace(profile: str, root: str, command: list[str], timeout: float, log_dir: str,
+          network: str | None = None):
+    """Run the jail's service (or `command`) under strace for at most `timeout` seconds, in
+    `network` (None: the profile's): (strace log path, the service's output, seconds it ran,
+    exit status or None if stopped)."""
     strace = shutil.which("strace")
     if strace is None:
         raise JailkitError("doctor needs strace on the host: apt-get install strace")
@@ -263,6 +291,8 @@ def trace(profile: str, root: str, command: list[str], timeout: float, log_dir: 
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": package_parent}
     run = [sys.executable, "-m", "jailkit", "run", profile, "--root", root]
+    if network:
+        run += ["--net", network]
     if command:
         run += ["--", *command]
     started = time.monotonic()
@@ -302,11 +332,12 @@ def _stop(proc: subprocess.Popen, log: str) -> None:
         proc.wait(15)
 
 
-def doctor(profile: str, root: str, command: list[str], timeout: float) -> dict:
-    jail = Jail(root, profile)
+def doctor(profile: str, root: str, command: list[str], timeout: float,
+           network: str | None = None) -> dict:
+    jail = Jail(root, profile, network)
     with interruptible("doctor stopped the jail and strace"), \
             tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:
-        log, output, ran, status = trace(profile, root, command, timeout, log_dir)
+        log, output, ran, status = trace(profile, root, command, timeout, log_dir, network)
         calls, exits = service_calls(log)
     if exits.get("service") is None:
         # the service never started: jailkit refused to start the jail, and its line says why

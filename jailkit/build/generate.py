@@ -166,3 +166,39 @@ def _make(item: Generated, subject: str) -> dict[str, bytes]:
         return _outputs(item.kind, item.dest, out)
     finally:
         shutil.rmtree(work)
+
+
+def kept_private(jail_fd: int) -> dict[str, str]:
+    """Jail path -> sha256 of every private file DIR/generated keeps (a private key, with its
+    certificate for a tls-cert; never an ssh host key's .pub), walked without following
+    symlinks: what a jail hands out with its tree."""
+    import hashlib
+
+    found: dict[str, str] = {}
+
+    def walk(fd: int, dest: str) -> None:
+        names = os.listdir(fd)
+        if PARAMS in names and dest:  # DIR/generated/DEST/: DEST's own file is named as DEST ends
+            kept = _read(fd, [dest.rsplit("/", 1)[1]])
+            if kept:
+                found[dest] = hashlib.sha256(*kept.values()).hexdigest()
+            return
+        for name in sorted(names):
+            try:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue  # a file, or a symlink someone planted: nothing kept there
+            try:
+                walk(child, f"{dest}/{name}")
+            finally:
+                os.close(child)
+
+    try:
+        top = os.open("generated", DIR_FLAGS, dir_fd=jail_fd)
+    except OSError:
+        return found  # none made for this jail
+    try:
+        walk(top, "")
+    finally:
+        os.close(top)
+    return found

@@ -39,18 +39,26 @@ def _notes(lines: list[str]) -> None:
                    "bundle; kube: Pod manifest; tar: jailkit archive for `jailkit import`.")
 @click.option("-o", "--output", "out", required=True, metavar="OUT", help="Where to write it.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--without-secrets", is_flag=True,
+              help="oci, bundle: leave out the jail's private keys and password hashes (the "
+                   "service then needs them given at run time).")
 @set_option
 @_one_line_errors
-def export(profile, root, fmt, out, force, sets):
+def export(profile, root, fmt, out, force, without_secrets, sets):
     """Export the jail built for PROFILE (DIR/current) in another format."""
     if fmt not in FORMATS:
         raise JailkitError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}")
+    if without_secrets and fmt not in ("oci", "bundle"):
+        raise JailkitError("--without-secrets: only for --format oci or bundle (a Pod holds no "
+                           "files: export its image with --format oci --without-secrets; a tar "
+                           "archive is the whole jail)")
     from jailkit.export.out import check_out, staged
     from jailkit.export.source import BuiltJail, default_dir
 
     directory = root or default_dir(profile)
     with BuiltJail(directory, profile) as jail:
         path = check_out(out, force, directory)
+        leave_out = frozenset(jail.secrets()) if without_secrets else frozenset()
         if fmt == "oci":
             from jailkit.export import oci
 
@@ -60,21 +68,22 @@ def export(profile, root, fmt, out, force, sets):
 
                 with staged(path, directory=False) as temp, tempfile.TemporaryDirectory(
                         dir=os.path.dirname(path), prefix=".oci-layout.") as layout:
-                    digest = oci.write_layout(jail, layout, ports)
+                    digest = oci.write_layout(jail, layout, ports, leave_out)
                     oci.write_archive(layout, temp, oci.epoch())
             else:
                 with staged(path, directory=True) as layout:
-                    digest = oci.write_layout(jail, layout, ports)
+                    digest = oci.write_layout(jail, layout, ports, leave_out)
             click.echo(f"{jail.name}: gen-{jail.generation} -> {path} ({oci.image_name(jail)}, "
                        f"manifest {digest})")
-            _notes(oci.notes(jail.launch))
+            _notes(oci.notes(jail, leave_out))
         elif fmt == "bundle":
             from jailkit.export import bundle
 
             with staged(path, directory=True) as temp:
-                bundle.write_bundle(jail, temp, path)
-            click.echo(f"{jail.name}: gen-{jail.generation} -> {path} (runc run --bundle {path})")
-            _notes(bundle.notes(jail.launch))
+                bundle.write_bundle(jail, temp, path, leave_out)
+            click.echo(f"{jail.name}: gen-{jail.generation} -> {path} "
+                       f"({bundle.run_command(jail, path)})")
+            _notes(bundle.notes(jail, path, leave_out))
         elif fmt == "kube":
             from jailkit.export import kube, oci
 
@@ -82,7 +91,7 @@ def export(profile, root, fmt, out, force, sets):
                 f.write(kube.pod_yaml(jail, _ports(jail, profile, sets)))
             click.echo(f"{jail.name}: gen-{jail.generation} -> {path} (image "
                        f"{oci.image_name(jail)}, from `--format oci`)")
-            _notes(kube.notes(jail.launch))
+            _notes(kube.notes(jail))
         else:
             from jailkit.export import archive
             from jailkit.profile.dump import as_toml
@@ -93,6 +102,7 @@ def export(profile, root, fmt, out, force, sets):
             with staged(path, directory=False) as temp:
                 archive.write_archive(jail, temp, shown)
             click.echo(f"{jail.name}: gen-{jail.generation} -> {path}")
+            _notes(archive.notes(jail))
 
 
 @click.command("import")

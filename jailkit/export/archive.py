@@ -58,6 +58,19 @@ def write_archive(jail, out: str, profile_toml: str) -> None:
         write_tree(jail, f, mtime, prefix=f"{TREE}/", include_root=True, head=tuple(head))
 
 
+def notes(jail) -> list[str]:
+    """What the archive leaves on the host, and the secrets it holds (one line each)."""
+    from jailkit.export.notes import secret_notes
+
+    lines = [f"state directory {w.path}: its files stay in "
+             f"{os.path.join(jail.dir, 'state', w.source)}, not in the archive: `jailkit "
+             "import` makes it empty, as a first build does"
+             for w in jail.state_dirs()]
+    # sets.json holds the --set values as given: a password among them is in the clear
+    return lines + secret_notes(jail, frozenset(), "the archive", "keep it private, as its "
+                                "sets.json (the --set values) too", None)
+
+
 def _refuse(archive: str, what: str) -> ArchiveRefused:
     return ArchiveRefused(f"{archive}: {what}; nothing was imported")
 

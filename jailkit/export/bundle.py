@@ -16,11 +16,13 @@ What a bundle cannot say: the launcher's `max_user_namespaces` 0 (runc refuses u
 so the filter refuses clone() with CLONE_NEWUSER and clone3 (ENOSYS: glibc falls back to clone)
 instead; Landlock rules; a veth (the jail gets an empty network namespace); the launcher's
 refusal of a bind source reached through a symlink (the runtime resolves the source path as it
-finds it).
+finds it). The state directories are binds of the bundle's own, empty, state/: a note says how
+to carry the jail's files over; one names the secrets in rootfs/, or those left out of it.
 """
 
 import json
 import os
+import shlex
 import stat
 
 from jailkit.export import limits
@@ -170,16 +172,40 @@ def bind_mounts(binds) -> list[dict]:
             for b in sorted(binds, key=lambda b: b.path.count("/"))]
 
 
-def notes(launch: dict) -> list[str]:
-    """What the bundle carries in a way some runtime refuses (one line each)."""
+def run_command(jail: BuiltJail, path: str) -> str:
+    """How to run the bundle at `path`: the container is named as the jail (a jail name,
+    vocabulary.check_name, is already one runc takes: letters, digits, '.', '_', '-')."""
+    return f"runc run -b {shlex.quote(path)} {shlex.quote(jail.name)}"
+
+
+def notes(jail: BuiltJail, path: str, leave_out: frozenset[str] = frozenset()) -> list[str]:
+    """What the bundle at `path` carries in a way some runtime refuses, what it starts empty,
+    and the secrets in its rootfs or left out of it (one line each)."""
+    from jailkit.export.notes import secret_notes
     from jailkit.launch.spec import LaunchSpec
 
-    return limits.runtime_notes(LaunchSpec.from_dict(launch).limits)
+    lines = limits.runtime_notes(LaunchSpec.from_dict(jail.launch).limits)
+    for w in jail.state_dirs():
+        kept = os.path.join(jail.dir, "state", w.source)
+        own = os.path.join(path, "state", w.source)
+        lines.append(f"state directory {w.path}: the bundle binds its own {own}, empty; to keep "
+                     f"the jail's files: cp -a {shlex.quote(kept + '/.')} {shlex.quote(own + '/')}"
+                     f" (or make that mount's source {kept} in config.json, never while the "
+                     "jail runs)")
+    records = jail.manifest.records
+    lines += secret_notes(
+        jail, leave_out, f"{path}/rootfs", "keep the bundle private",
+        lambda paths: "put each back before `runc run`: " + ", ".join(
+            f"{shlex.quote(path + '/rootfs' + p)} (owner {records[p].uid}:{records[p].gid} in "
+            f"the container, as config.json maps ids; mode {records[p].mode:04o})"
+            for p in paths))
+    return lines
 
 
-def write_bundle(jail: BuiltJail, directory: str, final_path: str) -> None:
+def write_bundle(jail: BuiltJail, directory: str, final_path: str,
+                 leave_out: frozenset[str] = frozenset()) -> None:
     """Fill `directory` (to become `final_path`): config.json, and rootfs/ written from the
-    checked tree, owned by the host ids the jail's ids map to."""
+    checked tree but the files `leave_out`, owned by the host ids the jail's ids map to."""
     config = runtime_config(jail.launch, os.path.join(final_path, "state"), jail.dir)
     owner_uids = config["linux"]["uidMappings"]
     owner_gids = config["linux"]["gidMappings"]
@@ -191,7 +217,7 @@ def write_bundle(jail: BuiltJail, directory: str, final_path: str) -> None:
         stack = [("/", os.open("rootfs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
                                dir_fd=root_fd))]
         try:
-            for record, reader in jail.entries():
+            for record, reader in jail.entries(leave_out):
                 uid, gid = _host_id(owner_uids, record.uid), _host_id(owner_gids, record.gid)
                 if record.path == "/":
                     _own(stack[0][1], uid, gid, record.mode)

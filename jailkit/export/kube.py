@@ -1,22 +1,28 @@
 """`--format kube`: a Kubernetes Pod running the image of `--format oci`, whose securityContext
 carries the jail's confinement: its user and groups, a read-only root, every capability dropped
 but the profile's, no privilege escalation, the runtime's default seccomp profile, no host user
-ids (`hostUsers: false`: a user namespace, where the cluster supports it), the writable
-directories as emptyDir volumes (memory-backed for tmpfs ones), the live host binds as hostPath
-volumes (readOnly unless rw: the node must have the directory), the memory and CPU limits and
-requests (limits.py), the ports.
+ids (`hostUsers: false`: a user namespace, where the cluster supports it), the tmpfs writable
+directories as memory-backed emptyDir volumes, the state directories as PersistentVolumeClaims
+(one each, written before the Pod), the live host binds as hostPath volumes (readOnly unless rw:
+the node must have the directory), the memory and CPU limits and requests (limits.py), the
+ports. A service (a jail with ports or a `ready` check) is restarted whenever it ends, as a
+Deployment's Pods are; another command when it fails, as `jailkit unit` does.
 
-Written as JSON, which is YAML too: no YAML library is needed to write it, and kubectl and
-`podman kube play` read it as it is. Kubernetes has no per-container pids limit (the kubelet's
-podPidsLimit is per node); the profile's is kept as the annotation jailkit.dev/pids-max. Nor has
-a Pod swap, memory.high or I/O weight fields, or noexec/nodev hostPath mounts: `notes` says so.
+Written as a YAML stream of JSON documents (JSON is YAML): no YAML library is needed to write
+it, and kubectl and `podman kube play` read it as it is. Kubernetes has no per-container pids
+limit (the kubelet's podPidsLimit is per node); the profile's is kept as the annotation
+jailkit.dev/pids-max. Nor has a Pod swap, memory.high or I/O weight fields, or noexec/nodev
+hostPath mounts: `notes` says so, and what each claim starts without.
 """
 
 import json
+import os
 
 from jailkit.export import limits
 from jailkit.export.oci import image_name
 from jailkit.export.source import BuiltJail
+
+CLAIM_SIZE = "1Gi"  # what a state directory's claim asks for when the profile gives no size
 
 
 def _dns_name(text: str) -> str:
@@ -25,18 +31,55 @@ def _dns_name(text: str) -> str:
     return out[:63].rstrip("-") or "jail"
 
 
+def claims(jail: BuiltJail) -> dict[str, str]:
+    """State directory -> the name of its PersistentVolumeClaim: NAME-SOURCE as a DNS-1123
+    label, unique in the jail."""
+    name, named = _dns_name(jail.name), {}
+    for w in jail.state_dirs():
+        base = _dns_name(f"{name}-{w.source}")
+        claim, number = base, 2
+        while claim in named.values():  # two sources that differ only in what a label drops
+            suffix = f"-{number}"
+            claim, number = base[:63 - len(suffix)].rstrip("-") + suffix, number + 1
+        named[w.path] = claim
+    return named
+
+
+def _claim(name: str, claim: str, size: int | None) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "labels": {"app.kubernetes.io/name": name}},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": str(size) if size else CLAIM_SIZE}}},
+    }
+
+
+def documents(jail: BuiltJail, ports: list[int]) -> list[dict]:
+    """The state directories' claims, then the Pod that mounts them."""
+    name = _dns_name(jail.name)
+    sizes = {w.path: w.size for w in jail.state_dirs()}
+    return [*(_claim(name, claim, sizes[path]) for path, claim in claims(jail).items()),
+            pod(jail, ports)]
+
+
 def pod(jail: BuiltJail, ports: list[int]) -> dict:
     from jailkit.launch.spec import LaunchSpec
 
     spec = LaunchSpec.from_dict(jail.launch)
     name = _dns_name(spec.name)
+    claimed = claims(jail)
     volumes, mounts = [], []
     for i, w in enumerate(spec.writable):
         volume = f"writable-{i}"
-        empty = {"medium": "Memory"} if w.kind == "tmpfs" else {}
-        if w.kind == "tmpfs" and w.size:
-            empty["sizeLimit"] = str(w.size)
-        volumes.append({"name": volume, "emptyDir": empty})
+        if w.path in claimed:
+            volumes.append({"name": volume,
+                            "persistentVolumeClaim": {"claimName": claimed[w.path]}})
+        else:
+            empty = {"medium": "Memory"}
+            if w.size:
+                empty["sizeLimit"] = str(w.size)
+            volumes.append({"name": volume, "emptyDir": empty})
         mounts.append({"name": volume, "mountPath": w.path})
     for i, b in enumerate(sorted(spec.binds, key=lambda b: b.path.count("/"))):
         volume = f"bind-{i}"
@@ -82,7 +125,7 @@ def pod(jail: BuiltJail, ports: list[int]) -> dict:
         "hostUsers": False,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "restartPolicy": "Never",
+        "restartPolicy": "Always" if ports or spec.ready else "OnFailure",
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"},
                             **({"supplementalGroups": spec.groups} if spec.groups else {})},
         "containers": [container],
@@ -97,19 +140,28 @@ def pod(jail: BuiltJail, ports: list[int]) -> dict:
     }
 
 
-def notes(launch: dict) -> list[str]:
-    """What the Pod cannot carry (one line each)."""
+def notes(jail: BuiltJail) -> list[str]:
+    """What the Pod cannot carry, and what its claims start without (one line each)."""
+    from jailkit.export.notes import owner_hint
     from jailkit.launch.spec import LaunchSpec
 
-    spec = LaunchSpec.from_dict(launch)
+    spec = LaunchSpec.from_dict(jail.launch)
     _, lost = limits.pod_resources(spec.limits)
     if spec.binds:
         lost.append("a hostPath volume cannot be nosuid, nodev or noexec: "
                     f"{', '.join(sorted(b.path for b in spec.binds))} mounted without them "
                     "(readOnly is carried; setuid bits stay moot: allowPrivilegeEscalation is "
                     "false)")
+    claimed = claims(jail)
+    for w in jail.state_dirs():
+        lost.append(f"state directory {w.path}: its files stay in "
+                    f"{os.path.join(jail.dir, 'state', w.source)}, not in the image: the Pod "
+                    f"mounts the PersistentVolumeClaim {claimed[w.path]} there, empty until you "
+                    f"copy them in{owner_hint(w)}")
     return lost
 
 
 def pod_yaml(jail: BuiltJail, ports: list[int]) -> str:
-    return json.dumps(pod(jail, ports), indent=2) + "\n"
+    """The claims and the Pod as one YAML stream: each a JSON document after `---`."""
+    return "".join(f"---\n{json.dumps(document, indent=2)}\n"
+                   for document in documents(jail, ports))

@@ -15,17 +15,18 @@ TYPES = {"dir": tarfile.DIRTYPE, "file": tarfile.REGTYPE, "symlink": tarfile.SYM
 
 
 def write_tree(jail: BuiltJail, out, mtime: int, prefix: str = "", include_root: bool = False,
-               head: tuple[tuple[str, bytes, int], ...] = ()):
-    """Write every entry of the jail's tree into the binary stream `out` as a tar (with its end
-    blocks), after the small files `head` (name, content, mode). Names are `prefix` + the jail
-    path without its leading '/'."""
+               head: tuple[tuple[str, bytes, int], ...] = (),
+               leave_out: frozenset[str] = frozenset()):
+    """Write every entry of the jail's tree but the files `leave_out` into the binary stream
+    `out` as a tar (with its end blocks), after the small files `head` (name, content, mode).
+    Names are `prefix` + the jail path without its leading '/'."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
         for name, data, mode in head:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), mtime, mode
             tar.addfile(info, io.BytesIO(data))
-        for record, reader in jail.entries():
+        for record, reader in jail.entries(leave_out):
             if record.path == "/" and not include_root:
                 continue
             info = tarfile.TarInfo(prefix + record.path.lstrip("/") if record.path != "/"

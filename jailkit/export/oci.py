@@ -7,13 +7,17 @@ JSON document is serialised with sorted keys; `created` is SOURCE_DATE_EPOCH (0 
 same jail and the same SOURCE_DATE_EPOCH give the same manifest digest.
 
 An image config has no field for cgroup limits or host directories: `notes` names the jail's,
-with the `podman run` options that give them back.
+with the `podman run` options that give them back. The state directories' files stay on the host
+(DIR/state): the config declares each directory a volume, and a note says so. The secrets made
+for the jail (source.BuiltJail.secrets) are in the layer unless left out, and a note names them
+either way: an image is made to be pushed.
 """
 
 import gzip
 import hashlib
 import json
 import os
+import re
 import shlex
 import tarfile
 import time
@@ -43,7 +47,16 @@ def epoch() -> int:
 
 def image_name(jail: BuiltJail) -> str:
     """The reference the image is given (index.json's ref.name), as podman names a loaded image."""
-    return f"localhost/jailkit/{jail.name}:gen-{jail.generation}"
+    return f"localhost/jailkit/{_path_component(jail.name)}:gen-{jail.generation}"
+
+
+def _path_component(name: str) -> str:
+    """A jail name as a path component of an image reference: lowercase letters and digits,
+    joined by one '.', one or two '_' or any number of '-' (a jail name may have capitals, '..'
+    or a trailing '.', which a registry and podman refuse)."""
+    joined = re.sub(r"[._-]+", lambda m: m.group() if re.fullmatch(r"\.|__?|-+", m.group())
+                    else "-", name.lower())
+    return joined.strip("._-") or "jail"
 
 
 def _json(document: dict) -> bytes:
@@ -78,22 +91,24 @@ class _Blobs:
             f.write(data)
         return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
 
-    def add_layer(self, jail: BuiltJail, mtime: int) -> tuple[dict, str]:
-        """(descriptor of the gzip'd tree, diff_id of the uncompressed tar)."""
+    def add_layer(self, jail: BuiltJail, mtime: int,
+                  leave_out: frozenset[str]) -> tuple[dict, str]:
+        """(descriptor of the gzip'd tree but `leave_out`, diff_id of the uncompressed tar)."""
         temp = os.path.join(self.dir, ".layer")
         with open(temp, "wb") as f:
             compressed = _Hashing(f)
             with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0,
                                compresslevel=GZIP_LEVEL) as gz:
                 plain = _Hashing(gz)
-                write_tree(jail, plain, mtime)
+                write_tree(jail, plain, mtime, leave_out=leave_out)
         digest = compressed.digest.hexdigest()
         os.rename(temp, os.path.join(self.dir, digest))
         return ({"mediaType": LAYER_TYPE, "digest": f"sha256:{digest}", "size": compressed.size},
                 f"sha256:{plain.digest.hexdigest()}")
 
 
-def image_config(jail: BuiltJail, diff_id: str, ports: list[int], created: str) -> dict:
+def image_config(jail: BuiltJail, diff_id: str, ports: list[int], created: str,
+                 leave_out: frozenset[str] = frozenset()) -> dict:
     launch = jail.launch
     user = launch.get("user") or {}
     signal = launch.get("stop_signal", "SIGTERM")
@@ -107,6 +122,13 @@ def image_config(jail: BuiltJail, diff_id: str, ports: list[int], created: str) 
     }
     if ports:
         config["ExposedPorts"] = {f"{port}/tcp": {} for port in ports}
+    state = jail.state_dirs()
+    if state:
+        # their files are the host's (DIR/state): a container gets a volume there, not the
+        # image's empty mount point under a read-only root
+        config["Volumes"] = {w.path: {} for w in state}
+    if leave_out:
+        config["Labels"]["org.jailkit.left-out"] = ",".join(sorted(leave_out))
     return {
         "created": created,
         "architecture": "amd64",
@@ -117,12 +139,14 @@ def image_config(jail: BuiltJail, diff_id: str, ports: list[int], created: str) 
     }
 
 
-def notes(launch: dict) -> list[str]:
-    """What the image cannot carry (one line each): the cgroup limits, the live host binds."""
+def notes(jail: BuiltJail, leave_out: frozenset[str] = frozenset()) -> list[str]:
+    """What the image cannot carry (one line each): the cgroup limits, the live host binds, the
+    state directories' files; and the secrets it holds, or that were left out."""
     from jailkit.export.bundle import bind_flags
+    from jailkit.export.notes import owner_hint, secret_notes
     from jailkit.launch.spec import LaunchSpec
 
-    spec = LaunchSpec.from_dict(launch)
+    spec = LaunchSpec.from_dict(jail.launch)
     lines = limits.image_notes(spec.limits)
     if spec.binds:
         binds = sorted(spec.binds, key=lambda b: b.path)
@@ -133,6 +157,17 @@ def notes(launch: dict) -> list[str]:
                            for b in binds)
         lines.append(f"an OCI image cannot carry host directories; not carried: {named}: mount "
                      f"them at run time (podman run {volumes}), or export --format bundle or kube")
+    for w in jail.state_dirs():
+        lines.append(f"state directory {w.path}: its files stay in "
+                     f"{os.path.join(jail.dir, 'state', w.source)}, not in the image, which "
+                     "declares it a volume (empty in a new container): give it one "
+                     f"(podman run -v {shlex.quote(f'NAME:{w.path}')}) and copy them in to keep "
+                     f"them{owner_hint(w)}")
+    lines += secret_notes(
+        jail, leave_out, "the image", "anyone who can pull it has them: push it only to a "
+        "private registry, or export --without-secrets",
+        lambda paths: "mount each at run time (podman run "
+                      + " ".join(f"-v {shlex.quote(f'FILE:{p}:ro')}" for p in paths) + ")")
     return lines
 
 
@@ -141,15 +176,18 @@ def labels(jail: BuiltJail) -> dict:
             "org.jailkit.manifest-digest": jail.manifest_digest}
 
 
-def write_layout(jail: BuiltJail, layout: str, ports: list[int]) -> str:
-    """Fill the (new, empty) directory `layout`; returns the image manifest's digest."""
+def write_layout(jail: BuiltJail, layout: str, ports: list[int],
+                 leave_out: frozenset[str] = frozenset()) -> str:
+    """Fill the (new, empty) directory `layout`, with the tree but the files `leave_out`;
+    returns the image manifest's digest."""
     seconds = epoch()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     with open(os.path.join(layout, "oci-layout"), "wb") as f:
         f.write(_json(LAYOUT))
     blobs = _Blobs(layout)
-    layer, diff_id = blobs.add_layer(jail, seconds)
-    config = blobs.add(_json(image_config(jail, diff_id, ports, created)), CONFIG_TYPE)
+    layer, diff_id = blobs.add_layer(jail, seconds, leave_out)
+    config = blobs.add(_json(image_config(jail, diff_id, ports, created, leave_out)),
+                       CONFIG_TYPE)
     manifest = blobs.add(_json({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
                                 "config": config, "layers": [layer],
                                 "annotations": {"org.opencontainers.image.created": created}}),

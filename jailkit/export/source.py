@@ -18,6 +18,8 @@ from jailkit.errors import JailkitError
 
 CHUNK = 1 << 20
 CAPS_XATTR = "security.capability"
+SHADOW_FILES = ("/etc/shadow", "/etc/gshadow")  # password hashes, crackable once handed out
+MAX_SHADOW = 1 << 20
 KINDS = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "symlink": stat.S_ISLNK}
 
 
@@ -59,6 +61,43 @@ class BuiltJail:
                                         self.name) or {}
         self.manifest_digest = "sha256:" + hashlib.sha256(self.manifest_bytes).hexdigest()
 
+    def secrets(self) -> dict[str, str]:
+        """The tree's files no one else should have, by path, with what they are: the private
+        keys made for this jail (jailkit.build.generate, kept in DIR/generated, as the tree
+        holds them) and the account files of password hashes."""
+        from jailkit.build.generate import kept_private
+
+        records = self.manifest.records
+        found = {path: "a private key made for this jail"
+                 for path, digest in kept_private(self._jail.fd).items()
+                 if path in records and records[path].sha256 == digest}
+        found.update((path, "password hashes") for path in SHADOW_FILES
+                     if path in records and records[path].type == "file"
+                     and self._holds_hashes(path))
+        return dict(sorted(found.items()))
+
+    def _holds_hashes(self, path: str) -> bool:
+        """Whether a shadow file of the tree has a password hash (not only locked accounts:
+        `!`, `*` or empty)."""
+        directory, name = path.lstrip("/").rsplit("/", 1)
+        dir_fd = open_dir(directory, self.root_fd)  # etc: one component, no symlink followed
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "rb") as f:
+            fields = [line.split(b":")[1:2] for line in f.read(MAX_SHADOW).splitlines()]
+        return any(field and field[0] and field[0][:1] not in b"!*" for field in fields)
+
+    def state_dirs(self) -> list:
+        """The writable directories kept across generations in DIR/state (launch.json's
+        `bind` kind; a profile's `kind = "state"`): their content is the host's, never the
+        tree's."""
+        from jailkit.launch.spec import LaunchSpec
+
+        return [w for w in LaunchSpec.from_dict(self.launch).writable if w.kind == "bind"]
+
     def _read(self, name: str) -> bytes:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.gen_fd)
         with os.fdopen(fd, "rb") as f:
@@ -78,13 +117,15 @@ class BuiltJail:
     def __exit__(self, *exc):
         self.close()
 
-    def entries(self):
+    def entries(self, leave_out: frozenset[str] = frozenset()):
         """(record, reader) for every manifest entry in order (directories before what they
-        hold); reader is a CheckedFile for files, else None. A reader must be read to its end
-        and `verify()`d before the next entry is taken."""
+        hold), but the files in `leave_out`; reader is a CheckedFile for files, else None. A
+        reader must be read to its end and `verify()`d before the next entry is taken."""
         opener = _Opener(self.root_fd)
         try:
             for record in self.manifest.records.values():
+                if record.path in leave_out and record.type == "file":
+                    continue
                 if record.path == "/":
                     _expect(record, os.fstat(self.root_fd))
                     yield record, None

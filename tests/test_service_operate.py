@@ -288,6 +288,80 @@ def test_stop_kills_a_daemon_that_double_forked(jail_a, names):
     assert not alive(processes) and not cgroup_dirs(name)
 
 
+def test_stop_of_a_jail_that_is_not_running_is_one_line_and_status_3(jail_a, names):
+    never = run_jailkit("stop", names("never-ran"), timeout=30)
+    assert never.returncode == 3 and never.stderr.count("\n") == 1, never.stderr
+    assert "no running jail is named" in never.stderr and "jailkit ps" in never.stderr
+    # one whose waiter was killed: its entry is stale until this stop cleans it
+    name = names("stale")
+    row = started(jail_a, name)
+    processes = wait_for(lambda: len(jail_processes(name)) >= 3 and jail_processes(name))
+    os.kill(row["pid"], signal.SIGKILL)
+    wait_for(lambda: not alive([row["pid"], *processes]), what="the jail's death")
+    stale = run_jailkit("stop", name, timeout=30)
+    assert stale.returncode == 3 and stale.stderr.count("\n") == 1, stale.stderr
+    assert f"{name} is not running" in stale.stderr
+    assert f"jailkit logs {name}" in stale.stderr  # it ran: its log is kept
+    assert name not in ps() and not cgroup_dirs(name)
+    assert not os.path.exists(f"/run/jailkit/{name}.json")
+    # and again, now that nothing is left of it
+    assert run_jailkit("stop", name, timeout=30).returncode == 3
+
+
+def test_kill_sends_a_signal_to_the_service_and_by_default_kills_it(jail_a, names):
+    name = names("kill")
+    started(jail_a, name, command=["/bin/sh", "-c", "trap 'echo got USR1' USR1; echo up; "
+                                   "while :; do sleep 1; done"])
+    log = Path(f"/run/jailkit/{name}.log")
+    wait_for(lambda: " up\n" in log.read_text(), what="the service's start")
+    for count, signal_name in enumerate(("USR1", "sigusr1", "SIGUSR1", "10"), 1):
+        sent = run_jailkit("kill", name, "--signal", signal_name, timeout=30)
+        assert sent.returncode == 0 and sent.stderr.count("\n") == 1, sent.stderr
+        assert f"SIGUSR1 sent to the service of {name}" in sent.stderr
+        # one at a time: a signal sent while the same one is pending would merge with it
+        wait_for(lambda count=count: log.read_text().count("got USR1") == count,
+                 what="the service's trap")
+    assert name in ps()
+    processes = jail_processes(name)
+    killed = run_jailkit("kill", name, timeout=30)  # SIGKILL, as podman kill
+    assert killed.returncode == 0 and f"SIGKILL sent to the service of {name}" in killed.stderr
+    wait_for(lambda: name not in ps(), what="the jail's end")
+    assert not alive(processes) and not cgroup_dirs(name)
+    assert log.read_text().splitlines()[-1].endswith(
+        " jailkit: the service was killed by signal SIGKILL")
+
+
+def test_kill_of_an_unknown_name_or_signal_is_one_line(jail_a, names):
+    name = names("killbad")
+    started(jail_a, name)
+    for bad in ("SIGBOGUS", "0", "65", "-9", ""):
+        refused = run_jailkit("kill", name, "--signal", bad, timeout=30)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "e.g. TERM, HUP, USR1, KILL or 15" in refused.stderr, refused.stderr
+    assert name in ps()
+    unknown = run_jailkit("kill", names("nobody-runs-this"), timeout=30)
+    assert unknown.returncode == 3 and unknown.stderr.count("\n") == 1
+    assert "jailkit ps" in unknown.stderr
+
+
+def test_stats_watch_ends_on_ctrl_c_with_130_and_no_traceback(jail_a, names):
+    name = names("watch")
+    started(jail_a, name)
+    watcher = subprocess.Popen([sys.executable, "-m", "jailkit", "stats", name, "--watch"],
+                               env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(2):  # two rounds: it is in its loop
+            while not watcher.stdout.readline().startswith("  limits"):
+                pass
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(10) == 130
+        assert watcher.stderr.read() == ""
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+
 def test_kill_9_of_the_waiter_leaves_nothing_once_the_next_command_ran(jail_a, names):
     name = names("killed")
     for round_ in range(2):  # the second start reuses the name: no "File exists"
@@ -319,6 +393,19 @@ def test_a_memory_hog_is_oom_killed_in_its_cgroup_while_another_jail_carries_on(
     assert hog in rows and bystander in rows  # both jails still run
     shown = run_jailkit("stats", hog, timeout=30).stdout
     assert "oom kills 1" in shown or "oom kills" in shown and counted["oom_kills"] >= 1
+
+
+def test_a_service_the_oom_killer_killed_says_so_last_in_its_log(jail_a, names):
+    name = names("oom")
+    # the service itself is the hog (exec), once the start was seen
+    started(jail_a, name, "--memory", "32M",
+            command=["/bin/sh", "-c", f"echo hogging; sleep 1; exec {PROBE} hog 400"])
+    wait_for(lambda: name not in ps(), 30, "the hog's end")
+    lines = Path(f"/run/jailkit/{name}.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "hogging", "jailkit: the service was killed by the kernel's OOM killer (out of memory "
+                   "in the jail's cgroup)"]
+    assert not cgroup_dirs(name)
 
 
 def test_a_fork_flood_stops_at_pids_max(jail_a, names):
@@ -395,6 +482,111 @@ def test_restart_starts_the_newest_generation_with_the_same_name_and_options(bas
     wait_for(lambda: "two" in log.read_text())
 
 
+def test_restart_refuses_what_it_could_not_start_again_and_keeps_it_running(base, names):
+    jail = build(base, "unrestartable")
+    name = names("norestart")
+    first = started(jail, name)
+    moved = base / "unrestartable-moved"
+    jail.rename(moved)  # the jail directory is gone
+    try:
+        refused = run_jailkit("restart", name, timeout=60)
+    finally:
+        moved.rename(jail)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"cannot restart {name} (it keeps running): no jail is built in {jail}" \
+        in refused.stderr
+    assert ps()[name]["pid"] == first["pid"]
+    # its newest generation cannot run
+    build(base, "unrestartable", "motd=two")
+    (jail / "gen-2/launch.json").write_text("{")
+    refused = run_jailkit("restart", name, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"cannot restart {name} (it keeps running): {jail}/gen-2/launch.json is not valid " \
+        "JSON" in refused.stderr
+    assert ps()[name]["pid"] == first["pid"]
+
+
+def test_a_restart_whose_start_fails_says_how_to_start_it_again(base, names):
+    import shlex
+
+    jail = build(base, "restartfail")
+    name, port = names("refail"), 19100 + os.getpid() % 200
+    command = ["/bin/sh", "-c", f"[ -e /etc/fail-now ] && {{ echo refusing; exit 3; }}; "
+                                f"exec {PROBE} listen {port} 0"]
+    options = ["--net", "host", "--set", f'ready={{"tcp": {port}, "timeout": 20}}',
+               "--set", f"ports.bind=[{port}]"]
+    started(jail, name, *options, command=command)
+    fail_now = jail / "current/root/etc/fail-now"
+    fail_now.touch()  # the next start of its service fails
+    try:
+        restarted = run_jailkit("restart", name, timeout=90)
+    finally:
+        fail_now.unlink()
+    assert restarted.returncode == 3, restarted.stderr
+    assert "refusing" in restarted.stderr and name not in ps()
+    how = f"jailkit: {name} was stopped and did not start again; to start it: "
+    last = restarted.stderr.splitlines()[-1]
+    assert last.startswith(how), restarted.stderr
+    again = shlex.split(last[len(how):])
+    assert again == ["jailkit", "run", "svc", "--root", str(jail), "--name", name, "--detach",
+                     *options, "--", *command]
+    assert run_jailkit(*again[1:], timeout=60).returncode == 0
+    assert name in ps()
+
+
+def _foreground(jail: Path, name: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([*run_args(jail)[:-1], "--name", name, "--", "/bin/sh", "-c",
+                             "sleep 600"], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+
+
+def test_restart_refuses_a_jail_running_in_the_foreground(jail_a, names):
+    name = names("fg")
+    runner = _foreground(jail_a, name)
+    try:
+        wait_for(lambda: name in ps(), 30, "the foreground jail")
+        refused = run_jailkit("restart", name, timeout=60)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"{name} runs in the foreground" in refused.stderr
+        assert f"jailkit stop {name}" in refused.stderr
+        assert ps()[name]["pid"] == runner.pid
+    finally:
+        run_jailkit("stop", name, "--timeout", "1", timeout=30)
+        runner.kill()
+        runner.wait()
+
+
+def test_restart_of_a_jail_a_systemd_unit_runs_names_systemctl(jail_b, names):
+    """systemd keeps a unit's processes in its cgroup (the name=systemd hierarchy on a hybrid
+    host like this one, the unified one elsewhere): here a cgroup of the test's own stands in."""
+    name = names("inunit")
+    hierarchy = "/sys/fs/cgroup/systemd"
+    if not os.path.isdir(hierarchy):
+        hierarchy = "/sys/fs/cgroup"
+    slice_ = Path(f"{hierarchy}/{PREFIX}{os.getpid()}.slice")
+    group = slice_ / f"jailkit-{name}.service"
+    group.mkdir(parents=True)
+
+    def in_the_unit():
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+    runner = None
+    try:
+        runner = _foreground(jail_b, name, preexec_fn=in_the_unit)
+        wait_for(lambda: name in ps(), 30, "the unit's jail")
+        refused = run_jailkit("restart", name, timeout=60)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"systemctl restart jailkit-{name}.service" in refused.stderr
+        assert ps()[name]["pid"] == runner.pid
+    finally:
+        run_jailkit("stop", name, "--timeout", "1", timeout=30)
+        if runner is not None:
+            runner.kill()
+            runner.wait()
+        wait_for(lambda: not (group / "cgroup.procs").read_text(), what="the unit's end")
+        group.rmdir()
+        slice_.rmdir()
+
+
 def test_no_leftovers_after_many_run_and_stop_cycles(jail_a, names, netns):
     """80 cycles of a foreground run and a detached veth run publishing a port (its relay a
     process of its own), stopped: 160 runs and stops, foreground and detached."""
@@ -427,7 +619,13 @@ def test_the_log_is_capped_and_rotated(jail_b, names):
              "echo done; sleep 600"
     started(jail_b, name, command=["/bin/sh", "-c", chatty])
     log = Path(f"/run/jailkit/{name}.log")
-    wait_for(lambda: log.read_text().endswith(" done\n"), 60, "the output's end")
+
+    def ended() -> bool:
+        # between the rename to .log.1 and the new file, there is no NAME.log for a moment
+        with contextlib.suppress(FileNotFoundError):
+            return log.read_text().endswith(" done\n")
+        return False
+    wait_for(ended, 60, "the output's end")
     rotated = Path(f"/run/jailkit/{name}.log.1")
     assert rotated.exists()
     assert log.stat().st_size <= (1 << 20) + 4096 and rotated.stat().st_size <= (1 << 20) + 4096

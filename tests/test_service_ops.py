@@ -70,9 +70,55 @@ def test_logs_shows_a_detached_jails_output_timestamped_and_its_last_lines(jail,
     assert all(map(is_stamped, lines))
     last = run_jailkit("logs", name, "-n", "2", timeout=30)
     assert [line.split(" ", 1)[1] for line in last.stdout.splitlines()] == ["two", "three"]
-    # kept after the jail ends
+    # kept after the jail ends, with the waiter's word on how it ended last
     assert run_jailkit("stop", name, timeout=30).returncode == 0
-    assert run_jailkit("logs", name, "-n", "1", timeout=30).stdout.endswith(" three\n")
+    assert log_lines(name)[-2:] == ["three", "jailkit: the service was killed by signal SIGTERM"]
+
+
+def log_lines(name: str) -> list[str]:
+    """`jailkit logs NAME`, its timestamps taken off."""
+    shown = run_jailkit("logs", name, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert all(map(is_stamped, shown.stdout.splitlines()))
+    return [line.split(" ", 1)[1] for line in shown.stdout.splitlines()]
+
+
+def running_names() -> set[str]:
+    import json
+
+    listed = run_jailkit("ps", "--json", timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    return {row["name"] for row in json.loads(listed.stdout)}
+
+
+def test_the_log_ends_with_how_the_service_ended(jail, names):
+    def ended(name, *command):  # one jail directory runs once at a time
+        detach(jail, name, "/bin/sh", "-c", *command)
+        wait_for(lambda: name not in running_names(), 30, "the service's end")
+        return log_lines(name)
+
+    # a last line without its newline: the waiter's line still begins a line of its own
+    assert ended(names("exit3"), "echo bye; printf partial; sleep 1; exit 3") == [
+        "bye", "partial", "jailkit: the service exited with status 3"]
+    # a status above 128 of its own is no signal
+    assert ended(names("exit137"), "sleep 1; exit 137") == [
+        "jailkit: the service exited with status 137"]
+    stopped = names("stopped")
+    detach(jail, stopped, "/bin/sh", "-c", "echo up; while :; do sleep 1; done")
+    assert run_jailkit("stop", stopped, timeout=30).returncode == 0
+    assert log_lines(stopped) == ["up", "jailkit: the service was killed by signal SIGTERM"]
+    # `logs -f` prints that line before it ends with the jail
+    again = names("followed")
+    detach(jail, again, "/bin/sh", "-c", "echo up; sleep 2; exit 4")
+    follower = jailkit_popen("logs", again, "-f", stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+        follower.wait()
+    assert out.splitlines()[-1].endswith(" jailkit: the service exited with status 4")
+    assert f"{again} has ended" in err
 
 
 def test_logs_follows_across_rotation_without_losing_a_line(jail, names):
@@ -203,8 +249,28 @@ def test_exec_of_a_program_the_jail_lacks_or_an_unknown_jail_is_one_line(jail, n
     assert missing.returncode == 127 and missing.stderr.count("\n") == 1
     assert "bash: no such program in this jail" in missing.stderr
     unknown = run_jailkit("exec", names("nosuch"), "--", "/bin/sh", timeout=30)
-    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    assert unknown.returncode == 125 and unknown.stderr.count("\n") == 1  # as podman exec
     assert "jailkit ps" in unknown.stderr
+
+
+def test_exec_exit_statuses_are_podman_execs(jail, names):
+    """125: jailkit failed; 126: CMD found but not executable; 127: no such CMD; else CMD's."""
+    name = names("statuses")
+    detach(jail, name)
+    cases = [
+        (["--", "/etc/passwd"], 126, "/etc/passwd is not executable"),
+        (["--", "/etc"], 126, "/etc is not executable"),
+        (["--", "no-such-command"], 127, "no-such-command: no such program in this jail"),
+        (["--user", "no-such-user", "--", "/bin/true"], 125, "--user no-such-user"),
+        ([], 125, "Missing argument"),
+    ]
+    for args, status, line in cases:
+        ran = run_jailkit("exec", name, *args, timeout=30)
+        assert ran.returncode == status, (args, ran.returncode, ran.stderr)
+        assert line in ran.stderr and "Traceback" not in ran.stderr, (args, ran.stderr)
+        assert ran.stderr.count("\n") == 1 or status == 125 and not args, (args, ran.stderr)
+    assert run_jailkit("exec", name, "--", "/bin/sh", "-c", "exit 3", timeout=30).returncode == 3
+    assert name in running_names()
 
 
 def test_stop_ends_what_exec_started_in_the_jail(jail, names):
@@ -273,6 +339,7 @@ def test_unit_is_a_valid_systemd_service_whose_commands_start_and_stop_the_jail(
     start, stop = shlex.split(fields["ExecStart"]), shlex.split(fields["ExecStop"][1:])
     assert os.path.isabs(start[0]) and os.access(start[0], os.X_OK)
     assert start[-8:] == ["run", "svc", "--root", str(jail), "--name", name, "--memory", "64M"]
+    assert fields["WantedBy"] == "multi-user.target" and "User" not in fields
     assert stop[-4:] == ["stop", name, "--timeout", "10"] and stop[0] == start[0]
     # what systemd would run: the jail in the foreground, then stopped by ExecStop
     env = {"PATH": "/usr/bin:/bin", **dict([fields["Environment"].split("=", 1)])} \
@@ -292,6 +359,90 @@ def test_unit_is_a_valid_systemd_service_whose_commands_start_and_stop_the_jail(
 def test_unit_refuses_options_it_sets_itself(jail):
     refused = run_jailkit("unit", "svc", "--root", jail, "--", "--detach", timeout=30)
     assert refused.returncode == 2 and "the unit sets it" in refused.stderr
+
+
+def test_unit_refuses_what_its_run_could_not_start_in_one_line(base, jail):
+    """A unit is read at boot, by no one: what `run` would refuse is refused now."""
+    cases = [
+        (["svc", "--root", base / "never-built"], f"no jail is built in {base}/never-built"),
+        (["no-such-profile"], "no jail is built in /var/lib/jailkit/no-such-profile: build it "
+                              "first: jailkit build no-such-profile"),
+        (["nginx", "--root", jail], f"{jail} holds the jail of profile 'svc', not 'nginx'"),
+        (["svc", "--root", jail, "--", "--memory", "64X"], "--memory '64X': expected a size"),
+        (["svc", "--root", jail, "--", "--net", "nowhere"], "Invalid value for '--net'"),
+        (["svc", "--root", jail, "--name", "../x"], "a jail name is"),
+    ]
+    for args, expected in cases:
+        refused = run_jailkit("unit", *args, timeout=30)
+        assert refused.returncode == 2 and refused.stdout == "", (args, refused.stdout)
+        assert refused.stderr.count("\n") == 1 and expected in refused.stderr, \
+            (args, refused.stderr)
+
+
+def test_an_ordinary_users_unit_is_a_user_unit_that_starts_and_stops_its_jail(
+        world_readable_checkout, names):
+    """For a user's systemd (`systemctl --user`): WantedBy=default.target, no cgroup
+    delegation (an ordinary user's jail has no cgroups), and the registry this user's
+    `jailkit ps` reads, so that ps, logs and stop see the unit's jail."""
+    import shlex
+
+    from conftest import NOBODY, as_nobody
+
+    base = Path(tempfile.mkdtemp(prefix="jailkit-ops-unit-"))
+    os.chown(base, NOBODY, NOBODY)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+           "HOME": "/nonexistent"}
+
+    def as_user(*argv, **kwargs):
+        return subprocess.run(list(map(str, argv)), env=kwargs.pop("env", env), text=True,
+                              capture_output=True, preexec_fn=as_nobody, timeout=120, cwd="/",
+                              **kwargs)
+    name = f"{PREFIX}{os.getpid()}userunit"
+    service = None
+    try:
+        built = as_user(sys.executable, "-m", "jailkit", "build", "shell", "--root",
+                        base / "shell")
+        assert built.returncode == 0, built.stderr
+        made = as_user(sys.executable, "-m", "jailkit", "unit", "shell", "--root",
+                       base / "shell", "--name", name, "--", "--", "/bin/sh", "-c",
+                       "while :; do sleep 1; done")
+        assert made.returncode == 0, made.stderr
+        unit = base / f"jailkit-{name}.service"
+        unit.write_text(made.stdout)
+        runtime = base / "runtime"  # the user manager's own, for verify
+        runtime.mkdir(mode=0o700)
+        os.chown(runtime, NOBODY, NOBODY)
+        verified = as_user("systemd-analyze", "--user", "verify", "--man=no", unit,
+                           env={**env, "XDG_RUNTIME_DIR": str(runtime)})
+        assert verified.returncode == 0 and verified.stderr == "", verified.stderr
+        lines = made.stdout.splitlines()
+        fields = dict(line.split("=", 1) for line in lines if "=" in line)
+        assert fields["WantedBy"] == "default.target" and "Delegate" not in fields
+        assert "After" not in fields  # network.target is the system manager's
+        # this user's registry (no XDG_RUNTIME_DIR here: /tmp/jailkit-UID), named in the unit
+        assert "UnsetEnvironment=XDG_RUNTIME_DIR" in lines
+        assert any(line.startswith("#") and f"/tmp/jailkit-{NOBODY}" in line for line in lines)
+        start, stop = shlex.split(fields["ExecStart"]), shlex.split(fields["ExecStop"][1:])
+        assert start[start.index("--name") + 1] == name and stop[-3] == name
+        unit_env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
+                    **dict([fields["Environment"].split("=", 1)])}
+        service = subprocess.Popen(start, env=unit_env, preexec_fn=as_nobody, cwd="/",
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+
+        def listed():
+            shown = as_user(sys.executable, "-m", "jailkit", "ps")
+            return name in shown.stdout
+        wait_for(listed, 30, "the unit's jail in this user's ps")
+        stopped = as_user(*stop, env=unit_env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert service.wait(10) is not None and not listed()
+    finally:
+        if service is not None:
+            service.kill()
+            service.wait()
+        as_user(sys.executable, "-m", "jailkit", "stop", name, "--timeout", "1")
+        shutil.rmtree(base)
 
 
 # --- /dev/log -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ COMMANDS = {
     "ps": "jailkit.cli.service:ps",
     "stats": "jailkit.cli.service:stats",
     "stop": "jailkit.cli.service:stop",
+    "kill": "jailkit.cli.service:kill",
     "restart": "jailkit.cli.service:restart",
     "doctor": "jailkit.cli.doctor:doctor",
     "logs": "jailkit.cli.operate:logs",

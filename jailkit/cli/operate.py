@@ -42,21 +42,43 @@ def logs(name, follow, lines):
         log.close()
 
 
-@click.command("exec", context_settings={"ignore_unknown_options": True})
+class _ExecCommand(click.Command):
+    """Its usage errors exit as its other failures do: 125, not click's 2."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            from jailkit.launch.attach import FAILED
+
+            e.exit_code = FAILED
+            raise
+
+
+@click.command("exec", cls=_ExecCommand, context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.option("--user", "-u", metavar="USER",
               help="Run as this user of the jail (name or uid; default the service's).")
 @click.option("-i", "--interactive", is_flag=True,
               help="Pass stdin to the command even when it is not a terminal.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@_one_line_errors
 def exec_(name, user, interactive, command):
     """Run COMMAND in the running jail NAME, for debugging: in its namespaces and cgroups, as
     confined as its service (capabilities, no_new_privs, seccomp, its network rules), as its
-    service's user. Exit status: the command's (125 when it could not start)."""
-    from jailkit.launch.attach import attach
+    service's user. Exit status, as podman exec's: the command's; 125 when jailkit failed
+    (no such jail, no such --user), 126 when COMMAND cannot be executed, 127 when the jail
+    has no COMMAND."""
+    from jailkit.errors import JailkitError
+    from jailkit.launch.attach import FAILED, attach
 
-    attach(name, list(command), user, interactive)
+    try:
+        attach(name, list(command), user, interactive)
+    except JailkitError as e:
+        click.echo(f"jailkit: {e}", err=True)
+        sys.exit(FAILED)
+    except OSError as e:
+        click.echo(f"jailkit: cannot run a command in {name}: {e}", err=True)
+        sys.exit(FAILED)
 
 
 def _systemd_quote(arg: str) -> str:
@@ -93,24 +115,32 @@ def _jailkit_command() -> list[str]:
 @_one_line_errors
 def unit(profile, root, name, stop_timeout, run_args):
     """Print a systemd unit that runs PROFILE's jail at boot: `jailkit run` in the foreground,
-    stopped by `jailkit stop`, restarted on failure. Options after `--` go to `jailkit run`
-    (--net, --memory, --set ...)."""
+    stopped by `jailkit stop`, restarted on failure; for an ordinary user, a user unit
+    (`systemctl --user`). Options after `--` go to `jailkit run` (--net, --memory, --set ...).
+    What `run` would refuse (a jail not built, a typo in its options) is refused here."""
     import os
 
+    from jailkit.cli.run import check
+    from jailkit.launch.registry import directory as registry_directory
     from jailkit.vocabulary import check_name, default_jail_dir, jail_name
 
     directory = os.path.abspath(root or default_jail_dir(jail_name(profile)))
     name = check_name(name or os.path.basename(directory).lstrip(".-") or "jail")
-    for arg in run_args:
+    options = run_args[:run_args.index("--")] if "--" in run_args else run_args
+    for arg in options:
         if arg in ("-d", "--detach") or arg.split("=")[0] in ("--root", "--name"):
             raise click.UsageError(f"{arg}: the unit sets it; pass only run's other options")
+    # `run` needs the profile's name only (a profile file's is its name: no path in the unit)
+    run = ["run", jail_name(profile), "--root", directory, "--name", name, *run_args]
+    check(run[1:])
+    system = os.geteuid() == 0
     jailkit = _jailkit_command()
-    start = [*jailkit, "run", profile, "--root", directory, "--name", name, *run_args]
-    stop = [*jailkit, "stop", name, "--timeout", str(stop_timeout)]
+    start, stop = [*jailkit, *run], [*jailkit, "stop", name, "--timeout", str(stop_timeout)]
     lines = [
         "[Unit]",
         f"Description=jailkit jail {name} (profile {profile}, {directory})",
-        "After=network.target",
+        # a user's manager cannot order its units after the system's
+        *(["After=network.target"] if system else []),
         "",
         "[Service]",
         # the jail runs in the foreground: its output goes to the journal
@@ -121,15 +151,22 @@ def unit(profile, root, name, stop_timeout, run_args):
         "ExecStop=-" + " ".join(map(_systemd_quote, stop)),
         "Restart=on-failure",
         "RestartSec=2",
-        # the jail's cgroups (jailkit/NAME) are jailkit's to make, limit and remove
-        "Delegate=yes",
+        # the jail's cgroups (jailkit/NAME) are jailkit's to make, limit and remove (an
+        # ordinary user's jail has none)
+        *(["Delegate=yes"] if system else []),
         # SIGTERM to `jailkit run`'s waiter alone, which passes it on as the profile's stop
         # signal and cleans up; SIGKILL to what is left only after TimeoutStopSec
         "KillMode=mixed",
         f"TimeoutStopSec={stop_timeout + 20}",
+        f"# its entry and the registry of running jails that `jailkit ps` reads: "
+        f"{registry_directory()}",
     ]
+    if not system:  # the registry of the user who printed the unit: the one its ps reads
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        lines.append("Environment=" + _systemd_quote(f"XDG_RUNTIME_DIR={runtime}") if runtime
+                     else "UnsetEnvironment=XDG_RUNTIME_DIR")
     pythonpath = os.environ.get("PYTHONPATH")
     if len(jailkit) > 1 and pythonpath:
         lines.append("Environment=" + _systemd_quote(f"PYTHONPATH={pythonpath}"))
-    lines += ["", "[Install]", "WantedBy=multi-user.target"]
+    lines += ["", "[Install]", f"WantedBy={'multi-user' if system else 'default'}.target"]
     click.echo("\n".join(lines))

@@ -207,7 +207,9 @@ def _refuse_variables(opts: Options) -> None:
                                f"{f' --root {opts.root}' if opts.root else ''} --set {key}={text}")
 
 
-def run(opts: Options) -> int:
+def prepare(opts: Options) -> tuple:
+    """What a run checks before it plans: (the built jail, opened and locked; its spec with
+    the options applied; the ports to publish)."""
     from jailkit.launch import publish
     from jailkit.launch.jail import Jail
     from jailkit.launch.spec import LaunchSpec
@@ -217,22 +219,51 @@ def run(opts: Options) -> int:
     publishes = [publish.parse(text) for text in opts.publish]
     _refuse_variables(opts)
     jail = Jail(opts.root or default_jail_dir(jail_name(opts.profile)), opts.profile)
-    built = jail.raw_spec.get("name") if isinstance(jail.raw_spec, dict) else None
-    if isinstance(built, str) and built != jail_name(opts.profile):
-        # its launch.json, its files and its ports are another service's
-        raise JailkitError(f"{jail.dir} holds the jail of profile {built!r}, not "
-                           f"{jail_name(opts.profile)!r}: check --root, or run it with "
-                           f"`jailkit run {built} --root {jail.dir}`")
-    raw = apply_sets(jail.raw_spec, [*opts.sets, *limit_sets(opts.limits)])
-    if opts.command:
-        raw["command"] = opts.command
-    spec = LaunchSpec.from_dict(raw)
-    if opts.dry_run:
-        from jailkit.launch.plan import LaunchPlan
+    try:
+        built = jail.raw_spec.get("name") if isinstance(jail.raw_spec, dict) else None
+        if isinstance(built, str) and built != jail_name(opts.profile):
+            # its launch.json, its files and its ports are another service's
+            raise JailkitError(f"{jail.dir} holds the jail of profile {built!r}, not "
+                               f"{jail_name(opts.profile)!r}: check --root, or run it with "
+                               f"`jailkit run {built} --root {jail.dir}`")
+        raw = apply_sets(jail.raw_spec, [*opts.sets, *limit_sets(opts.limits)])
+        if opts.command:
+            raw["command"] = opts.command
+        return jail, LaunchSpec.from_dict(raw), publishes
+    except BaseException:
+        jail.close()
+        raise
 
-        plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, True, opts.interactive,
-                          opts.name or os.path.basename(jail.dir), opts.detach, publishes)
-        print(plan.describe())
+
+def _plan(opts: Options, jail, spec, publishes):
+    """The plan of a dry run: what would be done, nothing allocated or started."""
+    from jailkit.launch.plan import LaunchPlan
+
+    return LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, True, opts.interactive,
+                      opts.name or os.path.basename(jail.dir), opts.detach, publishes)
+
+
+def check(argv: list[str]) -> None:
+    """Refuse, as `jailkit run ARGV` would, what could not start; start nothing. For the
+    commands that must know before they act: `restart` (before it stops the jail) and `unit`
+    (before a boot runs it). Options are parsed as typed, but for --pass-fd: the descriptors
+    are the future run's."""
+    try:
+        opts = parse(argv)
+    except UsageError as e:
+        raise JailkitError(str(e)) from None
+    opts.pass_fds = []
+    jail, spec, publishes = prepare(opts)
+    try:
+        _plan(opts, jail, spec, publishes)
+    finally:
+        jail.close()
+
+
+def run(opts: Options) -> int:
+    jail, spec, publishes = prepare(opts)
+    if opts.dry_run:
+        print(_plan(opts, jail, spec, publishes).describe())
         return 0
     if opts.detach:
         from jailkit.launch.detach import start
@@ -267,12 +298,13 @@ def _launch(opts: Options, jail, spec, publishes, report=None) -> int:
                           opts.detach, publishes)
         entry_fd = registry.register(name, entry_for(plan, opts.profile, opts.restart_args))
     plan.registration = (registry.fd, entry_fd)
-    if report is not None:  # its name, and how long its log is before this run writes to it
+    if report is not None:  # its name, and its log (length, inode) before this run writes
         try:
-            log_size = os.stat(f"{name}.log", dir_fd=registry.fd, follow_symlinks=False).st_size
+            log = os.stat(f"{name}.log", dir_fd=registry.fd, follow_symlinks=False)
+            log_size, log_file = log.st_size, log.st_ino
         except FileNotFoundError:
-            log_size = 0
-        os.write(report, f"{name} {log_size}\n".encode())
+            log_size = log_file = 0
+        os.write(report, f"{name} {log_size} {log_file}\n".encode())
     for line in warnings(spec.capabilities):  # accepted by name: still say what each opens
         sys.stderr.write(f"jailkit: warning: {line}\n")
     if plan.landlock.missing:

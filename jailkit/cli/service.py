@@ -1,4 +1,5 @@
-"""`jailkit ps`, `stats`, `stop` and `restart`: running jails, by name (launch/running.py)."""
+"""`jailkit ps`, `stats`, `kill`, `stop` and `restart`: running jails, by name
+(launch/running.py)."""
 
 import json
 import sys
@@ -7,6 +8,7 @@ import time
 import click
 
 from jailkit.cli.build import _one_line_errors, json_option
+from jailkit.errors import JailkitError
 from jailkit.launch.cgroup import human_bytes, limits_text
 
 
@@ -76,10 +78,24 @@ def _stats_lines(s: dict, cpu_percent: float | None) -> list[str]:
 @_one_line_errors
 def stats(name, as_json, watch):
     """Resource use of the running jail NAME: memory now and at its peak, CPU time, processes,
-    OOM kills, bytes read and written (where this host counts them)."""
+    OOM kills, bytes read and written (where this host counts them). --watch ends with the
+    jail, or at ^C (exit status 130)."""
     from jailkit.launch import running
 
     entry = running.find(name)
+    try:
+        _print_stats(entry, as_json, watch)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `jailkit stats NAME --watch | head`
+        sys.stderr.close()
+        sys.exit(0)
+
+
+def _print_stats(entry: dict, as_json: bool, watch: bool) -> None:
+    from jailkit.launch import running
+
+    name = entry["name"]
     previous = None
     while True:
         s = running.stats(entry)
@@ -110,7 +126,7 @@ def stats(name, as_json, watch):
 def stop(name, timeout):
     """Stop the running jail NAME: its profile's stop signal, then, after --timeout seconds,
     SIGKILL to every process of the jail. Exit status 0 when it stopped on its own, 1 when it
-    had to be killed."""
+    had to be killed, 3 when no jail of that name runs."""
     from jailkit.launch import running
 
     result = running.stop(running.find(name), timeout)
@@ -125,14 +141,79 @@ def stop(name, timeout):
               help="Seconds to wait after the stop signal before killing the whole jail.")
 @_one_line_errors
 def restart(name, timeout):
-    """Stop the running jail NAME and start it again, detached, with the same name and
-    options: from the newest generation built in its directory."""
+    """Stop the detached jail NAME and start it again, detached, with the same name and
+    options, from the newest generation built in its directory. Nothing is stopped unless
+    that would start (else one line says why); a jail run in the foreground is its
+    launcher's to restart. Exit status: the new run's (3 when no jail of that name runs)."""
+    import shlex
+
+    from jailkit.cli.run import check
     from jailkit.cli.run import main as run_main
     from jailkit.launch import running
 
     entry = running.find(name)
-    running.stop(entry, timeout)
+    if not entry.get("log"):
+        raise JailkitError(_in_the_foreground(entry))
     argv = [entry["profile"], "--root", entry["dir"], "--name", name, "--detach",
             *entry.get("restart", [])]
-    sys.exit(run_main(argv))
+    try:
+        check(argv)
+    except JailkitError as e:
+        raise JailkitError(f"cannot restart {name} (it keeps running): {e}") from None
+    running.stop(entry, timeout)
+    code = run_main(argv)
+    if code and name not in (e.get("name") for e in running.running()):
+        click.echo(f"jailkit: {name} was stopped and did not start again; to start it: "
+                   + shlex.join(["jailkit", "run", *argv]), err=True)
+    sys.exit(code)
 
+
+def _in_the_foreground(entry: dict) -> str:
+    """Why a foreground run is not restarted here: its launcher (a terminal's `jailkit run`,
+    or a systemd unit's ExecStart) would see it end and do its own thing."""
+    from jailkit.launch.running import systemd_unit
+
+    name = entry["name"]
+    unit = systemd_unit(entry["pid"])
+    if unit:
+        return (f"{name} runs in the foreground of the systemd unit {unit[0]}: restart it "
+                f"with: systemctl{' --user' if unit[1] else ''} restart {unit[0]}")
+    return (f"{name} runs in the foreground of the `jailkit run` that started it (pid "
+            f"{entry['pid']}), which restart cannot start again: stop it there (^C, or "
+            f"jailkit stop {name}) and run it again, with --detach to restart it here")
+
+
+def _signal_number(text: str) -> int:
+    """A signal by name (TERM, SIGTERM, sigterm) or number (1-64)."""
+    import signal
+
+    if text.isdigit() and 1 <= int(text) <= signal.SIGRTMAX:
+        return int(text)
+    try:
+        return signal.Signals["SIG" + text.upper().removeprefix("SIG")]
+    except KeyError:
+        raise JailkitError(f"--signal {text!r}: no such signal: give its name or number, e.g. "
+                           "TERM, HUP, USR1, KILL or 15") from None
+
+
+@click.command()
+@click.argument("name")
+@click.option("-s", "--signal", "signal_text", metavar="SIG", default="KILL", show_default=True,
+              help="The signal, by name (HUP, SIGHUP) or number.")
+@_one_line_errors
+def kill(name, signal_text):
+    """Send a signal to the service of the running jail NAME (as podman kill: SIGKILL unless
+    --signal says otherwise; `jailkit stop` is the graceful end). Straight to the service,
+    not through the jail's pid 1: SIGTERM stays SIGTERM. Exit status 0 when sent, 2 for an
+    unknown signal, 3 when no jail of that name runs."""
+    import signal
+
+    from jailkit.launch import running
+
+    signum = _signal_number(signal_text)
+    pid = running.kill(name, signum)
+    try:
+        shown = signal.Signals(signum).name
+    except ValueError:  # a real-time signal
+        shown = f"signal {signum}"
+    click.echo(f"{shown} sent to the service of {name} (pid {pid})", err=True)

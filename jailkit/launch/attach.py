@@ -34,28 +34,7 @@ NAMESPACES = (("user", sc.CLONE_NEWUSER), ("mnt", sc.CLONE_NEWNS), ("pid", sc.CL
               ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS), ("net", sc.CLONE_NEWNET),
               ("cgroup", sc.CLONE_NEWCGROUP))
 CAP_KILL = 5
-FAILED = 125  # the command never ran (as docker exec)
-
-
-def service_pid(entry: dict) -> int:
-    """The service: the child pid 1 adopted (`jailkit-reaper adopt STOPSIG PID`, PID in the
-    jail's pid namespace: 2, or 3 where pid 1 ran `ip` first to set up a veth)."""
-    init = running.jail_pid(entry["pid"])
-    if init:
-        try:
-            with open(f"/proc/{init}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{init}/task/{init}/children") as f:
-                children = f.read().split()
-        except OSError:
-            argv, children = [], []
-        adopted = argv[3].decode() if len(argv) > 3 and argv[1] == b"adopt" else None
-        for child in children:
-            pids = running.nspid(int(child))
-            if adopted and pids and pids[-1] == adopted:
-                return int(child)
-    raise JailkitError(f"{entry['name']}: its service is not running (starting or ending): "
-                       "see `jailkit ps`")
+FAILED = 125  # the command never ran: jailkit failed (as podman exec; 126, 127: its exec did)
 
 
 def launch_spec(entry: dict):
@@ -111,11 +90,7 @@ def attach(name: str, command: list[str], user: str | None, interactive: bool) -
     cap_mask = caps.mask(spec.capabilities)
     ruleset = landlock.Ruleset(spec.network, spec.ports["bind"], spec.ports["connect"],
                                sc.landlock_abi())
-    service = service_pid(entry)
-    pidfd = os.pidfd_open(service)
-    # the pid is the service's, not reused since: its waiter still holds the entry
-    if service_pid(running.find(name)) != service:
-        raise JailkitError(f"{name} ended meanwhile: see `jailkit ps`")
+    service, pidfd = running.service_pidfd(name)
     with open(f"/proc/{service}/setgroups") as f:
         allow_setgroups = f.read().strip() == "allow"
     flags = 0

@@ -50,7 +50,8 @@ def _close_fds(keep: set[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
+def confine(plan, sync_fd: int, root_sock, reaper_fd: int, report_fd: int | None) -> None:
+    """`report_fd`: where pid 1 reports how the service ended (a detached jail's waiter)."""
     spec = plan.spec
     # 1. Wait until the launcher has written our id maps (our cgroups: step 8).
     #    Until then this process is still the host's uid 0: do nothing else before. If the
@@ -135,22 +136,25 @@ def confine(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
     sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     if not _launcher_alive(sync_fd):
         os._exit(SETUP_FAILED)
-    # 13. File descriptors: only the sync pipe and pid 1's program (both close-on-exec), and
-    #     /dev/log's socket, which pid 1 relays to its stderr (the log, or the caller's).
+    # 13. File descriptors: only the sync pipe and pid 1's program (both close-on-exec),
+    #     /dev/log's socket, which pid 1 relays to its stderr (the log, or the caller's), and
+    #     the pipe on which it reports the service's end to the waiter.
     _at("closing fds")
     syslog_fd = next((op.syslog_fd for op in plan.mounts if op.kind == "dev"), None)
-    _close_fds({sync_fd, reaper_fd} | ({syslog_fd} if syslog_fd is not None else set()))
+    kept = {"--syslog": syslog_fd, "--report": report_fd}
+    _close_fds({sync_fd, reaper_fd, *(fd for fd in kept.values() if fd is not None)})
     # 14. seccomp, last.
     _at("seccomp")
     seccomp.install(spec.seccomp_allow)
     # 15. Become the reaper, from the launcher's sealed memory copy (/proc/1/exe names no host
     #     file), which waits for the service, forwards signals to it and reaps orphans.
     _at("exec of the reaper")
-    syslog = []
-    if syslog_fd is not None:
-        os.set_inheritable(syslog_fd, True)
-        syslog = [str(syslog_fd)]
-    sc.execveat(reaper_fd, [*plan.reaper_args, str(service), *syslog], {})
+    options = []
+    for option, fd in kept.items():
+        if fd is not None:
+            os.set_inheritable(fd, True)
+            options += [option, str(fd)]
+    sc.execveat(reaper_fd, [*plan.reaper_args, str(service), *options], {})
 
 
 def confine_service(plan, maps_fd: int) -> None:
@@ -209,6 +213,8 @@ def exec_command(command: list[str], env: dict[str, str]) -> None:
     if failure.errno == errno.ENOENT:
         message = (f"cannot run {name} in the jail: {name}: no such program in this jail (it "
                    "holds only what its profile lists; a jail without a shell has no /bin/sh)")
+    elif failure.errno in (errno.EACCES, errno.ENOEXEC):
+        message = f"cannot run {name} in the jail: {name} is not executable ({failure.strerror})"
     else:
         message = f"cannot run {name} in the jail: {failure.strerror}"
     os.write(2, f"jailkit: {message}\n".encode(errors="replace"))
@@ -244,9 +250,9 @@ def report_and_exit(setup, doing: str = "setting up the jail",
         os._exit(status)
 
 
-def run_child(plan, sync_fd: int, root_sock, reaper_fd: int) -> None:
+def run_child(plan, sync_fd: int, root_sock, reaper_fd: int, report_fd: int | None) -> None:
     """Entry point of the launcher's cloned child, the jail's pid 1: never returns."""
-    report_and_exit(lambda: confine(plan, sync_fd, root_sock, reaper_fd))
+    report_and_exit(lambda: confine(plan, sync_fd, root_sock, reaper_fd, report_fd))
 
 
 def run_service(plan, maps_fd: int) -> None:

@@ -43,23 +43,29 @@ def start(launch_child, ready: dict | None, network: str) -> int:
     os.close(report_w)
     with open(report_r, "rb") as f:
         # EOF: the waiter was exec'd, or the child failed. Logs are appended across runs: the
-        # child says how long the log was before this run, so a failure shows this run's lines
-        name, _, log_start = f.read().decode().strip().partition(" ")
-    log_start = int(log_start or 0)
+        # child says how long the log was before this run (and which file it was), so a
+        # failure shows this run's lines
+        words = f.read().decode().split()
+    name = words[0] if words else ""
+    log_start, log_file = (int(words[1]), int(words[2])) if len(words) == 3 else (0, 0)
     deadline = time.monotonic() + START_SECONDS
     code = _exited(pid)
     while code is None and _comm(pid) != "jailkit-reaper" and time.monotonic() < deadline:
         time.sleep(0.005)
         code = _exited(pid)
-    if code is not None or not name:
+    if not name:
         return code if code else 2  # the child said why
     from jailkit.launch.registry import Registry, directory
 
+    # the entry is gone already when the jail failed at once: its log is still there
+    log = f"{directory()}/{name}.log"
+    if code is not None:
+        if _written(log, log_start, log_file):  # the waiter ran and ended with the jail
+            return _failed(name, code, log, log_start, "while starting")
+        return code if code else 2  # its launch failed: the child said why
     registry = Registry(create=False)
     entry, _ = registry.read(name)
     registry.close()
-    # the entry is gone already when the jail failed at once: its log is still there
-    log = (entry or {}).get("log") or f"{directory()}/{name}.log"
     pid_1 = None
     while time.monotonic() < deadline:
         code = _exited(pid)
@@ -105,6 +111,16 @@ def _comm(pid: int) -> str | None:
             return f.read().strip()
     except OSError:
         return None
+
+
+def _written(log: str, start: int, file: int) -> bool:
+    """Whether this run wrote to the log (the waiter ends it with a line): it is longer than
+    before, or another file (made by this run, or rotated since)."""
+    try:
+        now = os.stat(log)
+    except OSError:
+        return False
+    return now.st_size > start or now.st_ino != file
 
 
 def _exited(pid: int) -> int | None:

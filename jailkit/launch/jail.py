@@ -116,6 +116,11 @@ class Jail:
         except (ValueError, UnicodeDecodeError) as e:
             raise JailkitError(f"{shown} is not valid JSON ({e})") from None
 
+    def close(self) -> None:
+        """Let go of DIR and the generation's lock (a jail checked, not run)."""
+        os.close(self.lock_fd)
+        os.close(self.dir_fd)
+
     def dirs_here(self) -> tuple[int, int]:
         """DIR and the locked generation, opened again in this process's mount namespace (a
         descriptor opened in another one cannot be cloned into a mount here), and checked to be

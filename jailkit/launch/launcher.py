@@ -84,6 +84,8 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
     plan.stdio.open()  # /dev/null, or a pty in place of the caller's terminal
     cgroup.create(plan.cgroups)
     sync_r, sync_w = os.pipe()  # launcher -> jail: "maps written"; EOF: launcher gone
+    # pid 1 -> waiter: how the service ended, for a detached jail's last log line (reaper.c)
+    report_r, report_w = os.pipe() if plan.stdio.detached else (None, None)
     socks = None
     if plan.idmapped:
         import _socket
@@ -105,9 +107,13 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
             socks[0].close()
         for fd in listeners:  # host sockets: the jail's own network has the ports
             os.close(fd)
-        contain.run_child(plan, sync_r, socks and socks[1], reaper_fd)
+        if report_r is not None:
+            os.close(report_r)
+        contain.run_child(plan, sync_r, socks and socks[1], reaper_fd, report_w)
     os.close(sync_r)
     os.close(reaper_fd)
+    if report_w is not None:
+        os.close(report_w)
     try:
         userns.write(pid, plan.maps)
         if plan.idmapped:
@@ -150,7 +156,9 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
         registry_fd, entry_fd = plan.registration
         argv += ["--registry", str(registry_fd), "--entry", f"{plan.name}.json"]
         if plan.stdio.detached:
-            argv += ["--log-name", f"{plan.name}.log", "--log-cap", str(LOG_CAP)]
+            argv += ["--log-name", f"{plan.name}.log", "--log-cap", str(LOG_CAP),
+                     "--report", str(report_r)]
+            os.set_inheritable(report_r, True)
         os.set_inheritable(registry_fd, True)
         os.set_inheritable(entry_fd, True)
     if plan.veth and not plan.stdio.detached:  # a detached start says it itself (detach.py)

@@ -81,6 +81,8 @@ class Log:
                 fd = self._open(f"{self.name}.log")
                 continue
             if ended():
+                if fd is not None:  # what it wrote between our last read and its end
+                    write(_read_all(fd))
                 return
             time.sleep(POLL_SECONDS)
 

@@ -15,18 +15,22 @@
  *       holds only for itself: CMD's process drops them from every set before the exec (with
  *       no_new_privs set, the exec cannot give them back).
  *
- *   jailkit-reaper adopt STOPSIG PID [SYSLOGFD]
+ *   jailkit-reaper adopt STOPSIG PID [--syslog FD] [--report FD]
  *       pid 1 of the jail, as init, for a service that pid 1 started before exec'ing this
  *       (its own child PID, in a nested user namespace) rather than one it forks itself. This
- *       is what the launcher uses (contain.py); pid 1 then holds CAP_KILL alone. SYSLOGFD is
+ *       is what the launcher uses (contain.py); pid 1 then holds CAP_KILL alone. --syslog FD is
  *       the jail's /dev/log (a datagram socket, mounts.py): each message becomes one line on
  *       pid 1's stderr (the detached jail's log, or the caller's terminal), "syslog
  *       FACILITY.SEVERITY: TAG[PID]: TEXT", control characters made spaces (a message cannot
  *       forge a line), at most SYSLOG_RATE a second: the others are counted and reported.
+ *       --report FD: a pipe to the waiter, on which pid 1 writes the service's wait status
+ *       (an int) when it has ended: only pid 1 can tell "killed by signal N" from "exited with
+ *       status 128+N", which is all its own exit status can say.
  *
  *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD | --pty-terminal FD | --log FD]
  *                  [--cgroup DIR]... [--veth NAME] [--publish FD:ADDR:PORT]...
  *                  [--registry DIRFD [--entry FILE] [--log-name FILE --log-cap N]]
+ *                  [--report FD]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
  *       and then removes what the launcher made on the host for this jail: its cgroups, its
  *       veth, and last its entry FILE in the registry directory DIRFD (launch/registry.py),
@@ -40,6 +44,9 @@
  *       detached jail), FD is the read end of the pipe that is the jail's stdout and stderr:
  *       each line goes to DIRFD/FILE with a UTC timestamp, and once FILE holds N bytes it is
  *       renamed FILE.1 (replacing the previous one) and a new FILE begun: at most 2N bytes.
+ *       Its last line says how the service ended (log_end): pid 1's report (--report FD, the
+ *       read end of adopt's), else pid 1's own status, and the kills of the kernel's OOM
+ *       killer that the jail's cgroups counted.
  *       With --publish, FD listens on the host, and a child of the waiter relays each
  *       connection it accepts to ADDR:PORT, the jail's own address (see start_publishing).
  *
@@ -121,7 +128,7 @@ static int drop_capabilities(unsigned long long drop)
 }
 
 /* As pid 1: forward signals to `child` (SIGTERM as `stop_signal`), reap every orphan, and
- * return `child`'s status once it exits. */
+ * return `child`'s wait status once it exits. */
 static int supervise(pid_t child, int stop_signal)
 {
 	sigset_t set;
@@ -136,7 +143,7 @@ static int supervise(pid_t child, int stop_signal)
 			pid_t pid;
 			while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
 				if (pid == child)
-					return status_code(status); /* the kernel kills the rest of the jail */
+					return status; /* the kernel kills the rest of the jail */
 			continue;
 		}
 		kill(child, sig == SIGTERM ? stop_signal : sig);
@@ -261,7 +268,7 @@ static int supervise_relaying(pid_t child, int stop_signal, int syslog_fd)
 					; /* what it sent just before it exited */
 				relay.second = -1;
 				syslog_tick(&relay); /* and what was dropped */
-				return status_code(status);
+				return status;
 			}
 			continue;
 		}
@@ -297,22 +304,34 @@ static int run_init(int argc, char **argv)
 		fprintf(stderr, "jailkit: cannot run %s in the jail: %s\n", argv[4], strerror(err));
 		_exit(err == ENOENT ? 127 : 126);
 	}
-	return supervise(child, stop_signal);
+	return status_code(supervise(child, stop_signal));
 }
 
 static int run_adopt(int argc, char **argv)
 {
-	if (argc != 4 && argc != 5) {
-		fprintf(stderr, "usage: jailkit-reaper adopt STOPSIG PID [SYSLOGFD]\n");
+	int syslog_fd = -1, report_fd = -1, usage = argc < 4 || argc % 2;
+	for (int i = 4; !usage && i + 1 < argc; i += 2) {
+		if (strcmp(argv[i], "--syslog") == 0)
+			syslog_fd = atoi(argv[i + 1]);
+		else if (strcmp(argv[i], "--report") == 0)
+			report_fd = atoi(argv[i + 1]);
+		else
+			usage = 1;
+	}
+	if (usage) {
+		fprintf(stderr, "usage: jailkit-reaper adopt STOPSIG PID [--syslog FD] [--report FD]\n");
 		return 2;
 	}
 	prctl(PR_SET_PDEATHSIG, SIGKILL); /* as in init: exec may have cleared it */
 	/* exec'd from a memfd, the kernel names us after it ("memfd:jailkit-r"): our own name */
 	prctl(PR_SET_NAME, "jailkit-reaper");
 	/* a SIGCHLD of a child that already exited is pending (blocked since before the exec) */
-	if (argc == 5)
-		return supervise_relaying((pid_t)atol(argv[3]), atoi(argv[2]), atoi(argv[4]));
-	return supervise((pid_t)atol(argv[3]), atoi(argv[2]));
+	pid_t child = (pid_t)atol(argv[3]);
+	int status = syslog_fd >= 0 ? supervise_relaying(child, atoi(argv[2]), syslog_fd)
+				    : supervise(child, atoi(argv[2]));
+	if (report_fd >= 0)
+		write_all(report_fd, (const char *)&status, sizeof(status));
+	return status_code(status);
 }
 
 static void run_quietly(char *const argv[])
@@ -345,8 +364,8 @@ static void remove_cgroup(const char *dir)
 
 static pid_t publisher = -1; /* the waiter's child relaying published ports, while it lives */
 
-/* Forward signal `sig` to the jail; -1 while it runs, its exit code once it has exited. Any
- * other child (the launcher's `prime` process, a relay that crashed) is reaped too. */
+/* Forward signal `sig` to the jail; -1 while it runs, its wait status once it has exited.
+ * Any other child (the launcher's `prime` process, a relay that crashed) is reaped too. */
 static int forward(pid_t jail, int sig)
 {
 	int status;
@@ -356,7 +375,7 @@ static int forward(pid_t jail, int sig)
 	else
 		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 			if (pid == jail)
-				return status_code(status);
+				return status;
 			if (pid == publisher)
 				publisher = -1; /* reaped: its pid must not be signalled again */
 		}
@@ -441,8 +460,8 @@ static int relay(pid_t jail, const sigset_t *set, int pty, enum pty_mode mode)
 	char buf[4096], pending[4096];
 	ssize_t npending = 0;
 	struct pollfd fds[3] = {{sfd, POLLIN, 0}, {pty, POLLIN, 0}, {relay_input ? 0 : -1, POLLIN, 0}};
-	int code = -1, input_open = relay_input;
-	while (code < 0) {
+	int status = -1, input_open = relay_input;
+	while (status < 0) {
 		fds[1].events = POLLIN | (npending ? POLLOUT : 0);
 		fds[2].fd = input_open && !npending ? 0 : -1;
 		if (poll(fds, 3, -1) < 0)
@@ -454,7 +473,7 @@ static int relay(pid_t jail, const sigset_t *set, int pty, enum pty_mode mode)
 				if (mode == PTY_TERMINAL && sig == SIGWINCH)
 					pass_window_size(pty);
 				else
-					code = forward(jail, sig);
+					status = forward(jail, sig);
 			}
 		}
 		if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -489,7 +508,7 @@ static int relay(pid_t jail, const sigset_t *set, int pty, enum pty_mode mode)
 		write_all(out, buf, n);
 	if (raw)
 		tcsetattr(0, TCSADRAIN, &saved);
-	return code;
+	return status;
 }
 
 struct log {
@@ -577,14 +596,14 @@ static int log_relay(pid_t jail, const sigset_t *set, int pipe, struct log *log)
 	log_open(log);
 	char buf[4096];
 	struct pollfd fds[2] = {{sfd, POLLIN, 0}, {pipe, POLLIN, 0}};
-	int code = -1;
-	while (code < 0) {
+	int status = -1;
+	while (status < 0) {
 		if (poll(fds, 2, -1) < 0)
 			continue; /* EINTR */
 		if (fds[0].revents & POLLIN) {
 			struct signalfd_siginfo info;
 			if (read(sfd, &info, sizeof(info)) == sizeof(info))
-				code = forward(jail, (int)info.ssi_signo);
+				status = forward(jail, (int)info.ssi_signo);
 		}
 		if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
 			ssize_t n = read(pipe, buf, sizeof(buf));
@@ -598,7 +617,86 @@ static int log_relay(pid_t jail, const sigset_t *set, int pipe, struct log *log)
 	ssize_t n; /* what the service wrote just before it exited */
 	while ((n = read(pipe, buf, sizeof(buf))) > 0)
 		log_write(log, buf, n);
-	return code;
+	return status;
+}
+
+/* "SIGTERM" for 15; a real-time signal by its number. */
+static const char *signal_name(int sig, char *buf, size_t size)
+{
+	static const char *const names[] = {
+		NULL, "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS",
+		"SIGFPE", "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM",
+		"SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG",
+		"SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS"};
+	if (sig > 0 && sig < (int)(sizeof(names) / sizeof(names[0])))
+		return names[sig];
+	snprintf(buf, size, "%d", sig);
+	return buf;
+}
+
+/* The processes the kernel's OOM killer killed in the jail's cgroups: memory.events (v2) or
+ * memory.oom_control (v1) of the first --cgroup DIR that has either, as `jailkit stats` reads. */
+static long oom_kills(int argc, char **argv)
+{
+	static const char *const files[] = {"memory.events", "memory.oom_control"};
+	for (int i = 3; i + 1 < argc; i += 2) {
+		if (strcmp(argv[i], "--cgroup") != 0)
+			continue;
+		for (int f = 0; f < 2; f++) {
+			char path[4200], text[1024];
+			snprintf(path, sizeof(path), "%s/%s", argv[i + 1], files[f]);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			ssize_t n = read(fd, text, sizeof(text) - 1);
+			close(fd);
+			text[n > 0 ? n : 0] = 0;
+			char *line = strncmp(text, "oom_kill ", 9) == 0 ? text : strstr(text, "\noom_kill ");
+			if (line)
+				return atol(line + (*line == '\n') + 9);
+		}
+	}
+	return 0;
+}
+
+/* The log's last line: how the service ended. From pid 1's report of its wait status; without
+ * one, pid 1 itself ended first (its setup failed, or the whole jail was killed at once), and
+ * its own status says how. A SIGKILL while the OOM killer killed in the jail is the OOM
+ * killer's (it kills with SIGKILL, and counts each kill before the victim dies). */
+static void log_end(struct log *log, int report, int jail_status, long oom)
+{
+	int status, reported = 0;
+	if (report >= 0) {
+		fcntl(report, F_SETFL, fcntl(report, F_GETFL) | O_NONBLOCK);
+		reported = read(report, &status, sizeof(status)) == sizeof(status);
+	}
+	if (!reported)
+		status = jail_status;
+	const char *who = reported ? "the service" : "the jail";
+	char line[256], name[16];
+	int n;
+	if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && oom > 0) {
+		n = snprintf(line, sizeof(line), "jailkit: %s was killed by the kernel's OOM killer "
+			     "(out of memory in the jail's cgroup)", who);
+		oom = 0;
+	} else if (WIFSIGNALED(status)) {
+		n = snprintf(line, sizeof(line), "jailkit: %s was killed by signal %s%s", who,
+			     signal_name(WTERMSIG(status), name, sizeof(name)),
+			     WCOREDUMP(status) ? " (core dumped)" : "");
+	} else if (reported) {
+		n = snprintf(line, sizeof(line), "jailkit: the service exited with status %d",
+			     WEXITSTATUS(status));
+	} else {
+		n = snprintf(line, sizeof(line), "jailkit: the jail ended with status %d before its "
+			     "service started", status_code(status));
+	}
+	if (oom > 0)
+		n += snprintf(line + n, sizeof(line) - n, " (the kernel's OOM killer killed %ld of "
+			      "its processes)", oom);
+	line[n++] = '\n';
+	if (!log->at_line_start)
+		log_write(log, "\n", 1); /* the service's last line had no end */
+	log_write(log, line, n);
 }
 
 /*
@@ -960,12 +1058,13 @@ static int run_wait(int argc, char **argv)
 {
 	if (argc < 3) {
 		fprintf(stderr, "usage: jailkit-reaper wait PID [--pty FD | --pty-interactive FD | "
-				"--pty-terminal FD] [--cgroup DIR]... [--veth NAME] "
-				"[--publish FD:ADDR:PORT]...\n");
+				"--pty-terminal FD | --log FD] [--cgroup DIR]... [--veth NAME] "
+				"[--publish FD:ADDR:PORT]... [--registry DIRFD [--entry FILE] "
+				"[--log-name FILE --log-cap N]] [--report FD]\n");
 		return 2;
 	}
 	pid_t jail = (pid_t)atol(argv[2]);
-	int pty = -1, log_pipe = -1, nlisteners = 0;
+	int pty = -1, log_pipe = -1, report = -1, nlisteners = 0;
 	enum pty_mode pty_mode = PTY_OUTPUT;
 	static struct listener listeners[PUBLISH_MAX];
 	struct log log = {-1, -1, 1, NULL, 1 << 20, 0};
@@ -987,6 +1086,8 @@ static int run_wait(int argc, char **argv)
 			log.cap = atoll(argv[i + 1]);
 		} else if (strcmp(argv[i], "--entry") == 0) {
 			entry = argv[i + 1];
+		} else if (strcmp(argv[i], "--report") == 0) {
+			report = atoi(argv[i + 1]);
 		} else if (strcmp(argv[i], "--publish") == 0) {
 			if (nlisteners == PUBLISH_MAX || !parse_publish(argv[i + 1], &listeners[nlisteners]))
 				fprintf(stderr, "jailkit: --publish %s: not FD:ADDR:PORT\n", argv[i + 1]);
@@ -1000,21 +1101,23 @@ static int run_wait(int argc, char **argv)
 	reap_others(jail);
 	if (nlisteners)
 		publisher = start_publishing(listeners, nlisteners);
-	int code = -1;
+	int status = -1;
 	if (pty >= 0)
-		code = relay(jail, &set, pty, pty_mode);
+		status = relay(jail, &set, pty, pty_mode);
 	else if (log_pipe >= 0 && log.dir >= 0 && log.name)
-		code = log_relay(jail, &set, log_pipe, &log);
-	while (code < 0) {
+		status = log_relay(jail, &set, log_pipe, &log);
+	while (status < 0) {
 		siginfo_t info;
 		int sig = sigwaitinfo(&set, &info);
 		if (sig >= 0)
-			code = forward(jail, sig);
+			status = forward(jail, sig);
 	}
 	if (publisher > 0) { /* first: the host ports close as the jail ends */
 		kill(publisher, SIGKILL);
 		waitpid(publisher, NULL, 0);
 	}
+	if (log.fd >= 0) /* before its cgroups go, with their count of OOM kills */
+		log_end(&log, report, status, oom_kills(argc, argv));
 	for (int i = 3; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--cgroup") == 0) {
 			remove_cgroup(argv[i + 1]);
@@ -1028,7 +1131,7 @@ static int run_wait(int argc, char **argv)
 	/* last: once the entry is gone, a new run of this jail may make its cgroups again */
 	if (entry && log.dir >= 0)
 		unlinkat(log.dir, entry, 0);
-	return code;
+	return status_code(status);
 }
 
 /* Moves this process into the cgroup it is already in, so that the launcher's first real move

@@ -1,4 +1,5 @@
-"""Running jails, by name: list them with their accounting, stop them (`ps`, `stats`, `stop`).
+"""Running jails, by name: list them with their accounting, signal and stop them (`ps`,
+`stats`, `kill`, `stop`, `restart`).
 
 Everything starts from the registry (registry.py), under its lock, so the entries of jails whose
 waiter was killed are cleaned (their cgroups, then the entry) by whichever command comes next.
@@ -14,8 +15,10 @@ import time
 from jailkit.errors import JailkitError
 from jailkit.launch import cgroup
 from jailkit.launch.registry import Registry
+from jailkit.vocabulary import check_name
 
 STOPPED, KILLED = 0, 1  # `jailkit stop`'s exit status: by its stop signal, or killed at timeout
+NOT_RUNNING = 3  # the exit status of `stop`, `kill`, `restart` and `stats` for a NAME none runs as
 KILL_WAIT = 10.0  # seconds for the waiter to exit once the whole jail is killed
 
 
@@ -28,12 +31,38 @@ def running() -> list[dict]:
         registry.close()
 
 
+class NotRunning(JailkitError):
+    exit_code = NOT_RUNNING
+
+
 def find(name: str) -> dict:
+    """The entry of the running jail NAME (dead entries are cleaned on the way)."""
     for entry in running():
         if entry.get("name") == name:
             return entry
+    if _has_log(name):
+        raise NotRunning(f"{name} is not running (it ended; what it said last: jailkit logs "
+                         f"{name})")
     names = ", ".join(e.get("name", "?") for e in running()) or "none is running"
-    raise JailkitError(f"no running jail is named {name!r} ({names}): see `jailkit ps`")
+    raise NotRunning(f"no running jail is named {name!r} ({names}): see `jailkit ps`")
+
+
+def _has_log(name: str) -> bool:
+    """Whether a detached jail of that name ran (its log is kept after it ends)."""
+    try:
+        check_name(name, "NAME")
+    except JailkitError:
+        return False  # no name: never a path
+    registry = Registry(create=False)
+    try:
+        if registry.fd is None:
+            return False
+        os.stat(f"{name}.log", dir_fd=registry.fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        registry.close()
 
 
 def nspid(pid: int) -> list[str]:
@@ -60,6 +89,69 @@ def jail_pid(waiter: int) -> int | None:
         if depth and len(pids) == depth + 1 and pids[-1] == "1":
             return int(child)
     return None
+
+
+def service_pid(entry: dict) -> int:
+    """The service: the child pid 1 adopted (`jailkit-reaper adopt STOPSIG PID`, PID in the
+    jail's pid namespace: 2, or 3 where pid 1 ran `ip` first to set up a veth)."""
+    init = jail_pid(entry["pid"])
+    if init:
+        try:
+            with open(f"/proc/{init}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{init}/task/{init}/children") as f:
+                children = f.read().split()
+        except OSError:
+            argv, children = [], []
+        adopted = argv[3].decode() if len(argv) > 3 and argv[1] == b"adopt" else None
+        for child in children:
+            pids = nspid(int(child))
+            if adopted and pids and pids[-1] == adopted:
+                return int(child)
+    raise JailkitError(f"{entry['name']}: its service is not running (starting or ending): "
+                       "see `jailkit ps`")
+
+
+def service_pidfd(name: str) -> tuple[int, int]:
+    """(pid, pidfd) of the service of the running jail NAME, checked to be its service still
+    once the pidfd is open (a pid reused meanwhile is never taken)."""
+    service = service_pid(find(name))
+    try:
+        pidfd = os.pidfd_open(service)
+    except ProcessLookupError:
+        raise JailkitError(f"{name} ended meanwhile: see `jailkit ps`") from None
+    if service_pid(find(name)) != service:
+        os.close(pidfd)
+        raise JailkitError(f"{name} ended meanwhile: see `jailkit ps`")
+    return service, pidfd
+
+
+def kill(name: str, signum: int) -> int:
+    """Send `signum` to the service of the jail NAME itself, not through its pid 1 (which
+    turns SIGTERM into the profile's stop signal, and could not pass SIGKILL on); its pid."""
+    service, pidfd = service_pidfd(name)
+    try:
+        signal.pidfd_send_signal(pidfd, signum)
+    finally:
+        os.close(pidfd)
+    return service
+
+
+def systemd_unit(pid: int) -> tuple[str, bool] | None:
+    """The systemd service (`NAME.service`) whose cgroup holds process `pid`, and whether a
+    user's manager runs it (systemd's own hierarchy: name=systemd on a v1 or hybrid host, else
+    the unified one); None for a process no service holds (a login session's)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = {fields[1]: fields[2] for fields in
+                     (line.rstrip("\n").split(":", 2) for line in f) if len(fields) == 3}
+    except OSError:
+        return None
+    path = paths.get("name=systemd", paths.get(""))
+    unit = (path or "").rsplit("/", 1)[-1]
+    if not unit.endswith(".service") or unit.startswith("user@"):  # a user's manager itself
+        return None
+    return unit, "/user@" in path
 
 
 def newest_generation(entry: dict) -> str | None:

@@ -14,7 +14,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import NOBODY, PROBE, REPO, as_nobody, descendants, mount_points
+from conftest import (
+    NOBODY,
+    PROBE,
+    REPO,
+    as_nobody,
+    descendants,
+    mount_points,
+    nobody_with_subids,
+)
 from lock_attacks import (
     ATTACKER,
     ATTACKS,
@@ -238,6 +246,48 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checko
     finally:
         os.unlink(f.name)
     assert [line.split() for line in uid_map] == [["0", "65534", "1"], ["1", "200000", "65535"]]
+
+
+def nobody_dry_run(checkout, jail_dir, subids, *sets):
+    """`run --dry-run` as nobody, with the file `subids` as /etc/subuid and /etc/subgid."""
+    return subprocess.run(
+        [*nobody_with_subids(subids), *command(checkout, jail_dir, "/bin/true", sets=sets,
+                                               options=["--dry-run"])],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout)}, text=True,
+        capture_output=True, timeout=60)
+
+
+def one_line(result) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("jailkit: ") and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+SWITCHING = 'capabilities=["CAP_SETUID", "CAP_SETGID"]'
+
+
+def test_a_service_that_may_switch_ids_needs_every_user_of_its_jail_mapped(
+        world_readable_checkout, jail, subid_file):
+    """The shell jail's /etc/passwd holds root and nobody (65534): a service that may switch ids
+    may become nobody, which must then be mapped (else its setuid fails late, inside)."""
+    others = subid_file("someone:100000:65536\n")
+    line = one_line(nobody_dry_run(world_readable_checkout, jail, others, SWITCHING))
+    assert "uid 65534 (nobody), gid 65534 (nogroup) mapped" in line, line
+    # the range it suggests begins after the ranges given already
+    assert "usermod --add-subuids 165536-231071 --add-subgids 165536-231071 nobody" in line, line
+    small = subid_file("nobody:200000:1000\n")
+    line = one_line(nobody_dry_run(world_readable_checkout, jail, small, SWITCHING))
+    assert "uid 65534 (nobody)" in line and "ids 1-1000 only" in line, line
+    assert "widen that range" in line and "as root" in line, line
+    # without switching, nobody need not be mapped; a writable directory's owner must be
+    line = one_line(nobody_dry_run(world_readable_checkout, jail, others,
+                                   'writable=[{"path": "/tmp", "uid": 33, "gid": 33}]'))
+    assert "the jail needs uid 33, gid 33 mapped" in line, line
+    assert nobody_dry_run(world_readable_checkout, jail, others).returncode == 0
+    covered = nobody_dry_run(world_readable_checkout, jail,
+                             subid_file("nobody:200000:65536\n"), SWITCHING)
+    assert covered.returncode == 0, covered.stderr
+    assert "uid 1-65535 -> 200000-265534" in covered.stdout and "(newuidmap)" in covered.stdout
 
 
 def test_state_directory_is_bound_for_an_ordinary_user(run, jail):

@@ -229,6 +229,9 @@ def run(opts: Options) -> int:
     spec = LaunchSpec.from_dict(raw)
     if opts.dry_run:
         from jailkit.launch.plan import LaunchPlan
+        from jailkit.launch.registry import check_usable
+
+        check_usable()  # where the run would register it
 
         plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, True, opts.interactive,
                           opts.name or os.path.basename(jail.dir), opts.detach, publishes)

@@ -51,7 +51,10 @@ class LaunchPlan:
                 os.readlink(f"/proc/self/fd/{jail.dir_fd}"), spec.uid_count,
                 spec.network == "veth", dry_run)
             root_range = (self.allocation.uid, self.allocation.gid)
-        self.maps = userns.plan(spec.uid, spec.gid, spec.groups, spec.uid_count, root_range)
+        # an ordinary user maps few ids: those the service may switch to must be among them
+        switches = root_range is None and any(c in userns.SWITCHING for c in spec.capabilities)
+        needed = userns.Needed(spec, jail.accounts() if switches else None)
+        self.maps = userns.plan(needed, spec.uid_count, root_range)
         # Only real root can idmap a filesystem; an ordinary user's jail reads the tree as is.
         self.idmapped = os.geteuid() == 0
         self.clone_flags = (

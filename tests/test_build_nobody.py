@@ -111,3 +111,17 @@ def test_an_unusable_registry_is_one_line_naming_xdg_runtime_dir(home):
                                 env=relative)
     assert (result.returncode, result.stderr) == (0, "")
     assert nobody_env_jailkit(home, "ps", env=relative).returncode == 0
+
+
+@pytest.mark.usefixtures("as_root")
+def test_a_privileged_port_on_the_hosts_network_is_refused_naming_the_profiles_port(home):
+    """An ordinary user's jail cannot bind port 81 on the host's network (below
+    net.ipv4.ip_unprivileged_port_start): refused before it starts, with the rebuild that
+    fixes it, and not `--net veth`, which needs root."""
+    jail = home / "home/nginx81"
+    built = nobody_jailkit(home, "build", "nginx", "--root", jail, "--set", "port=81")
+    assert built.returncode == 0, built.stderr
+    for dry_run in ([], ["--dry-run"]):
+        line = one_line(nobody_jailkit(home, "run", "nginx", "--root", jail, *dry_run))
+        assert "port 81" in line and f"jailkit build nginx --root {jail} --set port=8081" in line
+        assert "--net veth" not in line, line

@@ -216,6 +216,22 @@ def test_what_needs_root_is_a_one_line_error(run, sets, cause):
 
 
 
+@pytest.mark.parametrize("options, typed", [
+    (["--memory", "64M"], "--memory"),
+    (["--pids", "32", "--cpu-quota", "50%"], "--pids, --cpu-quota"),
+    (["--set", "cgroup.memory_max=64M"], "--set cgroup.memory_max=null"),  # or the profile's
+])
+def test_a_cgroup_limit_as_an_ordinary_user_names_the_fixes_that_work(run, options, typed):
+    """jailkit makes its groups at the top of each hierarchy, which only root can write (a
+    systemd scope delegated to the user is elsewhere, and this host's controllers are v1,
+    which systemd never delegates): the fixes are root, or the run without the limit."""
+    result = run("/bin/true", options=options)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"run without them: {'' if typed.startswith('--set') else 'leave out '}{typed}" \
+        in result.stderr, result.stderr
+    assert "run as root" in result.stderr and "systemd-run" not in result.stderr
+
+
 def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checkout, jail):
     # /etc/subuid and /etc/subgid with a range for nobody, only in a private mount namespace of
     # this test (never on the host); newuidmap reads them there

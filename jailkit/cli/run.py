@@ -194,6 +194,11 @@ def limit_sets(limits: dict[str, str]) -> list[tuple[str, str]]:
     return sets
 
 
+def _typed_limits(opts: Options) -> tuple[str, ...]:
+    """The cgroup limits given as options (--memory 64M: memory_max)."""
+    return tuple(LIMIT_OPTIONS[option] for option in opts.limits)
+
+
 def _refuse_variables(opts: Options) -> None:
     """`run --set` changes launch.json keys; a profile variable (port, docroot) is rendered into
     the jail's files at build time, so setting it here would change nothing: say so."""
@@ -205,6 +210,51 @@ def _refuse_variables(opts: Options) -> None:
                                "(run --set overrides launch.json keys); if it is a profile "
                                f"variable, rebuild: jailkit build {opts.profile}"
                                f"{f' --root {opts.root}' if opts.root else ''} --set {key}={text}")
+
+
+def _refuse_privileged_ports(opts: Options, jail, spec) -> None:
+    """A port the service would bind on the host's network but cannot (net.privileged_binds)
+    fails only inside, once it has started: refuse it here, naming the rebuild with the
+    profile's variable that holds it and, as root, a network of its own with the port
+    published (veth needs root)."""
+    from jailkit.launch.net import privileged_binds
+
+    ports, start = privileged_binds(spec.network, spec.ports["bind"])
+    if not ports:
+        return
+    port = ports[0]
+    root = f" --root {opts.root}" if opts.root else ""
+    variable = _variable_holding(opts.profile, jail, port)
+    higher = port + 8000 if port + 8000 >= start else start  # 80 -> 8080, 443 -> 8443
+    if any(key.split(".")[0] == "ports" for key, _ in opts.sets):
+        fixes = f"give --set ports.bind a port from {start} up"
+    elif variable:
+        fixes = (f"rebuild it with another: jailkit build {opts.profile}{root} --set "
+                 f"{variable}={higher}")
+    else:
+        fixes = f"rebuild it binding a port from {start} up (the profile's [service.ports] bind)"
+    if os.geteuid() == 0:
+        fixes += (f", or give it a network of its own and publish the port: jailkit run "
+                  f"{opts.profile}{root} --net veth --publish {port}:{port}")
+    raise JailkitError(f"port {port} is below {start} (net.ipv4.ip_unprivileged_port_start), "
+                       f"which a jail on the host's network cannot bind, also as root: {fixes}")
+
+
+def _variable_holding(profile: str, jail, port: int) -> str | None:
+    """The profile variable whose value, as the jail was built, is `port` (None when there is
+    none, or the profile cannot be read: the refusal is said all the same)."""
+    try:
+        from jailkit.build.jaildir import JailDir
+        from jailkit.build.kept import remembered_sets
+        from jailkit.profile.model import load
+
+        with JailDir(jail.dir) as built:
+            sets = remembered_sets(built, jail_name(profile))
+        variables = load(profile, remembered=sets).variables
+    except (JailkitError, OSError):
+        return None
+    return next((name for name, value in variables.items()
+                 if value == port and not isinstance(value, bool)), None)
 
 
 def run(opts: Options) -> int:
@@ -227,6 +277,7 @@ def run(opts: Options) -> int:
     if opts.command:
         raw["command"] = opts.command
     spec = LaunchSpec.from_dict(raw)
+    _refuse_privileged_ports(opts, jail, spec)
     if opts.dry_run:
         from jailkit.launch.plan import LaunchPlan
         from jailkit.launch.registry import check_usable
@@ -234,7 +285,8 @@ def run(opts: Options) -> int:
         check_usable()  # where the run would register it
 
         plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, True, opts.interactive,
-                          opts.name or os.path.basename(jail.dir), opts.detach, publishes)
+                          opts.name or os.path.basename(jail.dir), opts.detach, publishes,
+                          _typed_limits(opts))
         print(plan.describe())
         return 0
     if opts.detach:
@@ -267,7 +319,7 @@ def _launch(opts: Options, jail, spec, publishes, report=None) -> int:
 
             remove_stale(name)  # a killed launcher's, or the registry would name it
         plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, False, opts.interactive, name,
-                          opts.detach, publishes)
+                          opts.detach, publishes, _typed_limits(opts))
         entry_fd = registry.register(name, entry_for(plan, opts.profile, opts.restart_args))
     plan.registration = (registry.fd, entry_fd)
     if report is not None:  # its name, and how long its log is before this run writes to it

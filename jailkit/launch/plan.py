@@ -28,12 +28,13 @@ class LaunchPlan:
 
     def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
                  dry_run: bool = False, interactive: bool = False, name: str | None = None,
-                 detached: bool = False, publishes: list = ()):
+                 detached: bool = False, publishes: list = (), typed_limits: tuple = ()):
         """`jail`: the jail.Jail to run; `dry_run`: allocate nothing for a new jail, only say
         what it would get; `interactive`: the caller's terminal input reaches the jail; `name`:
         its name among running jails (registry.py), which names its cgroups; `detached`: its
         output goes to a log file (the waiter writes it), not to the caller; `publishes`: host
-        ports forwarded to the jail's veth address (publish.Publish)."""
+        ports forwarded to the jail's veth address (publish.Publish); `typed_limits`: the
+        cgroup.LIMIT_KEYS given as `run` options (--memory), named so in a refusal."""
         self.spec = spec
         self.name = name or spec.name
         self.registration = None  # (registry dir fd, entry fd), once registered
@@ -68,9 +69,7 @@ class LaunchPlan:
         else:
             asked = [key for key in cgroup.LIMIT_KEYS if spec.limits[key] is not None]
             if asked:
-                raise JailkitError(
-                    f"cgroup limits ({', '.join(asked)}) need root here: run as root or "
-                    + " ".join(f"--set cgroup.{key}=null" for key in asked))
+                raise cgroup.needs_root(asked, typed_limits)
         if spec.ready and spec.network == "none":
             raise JailkitError("ready.tcp: a jail with network 'none' has only its own "
                                "loopback, which the readiness check cannot reach: use --net "

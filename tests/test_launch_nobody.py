@@ -22,6 +22,7 @@ from conftest import (
     descendants,
     mount_points,
     nobody_with_subids,
+    wait_for,
 )
 from lock_attacks import (
     ATTACKER,
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("as_root")
 def command(checkout, jail_dir, *args, sets=(), options=()):
     options = [*options, *(arg for key_value in sets for arg in ("--set", key_value))]
     return [sys.executable, "-m", "jailkit", "run", "shell", "--root", str(jail_dir),
-            *options, "--", *args]
+            *options, *(["--", *args] if args else [])]
 
 
 def nobody_run(checkout, jail_dir, *args, sets=(), options=(), **kwargs):
@@ -202,6 +203,40 @@ def test_an_ordinary_user_runs_lists_and_stops_its_own_detached_jail(world_reada
             (registry / log).unlink(missing_ok=True)
 
 
+def test_ps_and_stats_show_an_ordinary_users_jail_as_its_processes_count_it(
+        world_readable_checkout, jail):
+    """No cgroups for an ordinary user's jail: its memory (PSS), CPU time and processes are
+    those of its processes, read from /proc; what only a cgroup counts stays unknown."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(world_readable_checkout),
+           "HOME": "/nonexistent"}
+
+    def jailkit(*args):
+        return subprocess.run([sys.executable, "-m", "jailkit", *args], env=env, text=True,
+                              capture_output=True, preexec_fn=as_nobody, timeout=60, cwd="/")
+
+    log = Path(f"/tmp/jailkit-{NOBODY}/busy.log")
+    try:
+        started = jailkit("run", "shell", "--root", str(jail), "--name", "busy", "--detach",
+                          "--", "/bin/sh", "-c", "i=0; while [ $i -lt 300000 ]; do "
+                          "i=$((i+1)); done; echo counted; exec sleep 60")
+        assert started.returncode == 0, started.stderr
+        wait_for(lambda: "counted" in log.read_text(), seconds=60, what="the busy loop")
+        import json
+
+        row = json.loads(jailkit("ps", "--json").stdout)[0]
+        assert row["memory"] > 0 and row["cpu_seconds"] > 0, row
+        table = jailkit("ps").stdout.splitlines()
+        assert table[0].split()[3] == "MEMORY" and table[1].split()[3] != "-", table
+        usage = json.loads(jailkit("stats", "busy", "--json").stdout)
+        assert usage["memory_current"] > 0 and usage["cpu_usec"] > 0, usage
+        assert usage["pids"] == 2, usage  # pid 1 and the service, now sleep
+        assert usage["memory_peak"] is None and usage["oom_kills"] is None
+    finally:
+        jailkit("stop", "busy", "--timeout", "0")
+        for name in ("busy.log", "busy.log.1"):
+            (log.parent / name).unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("sets, cause", [
     (["network=veth"], "network 'veth' needs root"),
     (["cgroup.pids_max=10"], "cgroup limits (pids_max) need root"),
@@ -262,6 +297,14 @@ def test_subordinate_ids_give_an_ordinary_user_several_ids(world_readable_checko
     finally:
         os.unlink(f.name)
     assert [line.split() for line in uid_map] == [["0", "65534", "1"], ["1", "200000", "65535"]]
+
+
+def test_a_service_failing_at_once_ends_its_error_with_the_doctor_hint(run, jail):
+    result = run(sets=['command=["/bin/sh", "-c", "exit 4"]'])
+    assert result.returncode == 4
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("jailkit: ") and "status 4" in line, result.stderr
+    assert line.endswith(f"to see why: jailkit doctor shell --root {jail}"), result.stderr
 
 
 def nobody_dry_run(checkout, jail_dir, subids, *sets):

@@ -293,8 +293,24 @@ def run(opts: Options) -> int:
         from jailkit.launch.detach import start
 
         return start(lambda report: _launch(opts, jail, spec, publishes, report), spec.ready,
-                     spec.network)
+                     spec.network, _doctor(opts, jail))
     return _launch(opts, jail, spec, publishes)
+
+
+def _doctor(opts: Options, jail) -> str:
+    """`jailkit doctor` for this jail and command, as the user would type it: what explains a
+    service that fails at once."""
+    words = ["jailkit", "doctor", opts.profile, "--root", jail.dir,
+             *(["--", *opts.command] if opts.command else [])]
+    return " ".join(_shell_word(word) for word in words)
+
+
+def _shell_word(word: str) -> str:
+    """`word` as a POSIX shell reads it back (shlex.quote, whose import of re the run path
+    avoids)."""
+    if word and all(c.isalnum() or c in "@%+=:,./_-" for c in word):
+        return word
+    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def _launch(opts: Options, jail, spec, publishes, report=None) -> int:
@@ -320,6 +336,8 @@ def _launch(opts: Options, jail, spec, publishes, report=None) -> int:
             remove_stale(name)  # a killed launcher's, or the registry would name it
         plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, False, opts.interactive, name,
                           opts.detach, publishes, _typed_limits(opts))
+        if not opts.command and not opts.detach:  # a command's status is its own to give
+            plan.early_hint = _doctor(opts, jail)
         entry_fd = registry.register(name, entry_for(plan, opts.profile, opts.restart_args))
     plan.registration = (registry.fd, entry_fd)
     if report is not None:  # its name, and how long its log is before this run writes to it

@@ -23,7 +23,7 @@ class LaunchPlan:
     __slots__ = (
         "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
         "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "reaper_args", "reaper",
-        "pass_fds", "landlock", "stdio", "name", "registration", "publish",
+        "pass_fds", "landlock", "stdio", "name", "registration", "publish", "early_hint",
     )
 
     def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
@@ -38,6 +38,8 @@ class LaunchPlan:
         self.spec = spec
         self.name = name or spec.name
         self.registration = None  # (registry dir fd, entry fd), once registered
+        # the command that explains a service failing at once, said by the waiter if it does
+        self.early_hint = None
         self.stdio = Stdio(interactive, detached)
         self.jail = jail
         self.root = jail.root

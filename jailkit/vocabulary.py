@@ -74,10 +74,34 @@ def jail_name(profile: str) -> str:
     return base.removesuffix(".toml")
 
 
-def default_jail_dir(name: str) -> str:
-    """Where jail `name` lives without --root: /var/lib/jailkit/NAME for root, else the user's
-    XDG data directory (an ordinary user cannot write /var/lib)."""
+def jails_base() -> str:
+    """Where jails live without --root: /var/lib/jailkit for root, else the user's XDG data
+    directory (an ordinary user cannot write /var/lib). A relative XDG_DATA_HOME is ignored,
+    as the XDG rules say; with no absolute HOME either, there is no default."""
     if os.geteuid() == 0:
-        return f"/var/lib/jailkit/{name}"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return f"{data}/jailkit/{name}"
+        return "/var/lib/jailkit"
+    data = os.environ.get("XDG_DATA_HOME", "")
+    if not data.startswith("/"):
+        data = os.path.expanduser("~/.local/share")  # HOME, else the passwd entry's home
+    if not data.startswith("/"):
+        raise JailkitError("no default jail directory: neither XDG_DATA_HOME nor HOME names "
+                           "an absolute directory: pass --root DIR (a directory of yours), or "
+                           "set XDG_DATA_HOME")
+    return f"{data}/jailkit"
+
+
+def default_jail_dir(name: str) -> str:
+    """Where jail `name` lives without --root (jails_base). For an ordinary user, a directory
+    that does not exist and could not be made (HOME unset, or not writable) is refused here,
+    naming the fix, before a build fails to make it or a run says to build it there."""
+    path = f"{jails_base()}/{name}"
+    if os.geteuid() == 0 or os.path.lexists(path):
+        return path
+    made_in = os.path.dirname(path)
+    while not os.path.lexists(made_in):
+        made_in = os.path.dirname(made_in)
+    if not os.path.isdir(made_in) or not os.access(made_in, os.W_OK | os.X_OK):
+        raise JailkitError(f"the default jail directory {path} cannot be made ({made_in} is "
+                           f"not a directory you can write): pass --root DIR (a directory of "
+                           f"yours), or set XDG_DATA_HOME (default $HOME/.local/share)")
+    return path

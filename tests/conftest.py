@@ -83,6 +83,34 @@ def home(world_readable_checkout):
     shutil.rmtree(home)
 
 
+@pytest.fixture
+def subid_file():
+    """Write the text of /etc/subuid and /etc/subgid for `nobody_with_subids` (a file of its
+    own, world-readable: newuidmap reads it as nobody)."""
+    made = []
+
+    def write(text: str) -> str:
+        fd, path = tempfile.mkstemp(prefix="jailkit-subid-")
+        os.write(fd, text.encode())
+        os.close(fd)
+        os.chmod(path, 0o644)
+        made.append(path)
+        return path
+
+    yield write
+    for path in made:
+        os.unlink(path)
+
+
+def nobody_with_subids(subids: str) -> list[str]:
+    """A command prefix running what follows as nobody, with `subids` (a file) as /etc/subuid
+    and /etc/subgid: bound only in a private mount namespace of its own, never on the host
+    (this host's own files may or may not give nobody a range)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" /etc/subuid && mount --bind "$0" /etc/subgid && cd / && '
+            'exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"', subids]
+
+
 def nobody_jailkit(home, *args):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(home), "HOME": str(home / "home")}
     return subprocess.run([sys.executable, "-m", "jailkit", *args], env=env, cwd="/",

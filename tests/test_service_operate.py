@@ -216,6 +216,49 @@ time.sleep(30)
 """
 
 
+DYING = 'command=["/bin/sh", "-c", "echo dying >&2; exit 3"]'
+
+
+def test_a_service_failing_at_once_ends_its_error_with_the_doctor_hint(jail_b, names):
+    """The profile's service exits at once: the last line of a foreground run says how and
+    names `jailkit doctor`, the command that explains it; a detached start's report ends with
+    the same; a command given after `--` exits as it likes, with no hint."""
+    hint = f"to see why: jailkit doctor svc --root {jail_b}"
+    result = run_jailkit("run", "svc", "--root", jail_b, "--set", DYING, timeout=60)
+    assert result.returncode == 3
+    lines = result.stderr.splitlines()
+    assert lines[0] == "dying" and len(lines) == 2, result.stderr
+    assert lines[-1].startswith("jailkit: ") and "status 3" in lines[-1], result.stderr
+    assert lines[-1].endswith(hint), result.stderr
+    result = run_jailkit("run", "svc", "--root", jail_b, "--", "/bin/sh", "-c", "exit 3",
+                         timeout=60)
+    assert (result.returncode, result.stderr) == (3, "")
+    name = names("dies")
+    result = detach(jail_b, name, "--net", "host", "--set", 'ready={"tcp": 9, "timeout": 20}',
+                    "--set", DYING)
+    assert result.returncode == 3 and "dying" in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == f"jailkit: {hint}", result.stderr
+    wait_for(lambda: name not in ps(), what="the jail's end")
+
+
+def test_a_service_stopped_by_its_caller_gets_no_doctor_hint(jail_b):
+    trapping = "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jailkit", "run", "svc", "--root", jail_b, "--set",
+         f'command=["/bin/sh", "-c", "{trapping}"]'],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 42
+        assert proc.stderr.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_the_jails_pid_1_is_the_waiters_child_in_a_pid_namespace_below_it():
     """A waiter has other children than the jail (the launcher's `prime` process, listed
     first while it lives; the published ports' relay): ps, stop, exec and a detached start must

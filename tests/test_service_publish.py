@@ -204,6 +204,27 @@ print(size, back.hexdigest() == hashlib.sha256(data).hexdigest())
 """
 
 
+def test_a_privileged_port_on_the_hosts_network_is_refused_and_publishing_it_works(
+        nginx, names, net):
+    """nginx on port 80 of the host's network (the profile's own network) could not bind it,
+    not even in root's jail (its root is no host root; net.ipv4.ip_unprivileged_port_start is
+    1024): refused before it starts, in one line naming the rebuild with the profile's port
+    variable and the run that publishes the port from a network of its own, which serves."""
+    for dry_run in ([], ["--dry-run"]):
+        refused = jailkit(net, "run", "nginx", "--root", nginx, *dry_run)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "port 80" in refused.stderr
+        assert f"jailkit build nginx --root {nginx} --set port=8080" in refused.stderr
+        assert f"jailkit run nginx --root {nginx} --net veth --publish 80:80" in refused.stderr
+    name = names("low")
+    started = jailkit(net, "run", "nginx", "--root", nginx, "--name", name, "--net", "veth",
+                      "--publish", "80:80", "--detach")
+    assert started.returncode == 0, started.stderr
+    page = curl(net, "http://127.0.0.1:80/", "-w", "%{http_code}")
+    assert page.stdout.endswith(b"200"), page.stderr
+    assert run_jailkit("stop", name, timeout=60).returncode == 0
+
+
 def test_a_big_upload_comes_back_intact_and_the_half_close_is_passed_on(echo, names, net):
     """Both ways at once, 8 MiB each; the client's end of input reaches the service (which
     closes only then), while the other way stays open until the echo is all back."""

@@ -125,6 +125,7 @@ class Jail:
         self.mounts += ["/dev"]  # every jail's, with its /dev/log
         self.devices = launch.get("devices", [])
         self.mounts += [b["path"] for b in launch.get("binds", [])]
+        self.command = launch.get("command")
         self.capabilities = launch.get("capabilities", [])
         self.seccomp_allow = launch.get("seccomp_allow", [])
         self.bind_ports = launch.get("ports", {}).get("bind", [])
@@ -335,6 +336,11 @@ def _stop(proc: subprocess.Popen, log: str) -> None:
 def doctor(profile: str, root: str, command: list[str], timeout: float,
            network: str | None = None) -> dict:
     jail = Jail(root, profile, network)
+    own = jail.command
+    if not command and isinstance(own, list) and own and all(isinstance(a, str) for a in own):
+        # the service's own command, given as CMD: `run` then keeps its hint to run doctor
+        # (for a service failing at once) out of the output doctor reads
+        command = own
     with interruptible("doctor stopped the jail and strace"), \
             tempfile.TemporaryDirectory(prefix="jailkit-doctor-") as log_dir:
         log, output, ran, status = trace(profile, root, command, timeout, log_dir, network)

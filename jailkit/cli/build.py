@@ -127,13 +127,17 @@ def _dry_plan(profile, sets, root: str, replace: bool):
     from jailkit.build.plan import make_plan
 
     if not os.path.isdir(root):
-        return make_plan(_load(profile, sets))
-    from jailkit.build.jaildir import JailDir
-    from jailkit.build.kept import gather
+        loaded = _load(profile, sets)
+        plan = make_plan(loaded)
+    else:
+        from jailkit.build.jaildir import JailDir
+        from jailkit.build.kept import gather
 
-    with JailDir(root) as jail:
-        loaded = _load(profile, sets, _remembered(jail, profile, replace))
-        return make_plan(loaded, gather(jail, loaded))
+        with JailDir(root) as jail:
+            loaded = _load(profile, sets, _remembered(jail, profile, replace))
+            plan = make_plan(loaded, gather(jail, loaded))
+    _warn_unmappable(loaded, plan.launch)
+    return plan
 
 
 @contextlib.contextmanager
@@ -174,7 +178,27 @@ def _build(loaded, jail, quiet: bool, replace: bool = False):
                            f"{loaded.name!r}; check --root, or pass `jailkit build "
                            f"{loaded.name} --root {jail.path} --replace` to replace it")
     plan = make_plan(loaded, kept)
-    return plan, _apply(plan, jail, kept.manifest, quiet)
+    result = _apply(plan, jail, kept.manifest, quiet)
+    _warn_unmappable(loaded, plan.launch)
+    return plan, result
+
+
+def _warn_unmappable(loaded, launch: dict) -> None:
+    """As an ordinary user, one line when `jailkit run` will refuse the jail for ids this user
+    cannot map (launch/userns.py): built all the same, for root or a user with a range."""
+    if os.geteuid() == 0:
+        return
+    from jailkit.launch import userns
+    from jailkit.launch.spec import LaunchSpec
+
+    spec = LaunchSpec.from_dict(launch)
+    accounts = ({u.uid: u.name for u in loaded.users.values()},
+                {g.gid: g.name for g in loaded.groups.values()})
+    try:
+        userns.plan(userns.Needed(spec, accounts), spec.uid_count)
+    except JailkitError as e:
+        click.echo(f"jailkit: warning: `jailkit run` will refuse this jail as this user: {e}",
+                   err=True)
 
 
 def _print_plan(plan) -> None:

@@ -194,6 +194,11 @@ def limit_sets(limits: dict[str, str]) -> list[tuple[str, str]]:
     return sets
 
 
+def _typed_limits(opts: Options) -> tuple[str, ...]:
+    """The cgroup limits given as options (--memory 64M: memory_max)."""
+    return tuple(LIMIT_OPTIONS[option] for option in opts.limits)
+
+
 def _refuse_variables(opts: Options) -> None:
     """`run --set` changes launch.json keys; a profile variable (port, docroot) is rendered into
     the jail's files at build time, so setting it here would change nothing: say so."""
@@ -205,6 +210,51 @@ def _refuse_variables(opts: Options) -> None:
                                "(run --set overrides launch.json keys); if it is a profile "
                                f"variable, rebuild: jailkit build {opts.profile}"
                                f"{f' --root {opts.root}' if opts.root else ''} --set {key}={text}")
+
+
+def _refuse_privileged_ports(opts: Options, jail, spec) -> None:
+    """A port the service would bind on the host's network but cannot (net.privileged_binds)
+    fails only inside, once it has started: refuse it here, naming the rebuild with the
+    profile's variable that holds it and, as root, a network of its own with the port
+    published (veth needs root)."""
+    from jailkit.launch.net import privileged_binds
+
+    ports, start = privileged_binds(spec.network, spec.ports["bind"])
+    if not ports:
+        return
+    port = ports[0]
+    root = f" --root {opts.root}" if opts.root else ""
+    variable = _variable_holding(opts.profile, jail, port)
+    higher = port + 8000 if port + 8000 >= start else start  # 80 -> 8080, 443 -> 8443
+    if any(key.split(".")[0] == "ports" for key, _ in opts.sets):
+        fixes = f"give --set ports.bind a port from {start} up"
+    elif variable:
+        fixes = (f"rebuild it with another: jailkit build {opts.profile}{root} --set "
+                 f"{variable}={higher}")
+    else:
+        fixes = f"rebuild it binding a port from {start} up (the profile's [service.ports] bind)"
+    if os.geteuid() == 0:
+        fixes += (f", or give it a network of its own and publish the port: jailkit run "
+                  f"{opts.profile}{root} --net veth --publish {port}:{port}")
+    raise JailkitError(f"port {port} is below {start} (net.ipv4.ip_unprivileged_port_start), "
+                       f"which a jail on the host's network cannot bind, also as root: {fixes}")
+
+
+def _variable_holding(profile: str, jail, port: int) -> str | None:
+    """The profile variable whose value, as the jail was built, is `port` (None when there is
+    none, or the profile cannot be read: the refusal is said all the same)."""
+    try:
+        from jailkit.build.jaildir import JailDir
+        from jailkit.build.kept import remembered_sets
+        from jailkit.profile.model import load
+
+        with JailDir(jail.dir) as built:
+            sets = remembered_sets(built, jail_name(profile))
+        variables = load(profile, remembered=sets).variables
+    except (JailkitError, OSError):
+        return None
+    return next((name for name, value in variables.items()
+                 if value == port and not isinstance(value, bool)), None)
 
 
 def prepare(opts: Options) -> tuple:
@@ -229,7 +279,9 @@ def prepare(opts: Options) -> tuple:
         raw = apply_sets(jail.raw_spec, [*opts.sets, *limit_sets(opts.limits)])
         if opts.command:
             raw["command"] = opts.command
-        return jail, LaunchSpec.from_dict(raw), publishes
+        spec = LaunchSpec.from_dict(raw)
+        _refuse_privileged_ports(opts, jail, spec)
+        return jail, spec, publishes
     except BaseException:
         jail.close()
         raise
@@ -240,7 +292,8 @@ def _plan(opts: Options, jail, spec, publishes):
     from jailkit.launch.plan import LaunchPlan
 
     return LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, True, opts.interactive,
-                      opts.name or os.path.basename(jail.dir), opts.detach, publishes)
+                      opts.name or os.path.basename(jail.dir), opts.detach, publishes,
+                      _typed_limits(opts))
 
 
 def check(argv: list[str]) -> None:
@@ -263,14 +316,33 @@ def check(argv: list[str]) -> None:
 def run(opts: Options) -> int:
     jail, spec, publishes = prepare(opts)
     if opts.dry_run:
+        from jailkit.launch.registry import check_usable
+
+        check_usable()  # where the run would register it
         print(_plan(opts, jail, spec, publishes).describe())
         return 0
     if opts.detach:
         from jailkit.launch.detach import start
 
         return start(lambda report: _launch(opts, jail, spec, publishes, report), spec.ready,
-                     spec.network)
+                     spec.network, _doctor(opts, jail))
     return _launch(opts, jail, spec, publishes)
+
+
+def _doctor(opts: Options, jail) -> str:
+    """`jailkit doctor` for this jail and command, as the user would type it: what explains a
+    service that fails at once."""
+    words = ["jailkit", "doctor", opts.profile, "--root", jail.dir,
+             *(["--", *opts.command] if opts.command else [])]
+    return " ".join(_shell_word(word) for word in words)
+
+
+def _shell_word(word: str) -> str:
+    """`word` as a POSIX shell reads it back (shlex.quote, whose import of re the run path
+    avoids)."""
+    if word and all(c.isalnum() or c in "@%+=:,./_-" for c in word):
+        return word
+    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def _launch(opts: Options, jail, spec, publishes, report=None) -> int:
@@ -295,7 +367,9 @@ def _launch(opts: Options, jail, spec, publishes, report=None) -> int:
 
             remove_stale(name)  # a killed launcher's, or the registry would name it
         plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, False, opts.interactive, name,
-                          opts.detach, publishes)
+                          opts.detach, publishes, _typed_limits(opts))
+        if not opts.command and not opts.detach:  # a command's status is its own to give
+            plan.early_hint = _doctor(opts, jail)
         entry_fd = registry.register(name, entry_for(plan, opts.profile, opts.restart_args))
     plan.registration = (registry.fd, entry_fd)
     if report is not None:  # its name, and its log (length, inode) before this run writes

@@ -4,11 +4,12 @@ Every concern has the same three parts, so that a reader knows where host-side w
 side that must never follow a path the jail can change) and where the jail confines itself:
 
 concern    what it plans (plan.py)        host side (launcher.py)        jail side (contain.py)
-ids        userns.plan, allocate.for_jail userns.clone_owned_by, .write  userns.write_nested,
-                                                                          .forbid_nested
+ids        userns.Needed, .plan,          userns.clone_owned_by, .write  userns.write_nested,
+           allocate.for_jail                                             .forbid_nested
 mounts     mounts.plan (typed steps)      mounts.detached_sources        mounts.apply, .pivot
 cgroups    cgroup.plan                    cgroup.prime, .create, .attach, .remove (the waiter)
-network    net.clone_flags, net.Veth      net.create_veth                net.setup_inside
+network    net.clone_flags, net.Veth,     net.create_veth                net.setup_inside
+           net.privileged_binds
 stdio      stdio.Stdio                    Stdio.open (a pty relay)       Stdio.attach,
                                                                           .own_session
 landlock   landlock.Ruleset               -                              landlock.restrict

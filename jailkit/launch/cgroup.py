@@ -66,6 +66,22 @@ def unenforceable(key: str, why: str) -> JailkitError:
                         "[service.limits])")
 
 
+def needs_root(asked: list[str], typed: tuple = ()) -> JailkitError:
+    """The refusal of limits `asked` (LIMIT_KEYS) to an ordinary user, naming what works:
+    root, or the run without them (the `run` options in `typed`, else their launch.json keys).
+    A cgroup that systemd delegates to the user (`systemd-run --user -p Delegate=yes`) is no
+    fix: the jail's groups are `jailkit/NAME` at the top of each hierarchy (plan), root's, not
+    below the caller's own group (and systemd delegates only cgroup v2 controllers to users)."""
+    options = [RUN_OPTIONS[key] for key in asked if key in typed and key in RUN_OPTIONS]
+    sets = [f"--set cgroup.{key}=null" for key in asked
+            if key not in typed or key not in RUN_OPTIONS]
+    without = " and ".join(filter(None, [", ".join(options) and f"leave out {', '.join(options)}",
+                                         " ".join(sets)]))
+    return JailkitError(f"cgroup limits ({', '.join(asked)}) need root: jailkit makes the "
+                        f"jail's cgroups in {CGROUP_ROOT}, which only root can write: run as "
+                        f"root, or run without them: {without}")
+
+
 def plan(name: str, limits: dict, root: str = CGROUP_ROOT) -> list[Group]:
     """The jail's groups, with their limits (`limits`: LIMIT_KEYS -> int or None; cpu_quota in
     percent of one CPU). A limit this host cannot enforce is refused, naming the fix."""

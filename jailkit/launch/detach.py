@@ -20,7 +20,9 @@ from jailkit.launch.running import jail_pid
 START_SECONDS = 30  # for the jail to confine itself and start the service
 
 
-def start(launch_child, ready: dict | None, network: str) -> int:
+def start(launch_child, ready: dict | None, network: str, doctor: str) -> int:
+    """Start the jail (`launch_child(report fd)`, which execs its waiter) and return once it is
+    started; `doctor`: the command that explains a jail that exits meanwhile."""
     if ready and network == "host" and _answers("127.0.0.1", ready["tcp"]):
         # the readiness check could not tell the jail's service from what answers already
         raise JailkitError(f"port {ready['tcp']} on 127.0.0.1 already answers (another service, "
@@ -70,7 +72,7 @@ def start(launch_child, ready: dict | None, network: str) -> int:
     while time.monotonic() < deadline:
         code = _exited(pid)
         if code is not None:
-            return _failed(name, code, log, log_start, "while starting")
+            return _failed(name, code, log, log_start, "while starting", doctor)
         pid_1 = pid_1 or jail_pid(pid)
         if pid_1 and _comm(pid_1) == "jailkit-reaper":
             break
@@ -87,7 +89,7 @@ def start(launch_child, ready: dict | None, network: str) -> int:
         while not _answers(address, ready["tcp"]):
             code = _exited(pid)
             if code is not None:
-                return _failed(name, code, log, log_start, "before it answered")
+                return _failed(name, code, log, log_start, "before it answered", doctor)
             if time.monotonic() > limit:
                 sys.stderr.write(f"jailkit: {name} did not answer on {address}:{ready['tcp']} "
                                  f"within {ready['timeout']} s; it keeps running: see {log}, or "
@@ -138,8 +140,9 @@ def _answers(address: str, port: int) -> bool:
         return False
 
 
-def _failed(name: str, code: int, log: str, start: int, when: str) -> int:
-    """Say that the jail exited, with the last lines it wrote in this run (from `start`)."""
+def _failed(name: str, code: int, log: str, start: int, when: str, doctor: str) -> int:
+    """Say that the jail exited, with the last lines it wrote in this run (from `start`), and
+    last how to see why (`doctor`)."""
     tail = ""
     try:
         with open(log, "rb") as f:
@@ -150,5 +153,5 @@ def _failed(name: str, code: int, log: str, start: int, when: str) -> int:
     except OSError:
         pass
     sys.stderr.write(f"jailkit: {name} exited with status {code} {when}; the end of its log "
-                     f"{log}:\n{tail}")
+                     f"{log}:\n{tail}jailkit: to see why: {doctor}\n")
     return code if code else 1

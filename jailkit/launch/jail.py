@@ -121,6 +121,22 @@ class Jail:
         os.close(self.lock_fd)
         os.close(self.dir_fd)
 
+    def accounts(self) -> tuple[dict[int, str], dict[int, str]]:
+        """uid -> name and gid -> name of the users and groups in the jail's /etc/passwd and
+        /etc/group (userns.parse_accounts); a file it does not have names none."""
+        texts = []
+        for name in ("passwd", "group"):
+            try:
+                fd = sc.openat2(self.lock_fd, f"root/etc/{name}", os.O_RDONLY, BENEATH)
+            except OSError:
+                texts.append("")  # none (or not a plain file): the jail names no one there
+                continue
+            with open(fd, encoding="utf-8", errors="replace") as f:
+                texts.append(f.read(1 << 20))
+        from jailkit.launch.userns import parse_accounts
+
+        return parse_accounts(*texts)
+
     def dirs_here(self) -> tuple[int, int]:
         """DIR and the locked generation, opened again in this process's mount namespace (a
         descriptor opened in another one cannot be cloned into a mount here), and checked to be

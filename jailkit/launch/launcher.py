@@ -161,6 +161,8 @@ def launch(plan: LaunchPlan, lock_fd: int) -> None:
             os.set_inheritable(report_r, True)
         os.set_inheritable(registry_fd, True)
         os.set_inheritable(entry_fd, True)
+    if plan.early_hint:
+        argv += ["--early-hint", plan.early_hint]
     if plan.veth and not plan.stdio.detached:  # a detached start says it itself (detach.py)
         os.write(2, f"jailkit: {plan.name}: {publish.reach(plan.veth.jail_addr, plan.publish)}"
                     "\n".encode())

@@ -20,6 +20,22 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
 
+def privileged_binds(network: str, ports: list[int]) -> tuple[list[int], int]:
+    """The ports of `ports` a jail on the host's network cannot bind, with the first port it
+    can: below the host's net.ipv4.ip_unprivileged_port_start (1024 unless lowered), a bind
+    needs CAP_NET_BIND_SERVICE in the host's own user namespace, which no jail holds (its root
+    is not the host's, also when root runs it). In a namespace of its own (none, veth), every
+    port is the jail's (setup_inside)."""
+    if network != "host":
+        return [], 0
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            start = int(f.read())
+    except (OSError, ValueError):
+        start = 1024
+    return [port for port in ports if port < start], start
+
+
 class Veth:
     __slots__ = ("host_name", "host_addr", "jail_addr")
 

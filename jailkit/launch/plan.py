@@ -23,20 +23,23 @@ class LaunchPlan:
     __slots__ = (
         "spec", "jail", "root", "allocation", "idmapped", "maps", "clone_flags", "mounts",
         "cgroups", "veth", "veth_lock", "cap_mask", "reaper_cap_mask", "reaper_args", "reaper",
-        "pass_fds", "landlock", "stdio", "name", "registration", "publish",
+        "pass_fds", "landlock", "stdio", "name", "registration", "publish", "early_hint",
     )
 
     def __init__(self, spec: LaunchSpec, jail, launcher_pid: int, pass_fds: list[int] = (),
                  dry_run: bool = False, interactive: bool = False, name: str | None = None,
-                 detached: bool = False, publishes: list = ()):
+                 detached: bool = False, publishes: list = (), typed_limits: tuple = ()):
         """`jail`: the jail.Jail to run; `dry_run`: allocate nothing for a new jail, only say
         what it would get; `interactive`: the caller's terminal input reaches the jail; `name`:
         its name among running jails (registry.py), which names its cgroups; `detached`: its
         output goes to a log file (the waiter writes it), not to the caller; `publishes`: host
-        ports forwarded to the jail's veth address (publish.Publish)."""
+        ports forwarded to the jail's veth address (publish.Publish); `typed_limits`: the
+        cgroup.LIMIT_KEYS given as `run` options (--memory), named so in a refusal."""
         self.spec = spec
         self.name = name or spec.name
         self.registration = None  # (registry dir fd, entry fd), once registered
+        # the command that explains a service failing at once, said by the waiter if it does
+        self.early_hint = None
         self.stdio = Stdio(interactive, detached)
         self.jail = jail
         self.root = jail.root
@@ -51,7 +54,10 @@ class LaunchPlan:
                 os.readlink(f"/proc/self/fd/{jail.dir_fd}"), spec.uid_count,
                 spec.network == "veth", dry_run)
             root_range = (self.allocation.uid, self.allocation.gid)
-        self.maps = userns.plan(spec.uid, spec.gid, spec.groups, spec.uid_count, root_range)
+        # an ordinary user maps few ids: those the service may switch to must be among them
+        switches = root_range is None and any(c in userns.SWITCHING for c in spec.capabilities)
+        needed = userns.Needed(spec, jail.accounts() if switches else None)
+        self.maps = userns.plan(needed, spec.uid_count, root_range)
         # Only real root can idmap a filesystem; an ordinary user's jail reads the tree as is.
         self.idmapped = os.geteuid() == 0
         self.clone_flags = (
@@ -65,9 +71,7 @@ class LaunchPlan:
         else:
             asked = [key for key in cgroup.LIMIT_KEYS if spec.limits[key] is not None]
             if asked:
-                raise JailkitError(
-                    f"cgroup limits ({', '.join(asked)}) need root here: run as root or "
-                    + " ".join(f"--set cgroup.{key}=null" for key in asked))
+                raise cgroup.needs_root(asked, typed_limits)
         if spec.ready and spec.network == "none":
             raise JailkitError("ready.tcp: a jail with network 'none' has only its own "
                                "loopback, which the readiness check cannot reach: use --net "

@@ -30,7 +30,7 @@
  *   jailkit-reaper wait PID [--pty FD | --pty-interactive FD | --pty-terminal FD | --log FD]
  *                  [--cgroup DIR]... [--veth NAME] [--publish FD:ADDR:PORT]...
  *                  [--registry DIRFD [--entry FILE] [--log-name FILE --log-cap N]]
- *                  [--report FD]
+ *                  [--report FD] [--early-hint TEXT]
  *       the launcher, outside. Forwards signals to PID (the jail's pid 1), exits with its status
  *       and then removes what the launcher made on the host for this jail: its cgroups, its
  *       veth, and last its entry FILE in the registry directory DIRFD (launch/registry.py),
@@ -49,6 +49,9 @@
  *       killer that the jail's cgroups counted.
  *       With --publish, FD listens on the host, and a child of the waiter relays each
  *       connection it accepts to ADDR:PORT, the jail's own address (see start_publishing).
+ *       With --early-hint, a jail that exits with a failure status within EARLY_SECONDS of
+ *       its start, no signal of the caller's passed on, ends with one line saying so and TEXT
+ *       (the command that explains it: `jailkit doctor PROFILE --root DIR`).
  *
  *   jailkit-reaper prime
  *       the launcher's helper, as root, before it plans: moves itself into its own cgroup and
@@ -363,6 +366,7 @@ static void remove_cgroup(const char *dir)
 }
 
 static pid_t publisher = -1; /* the waiter's child relaying published ports, while it lives */
+static int signalled;        /* the waiter passed the jail a signal of the caller's */
 
 /* Forward signal `sig` to the jail; -1 while it runs, its wait status once it has exited.
  * Any other child (the launcher's `prime` process, a relay that crashed) is reaped too. */
@@ -370,9 +374,10 @@ static int forward(pid_t jail, int sig)
 {
 	int status;
 	pid_t pid;
-	if (sig != SIGCHLD)
+	if (sig != SIGCHLD) {
+		signalled |= sig != SIGWINCH;
 		kill(jail, sig);
-	else
+	} else
 		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 			if (pid == jail)
 				return status;
@@ -1054,6 +1059,17 @@ static int parse_publish(const char *arg, struct listener *l)
 	return inet_pton(AF_INET, addr, &l->to.sin_addr) == 1;
 }
 
+/* A jail whose service failed on its own this soon after its start is one `jailkit doctor`
+ * explains: its default run under the tracer lasts as long. */
+#define EARLY_SECONDS 10
+
+static long seconds_since(const struct timespec *start)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long)(now.tv_sec - start->tv_sec);
+}
+
 static int run_wait(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -1068,7 +1084,9 @@ static int run_wait(int argc, char **argv)
 	enum pty_mode pty_mode = PTY_OUTPUT;
 	static struct listener listeners[PUBLISH_MAX];
 	struct log log = {-1, -1, 1, NULL, 1 << 20, 0};
-	const char *entry = NULL;
+	const char *entry = NULL, *hint = NULL;
+	struct timespec started;
+	clock_gettime(CLOCK_MONOTONIC, &started);
 	for (int i = 3; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--pty") == 0 || strcmp(argv[i], "--pty-interactive") == 0 ||
 		    strcmp(argv[i], "--pty-terminal") == 0) {
@@ -1088,6 +1106,8 @@ static int run_wait(int argc, char **argv)
 			entry = argv[i + 1];
 		} else if (strcmp(argv[i], "--report") == 0) {
 			report = atoi(argv[i + 1]);
+		} else if (strcmp(argv[i], "--early-hint") == 0) {
+			hint = argv[i + 1];
 		} else if (strcmp(argv[i], "--publish") == 0) {
 			if (nlisteners == PUBLISH_MAX || !parse_publish(argv[i + 1], &listeners[nlisteners]))
 				fprintf(stderr, "jailkit: --publish %s: not FD:ADDR:PORT\n", argv[i + 1]);
@@ -1131,7 +1151,11 @@ static int run_wait(int argc, char **argv)
 	/* last: once the entry is gone, a new run of this jail may make its cgroups again */
 	if (entry && log.dir >= 0)
 		unlinkat(log.dir, entry, 0);
-	return status_code(status);
+	int code = status_code(status);
+	if (hint && code != 0 && !signalled && seconds_since(&started) < EARLY_SECONDS)
+		fprintf(stderr, "jailkit: the jail's service exited with status %d within %d s of its "
+				"start; to see why: %s\n", code, EARLY_SECONDS, hint);
+	return code;
 }
 
 /* Moves this process into the cgroup it is already in, so that the launcher's first real move

@@ -30,8 +30,30 @@ FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 def directory() -> str:
     if os.geteuid() == 0:
         return ROOT_DIR
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return f"{runtime}/jailkit" if runtime else f"/tmp/jailkit-{os.geteuid()}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    # a relative one is ignored, as the XDG rules say (from /, it would be root's /run/jailkit)
+    return f"{runtime}/jailkit" if runtime.startswith("/") else f"/tmp/jailkit-{os.geteuid()}"
+
+
+def _unusable(path: str, why: str) -> JailkitError:
+    fix = ("it must be root's alone: remove it" if os.geteuid() == 0 else
+           "set XDG_RUNTIME_DIR to a directory of yours (or unset it: "
+           f"/tmp/jailkit-{os.geteuid()})")
+    return JailkitError(f"cannot use {path} as the registry of running jails: {why}: {fix}")
+
+
+def check_usable() -> None:
+    """Refuse, as a run would, a registry that cannot be made or used; make nothing (a dry
+    run)."""
+    path = directory()
+    if os.path.lexists(path):
+        Registry(create=False).close()  # refused there if it is not the caller's alone
+        return
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise _unusable(path, f"{parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _unusable(path, f"{parent} is not writable by you")
 
 
 def _json(value) -> str:
@@ -67,22 +89,18 @@ class Registry:
             except FileExistsError:
                 pass
             except OSError as e:
-                raise JailkitError(f"cannot make the registry of running jails {self.path}: "
-                                   f"{e.strerror}: set XDG_RUNTIME_DIR to a directory of "
-                                   "yours") from None
+                raise _unusable(self.path, f"it cannot be made ({e.strerror})") from None
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | FILE_FLAGS)
         except FileNotFoundError:
             return  # nothing ever ran: no entries
         except OSError as e:
-            raise JailkitError(f"{self.path}: {e.strerror}: it must be a directory of yours "
-                               "(remove it)") from None
+            raise _unusable(self.path, f"{e.strerror} (remove it if it is yours)") from None
         st = os.fstat(self.fd)
         if st.st_uid != os.geteuid() or st.st_mode & 0o077:
             os.close(self.fd)
-            raise JailkitError(f"{self.path} is not yours alone (owner {st.st_uid}, mode "
-                               f"{st.st_mode & 0o7777:04o}): remove it, or set XDG_RUNTIME_DIR "
-                               "to a directory of yours")
+            raise _unusable(self.path, f"it is not yours alone (owner {st.st_uid}, mode "
+                                       f"{st.st_mode & 0o7777:04o}; remove it if it is yours)")
 
     def __enter__(self) -> "Registry":
         if self.fd is not None:

@@ -154,6 +154,60 @@ def systemd_unit(pid: int) -> tuple[str, bool] | None:
     return unit, "/user@" in path
 
 
+def proc_usage(waiter: int) -> dict:
+    """What a jail without cgroups (an ordinary user's) uses, as its processes count it in
+    /proc: memory_current, the sum of their PSS (each one's RSS where its smaps_rollup cannot
+    be read); cpu_usec, their CPU time with that of the children they waited for (pid 1 waits
+    for every orphan, so little of a finished process is lost); pids, their threads. Empty when
+    the jail's pid 1 is gone."""
+    pid_1 = jail_pid(waiter)
+    todo = [pid_1] if pid_1 else []
+    memory = ticks = tasks = 0
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # ended meanwhile
+        ticks += sum(int(field) for field in fields[11:15])  # utime stime cutime cstime
+        memory += _memory(pid)
+        tasks += len(threads)
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo += [int(child) for child in f.read().split()]
+            except OSError:
+                pass
+    if not tasks:
+        return {}
+    return {"memory_current": memory, "cpu_usec": ticks * 1_000_000 // os.sysconf("SC_CLK_TCK"),
+            "pids": tasks}
+
+
+def _memory(pid: int) -> int:
+    """Bytes of one process: its PSS (smaps_rollup: readable by the jail's owner, whose user
+    namespace it runs in), else its RSS (status: readable by all)."""
+    for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                for line in f:
+                    if line.startswith(key):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return 0
+
+
+def usage(entry: dict) -> dict:
+    """cgroup.stats of the jail, or for a jail without cgroups what its processes count."""
+    found = cgroup.stats(entry.get("cgroups", []))
+    if not entry.get("cgroups"):
+        found.update(proc_usage(entry["pid"]))
+    return found
+
+
 def newest_generation(entry: dict) -> str | None:
     try:
         return os.readlink(f"{entry['dir']}/current")
@@ -163,7 +217,7 @@ def newest_generation(entry: dict) -> str | None:
 
 def row(entry: dict, now: float | None = None) -> dict:
     """What `ps` shows of one jail."""
-    usage = cgroup.stats(entry.get("cgroups", []))
+    used = usage(entry)
     newest = newest_generation(entry)
     veth = entry.get("veth")
     return {
@@ -171,8 +225,8 @@ def row(entry: dict, now: float | None = None) -> dict:
         "newer_generation": newest if newest and newest != entry["generation"] else None,
         "pid": entry["pid"], "jail_pid": jail_pid(entry["pid"]),
         "uptime": round((now or time.time()) - entry["started"], 1),
-        "memory": usage["memory_current"], "cpu_seconds":
-            None if usage["cpu_usec"] is None else round(usage["cpu_usec"] / 1e6, 2),
+        "memory": used["memory_current"], "cpu_seconds":
+            None if used["cpu_usec"] is None else round(used["cpu_usec"] / 1e6, 2),
         "limits": {k: v for k, v in entry.get("limits", {}).items() if v is not None},
         "network": entry.get("network"),
         "address": veth["jail_addr"] if veth else None,
@@ -182,7 +236,7 @@ def row(entry: dict, now: float | None = None) -> dict:
 
 
 def stats(entry: dict) -> dict:
-    return {"name": entry["name"], **cgroup.stats(entry.get("cgroups", [])),
+    return {"name": entry["name"], **usage(entry),
             "limits": {k: v for k, v in entry.get("limits", {}).items() if v is not None}}
 
 

@@ -8,7 +8,9 @@ sshd) work.
 Launched by an ordinary user with subordinate ids of their own (/etc/subuid and /etc/subgid, and
 newuidmap/newgidmap from the uidmap package to write them): the jail's 0 is that user, 1..N-1
 their subordinate range. Without them, only the user's own uid and gid can be mapped (to 0),
-with setgroups denied: enough for services that never change ids.
+with setgroups denied: enough for services that never change ids. A jail that needs an id its
+launcher cannot map (its user's, a writable directory's owner, or any of its users and groups
+when the service may switch ids) is refused before it starts, naming the ids and the fix.
 """
 
 import errno
@@ -80,31 +82,101 @@ def _user_names(uid: int) -> tuple[str, ...]:
         return (str(uid),)
 
 
-def plan(uid: int, gid: int, groups: list[int], uid_count: int,
-         root_range: tuple[int, int] | None = None) -> IdMaps:
-    """The id maps for a jail whose user is uid/gid/groups and which needs uid_count ids;
-    `root_range`: as root, the host uid and gid of the jail's 0 (its allocate.Allocation)."""
+SWITCHING = ("CAP_SETUID", "CAP_SETGID")  # a service holding one may become any of its users
+
+
+def parse_accounts(passwd: str, group: str) -> tuple[dict[int, str], dict[int, str]]:
+    """uid -> name and gid -> name from the text of a jail's /etc/passwd and /etc/group."""
+    def ids(text: str) -> dict[int, str]:
+        found = {}
+        for line in text.splitlines():
+            fields = line.split(":")
+            if len(fields) > 3 and fields[2].isdigit():
+                found.setdefault(int(fields[2]), fields[0])
+        return found
+
+    return ids(passwd), ids(group)
+
+
+class Needed:
+    """The jail's uids and gids that must be mapped (id -> its name, None if unknown), and those
+    of them that are the service's own user and groups."""
+
+    __slots__ = ("uids", "gids", "service_uids", "service_gids")
+
+    def __init__(self, spec, accounts: tuple[dict[int, str], dict[int, str]] | None):
+        """From a LaunchSpec: its user and groups, the owners of its writable directories and,
+        when the service may switch ids (SWITCHING), every user and group of `accounts` (the
+        jail's /etc/passwd and /etc/group as parse_accounts reads them; None when not read)."""
+        users, groups = accounts or ({}, {})
+        self.service_uids, self.service_gids = {spec.uid}, {spec.gid, *spec.groups}
+        uids = {*self.service_uids, *(w.uid for w in spec.writable)}
+        gids = {*self.service_gids, *(w.gid for w in spec.writable)}
+        if any(cap in SWITCHING for cap in spec.capabilities):
+            uids.update(users)
+            gids.update(groups)
+        self.uids = {uid: users.get(uid) for uid in sorted(uids)}
+        self.gids = {gid: groups.get(gid) for gid in sorted(gids)}
+
+
+def plan(needed: Needed, uid_count: int, root_range: tuple[int, int] | None = None) -> IdMaps:
+    """The id maps for a jail of uid_count ids whose `needed` ids must be mapped; `root_range`:
+    as root, the host uid and gid of the jail's 0 (its allocate.Allocation). An id an ordinary
+    user cannot map is refused, naming it and the fix."""
     if root_range is not None:
         return IdMaps([(0, root_range[0], uid_count)], [(0, root_range[1], uid_count)], True)
     own_uid, own_gid = os.geteuid(), os.getegid()
-    if uid_count > 1 and os.path.exists(NEWUIDMAP) and os.path.exists(NEWGIDMAP):
-        names = _user_names(own_uid)
-        sub_uid = read_subid("/etc/subuid", names)
-        sub_gid = read_subid("/etc/subgid", names)
-        if sub_uid and sub_gid:
-            count = min(uid_count - 1, sub_uid[1], sub_gid[1])
-            maps = IdMaps([(0, own_uid, 1), (1, sub_uid[0], count)],
-                          [(0, own_gid, 1), (1, sub_gid[0], count)], True, helpers=True)
-            if all(maps.host_uid(i) is not None for i in (uid, gid, *groups)):
-                return maps
-    if uid != 0 or gid != 0 or groups:
-        raise JailkitError(
-            f"the jail runs as uid {uid} gid {gid}, but an ordinary user can only map one id "
-            f"(to 0) without subordinate ids: add a range for this user to /etc/subuid and "
-            f"/etc/subgid (with newuidmap from the uidmap package), run jailkit as root, or run "
-            f"the service as user 0 (--set user.uid=0 --set user.gid=0 --set user.groups=[])"
-        )
-    return IdMaps([(0, own_uid, 1)], [(0, own_gid, 1)], False)
+    helpers = os.path.exists(NEWUIDMAP) and os.path.exists(NEWGIDMAP)
+    names = _user_names(own_uid)
+    sub_uid = read_subid("/etc/subuid", names)
+    sub_gid = read_subid("/etc/subgid", names)
+    maps = IdMaps([(0, own_uid, 1)], [(0, own_gid, 1)], False)
+    if uid_count > 1 and helpers and sub_uid and sub_gid:
+        count = min(uid_count - 1, sub_uid[1], sub_gid[1])
+        maps = IdMaps([(0, own_uid, 1), (1, sub_uid[0], count)],
+                      [(0, own_gid, 1), (1, sub_gid[0], count)], True, helpers=True)
+    bad_uids = [uid for uid in needed.uids if maps.host_uid(uid) is None]
+    bad_gids = [gid for gid in needed.gids if maps.host_gid(gid) is None]
+    if not bad_uids and not bad_gids:
+        return maps
+    user = names[0]
+    if maps.helpers:
+        have = (f"the range of subordinate ids /etc/subuid and /etc/subgid give {user} maps "
+                f"the jail's ids 1-{count} only")
+        fix = f"widen that range (to {uid_count - 1} ids), or run jailkit as root"
+    else:
+        have = ("an ordinary user can only map one id (its own, as the jail's 0) without a "
+                "range of subordinate ids")
+        first = _free_subid_start()
+        fix = (f"add one for {user} to /etc/subuid and /etc/subgid (as root: usermod "
+               f"--add-subuids {first}-{first + 65535} --add-subgids {first}-{first + 65535} "
+               f"{user}{'' if helpers else '; and install uidmap, for newuidmap'}), or run "
+               "jailkit as root")
+        if set(bad_uids) <= needed.service_uids and set(bad_gids) <= needed.service_gids:
+            fix += (", or run the service as the jail's 0 (--set user.uid=0 --set user.gid=0 "
+                    "--set user.groups=[])")
+    unmapped = ", ".join([*(_named("uid", uid, needed.uids[uid]) for uid in bad_uids),
+                          *(_named("gid", gid, needed.gids[gid]) for gid in bad_gids)])
+    raise JailkitError(f"the jail needs {unmapped} mapped, but {have}: {fix}")
+
+
+def _named(kind: str, number: int, name: str | None) -> str:
+    return f"{kind} {number}" + (f" ({name})" if name else "")
+
+
+def _free_subid_start() -> int:
+    """Where a new range of subordinate ids may begin: after every range given already."""
+    end = 100000  # where Debian's useradd starts them
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    fields = line.strip().split(":")
+                    if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                        end = max(end, int(fields[1]) + int(fields[2]))
+        except OSError:
+            pass
+    return end
 
 
 def _run_helper(helper: str, pid: int, ranges: list[tuple[int, int, int]]) -> None:

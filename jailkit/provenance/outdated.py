@@ -12,7 +12,7 @@ from jailkit.build import manifest
 from jailkit.build.jaildir import JailDir
 from jailkit.errors import JailkitError
 from jailkit.provenance.dpkg import ADMINDIR, compare_versions, parse_status
-from jailkit.vocabulary import default_jail_dir
+from jailkit.vocabulary import jails_base
 
 
 class Stale(NamedTuple):
@@ -42,7 +42,7 @@ class OutdatedJail(NamedTuple):
 
 def default_jail_dirs() -> list[str]:
     """Every jail under the default base (/var/lib/jailkit as root, else the XDG data dir)."""
-    base = os.path.dirname(default_jail_dir("_"))
+    base = jails_base()
     try:
         names = sorted(os.listdir(base))
     except FileNotFoundError:

@@ -2,6 +2,7 @@
 writes (unedited), run it in its jail and talk to it with its real client on 127.0.0.1."""
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -128,6 +129,7 @@ def test_ordinary_user_traces_builds_and_runs(as_root, world_readable_checkout):
         result = jailkit("trace", "-o", profile, "--probe", f"redis-cli -p {port} ping",
                          "--", "redis-server", "--port", port, "--dir", home / "data")
         assert result.returncode == 0, result.stderr
+        assert "redis-server runs on the host, unconfined, as nobody" in result.stderr
         text = profile.read_text()
         assert "[users." not in text and "capabilities" not in text
         assert f'[writable."{home}/data"]' in text
@@ -173,6 +175,9 @@ def test_a_service_that_died_by_itself_fails_the_trace(tmp_path):
                                  str(port), cwd=tmp_path, timeout=60)
             assert result.returncode == 1, (probing, result.stderr)
             ours = [line for line in result.stderr.splitlines() if line.startswith("jailkit:")]
+            assert ours[0] == ("jailkit: note: python3 runs on the host, unconfined, as "
+                               f"{pwd.getpwuid(os.getuid()).pw_name}, while it is traced"), ours
+            ours = ours[1:]
             assert len(ours) == 1, result.stderr  # the rest is the service's own traceback
             assert "exited by itself" in ours[0] and "status 1" in ours[0], ours
             assert not profile.exists()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -456,6 +458,9 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
         raise JailkitError(f"{command[0]}: no such program (give its path, or one in "
                            f"{SERVICE_PATH})")
     probe_argv = shlex.split(probe) if probe else None
+    # the one run that is not jailed: say so before the service starts
+    print(f"jailkit: note: {command[0]} runs on the host, unconfined, as {_user_name()}, "
+          "while it is traced", file=sys.stderr, flush=True)
     from jailkit.launch import syscalls
     # Orphans (a service's forked children whose parent exited) come back to us rather than
     # to the host's init, so that every process the service started is found and stopped.
@@ -610,3 +615,10 @@ def _reap_orphans(tracer_pid: int) -> None:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"

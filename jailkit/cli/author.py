@@ -48,9 +48,6 @@ def trace(output, probe, duration, log_out, from_log, as_json, command):
     else:
         if not command:
             raise JailkitError("no command to trace: jailkit trace [OPTIONS] -- CMD ARGS...")
-        # the one run that is not jailed: say so before the service starts
-        click.echo(f"jailkit: note: {command[0]} runs on the host, unconfined, as "
-                   f"{_user_name()}, while it is traced", err=True)
         run = trace_service(command, probe, duration)
         log = run.log
         if run.exited_early is not None:
@@ -105,10 +102,3 @@ def _write(path: str, text: str) -> None:
     except OSError as e:
         raise JailkitError(f"{path}: {e.strerror}") from None
 
-
-def _user_name() -> str:
-    import pwd
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid {os.getuid()}"

@@ -105,6 +105,7 @@ def test_folding(recorded):
     # accounts as the host defines them
     assert draft.users["daemon"]["uid"] == 1 and draft.groups["daemon"]["gid"] == 1
     assert [e.value for e in draft.bind] == ["11999"] and draft.network == "host"
+    assert draft.ready == 11999  # TCP; the UDP port it bound is no readiness check
     assert draft.workdir == f"{tmp}/work"
 
 

@@ -83,18 +83,22 @@ def test_redis_profile_from_trace_keeps_its_data(as_root, tmp_path):
     text = profile.read_text()
     # the data directory it saved into is kept state; its dump from the trace is not copied
     assert f'[writable."{data}"]\nkind = "state"' in text
+    # the port it listened on is its readiness check: a detached start returns once it answers
+    assert f"ready = {{ tcp = {port} }}" in text
     build(str(profile), tmp_path / "jail")
-    service = Service(str(profile), tmp_path / "jail", tmp_path / "service.log")
+    name = f"traced-redis-{port}"
     try:
-        service.wait_port(port)
+        started = run_jailkit("run", profile, "--root", tmp_path / "jail", "--name", name,
+                              "--detach", timeout=60)
+        assert started.returncode == 0, started.stderr
         client = ["redis-cli", "-p", str(port)]
         assert subprocess.run([*client, "set", "jailed", "yes"], capture_output=True, text=True,
                               timeout=10).stdout.strip() == "OK"
         assert subprocess.run([*client, "get", "jailed"], capture_output=True, text=True,
                               timeout=10).stdout.strip() == "yes"
-        assert service.stop() == 0, service.log()
     finally:
-        service.kill()
+        stopped = run_jailkit("stop", name, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
     dump = tmp_path / "jail" / "state" / str(data).lstrip("/") / "dump.rdb"
     assert b"jailed" in dump.read_bytes()  # saved at SIGTERM, in DIR/state
 

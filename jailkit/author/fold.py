@@ -88,6 +88,7 @@ class Draft:
     capabilities: list[Entry] = field(default_factory=list)
     network: str | None = None
     bind: list[Entry] = field(default_factory=list)
+    ready: int | None = None  # the first TCP port it bound: answering there means started
     connect: list[Entry] = field(default_factory=list)
     nofile: tuple[int, int] | None = None
     secrets: list[Entry] = field(default_factory=list)  # left out, for the user to decide
@@ -470,6 +471,7 @@ def _service(trace: Trace, draft: Draft, command: list[str] | None) -> None:
     if trace.tcp_binds or trace.udp_binds or trace.tcp_connects:
         draft.network = "host"
     draft.bind = [Entry(str(p), f"TCP: {w}") for p, w in sorted(trace.tcp_binds.items())]
+    draft.ready = next(iter(trace.tcp_binds), None)
     draft.connect = [Entry(str(p), w) for p, w in sorted(trace.tcp_connects.items())]
     for port, why in sorted(trace.udp_binds.items()):
         draft.notes.append(f"it bound UDP port {port} ({why}): UDP is not limited by ports")

@@ -98,6 +98,9 @@ def render(draft: Draft, traced: list[str]) -> str:
     if draft.network:
         lines.append(f"network = {quote(draft.network)}  "
                      f"{comment('it bound or connected to ports: the host network')}")
+    if draft.ready:
+        lines.append(f"ready = {{ tcp = {draft.ready} }}  "
+                     f"{comment('the first port it bound: run --detach returns once it answers')}")
     if draft.bind or draft.connect:
         lines += ["", "[service.ports]"]
         lines += _list("bind", draft.bind)

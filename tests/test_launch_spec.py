@@ -116,6 +116,7 @@ def test_run_arguments():
     (["shell", "--set", "novalue"], "is not KEY=VALUE"),
     (["shell", "--pass-fd", "1"], "not a descriptor number above 2"),
     (["--frobnicate", "shell"], "No such option: --frobnicate"),
+    (["shell", "-d", "-i"], "jailkit exec -i NAME -- /bin/sh"),
 ])
 def test_run_usage_errors(argv, message):
     with pytest.raises(UsageError) as err:

@@ -146,6 +146,10 @@ def parse(argv: list[str]) -> Options:
         opts.profile = arg
     if opts.profile is None:
         raise UsageError("Missing argument 'PROFILE'.")
+    if opts.detach and opts.interactive:
+        # a detached jail's input is /dev/null: the caller's terminal is not handed on
+        raise UsageError("--interactive and --detach exclude each other: for a shell in a "
+                         "running jail, jailkit exec -i NAME -- /bin/sh")
     return opts
 
 

@@ -60,7 +60,7 @@ def remove(path: str, keep_state: bool = False, dry_run: bool = False) -> Remova
             removal = Removal(jail.path, len(held), kept)
             if not dry_run:  # first, as a build does: should the rest fail, none runs it
                 for fd in held.values():
-                    removal.entries, removal.bytes = _unlink_counted("launch.json", fd, removal)
+                    _unlink_counted("launch.json", fd, removal)
             doomed = [n for n in names if n != "lock" and n not in kept]
             entries, size = _as_owner(lambda: remove_entries(jail.fd, doomed, jail.path, dry_run))
             removal.entries += entries
@@ -139,14 +139,15 @@ def _refuse_mounts(jail: JailDir, real: str) -> None:
                            "(nothing removed)")
 
 
-def _unlink_counted(name: str, dir_fd: int, removal: Removal) -> tuple[int, int]:
-    """Unlink `name` if it is there; removal's counts with it."""
+def _unlink_counted(name: str, dir_fd: int, removal: Removal) -> None:
+    """Unlink `name` if it is there, counted in `removal`."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
-        return removal.entries, removal.bytes
-    return removal.entries + 1, removal.bytes + st.st_blocks * 512
+        return
+    removal.entries += 1
+    removal.bytes += st.st_blocks * 512
 
 
 def _remove_itself(jail: JailDir, real: str) -> None:

@@ -21,6 +21,14 @@ class JailDirError(JailkitError):
     """A jail directory that cannot be used."""
 
 
+class NotAJail(JailDirError):
+    """A directory that holds what no jail does (`strays`, by name)."""
+
+    def __init__(self, message: str, strays: list[str]):
+        super().__init__(message)
+        self.strays = strays
+
+
 def open_dir(name: str, dir_fd: int) -> int:
     """A directory descriptor for `name` under `dir_fd`; refuses symlinks."""
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
@@ -60,9 +68,10 @@ class JailDir:
         names = os.listdir(self.fd)
         if not is_jail_listing(names):
             os.close(self.fd)
-            strays = ", ".join(sorted(n for n in names if not is_jail_listing([n])))
-            raise JailDirError(f"{self.path} is not empty and is not a jailkit jail (it holds "
-                               f"{strays[:200]}); choose an empty or new directory")
+            strays = sorted(n for n in names if not is_jail_listing([n]))
+            raise NotAJail(f"{self.path} is not empty and is not a jailkit jail (it holds "
+                           f"{', '.join(strays)[:200]}); choose an empty or new directory",
+                           strays)
 
     def __enter__(self):
         return self
@@ -82,6 +91,8 @@ class JailDir:
                      dir_fd=self.fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink == 0:  # `jailkit rm` held it, and removed the jail
+                raise JailDirError(f"{self.path} was removed while this waited for it")
             self._lock_fd = fd
             yield
         finally:

@@ -27,6 +27,7 @@ COMMANDS = {
     "stop": "jailkit.cli.service:stop",
     "kill": "jailkit.cli.service:kill",
     "restart": "jailkit.cli.service:restart",
+    "rm": "jailkit.cli.remove:rm",
     "doctor": "jailkit.cli.doctor:doctor",
     "logs": "jailkit.cli.operate:logs",
     "exec": "jailkit.cli.operate:exec_",

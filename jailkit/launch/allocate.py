@@ -8,7 +8,8 @@ overlapping another's) and, when it first asks for `veth`, a /30 of 10.213.0.0/1
 Kept in a registry of root's, REGISTRY in REGISTRY_DIR (/var/lib/jailkit): a jail directory is
 not the place, because keeping slices apart needs every jail's in one view, under one lock (any
 directory may be a jail with --root). The registry is rewritten whole (a new file renamed over
-it) under flock(LOCK) and pruned of jail directories that no longer exist. Its lines:
+it) under flock(LOCK) and pruned of jail directories that no longer exist (`jailkit rm` gives
+a jail's back at once). Its lines:
 `OFFSET COUNT SUBNET PATH` (SUBNET `-` until the jail first asks for one; PATH to the end of the
 line, the jail directory as opened).
 """
@@ -141,6 +142,36 @@ def for_jail(path: str, count: int, subnet: bool, dry_run: bool = False) -> Allo
         raise JailkitError(f"{REGISTRY_DIR}/{REGISTRY}: {e.strerror}") from None
     finally:
         os.close(dir_fd)
+
+
+def release(path: str, dry_run: bool = False) -> Allocation | None:
+    """Give back the slice and subnet of the jail directory `path` (as for_jail got it), which
+    is gone (`jailkit rm`): a later jail may get them. What it had, or None if nothing; with
+    `dry_run`, what it has, and nothing written."""
+    first_uid, first_gid, _ = id_space()
+    dir_fd = _open_registry_dir(create=False)
+    if dir_fd is None:
+        return None
+    try:
+        lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                       dir_fd=dir_fd)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = _read(dir_fd)
+            mine = next((e for e in entries if e[3] == path), None)
+            if mine is None:
+                return None
+            if not dry_run:
+                entries.remove(mine)
+                _write(dir_fd, entries)
+        finally:
+            os.close(lock)
+    except OSError as e:
+        raise JailkitError(f"{REGISTRY_DIR}/{REGISTRY}: {e.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    offset, count, subnet, _ = mine
+    return Allocation(first_uid + offset, first_gid + offset, count, subnet, False)
 
 
 def _allocate(entries: list[list], path: str, count: int, subnet: bool, first_uid: int,

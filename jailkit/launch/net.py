@@ -36,15 +36,23 @@ def privileged_binds(network: str, ports: list[int]) -> tuple[list[int], int]:
     return [port for port in ports if port < start], start
 
 
+def _address(subnet: int, host: int) -> str:
+    """Address `host` (0-3) of the jail's /30 number `subnet` (0 <= subnet < allocate.SUBNETS)."""
+    slot = subnet * 4
+    return f"{SUBNET[0]}.{SUBNET[1]}.{slot >> 8}.{(slot & 255) + host}"
+
+
+def subnet_text(subnet: int) -> str:
+    return f"{_address(subnet, 0)}/30"
+
+
 class Veth:
     __slots__ = ("host_name", "host_addr", "jail_addr")
 
     def __init__(self, subnet: int, launcher_pid: int):
-        slot = subnet * 4  # the jail's /30: 0 <= subnet < allocate.SUBNETS
-        base = f"{SUBNET[0]}.{SUBNET[1]}.{slot >> 8}"
         self.host_name = f"jk{launcher_pid}"
-        self.host_addr = f"{base}.{(slot & 255) + 1}"
-        self.jail_addr = f"{base}.{(slot & 255) + 2}"
+        self.host_addr = _address(subnet, 1)
+        self.jail_addr = _address(subnet, 2)
 
 
 def clone_flags(network: str) -> int:

@@ -125,24 +125,16 @@ def plan(needed: Needed, uid_count: int, root_range: tuple[int, int] | None = No
     user cannot map is refused, naming it and the fix."""
     if root_range is not None:
         return IdMaps([(0, root_range[0], uid_count)], [(0, root_range[1], uid_count)], True)
-    own_uid, own_gid = os.geteuid(), os.getegid()
-    helpers = os.path.exists(NEWUIDMAP) and os.path.exists(NEWGIDMAP)
-    names = _user_names(own_uid)
-    sub_uid = read_subid("/etc/subuid", names)
-    sub_gid = read_subid("/etc/subgid", names)
-    maps = IdMaps([(0, own_uid, 1)], [(0, own_gid, 1)], False)
-    if uid_count > 1 and helpers and sub_uid and sub_gid:
-        count = min(uid_count - 1, sub_uid[1], sub_gid[1])
-        maps = IdMaps([(0, own_uid, 1), (1, sub_uid[0], count)],
-                      [(0, own_gid, 1), (1, sub_gid[0], count)], True, helpers=True)
+    maps = own_maps(uid_count - 1)
     bad_uids = [uid for uid in needed.uids if maps.host_uid(uid) is None]
     bad_gids = [gid for gid in needed.gids if maps.host_gid(gid) is None]
     if not bad_uids and not bad_gids:
         return maps
-    user = names[0]
+    user = _user_names(os.geteuid())[0]
+    helpers = os.path.exists(NEWUIDMAP) and os.path.exists(NEWGIDMAP)
     if maps.helpers:
         have = (f"the range of subordinate ids /etc/subuid and /etc/subgid give {user} maps "
-                f"the jail's ids 1-{count} only")
+                f"the jail's ids 1-{maps.uids[1][2]} only")
         fix = f"widen that range (to {uid_count - 1} ids), or run jailkit as root"
     else:
         have = ("an ordinary user can only map one id (its own, as the jail's 0) without a "
@@ -158,6 +150,23 @@ def plan(needed: Needed, uid_count: int, root_range: tuple[int, int] | None = No
     unmapped = ", ".join([*(_named("uid", uid, needed.uids[uid]) for uid in bad_uids),
                           *(_named("gid", gid, needed.gids[gid]) for gid in bad_gids)])
     raise JailkitError(f"the jail needs {unmapped} mapped, but {have}: {fix}")
+
+
+def own_maps(count: int | None = None) -> IdMaps:
+    """What an ordinary user can map: its own uid and gid as 0 and, with newuidmap/newgidmap and
+    a range of subordinate ids in /etc/subuid and /etc/subgid, `count` ids of that range as
+    1..count (with count None, all of it: every id any of the user's jails was given)."""
+    own_uid, own_gid = os.geteuid(), os.getegid()
+    maps = IdMaps([(0, own_uid, 1)], [(0, own_gid, 1)], False)
+    names = _user_names(own_uid)
+    sub_uid = read_subid("/etc/subuid", names)
+    sub_gid = read_subid("/etc/subgid", names)
+    if (count is None or count > 0) and os.path.exists(NEWUIDMAP) and \
+            os.path.exists(NEWGIDMAP) and sub_uid and sub_gid:
+        count = min(sub_uid[1], sub_gid[1], sub_uid[1] if count is None else count)
+        maps = IdMaps([(0, own_uid, 1), (1, sub_uid[0], count)],
+                      [(0, own_gid, 1), (1, sub_gid[0], count)], True, helpers=True)
+    return maps
 
 
 def _named(kind: str, number: int, name: str | None) -> str:

@@ -21,8 +21,8 @@ from conftest import NOBODY, nobody_with_subids, run_jailkit, wait_for
 
 PREFIX = "rm"
 ALLOCATIONS = Path("/var/lib/jailkit/.allocations")
-# The state directory is 0777: an ordinary user's state directories are not chowned to their
-# `owner` (root's are), and svc must write there in both.
+# The state directory is svc's own and 0700: svc writes there as root's jail and as an ordinary
+# user's (chowned from inside that jail's user namespace).
 PROFILE = """\
 extends = ["shell"]
 
@@ -38,7 +38,7 @@ gid = 1000
 kind = "state"
 owner = "svc"
 group = "svc"
-mode = "0777"
+mode = "0700"
 
 [service]
 user = "svc"

@@ -101,6 +101,8 @@ class StateBind(Mount):
     def detach(self, fd, as_root, userns_pid):
         if as_root is not None:
             os.fchown(fd, as_root.host_uid(self.uid), as_root.host_gid(self.gid))
+        else:  # an ordinary user's jail, from inside its user namespace: the jail's own ids
+            sc.fchown_empty(fd, self.uid, self.gid)
         return _clone(fd, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
 
     def apply(self, detached):

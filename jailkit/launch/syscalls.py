@@ -292,6 +292,12 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
     )
 
 
+def fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """chown of the file open at `fd` itself, an O_PATH descriptor too (no path is walked)."""
+    _check(_libc.fchownat(ctypes.c_int(fd), b"", ctypes.c_uint(uid), ctypes.c_uint(gid),
+                          ctypes.c_int(AT_EMPTY_PATH)), "fchownat")
+
+
 def open_tree_fd(fd: int, flags: int) -> int:
     """open_tree of the directory open at `fd` itself (no path is walked)."""
     return _check(

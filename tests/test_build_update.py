@@ -53,7 +53,9 @@ def test_update_keeps_state_and_reports_profile_edits(tmp_path):
                                                    'extends = ["shell"]\nbinaries = ["/bin/nl"]'))
     result = jailkit_ok("update", profile, "--root", jail)
     assert "added    /usr/bin/nl" in result.stdout
-    assert re.search(r"gen-2 in .*: 1 files copied, \d+ unchanged, 1 added, 0 updated, 0 removed",
+    assert re.search(r"gen-2 built in .*: 1 added, 0 updated, 0 removed since the previous "
+                     r"generation \(1 file copied, \d+ unchanged ones shared with it as "
+                     r"hard links\)",
                      result.stdout)
     assert (jail / "state/var/lib/svc/data.db").read_text() == "written by the service\n"
     assert stat.S_IMODE((jail / "state/var/lib/svc").stat().st_mode) == 0o700

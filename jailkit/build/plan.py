@@ -65,14 +65,19 @@ class Plan:
         return Plan(self.name, entries, self.launch, self.state_dirs, self.notes, self.closure,
                     sets=self.sets)
 
-    def summary(self) -> dict:
+    def counts(self) -> tuple[int, int, int]:
+        """Directories, files and symlinks."""
         counts = {"dir": 0, "file": 0, "symlink": 0}
         for entry in self.entries.values():
             counts[entry.type] += 1
+        return counts["dir"], counts["file"], counts["symlink"]
+
+    def summary(self) -> dict:
+        directories, files, symlinks = self.counts()
         size = sum(e.host.size for e in self.entries.values() if e.host and e.type == "file")
         size += sum(len(e.content) for e in self.entries.values() if e.content is not None)
-        return {"name": self.name, "directories": counts["dir"], "files": counts["file"],
-                "symlinks": counts["symlink"], "bytes": size, "notes": self.notes}
+        return {"name": self.name, "directories": directories, "files": files,
+                "symlinks": symlinks, "bytes": size, "notes": self.notes}
 
 
 def check_jail_path(path: str) -> str:

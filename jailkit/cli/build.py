@@ -236,9 +236,17 @@ def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
             click.echo(f"gen-{number} is still used by a running jail: restart it to run "
                        f"gen-{result.generation}")
         return
-    click.echo(f"{plan.name}: gen-{result.generation} in {root}: {result.copied} files copied, "
-               f"{result.linked} unchanged, {len(result.added)} added, {len(result.updated)} "
-               f"updated, {len(result.removed)} removed")
+    built = f"{plan.name}: gen-{result.generation} built in {root}"
+    if result.linked or result.updated or result.removed or result.copied < plan.counts()[1]:
+        # a previous generation was there: what changed since, and what is shared with it
+        click.echo(f"{built}: {len(result.added)} added, {len(result.updated)} updated, "
+                   f"{len(result.removed)} removed since the previous generation "
+                   f"({_files(result.copied)} copied, {result.linked} unchanged ones shared "
+                   "with it as hard links)")
+    else:
+        directories, files, symlinks = plan.counts()
+        click.echo(f"{built}: {_files(files)} ({plan.summary()['bytes'] / 1e6:.1f} MB), "
+                   f"{directories} directories, {symlinks} symlinks")
     if verbose:
         for path in result.added:
             click.echo(f"  added    {path}")
@@ -330,3 +338,7 @@ def check(profile, root, as_json):
             click.echo(f"{finding.kind}: {finding.path}: {finding.detail}")
         click.echo(f"{len(findings)} finding(s) in {root}", err=True)
     sys.exit(1 if findings else 0)
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"

@@ -136,6 +136,7 @@ def test_cyclonedx_sbom_validates_and_names_packages_by_purl(shell_jail, tmp_pat
     out = tmp_path / "bom.json"
     result = run_jailkit("sbom", "shell", "--root", shell_jail, "-o", out)
     assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{out}: the CycloneDX 1.5 SBOM of {shell_jail}\n"
     text = out.read_text()
     assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(text) is None
     bom = json.loads(text)

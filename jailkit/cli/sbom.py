@@ -30,7 +30,8 @@ def sbom(profile, root, kind, output):
     """Print the software bill of materials of the jail built for PROFILE."""
     from jailkit.provenance.sbom import document
 
-    text = json.dumps(document(_jail_root(profile, root), kind), indent=2) + "\n"
+    jail = _jail_root(profile, root)
+    text = json.dumps(document(jail, kind), indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
         return
@@ -39,6 +40,8 @@ def sbom(profile, root, kind, output):
             f.write(text)
     except OSError as e:
         raise JailkitError(f"-o {output}: {e.strerror}") from None
+    label = "SPDX 2.3" if kind == "spdx" else "CycloneDX 1.5"
+    click.echo(f"{output}: the {label} SBOM of {jail}")
 
 
 def _shown(text: str) -> str:

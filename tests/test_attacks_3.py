@@ -108,12 +108,13 @@ def test_a_registry_line_is_one_entry_however_its_path_reads(registry, base):
     first = allocate.id_space()[0]
     taken = base / "taken"
     taken.mkdir()
-    registry.write_text(f"0 {COUNT} - {taken}\n"
-                        f"{COUNT} {COUNT} - {base}/old\u2028{0} {COUNT} - {base}/new\n")
+    old = f"{base}/old\u20280 {COUNT} - {base}/new"
+    os.makedirs(old)  # it exists: its slice is not free
+    registry.write_text(f"0 {COUNT} - {taken}\n{COUNT} {COUNT} - {old}\n")
     registry.chmod(0o644)
     (base / "new").mkdir()
     new = allocate.for_jail(str(base / "new"), COUNT, False)
-    assert new.uid not in (first, first + COUNT)
-    released = allocate.release(f"{base}/old\u2028{0} {COUNT} - {base}/new")
+    assert new.uid == first + 2 * COUNT
+    released = allocate.release(old)
     assert released is not None and released.uid == first + COUNT
     assert f"0 {COUNT} - {taken}\n" in registry.read_text()

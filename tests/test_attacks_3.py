@@ -118,3 +118,59 @@ def test_a_registry_line_is_one_entry_however_its_path_reads(registry, base):
     released = allocate.release(old)
     assert released is not None and released.uid == first + COUNT
     assert f"0 {COUNT} - {taken}\n" in registry.read_text()
+
+
+RACE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd, decoy = int(sys.argv[1]), sys.argv[2]
+os.symlink(decoy, "link", dir_fd=fd)
+os.symlink(decoy, "a/b/link", dir_fd=fd)
+exchange = lambda a, b: libc.renameat2(fd, a.encode(), fd, b.encode(), 2)  # RENAME_EXCHANGE
+os.write(1, b"racing\\n")
+while True:  # directories and links to the decoy change places, a directory moves up and back
+    exchange("a", "link")
+    exchange("a/b", "a/b/link")
+    exchange("link", "a")
+    libc.renameat(fd, b"a/b/c", fd, b"c")
+    exchange("a/b/link", "a/b")
+    libc.renameat(fd, b"c", fd, b"a/b/c")
+"""
+
+
+def test_a_running_service_swapping_links_and_moving_directories_cannot_steer_rm(as_root,
+                                                                                  base):
+    """Should a process of the jail survive (or the running check fail), it races rm: it swaps
+    its directories with links to a host directory, and moves a directory up (so that ".."
+    from inside it is another directory) and back. rm may refuse; it never removes the
+    host's directory, which a link followed would empty."""
+    decoy = base / "decoy"
+    decoy.mkdir()
+    (decoy / "kept").write_text("host file\n")
+    for path in (decoy, decoy / "kept"):
+        os.chown(path, NOBODY, NOBODY)  # the racer's own: removable through a link
+    for _ in range(5):
+        jail = base / "jail"
+        data = jail / "state/var/data"
+        (data / "a/b/c/d").mkdir(parents=True)
+        for n in range(200):
+            (data / "a/b/c/d" / f"f{n}").write_text("x")
+            (data / "a" / f"f{n}").write_text("x")
+        jail.chmod(0o700)
+        subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", data], check=True)
+        fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+        racer = subprocess.Popen([sys.executable, "-c", RACE, str(fd), str(decoy)],
+                                 preexec_fn=as_nobody, pass_fds=(fd,), stdout=subprocess.PIPE)
+        os.close(fd)
+        try:
+            assert racer.stdout.readline() == b"racing\n"
+            raced = jailkit_rm("--root", jail)
+        finally:
+            racer.kill()
+            racer.wait()
+        assert raced.returncode in (0, 2) and "Traceback" not in raced.stderr, raced.stderr
+        assert (decoy / "kept").read_text() == "host file\n"
+        if os.path.lexists(jail):  # refused mid-way: removed once nothing races it
+            again = jailkit_rm("--root", jail)
+            assert again.returncode == 0, again.stderr
+        assert (decoy / "kept").read_text() == "host file\n"

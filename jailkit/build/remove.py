@@ -20,7 +20,6 @@ import errno
 import fcntl
 import json
 import os
-import resource
 import stat
 
 from jailkit.build.jaildir import DIR_FLAGS, GEN_RE, JailDir, NotAJail, mount_points
@@ -172,44 +171,49 @@ def remove_entries(dir_fd: int, names: list[str], shown: str,
                    dry_run: bool = False) -> tuple[int, int]:
     """Remove `names` under `dir_fd` and all they hold, never following a symlink nor leaving
     dir_fd's filesystem; (entries, bytes on disk) removed. `shown`: dir_fd's path, for messages.
-    With dry_run, only counted."""
-    device = os.fstat(dir_fd).st_dev
-    # a descriptor per level of depth is open, and the jail may have made a deep tree
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    With dry_run, only counted.
+
+    Only the directory being emptied is open: the jail may have nested directories deeper
+    than this process may hold descriptors. Its parent is opened again by "..", and refused
+    unless it is the very directory it was entered from."""
+    top = os.fstat(dir_fd)
+    # the directories being emptied, outermost first: ((dev, ino), name, path, names left)
+    levels = [((top.st_dev, top.st_ino), None, shown, list(reversed(names)))]
+    here = dir_fd  # the innermost's descriptor (dir_fd itself is the caller's to close)
     entries = size = 0
-    todo = [(dir_fd, name, f"{shown}/{name}") for name in reversed(names)]
-    # the directories being emptied, innermost last: (parent fd, name, path, fd, names left)
-    open_dirs = []
     at = shown
     try:
-        while todo or open_dirs:
-            if todo:
-                parent, name, at = todo.pop()
-                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        while True:
+            _, name, path, left = levels[-1]
+            if left:
+                child = left.pop()
+                at = f"{path}/{child}"
+                st = os.stat(child, dir_fd=here, follow_symlinks=False)
                 entries += 1
                 size += st.st_blocks * 512
                 if stat.S_ISDIR(st.st_mode):
-                    fd = _open_dir(parent, name, at, st, device)
-                    open_dirs.append((parent, name, at, fd, os.listdir(fd)))
+                    fd = _open_dir(here, child, at, st, top.st_dev)
+                    if here != dir_fd:
+                        os.close(here)
+                    here = fd
+                    levels.append(((st.st_dev, st.st_ino), child, at, os.listdir(here)))
                 elif not dry_run:
-                    os.unlink(name, dir_fd=parent)
+                    os.unlink(child, dir_fd=here)
                 continue
-            parent, name, at, fd, left = open_dirs[-1]
-            if left:
-                child = left.pop()
-                todo.append((fd, child, f"{at}/{child}"))
-                continue
-            open_dirs.pop()
-            os.close(fd)
+            if len(levels) == 1:
+                break
+            levels.pop()
+            at = path
+            parent = dir_fd if len(levels) == 1 else _open_parent(here, levels[-1][0], path)
+            os.close(here)
+            here = parent
             if not dry_run:
-                os.rmdir(name, dir_fd=parent)
+                os.rmdir(name, dir_fd=here)
     except OSError as e:
         raise JailkitError(f"cannot remove {at}: {e.strerror}") from None
     finally:
-        for _, _, _, fd, _ in open_dirs:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if here != dir_fd:
+            os.close(here)
     return entries, size
 
 
@@ -225,6 +229,17 @@ def _open_dir(parent: int, name: str, shown: str, st: os.stat_result, device: in
         os.close(fd)
         raise JailkitError(f"{shown} was replaced while being removed: run again")
     return fd
+
+
+def _open_parent(fd: int, expected: tuple[int, int], shown: str) -> int:
+    """The parent of directory `fd`, by "..", once it is `expected` (dev, ino): the directory
+    it was entered from, not one it was moved to."""
+    parent = os.open("..", DIR_FLAGS, dir_fd=fd)
+    st = os.fstat(parent)
+    if (st.st_dev, st.st_ino) != expected:
+        os.close(parent)
+        raise JailkitError(f"{shown} was moved while being removed: run again")
+    return parent
 
 
 def _as_owner(work):

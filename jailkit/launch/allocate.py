@@ -54,7 +54,12 @@ def id_space() -> tuple[int, int, int]:
 
 def _parse(text: str) -> list[list]:
     entries = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # "\n" alone ends a line: str.splitlines also ends one at \r, \v, \f, U+001C-U+001E,
+    # U+0085, U+2028 and U+2029, which a path may hold (one line read as two: a forged entry)
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
         fields = line.split(" ", 3)
         if (len(fields) != 4 or not fields[0].isdigit() or not fields[1].isdigit()
                 or not (fields[2].isdigit() or fields[2] == "-")):
@@ -118,8 +123,9 @@ def _write(dir_fd: int, entries: list[list]) -> None:
 def for_jail(path: str, count: int, subnet: bool, dry_run: bool = False) -> Allocation:
     """The jail at `path`'s slice of `count` ids (and subnet if asked), made and recorded under
     the registry's lock on first use; with `dry_run`, what would be given, and nothing written."""
-    if "\n" in path:
-        raise JailkitError(f"{path!r}: a jail directory's path cannot hold a newline")
+    if not path.isprintable():  # a line of the registry: no character may end or hide one
+        raise JailkitError(f"{path!r}: a jail directory's path cannot hold a control character "
+                           "(nor a line separator, nor bytes that are not UTF-8): rename it")
     first_uid, first_gid, space = id_space()
     dir_fd = _open_registry_dir(create=not dry_run)
     if dir_fd is None:  # dry run, nothing allocated yet anywhere

@@ -70,8 +70,8 @@ def remove(path: str, keep_state: bool = False, dry_run: bool = False) -> Remova
         if not keep_state and not dry_run:
             os.unlink("lock", dir_fd=jail.fd)  # still held: a build waiting for it sees it gone
             _remove_itself(jail, real)
-    if os.geteuid() == 0 and not keep_state:
-        removal.freed = allocate.release(real, dry_run)
+        if os.geteuid() == 0 and not keep_state:  # under the lock: no build of DIR between
+            removal.freed = allocate.release(real, dry_run)
     return removal
 
 

@@ -162,8 +162,9 @@ class Writable:
         self.source = raw.get("source")
         if self.kind == "bind":
             source = _str(self.source, f"{key}.source")
-            if source.startswith("/") or ".." in source.split("/"):
-                _fail(f"{key}.source", f"must be relative to DIR/state, got {source!r}")
+            parts = [p for p in source.split("/") if p not in ("", ".")]
+            if source.startswith("/") or ".." in parts or not parts:  # not all of DIR/state
+                _fail(f"{key}.source", f"must be a directory below DIR/state, got {source!r}")
         self.uid = _int(raw.get("uid", 0), f"{key}.uid")
         self.gid = _int(raw.get("gid", 0), f"{key}.gid")
         self.mode = _int(raw.get("mode", 0o755), f"{key}.mode")

@@ -2,13 +2,14 @@
 
 These machines run hybrid cgroup v1, so jailkit's cgroup v2 limits never meet a controller
 here; test_debian_kernel.py runs them in this VM instead. The guest is Debian's
-linux-image-6.1 kernel under qemu (KVM when /dev/kvm opens, else TCG) booted with
-`cgroup_no_v1=all`, and a small initramfs made at each boot: busybox-static and the kernel's
-modules for 9p, virtio and ext4. Its init mounts the host's / read-only over virtio-9p as the
-guest's root, with tmpfs on /tmp and /run, proc, sysfs, devtmpfs, devpts and cgroup2 at
-/sys/fs/cgroup, and an ext4 image of the caller's (a scratch disk, written in place) at the
-path the caller names; then it runs the command under busybox's shell (pid 1, reaping
-orphans) and powers off. The command's output comes back over the serial console.
+linux-image-6.1 kernel under qemu (TCG: see run) booted with `cgroup_no_v1=all`, and a small
+initramfs made at each boot: busybox-static and the kernel's modules for 9p, overlayfs, virtio
+and ext4. Its init mounts the host's / read-only over virtio-9p, under an overlay whose upper
+layer is guest memory (the guest writes where it likes, never to the host), with fresh tmpfs on
+/tmp and /run, proc, sysfs, devtmpfs, devpts and cgroup2 at /sys/fs/cgroup, and an ext4 image
+of the caller's (a scratch disk, written in place) at the path the caller names; then it runs
+the command under busybox's shell (pid 1, reaping orphans) and powers off. The command's
+output comes back over the serial console.
 
     python tests/vm.py fetch     downloads the kernel into CACHE (apt-get download; .ci/test-deps)
     python tests/vm.py run CMD   runs CMD in the VM (no disk), for a look around
@@ -29,7 +30,9 @@ CACHE = Path("/var/cache/jailkit-tests/kernel")
 BUSYBOX = "/bin/busybox"  # busybox-static
 # The modules the guest loads, each after what it depends on (modinfo's `depends`, resolved at
 # fetch time): the 9p root, the scratch disk and its ext4, and bfq (io_weight's scheduler).
-WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "virtio_blk", "ext4", "bfq")
+# (ext4's checksums need crc32c from the crypto API: a module that nothing `depends` on)
+WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_blk", "crc32c_generic",
+                  "ext4", "bfq")
 MEMORY_MB = 1024
 MARK = "jkvm:"  # the console lines of the guest's init, as opposed to its command's
 FETCH_HINT = "the VM's kernel is not fetched: run `python tests/vm.py fetch` (.ci/test-deps does)"
@@ -105,16 +108,20 @@ def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
 def _init(command: str, disk_at: str | None) -> str:
     """The initramfs's /init: load modules, mount the guest's root, run `command` (a shell
     command line) in it, power off."""
-    disk = f"mkdir -p /root{disk_at} && mount -t ext4 /dev/vda /root{disk_at} || fail disk\n" \
-        if disk_at else ""
+    disk = "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n" \
+        f"mkdir -p /root{disk_at} && mount -t ext4 /dev/vda /root{disk_at} || fail disk\n" \
+        if disk_at else ""  # virtio_blk finds its disk in the background
     return f"""#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /proc /sys /dev /root
 /bin/busybox --install -s /bin
-fail() {{ echo "{MARK} cannot set up the guest: $1"; poweroff -f; }}
+fail() {{ dmesg | tail -5; echo "{MARK} cannot set up the guest: $1"; poweroff -f; }}
 mount -t proc proc /proc && mount -t sysfs sys /sys && mount -t devtmpfs dev /dev || fail mounts
 for m in $(cat /modules/order); do insmod /modules/$m.ko || fail "insmod $m"; done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /root \\
+mkdir -p /host /rw && mount -t tmpfs tmpfs /rw && mkdir /rw/upper /rw/work || fail tmpfs
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /host \\
   || fail 9p
+mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /root \\
+  || fail overlay
 for d in tmp run; do mount -t tmpfs -o mode=1777 tmpfs /root/$d || fail $d; done
 mount -t proc proc /root/proc && mount -t sysfs sys /root/sys &&
   mount -t devtmpfs dev /root/dev && mkdir -p /root/dev/pts /root/dev/shm &&

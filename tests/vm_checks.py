@@ -10,6 +10,7 @@ bounded; every jail is stopped by its check (and whatever a failed check left, a
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,7 +67,7 @@ def procs(name: str) -> list[int]:
 def alive(pid: int) -> bool:
     try:
         return read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
         return False
 
 
@@ -223,6 +224,20 @@ def stop_kills_a_daemon_that_double_forked():
     assert not os.path.exists(group("daemon"))
 
 
+def a_killed_waiter_leaves_no_group_once_the_next_command_ran():
+    for round_ in (1, 2):  # the second start reuses the name: no "File exists"
+        start("orphan")
+        processes = wait_for(lambda: len(procs("orphan")) >= 3 and procs("orphan"), 60,
+                             "the jail's processes")
+        waiter = ps()["orphan"]["pid"]
+        os.kill(waiter, signal.SIGKILL)
+        gone = [waiter, *processes]
+        wait_for(lambda gone=gone: not [p for p in gone if alive(p)], 60, "the jail's death")
+        assert os.path.exists(group("orphan"))  # the waiter did not live to remove it
+        assert "orphan" not in ps(), round_  # the next command removes it
+        assert not os.path.exists(group("orphan")), round_
+
+
 def cpu_quota_throttles():
     start("quota", "--cpu-quota", "20%", command=["/bin/sh", "-c", "while :; do :; done"])
     time.sleep(1)
@@ -284,7 +299,8 @@ CHECKS = [kernel_has_cgroup_v2_alone, accounting_without_limits, limits_are_writ
           the_jail_sees_its_cgroup_as_root, exec_joins_the_cgroup_and_stop_ends_it,
           a_memory_hog_is_oom_killed_and_counted,
           a_service_the_oom_killer_killed_says_so_in_its_log, a_fork_flood_stops_at_pids_max,
-          stop_kills_a_daemon_that_double_forked, cpu_quota_throttles,
+          stop_kills_a_daemon_that_double_forked,
+          a_killed_waiter_leaves_no_group_once_the_next_command_ran, cpu_quota_throttles,
           cpu_weights_share_one_cpu_about_one_to_four,
           io_weight_is_refused_without_bfq_naming_the_fix,
           io_weight_is_bfqs_weight_and_io_is_counted]

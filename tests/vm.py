@@ -122,7 +122,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroo
   || fail 9p
 mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /root \\
   || fail overlay
-for d in tmp run; do mount -t tmpfs -o mode=1777 tmpfs /root/$d || fail $d; done
+mount -t tmpfs -o mode=1777 tmpfs /root/tmp && mount -t tmpfs -o mode=755 tmpfs /root/run ||
+  fail "tmp, run"
 mount -t proc proc /root/proc && mount -t sysfs sys /root/sys &&
   mount -t devtmpfs dev /root/dev && mkdir -p /root/dev/pts /root/dev/shm &&
   mount -t devpts devpts /root/dev/pts &&

@@ -163,6 +163,9 @@ def run(command: str, disk: Path | None = None, disk_at: str | None = None,
     pid) at `timeout` seconds, so this always ends."""
     if release() is None:
         raise RuntimeError(FETCH_HINT)
+    if not shutil.which("qemu-system-x86_64") or not os.path.exists(BUSYBOX):
+        raise RuntimeError("the VM needs qemu-system-x86_64 and busybox-static: apt-get install "
+                           "qemu-system-x86 busybox-static (.ci/test-deps does)")
     with tempfile.TemporaryDirectory(prefix="jailkit-vm-") as work:
         initrd = Path(work) / "initrd.gz"
         initrd.write_bytes(initramfs(command, disk_at))

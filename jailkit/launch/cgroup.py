@@ -32,12 +32,13 @@ RUN_OPTIONS = {"memory_max": "--memory", "pids_max": "--pids", "cpu_weight": "--
 
 
 class Group:
-    """One directory for one jail, with the files to write into it, in order."""
+    """One directory for one jail, with the files to write into it, in order, and (cgroup v2)
+    the controllers its parents delegate to it."""
 
-    __slots__ = ("path", "settings")
+    __slots__ = ("path", "settings", "controllers")
 
-    def __init__(self, path: str, settings: list[tuple[str, str]]):
-        self.path, self.settings = path, settings
+    def __init__(self, path: str, settings: list[tuple[str, str]], controllers=()):
+        self.path, self.settings, self.controllers = path, settings, tuple(controllers)
 
     def __repr__(self) -> str:
         return f"{self.path} " + " ".join(f"{k}={v}" for k, v in self.settings)
@@ -64,6 +65,32 @@ def unenforceable(key: str, why: str) -> JailkitError:
     return JailkitError(f"this host cannot enforce cgroup.{key}: {why}: {leave_out}"
                         f"--set cgroup.{key}=null (or drop it from the profile's "
                         "[service.limits])")
+
+
+def bfq_weight(key: str, weight: int) -> str:
+    """`weight` (1-10000) as bfq takes it (1-1000), once a disk uses bfq: only that I/O
+    scheduler honours a cgroup's weight, on v1 (blkio.bfq.weight) and v2 (io.bfq.weight; v2's
+    io.weight is the iocost controller's, which no disk enables unless told)."""
+    if not _bfq_disk():
+        raise unenforceable(key, "no disk uses the bfq I/O scheduler, the only one that "
+                                 "honours I/O weights (modprobe bfq; echo bfq > "
+                                 "/sys/block/DISK/queue/scheduler)")
+    return str(min(weight, 1000))
+
+
+def _bfq_disk() -> bool:
+    try:
+        disks = os.listdir("/sys/block")
+    except OSError:
+        return False
+    for disk in disks:
+        try:
+            with open(f"/sys/block/{disk}/queue/scheduler") as f:
+                if "[bfq]" in f.read():
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def needs_root(asked: list[str], typed: tuple = ()) -> JailkitError:
@@ -113,7 +140,7 @@ def create(groups: list[Group]) -> None:
             try:
                 if group.path.startswith(CGROUP_ROOT + "/") and os.path.exists(
                         f"{parent}/cgroup.subtree_control"):
-                    cgroup_v2.enable_controllers(parent, group.settings)
+                    cgroup_v2.enable_controllers(parent, group.controllers)
                 group_fd = _made_dir(parent_fd, os.path.basename(group.path), False)
             finally:
                 os.close(parent_fd)

@@ -20,24 +20,8 @@ def _has(root: str, controller: str) -> bool:
     return os.path.exists(f"{root}/{controller}/cgroup.procs")
 
 
-def _bfq_disk() -> bool:
-    """Whether some disk's I/O scheduler is bfq, the only one that honours blkio weights."""
-    try:
-        disks = os.listdir("/sys/block")
-    except OSError:
-        return False
-    for disk in disks:
-        try:
-            with open(f"/sys/block/{disk}/queue/scheduler") as f:
-                if "[bfq]" in f.read():
-                    return True
-        except OSError:
-            continue
-    return False
-
-
 def groups(root: str, leaf: str, limits: dict, with_kill: bool) -> list:
-    from jailkit.launch.cgroup import Group, unenforceable
+    from jailkit.launch.cgroup import Group, bfq_weight, unenforceable
 
     out = []
     memory_max, swap_max = limits.get("memory_max"), limits.get("swap_max")
@@ -77,17 +61,14 @@ def groups(root: str, leaf: str, limits: dict, with_kill: bool) -> list:
                                 "no cpu controller is mounted")
         out.append(Group(f"{root}/cpu/{leaf}", cpu))
     weight = limits.get("io_weight")
+    blkio = []
     if weight is not None:
         if not os.path.exists(f"{root}/blkio/blkio.bfq.io_service_bytes"):
             raise unenforceable("io_weight", "the blkio controller has no BFQ weights here "
                                              "(modprobe bfq)")
-        if not _bfq_disk():
-            raise unenforceable("io_weight", "no disk uses the bfq I/O scheduler, the only one "
-                                             "that honours weights (echo bfq > "
-                                             "/sys/block/DISK/queue/scheduler)")
+        blkio.append(("blkio.bfq.weight", bfq_weight("io_weight", weight)))
     if _has(root, "blkio"):
-        out.append(Group(f"{root}/blkio/{leaf}",
-                         [] if weight is None else [("blkio.bfq.weight", str(min(weight, 1000)))]))
+        out.append(Group(f"{root}/blkio/{leaf}", blkio))
     if with_kill:
         out += [Group(f"{root}/{c}/{leaf}", []) for c in ("freezer", "cpuacct") if _has(root, c)]
     return out

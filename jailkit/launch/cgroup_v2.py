@@ -1,31 +1,36 @@
 """cgroup v2, the unified hierarchy: one directory per jail, `UNIFIED/jailkit/NAME`.
 
 Limits: memory.max, memory.high, memory.swap.max (0 unless the profile gives swap: a memory
-limit the jail can swap past is none), pids.max, cpu.weight, cpu.max, io.weight — each only
+limit the jail can swap past is none), pids.max, cpu.weight, cpu.max, io.bfq.weight — each only
 where the hierarchy has that controller, which the parents then delegate (cgroup.subtree_control).
+memory, pids and io are delegated even without a limit: their files are the jail's accounting
+(memory.current, memory.peak, memory.events, pids.current, io.stat), absent otherwise.
 Stopping: cgroup.kill (Linux 5.14) kills every process in the group at once, however it forked.
-Tested here only as the controller-less unified mount of a hybrid host (kill, procs, cpu.stat);
-the limits follow the kernel's cgroup-v2 documentation.
+Tested on a hybrid host (the controller-less unified mount: kill, procs, cpu.stat) and on
+Debian 12's kernel booted with cgroup v2 alone, in a VM (tests/test_debian_kernel.py).
 """
 
 import os
 
 from jailkit.errors import JailkitError
 
+ACCOUNTING = {"memory", "pids", "io"}
+
 
 def group(path: str, limits: dict, unified: str):
-    from jailkit.launch.cgroup import Group, unenforceable
+    from jailkit.launch.cgroup import Group, bfq_weight, unenforceable
 
     try:
         with open(f"{unified}/cgroup.controllers") as f:
             available = set(f.read().split())
     except OSError as e:
         raise JailkitError(f"cannot read {unified}/cgroup.controllers: {e.strerror}") from None
-    settings = []
+    settings, controllers = [], ACCOUNTING & available
 
     def need(controller: str, key: str) -> None:
         if controller not in available:
             raise unenforceable(key, f"the cgroup v2 hierarchy has no {controller} controller")
+        controllers.add(controller)
 
     memory_max, swap_max = limits.get("memory_max"), limits.get("swap_max")
     for key, file in (("memory_max", "memory.max"), ("memory_high", "memory.high")):
@@ -46,13 +51,13 @@ def group(path: str, limits: dict, unified: str):
         settings.append(("cpu.max", f"{limits['cpu_quota'] * 1000} 100000"))
     if limits.get("io_weight") is not None:
         need("io", "io_weight")
-        settings.append(("io.weight", f"default {limits['io_weight']}"))
-    return Group(path, settings)
+        settings.append(("io.bfq.weight", bfq_weight("io_weight", limits["io_weight"])))
+    return Group(path, settings, sorted(controllers))
 
 
-def enable_controllers(parent: str, settings: list[tuple[str, str]]) -> None:
-    """Delegate the controllers `settings` use from the hierarchy's root down to `parent`."""
-    wanted = {key.split(".")[0] for key, _ in settings}
+def enable_controllers(parent: str, controllers: tuple[str, ...]) -> None:
+    """Delegate `controllers` from the hierarchy's root down to `parent`."""
+    wanted = set(controllers)
     if not wanted:
         return
     for directory in (os.path.dirname(parent), parent):

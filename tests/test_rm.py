@@ -152,6 +152,7 @@ def test_keep_state_removes_the_generations_only(root_jail):
     kept = run_jailkit("rm", "--root", jail, "--keep-state", timeout=60)
     assert kept.returncode == 0, kept.stderr
     assert "kept state/" in kept.stdout
+    assert kept.stdout.startswith(f"removed the generations of {jail} (")
     assert sorted(os.listdir(jail)) == ["lock", "state"]
     assert (jail / "state/var/data/sub/deep/file").read_text() == "written\n"
     assert allocated(jail)  # its ids still own what state/ holds
@@ -225,8 +226,11 @@ def test_what_is_not_a_jail_is_refused(as_root, base):
 
 def test_bad_input_is_one_line(as_root):
     one_line_refusal(run_jailkit("rm"), "jailkit rm NAME", "--root DIR")
-    for name in ("..", ".", "some/dir", "/tmp/x/", ""):
-        one_line_refusal(run_jailkit("rm", name), "--root DIR")
+    for name in ("..", ".", "some/dir", "/tmp/x/"):
+        # the fix names that very directory, never a default one of the same last name
+        one_line_refusal(run_jailkit("rm", name), f"is a path, not a jail's name: jailkit rm "
+                                                  f"--root {name}")
+    one_line_refusal(run_jailkit("rm", ""), "jailkit rm NAME", "--root DIR")
 
 
 # --- as an ordinary user ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`jailkit rm`: remove a jail directory (jailkit/build/remove.py)."""
 
 import os
+import shlex
 
 import click
 
@@ -26,7 +27,7 @@ def rm(name, root, keep_state, dry_run):
     from jailkit.build.remove import remove
 
     removal = remove(_directory(name, root), keep_state, dry_run)
-    click.echo(_summary(removal, dry_run))
+    click.echo(_summary(removal, keep_state, dry_run))
 
 
 def _directory(name: str | None, root: str | None) -> str:
@@ -35,25 +36,25 @@ def _directory(name: str | None, root: str | None) -> str:
 
     if root:
         return root
-    if name is None:
+    if not name:
         raise JailkitError("which jail? jailkit rm NAME (its default directory), or jailkit "
                            "rm --root DIR")
     base = jail_name(name)
     if base in ("", ".", "..") or ("/" in name and not name.endswith(".toml")):
-        raise JailkitError(f"{name!r}: give the jail's name as build and run take it (jailkit "
-                           "rm nginx), or its directory with --root DIR")
+        raise JailkitError(f"{name!r} is a path, not a jail's name: jailkit rm --root "
+                           f"{shlex.quote(name)}")
     return f"{jails_base()}/{base}"
 
 
-def _summary(removal, dry_run: bool) -> str:
+def _summary(removal, keep_state: bool, dry_run: bool) -> str:
     from jailkit.launch.cgroup import human_bytes
     from jailkit.launch.net import subnet_text
 
     verb = "would remove" if dry_run else "removed"
     count = f"{removal.generations} generation{'' if removal.generations == 1 else 's'}"
     held = f"{removal.entries} entries, {human_bytes(removal.bytes)} on disk"
-    if removal.kept:
-        kept = " and ".join(f"{name}/" for name in removal.kept)
+    if keep_state:
+        kept = " and ".join(f"{name}/" for name in removal.kept) or "nothing (it has no state)"
         line = f"{verb} the generations of {removal.path} ({count}, {held}); kept {kept}"
         if os.geteuid() == 0:
             line += " and the jail's ids, which own its files"

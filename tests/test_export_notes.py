@@ -49,8 +49,8 @@ def served(tmp_path_factory):
     profile = base / f"{NAME}.toml"
     profile.write_text('extends = ["nginx"]\n')
     port = free_port()
-    build(str(profile), base / "jail", f"port={port}", "address=127.0.0.1")
-    service = Service(str(profile), base / "jail", base / "service.log")
+    build(str(profile), base / NAME, f"port={port}", "address=127.0.0.1")
+    service = Service(str(profile), base / NAME, base / "service.log")
     try:
         service.wait_port(port)
         with pytest.raises(urllib.error.HTTPError):
@@ -58,9 +58,9 @@ def served(tmp_path_factory):
         assert service.stop() == 0, service.log()
     finally:
         service.kill()
-    log = base / "jail/state/var/log/nginx/access.log"
+    log = base / NAME / "state/var/log/nginx/access.log"
     assert "GET /earlier " in log.read_text()
-    return profile, base / "jail", port
+    return profile, base / NAME, port
 
 
 def test_an_image_declares_each_state_directory_a_volume_and_has_a_registry_name(served,
@@ -184,7 +184,7 @@ def https_body(port: int, seconds: float = 30) -> bytes:
 
 def test_secrets_are_named_and_an_image_without_them_serves_once_given_them(tmp_path):
     port = free_port()
-    jail = tmp_path / "tls"
+    jail = tmp_path / "nginx-tls"
     build("nginx-tls", jail, f"port={port}", "address=127.0.0.1")
     key = "/etc/nginx/tls/server.pem"
     full = export("nginx-tls", jail, "oci", tmp_path / "full")
@@ -247,3 +247,16 @@ def test_a_command_jail_is_restarted_only_when_it_fails(tmp_path):
     documents = kube_documents(tmp_path / "pod.yaml")
     assert [d["kind"] for d in documents] == ["Pod"]  # no state directory: no claim
     assert documents[0]["spec"]["restartPolicy"] == "OnFailure"
+
+
+def test_two_jails_of_one_profile_export_under_their_own_names(tmp_path):
+    """An image, a container and a Pod are named as `run` and `ps` name the jail (its
+    directory's name), not by its profile: two jails of one profile would share them."""
+    for name in ("site-a", "site-b"):
+        build("shell", tmp_path / name)
+        image = export("shell", tmp_path / name, "oci", tmp_path / f"{name}.tar")
+        assert image.returncode == 0, image.stderr
+        assert f"(localhost/jailkit/{name}:gen-1, manifest sha256:" in image.stdout
+        bundle = export("shell", tmp_path / name, "bundle", tmp_path / f"{name}-bundle")
+        assert bundle.returncode == 0, bundle.stderr
+        assert f"runc run -b {tmp_path / f'{name}-bundle'} {name}" in bundle.stdout

@@ -21,7 +21,7 @@ SCHEMA_DIR = "/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schem
 def nginx(tmp_path_factory):
     base = tmp_path_factory.mktemp("export-oci")
     port = free_port()
-    build("nginx", base / "jail", f"port={port}")
+    build("nginx", base / "nginx", f"port={port}")
     return base, port
 
 
@@ -41,11 +41,11 @@ def test_layout_is_reproducible_and_valid(nginx, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent),
                SOURCE_DATE_EPOCH="1700000000")
     for out in ("a", "b"):
-        result = export("nginx", base / "jail", "oci", tmp_path / out, "--set", f"port={port}",
+        result = export("nginx", base / "nginx", "oci", tmp_path / out, "--set", f"port={port}",
                         env=env)
         assert result.returncode == 0, result.stderr
     assert manifest_digest(tmp_path / "a") == manifest_digest(tmp_path / "b")
-    later = export("nginx", base / "jail", "oci", tmp_path / "c", "--set", f"port={port}",
+    later = export("nginx", base / "nginx", "oci", tmp_path / "c", "--set", f"port={port}",
                    env=env | {"SOURCE_DATE_EPOCH": "1700000001"})
     assert later.returncode == 0 and manifest_digest(tmp_path / "c") != manifest_digest(
         tmp_path / "a")
@@ -60,7 +60,7 @@ def test_layout_is_reproducible_and_valid(nginx, tmp_path):
     assert info["created"] == "2023-11-14T22:13:20Z"
     bundle = tmp_path / "unpacked"
     run("umoci", "unpack", "--image", f"{tmp_path / 'a'}:localhost/jailkit/nginx:gen-1", bundle)
-    jail_conf = base / "jail" / "current" / "root" / "etc" / "nginx" / "nginx.conf"
+    jail_conf = base / "nginx" / "current" / "root" / "etc" / "nginx" / "nginx.conf"
     assert (bundle / "rootfs" / "etc" / "nginx" / "nginx.conf").read_bytes() == \
         jail_conf.read_bytes()
     assert (bundle / "rootfs" / "usr" / "sbin" / "nginx").stat().st_mode & 0o777 == 0o755
@@ -69,15 +69,15 @@ def test_layout_is_reproducible_and_valid(nginx, tmp_path):
 def test_podman_runs_the_image_and_kube_play_runs_the_pod(nginx, tmp_path):
     base, port = nginx
     archive = tmp_path / "nginx.tar"
-    assert export("nginx", base / "jail", "oci", archive, "--set", f"port={port}").returncode == 0
+    assert export("nginx", base / "nginx", "oci", archive, "--set", f"port={port}").returncode == 0
     pod = tmp_path / "pod.yaml"
-    assert export("nginx", base / "jail", "kube", pod, "--set", f"port={port}").returncode == 0
+    assert export("nginx", base / "nginx", "kube", pod, "--set", f"port={port}").returncode == 0
     spec = pod_of(pod)["spec"]
     security = spec["containers"][0]["securityContext"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     assert security["capabilities"] == {"drop": ["ALL"], "add": sorted(
         c.removeprefix("CAP_") for c in json.loads(
-            (base / "jail" / "current" / "launch.json").read_text())["capabilities"])}
+            (base / "nginx" / "current" / "launch.json").read_text())["capabilities"])}
     assert {v["name"] for v in spec["volumes"]} == {
         m["name"] for m in spec["containers"][0]["volumeMounts"]}
     with podman() as pm:
@@ -118,7 +118,7 @@ def test_bundle_validates_and_runc_runs_it_confined(nginx):
     bundle = work / "bundle"
     container = f"jailkit-export-{os.getpid()}"
     try:
-        result = export("nginx", base / "jail", "bundle", bundle)
+        result = export("nginx", base / "nginx", "bundle", bundle)
         assert result.returncode == 0, result.stderr
         validate_runtime_config(bundle / "config.json")
         config = json.loads((bundle / "config.json").read_text())

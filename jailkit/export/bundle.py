@@ -175,7 +175,7 @@ def bind_mounts(binds) -> list[dict]:
 def run_command(jail: BuiltJail, path: str) -> str:
     """How to run the bundle at `path`: the container is named as the jail (a jail name,
     vocabulary.check_name, is already one runc takes: letters, digits, '.', '_', '-')."""
-    return f"runc run -b {shlex.quote(path)} {shlex.quote(jail.name)}"
+    return f"runc run -b {shlex.quote(path)} {shlex.quote(jail.run_name)}"
 
 
 def notes(jail: BuiltJail, path: str, leave_out: frozenset[str] = frozenset()) -> list[str]:

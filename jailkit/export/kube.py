@@ -34,7 +34,7 @@ def _dns_name(text: str) -> str:
 def claims(jail: BuiltJail) -> dict[str, str]:
     """State directory -> the name of its PersistentVolumeClaim: NAME-SOURCE as a DNS-1123
     label, unique in the jail."""
-    name, named = _dns_name(jail.name), {}
+    name, named = _dns_name(jail.run_name), {}
     for w in jail.state_dirs():
         base = _dns_name(f"{name}-{w.source}")
         claim, number = base, 2
@@ -57,7 +57,7 @@ def _claim(name: str, claim: str, size: int | None) -> dict:
 
 def documents(jail: BuiltJail, ports: list[int]) -> list[dict]:
     """The state directories' claims, then the Pod that mounts them."""
-    name = _dns_name(jail.name)
+    name = _dns_name(jail.run_name)
     sizes = {w.path: w.size for w in jail.state_dirs()}
     return [*(_claim(name, claim, sizes[path]) for path, claim in claims(jail).items()),
             pod(jail, ports)]

@@ -47,7 +47,7 @@ def epoch() -> int:
 
 def image_name(jail: BuiltJail) -> str:
     """The reference the image is given (index.json's ref.name), as podman names a loaded image."""
-    return f"localhost/jailkit/{_path_component(jail.name)}:gen-{jail.generation}"
+    return f"localhost/jailkit/{_path_component(jail.run_name)}:gen-{jail.generation}"
 
 
 def _path_component(name: str) -> str:

@@ -27,6 +27,17 @@ class ExportError(JailkitError):
     """A jail that cannot be exported as it stands."""
 
 
+def _run_name(directory: str, profile: str) -> str:
+    """The name `run` gives the jail by default and `ps` shows (its directory's), which tells
+    two jails of one profile apart; the profile's if that is no jail name."""
+    from jailkit.vocabulary import check_name
+
+    try:
+        return check_name(os.path.basename(directory))
+    except JailkitError:
+        return profile
+
+
 class BuiltJail:
     """An open, current generation of a built jail. Use as a context manager."""
 
@@ -56,6 +67,7 @@ class BuiltJail:
             raise ExportError(f"{self.dir}/gen-{number} cannot be read ({e}); rebuild the "
                               "jail") from None
         self.name = self.manifest.profile
+        self.run_name = _run_name(self.dir, self.name)
         # the --set values it was built with ({}: none, or a jailkit that did not keep them)
         self.sets = manifest.remembered(manifest.read_json(self.gen_fd, manifest.SETS),
                                         self.name) or {}

@@ -305,6 +305,9 @@ def test_a_service_failing_at_once_ends_its_error_with_the_doctor_hint(run, jail
     line = result.stderr.splitlines()[-1]
     assert line.startswith("jailkit: ") and "status 4" in line, result.stderr
     assert line.endswith(f"to see why: jailkit doctor shell --root {jail}"), result.stderr
+    # a session typed into the service is ended by its user: no hint
+    typed = run(options=["-i"], input="exit 3\n")
+    assert typed.returncode == 3 and typed.stderr == "", typed.stderr
 
 
 def nobody_dry_run(checkout, jail_dir, subids, *sets):

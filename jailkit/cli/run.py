@@ -372,7 +372,8 @@ def _launch(opts: Options, jail, spec, publishes, report=None) -> int:
             remove_stale(name)  # a killed launcher's, or the registry would name it
         plan = LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, False, opts.interactive, name,
                           opts.detach, publishes, _typed_limits(opts))
-        if not opts.command and not opts.detach:  # a command's status is its own to give
+        # a command's status is its own to give, and so is an interactive session's
+        if not opts.command and not opts.detach and not opts.interactive:
             plan.early_hint = _doctor(opts, jail)
         entry_fd = registry.register(name, entry_for(plan, opts.profile, opts.restart_args))
     plan.registration = (registry.fd, entry_fd)

@@ -366,6 +366,9 @@ def test_a_foreground_veth_run_says_its_address_and_ports(echo, names, net):
 @pytest.mark.parametrize(("args", "expected"), [
     (["--publish", "8080:80"], "add --net veth"),
     (["--net", "none", "-p", "8080:80"], "a jail with network 'none' has none"),
+    # a privileged port on the host's network is refused too, but what was asked is a publish
+    (["--net", "host", "--set", "ports.bind=[80]", "-p", "127.0.0.1:8080:80"],
+     "a jail with network 'host' has none: add --net veth"),
     (["--net", "veth", "-p", "8080"], "give [HOSTADDR:]HOSTPORT:JAILPORT"),
     (["--net", "veth", "-p", "0:80"], "HOSTPORT '0' is not a port from 1 to 65535"),
     (["--net", "veth", "-p", "80:65536"], "JAILPORT '65536' is not a port"),

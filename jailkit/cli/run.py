@@ -284,6 +284,7 @@ def prepare(opts: Options) -> tuple:
         if opts.command:
             raw["command"] = opts.command
         spec = LaunchSpec.from_dict(raw)
+        publish.check(publishes, spec.network)  # before the ports: --publish asks for veth
         _refuse_privileged_ports(opts, jail, spec)
         return jail, spec, publishes
     except BaseException:

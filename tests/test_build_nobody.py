@@ -125,3 +125,13 @@ def test_a_privileged_port_on_the_hosts_network_is_refused_naming_the_profiles_p
         line = one_line(nobody_jailkit(home, "run", "nginx", "--root", jail, *dry_run))
         assert "port 81" in line and f"jailkit build nginx --root {jail} --set port=8081" in line
         assert "--net veth" not in line, line
+
+
+@pytest.mark.usefixtures("as_root")
+def test_root_s_jail_is_refused_to_a_user_without_telling_them_to_remove_it(home, jail):
+    """As a user, root's jail is not theirs to run, change or remove: the fix says so."""
+    for command in (["run", "shell", "--root", jail, "--dry-run"],
+                    ["run", "shell", "--root", jail, "--", "/bin/true"]):
+        line = one_line(nobody_jailkit(home, *command))
+        assert line.endswith("owned by uid 0, not by you (uid 65534), and its owner could swap "
+                             "what it holds; run this as root, or choose a --root of your own\n")

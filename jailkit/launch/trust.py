@@ -80,10 +80,13 @@ def check_jail_dir(path: str, must_exist: bool = False) -> str:
                                f"{e.strerror}") from None
         is_jail_dir = i == len(parts)
         if is_jail_dir and st.st_uid != me:
+            # root may remove what another user put in its way; a user cannot, nor should
+            fix = ("remove it or choose another --root" if me == 0 else
+                   f"run this as {'root' if st.st_uid == 0 else 'its owner'}, or choose a "
+                   "--root of your own")
             raise JailkitError(
                 f"refusing jail directory {path}: it is owned by uid {st.st_uid}, not by you "
-                f"(uid {me}), and its owner could swap what it holds; remove it or choose "
-                "another --root")
+                f"(uid {me}), and its owner could swap what it holds; {fix}")
         if st.st_uid not in (0, me):
             raise JailkitError(
                 f"refusing jail directory {path}: {current} is owned by uid {st.st_uid}, who "

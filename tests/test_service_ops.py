@@ -167,7 +167,7 @@ def test_logs_follow_ends_with_the_jail(jail, names):
 
 def test_logs_of_an_unknown_name_is_one_line_naming_ps(names):
     shown = run_jailkit("logs", names("nosuch"), timeout=30)
-    assert shown.returncode == 2 and shown.stdout == ""
+    assert shown.returncode == 3 and shown.stdout == ""  # as stop, stats and kill say it
     assert shown.stderr.count("\n") == 1 and "jailkit ps" in shown.stderr
     # a name that is no name never becomes a path
     shown = run_jailkit("logs", "../../etc/passwd", timeout=30)

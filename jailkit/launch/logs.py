@@ -9,8 +9,8 @@ Both are opened from the registry directory's descriptor with O_NOFOLLOW, as the
 import os
 import time
 
-from jailkit.errors import JailkitError
 from jailkit.launch.registry import FILE_FLAGS, Registry
+from jailkit.launch.running import NotRunning
 from jailkit.vocabulary import check_name
 
 POLL_SECONDS = 0.2  # how often a follower looks for new lines
@@ -23,7 +23,7 @@ class Log:
         self.registry = Registry(create=False)
         if self.registry.fd is None or not self._exists(f"{name}.log"):
             self.registry.close()
-            raise JailkitError(f"no jail named {name!r} has a log (only a jail run with "
+            raise NotRunning(f"no jail named {name!r} has a log (only a jail run with "
                                "--detach has one): see `jailkit ps`")
 
     def _exists(self, file: str) -> bool:

@@ -179,7 +179,7 @@ def test_a_service_that_died_by_itself_fails_the_trace(tmp_path):
                                  str(port), cwd=tmp_path, timeout=60)
             assert result.returncode == 1, (probing, result.stderr)
             ours = [line for line in result.stderr.splitlines() if line.startswith("jailkit:")]
-            assert ours[0] == ("jailkit: note: python3 runs on the host, unconfined, as "
+            assert ours[0] == ("jailkit: note: /usr/bin/python3 runs on the host, unconfined, as "
                                f"{pwd.getpwuid(os.getuid()).pw_name}, while it is traced"), ours
             ours = ours[1:]
             assert len(ours) == 1, result.stderr  # the rest is the service's own traceback

@@ -459,7 +459,7 @@ def trace_service(command: list[str], probe: str | None, duration: float) -> Run
                            f"{SERVICE_PATH})")
     probe_argv = shlex.split(probe) if probe else None
     # the one run that is not jailed: say so before the service starts
-    print(f"jailkit: note: {command[0]} runs on the host, unconfined, as {_user_name()}, "
+    print(f"jailkit: note: {program} runs on the host, unconfined, as {_user_name()}, "
           "while it is traced", file=sys.stderr, flush=True)
     from jailkit.launch import syscalls
     # Orphans (a service's forked children whose parent exited) come back to us rather than

@@ -14,6 +14,7 @@ SIGNALS = {
     "SIGTERM": 15, "SIGINT": 2, "SIGQUIT": 3, "SIGHUP": 1, "SIGUSR1": 10, "SIGUSR2": 12,
     "SIGWINCH": 28, "SIGKILL": 9, "SIGPWR": 30,
 }  # fmt: skip
+SIGNAL_NAMES = {number: name for name, number in SIGNALS.items()}
 # name -> RLIMIT_* number (Linux x86_64)
 RLIMITS = {
     "cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6, "nofile": 7,

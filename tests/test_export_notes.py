@@ -103,6 +103,7 @@ def test_a_pod_claims_each_state_directory_and_restarts_its_service(served, tmp_
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
     said = note_on(result, "state directory /var/log/nginx")
     assert f"the PersistentVolumeClaim {name} there" in said and f"{jail}/state" in said
+    assert spec["metadata"]["annotations"]["jailkit.dev/stop-signal"] == "SIGQUIT"  # nginx's
     pod_spec = spec["spec"]
     assert pod_spec["restartPolicy"] == "Always"  # a service: it has a port
     container, = pod_spec["containers"]

@@ -29,6 +29,7 @@ from jailkit.export import limits
 from jailkit.export.source import BuiltJail
 from jailkit.launch import allocate, seccomp
 from jailkit.launch.rlimits import RLIMITS
+from jailkit.vocabulary import SIGNAL_NAMES
 
 OCI_VERSION = "1.0.2"
 RLIM_INFINITY = (1 << 64) - 1
@@ -151,7 +152,7 @@ def runtime_config(launch: dict, state_dir: str, jail_dir: str, root_fs: str = "
         "hostname": spec.hostname,
         "mounts": mounts,
         "annotations": {"org.jailkit.profile": spec.name,
-                        "org.jailkit.stop-signal": str(spec.stop_signal)},
+                        "org.jailkit.stop-signal": SIGNAL_NAMES[spec.stop_signal]},
         "linux": linux,
     }
 

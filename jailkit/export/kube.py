@@ -21,6 +21,7 @@ import os
 from jailkit.export import limits
 from jailkit.export.oci import image_name
 from jailkit.export.source import BuiltJail
+from jailkit.vocabulary import SIGNAL_NAMES
 
 CLAIM_SIZE = "1Gi"  # what a state directory's claim asks for when the profile gives no size
 
@@ -114,7 +115,7 @@ def pod(jail: BuiltJail, ports: list[int]) -> dict:
     # the manifest digest is in the image's labels: podman 4.3 refuses annotation values longer
     # than 63 characters (a label's limit), and a digest is 71
     annotations = {"jailkit.dev/profile": spec.name, "jailkit.dev/generation":
-                   str(jail.generation), "jailkit.dev/stop-signal": str(spec.stop_signal)}
+                   str(jail.generation), "jailkit.dev/stop-signal": SIGNAL_NAMES[spec.stop_signal]}
     if ports:
         annotations["jailkit.dev/ports"] = ",".join(map(str, ports))
     if spec.pids_max:

@@ -25,14 +25,13 @@ import time
 from jailkit.export import limits
 from jailkit.export.layer import write_tree
 from jailkit.export.source import BuiltJail
+from jailkit.vocabulary import SIGNAL_NAMES
 
 LAYOUT = {"imageLayoutVersion": "1.0.0"}
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 GZIP_LEVEL = 6  # gzip(1)'s default: the layer of the python3 jail is ~4x faster than at 9
-SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 9: "SIGKILL", 10: "SIGUSR1",
-                12: "SIGUSR2", 15: "SIGTERM", 28: "SIGWINCH", 30: "SIGPWR"}
 
 
 def epoch() -> int:

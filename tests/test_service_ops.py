@@ -247,7 +247,8 @@ def test_exec_of_a_program_the_jail_lacks_or_an_unknown_jail_is_one_line(jail, n
     detach(jail, name)
     missing = run_jailkit("exec", name, "--", "bash", "-l", timeout=30)
     assert missing.returncode == 127 and missing.stderr.count("\n") == 1
-    assert "bash: no such program in this jail" in missing.stderr
+    assert missing.stderr.endswith("bash: no such program in this jail (it holds only what its "
+                                   "profile lists; a jail without a shell has none)\n")
     unknown = run_jailkit("exec", names("nosuch"), "--", "/bin/sh", timeout=30)
     assert unknown.returncode == 125 and unknown.stderr.count("\n") == 1  # as podman exec
     assert "jailkit ps" in unknown.stderr
@@ -260,7 +261,8 @@ def test_exec_exit_statuses_are_podman_execs(jail, names):
     cases = [
         (["--", "/etc/passwd"], 126, "/etc/passwd is not executable"),
         (["--", "/etc"], 126, "/etc is not executable"),
-        (["--", "no-such-command"], 127, "no-such-command: no such program in this jail"),
+        (["--", "no-such-command"], 127, "no-such-command: no such program in this jail (it "
+                                         "holds only what its profile lists)\n"),
         (["--user", "no-such-user", "--", "/bin/true"], 125, "--user no-such-user"),
         ([], 125, "Missing argument"),
     ]

@@ -212,7 +212,10 @@ def exec_command(command: list[str], env: dict[str, str]) -> None:
                 break
     if failure.errno == errno.ENOENT:
         message = (f"cannot run {name} in the jail: {name}: no such program in this jail (it "
-                   "holds only what its profile lists; a jail without a shell has no /bin/sh)")
+                   "holds only what its profile lists")
+        shell = name.rsplit("/", 1)[-1] in ("sh", "bash", "dash")
+        message += "; a jail without a shell has none)" if shell else ")"
+
     elif failure.errno in (errno.EACCES, errno.ENOEXEC):
         message = f"cannot run {name} in the jail: {name} is not executable ({failure.strerror})"
     else:

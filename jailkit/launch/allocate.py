@@ -14,6 +14,7 @@ a jail's back at once). Its lines:
 line, the jail directory as opened).
 """
 
+import contextlib
 import fcntl
 import os
 
@@ -120,6 +121,32 @@ def _write(dir_fd: int, entries: list[list]) -> None:
     os.rename(temporary, REGISTRY, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
+@contextlib.contextmanager
+def _registry(create: bool):
+    """REGISTRY_DIR's descriptor (None when it is not there and not `create`d); an error of the
+    registry's is one line."""
+    dir_fd = _open_registry_dir(create)
+    try:
+        yield dir_fd
+    except OSError as e:
+        raise JailkitError(f"{REGISTRY_DIR}/{REGISTRY}: {e.strerror}") from None
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def _locked(dir_fd: int):
+    """The registry's lock held: concurrent launches and removals, one change at a time."""
+    lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                   dir_fd=dir_fd)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)
+
+
 def for_jail(path: str, count: int, subnet: bool, dry_run: bool = False) -> Allocation:
     """The jail at `path`'s slice of `count` ids (and subnet if asked), made and recorded under
     the registry's lock on first use; with `dry_run`, what would be given, and nothing written."""
@@ -127,27 +154,16 @@ def for_jail(path: str, count: int, subnet: bool, dry_run: bool = False) -> Allo
         raise JailkitError(f"{path!r}: a jail directory's path cannot hold a control character "
                            "(nor a line separator, nor bytes that are not UTF-8): rename it")
     first_uid, first_gid, space = id_space()
-    dir_fd = _open_registry_dir(create=not dry_run)
-    if dir_fd is None:  # dry run, nothing allocated yet anywhere
-        return _allocate([], path, count, subnet, first_uid, first_gid, space)
-    try:
-        if dry_run:
-            return _allocate(_read(dir_fd), path, count, subnet, first_uid, first_gid, space)
-        lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                       dir_fd=dir_fd)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent launches: one allocation at a time
+    with _registry(create=not dry_run) as dir_fd:
+        if dry_run:  # nothing locked nor written
+            entries = _read(dir_fd) if dir_fd is not None else []
+            return _allocate(entries, path, count, subnet, first_uid, first_gid, space)
+        with _locked(dir_fd):
             entries = _read(dir_fd)
             allocation = _allocate(entries, path, count, subnet, first_uid, first_gid, space)
             if allocation.new:
                 _write(dir_fd, entries)
             return allocation
-        finally:
-            os.close(lock)
-    except OSError as e:
-        raise JailkitError(f"{REGISTRY_DIR}/{REGISTRY}: {e.strerror}") from None
-    finally:
-        os.close(dir_fd)
 
 
 def release(path: str, dry_run: bool = False) -> Allocation | None:
@@ -155,14 +171,10 @@ def release(path: str, dry_run: bool = False) -> Allocation | None:
     is gone (`jailkit rm`): a later jail may get them. What it had, or None if nothing; with
     `dry_run`, what it has, and nothing written."""
     first_uid, first_gid, _ = id_space()
-    dir_fd = _open_registry_dir(create=False)
-    if dir_fd is None:
-        return None
-    try:
-        lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                       dir_fd=dir_fd)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with _registry(create=False) as dir_fd:
+        if dir_fd is None:
+            return None
+        with _locked(dir_fd):
             entries = _read(dir_fd)
             mine = next((e for e in entries if e[3] == path), None)
             if mine is None:
@@ -170,12 +182,6 @@ def release(path: str, dry_run: bool = False) -> Allocation | None:
             if not dry_run:
                 entries.remove(mine)
                 _write(dir_fd, entries)
-        finally:
-            os.close(lock)
-    except OSError as e:
-        raise JailkitError(f"{REGISTRY_DIR}/{REGISTRY}: {e.strerror}") from None
-    finally:
-        os.close(dir_fd)
     offset, count, subnet, _ = mine
     return Allocation(first_uid + offset, first_gid + offset, count, subnet, False)
 

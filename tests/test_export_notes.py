@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 from conftest import run_jailkit
-from exporting import export, kube_documents, mounts_containing, podman, port_closed, wait_http
+from exporting import (
+    export,
+    kube_documents,
+    mounts_containing,
+    podman,
+    port_closed,
+    runc_stop,
+    wait_http,
+)
 from services import Service, build, free_port
 from test_export_oci import run
 
@@ -150,15 +158,7 @@ def test_the_bundle_runs_as_printed_and_its_note_carries_the_state_over(served):
         try:
             assert b"nginx" in wait_http(port)
         finally:
-            subprocess.run(["runc", "--root", state, "kill", NAME, "SIGQUIT"],
-                           capture_output=True)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                subprocess.run(["runc", "--root", state, "kill", NAME, "SIGKILL"])
-                proc.wait(timeout=30)
-            subprocess.run(["runc", "--root", state, "delete", "--force", NAME],
-                           capture_output=True)
+            runc_stop(state, NAME, proc)
         log = kept.read_text()  # the jail's log, carried over, and what runc's nginx added
         assert "GET /earlier " in log and "GET / " in log, log
         assert port_closed(port)

@@ -105,12 +105,15 @@ def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _init(command: str, disk_at: str | None) -> str:
+def _init(command: str, disk_at: str | None, host_dirs: tuple[str, ...] = ()) -> str:
     """The initramfs's /init: load modules, mount the guest's root, run `command` (a shell
-    command line) in it, power off."""
+    command line) in it, power off. `host_dirs`: the host's directories under /tmp or /run
+    (which the guest has its own of) shown at the same paths, read-only (a checkout there)."""
     disk = "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n" \
         f"mkdir -p /root{disk_at} && mount -t ext4 /dev/vda /root{disk_at} || fail disk\n" \
         if disk_at else ""  # virtio_blk finds its disk in the background
+    shown = "".join(f"mkdir -p /root{d} && mount -o bind /host{d} /root{d} || fail 'show {d}'\n"
+                    for d in host_dirs)
     return f"""#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /proc /sys /dev /root
 /bin/busybox --install -s /bin
@@ -124,7 +127,7 @@ mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /
   || fail overlay
 mount -t tmpfs -o mode=1777 tmpfs /root/tmp && mount -t tmpfs -o mode=755 tmpfs /root/run ||
   fail "tmp, run"
-mount -t proc proc /root/proc && mount -t sysfs sys /root/sys &&
+{shown}mount -t proc proc /root/proc && mount -t sysfs sys /root/sys &&
   mount -t devtmpfs dev /root/dev && mkdir -p /root/dev/pts /root/dev/shm &&
   mount -t devpts devpts /root/dev/pts &&
   mount -t tmpfs tmpfs /root/dev/shm && mount -t cgroup2 cgroup2 /root/sys/fs/cgroup ||
@@ -143,10 +146,10 @@ exec switch_root /root /run/vm/busybox sh /run/vm/stage2
 """
 
 
-def initramfs(command: str, disk_at: str | None) -> bytes:
+def initramfs(command: str, disk_at: str | None, host_dirs: tuple[str, ...] = ()) -> bytes:
     modules = CACHE / "modules"
     files = {"bin": (0o40755, b""), "modules": (0o40755, b""),
-             "init": (0o100755, _init(command, disk_at).encode()),
+             "init": (0o100755, _init(command, disk_at, host_dirs).encode()),
              "bin/busybox": (0o100755, Path(BUSYBOX).read_bytes()),
              "modules/order": (0o100644, (modules / "order").read_bytes())}
     for name in (modules / "order").read_text().split():
@@ -155,12 +158,13 @@ def initramfs(command: str, disk_at: str | None) -> bytes:
 
 
 def run(command: str, disk: Path | None = None, disk_at: str | None = None,
-        timeout: float = 240, echo=None) -> tuple[int | None, str]:
+        timeout: float = 240, echo=None,
+        host_dirs: tuple[str, ...] = ()) -> tuple[int | None, str]:
     """Boot the VM, run `command` (a shell command line) as root in it, power it off.
-    `disk`: a raw ext4 image, mounted read-write at `disk_at`. Returns the command's exit
-    status (None if the guest never said it: it failed to set up or ran out of time) and the
-    console's text. `echo(line)` sees each console line as it comes. qemu is killed (by its
-    pid) at `timeout` seconds, so this always ends."""
+    `disk`: a raw ext4 image, mounted read-write at `disk_at`; `host_dirs`: see _init.
+    Returns the command's exit status (None if the guest never said it: it failed to set up
+    or ran out of time) and the console's text. `echo(line)` sees each console line as it
+    comes. qemu is killed (by its pid) at `timeout` seconds, so this always ends."""
     if release() is None:
         raise RuntimeError(FETCH_HINT)
     if not shutil.which("qemu-system-x86_64") or not os.path.exists(BUSYBOX):
@@ -168,7 +172,7 @@ def run(command: str, disk: Path | None = None, disk_at: str | None = None,
                            "qemu-system-x86 busybox-static (.ci/test-deps does)")
     with tempfile.TemporaryDirectory(prefix="jailkit-vm-") as work:
         initrd = Path(work) / "initrd.gz"
-        initrd.write_bytes(initramfs(command, disk_at))
+        initrd.write_bytes(initramfs(command, disk_at, host_dirs))
         argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot",
                 # TCG: these machines have a /dev/kvm, but run nested under Firecracker, where a
                 # KVM guest hangs in its first instructions (-cpu host: qemu aborts on MSR 0x10a)

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jailkit.launch.syscalls import prctl
+
 CACHE = Path("/var/cache/jailkit-tests/kernel")
 BUSYBOX = "/bin/busybox"  # busybox-static
 # The modules the guest loads, each after what it depends on (modinfo's `depends`, resolved at
@@ -34,6 +36,7 @@ BUSYBOX = "/bin/busybox"  # busybox-static
 WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_blk", "crc32c_generic",
                   "ext4", "bfq")
 MEMORY_MB = 1024
+PR_SET_PDEATHSIG = 1
 MARK = "jkvm:"  # the console lines of the guest's init, as opposed to its command's
 FETCH_HINT = "the VM's kernel is not fetched: run `python tests/vm.py fetch` (.ci/test-deps does)"
 
@@ -185,8 +188,10 @@ def run(command: str, disk: Path | None = None, disk_at: str | None = None,
                             "multidevs=remap"]
         if disk:
             argv += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
+        # killed with us too: a test run killed in its course must not leave a VM running
         qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL))
         deadline = time.monotonic() + timeout
         lines: list[str] = []
 

@@ -12,7 +12,7 @@ the command under busybox's shell (pid 1, reaping orphans) and powers off. The c
 output comes back over the serial console.
 
     python tests/vm.py fetch     downloads the kernel into CACHE (apt-get download; .ci/test-deps)
-    python tests/vm.py run CMD   runs CMD in the VM (no disk), for a look around
+    python tests/vm.py run [--systemd] CMD   runs CMD in the VM (no disk), for a look around
 """
 
 import gzip
@@ -35,6 +35,28 @@ WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_blk", "
                   "ext4", "bfq")
 MEMORY_MB = 1024
 MARK = "jkvm:"  # the console lines of the guest's init, as opposed to its command's
+# The guest's boot under systemd (run(systemd=True)): a target of its own (not multi-user.target,
+# which would start the host's services) wanting one service, the command, whose end (success
+# or not: its status is on the console) powers the guest off.
+SYSTEMD_UNITS = {
+    "jkvm.target": """[Unit]
+Description=jailkit's VM: the command alone
+Wants=jkvm.service
+""",
+    "jkvm.service": """[Unit]
+Description=jailkit's VM command
+DefaultDependencies=no
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+ExecStart=/run/vm/busybox sh /run/vm/stage2
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+""",
+}
 FETCH_HINT = "the VM's kernel is not fetched: run `python tests/vm.py fetch` (.ci/test-deps does)"
 
 
@@ -105,12 +127,34 @@ def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _init(command: str, disk_at: str | None) -> str:
+def _init(command: str, disk_at: str | None, systemd: bool) -> str:
     """The initramfs's /init: load modules, mount the guest's root, run `command` (a shell
-    command line) in it, power off."""
+    command line) in it, power off. `systemd`: the root's systemd is pid 1 and runs the command
+    as the unit jkvm.service (SYSTEMD_UNITS) of the target jkvm.target, alone."""
     disk = "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n" \
         f"mkdir -p /root{disk_at} && mount -t ext4 /dev/vda /root{disk_at} || fail disk\n" \
         if disk_at else ""  # virtio_blk finds its disk in the background
+    if systemd:
+        units = "".join(f"cat > /root/etc/systemd/system/{name} <<'EOF'\n{text}EOF\n"
+                        for name, text in SYSTEMD_UNITS.items())
+        # Nothing of the host's boot: every unit a .wants directory lists, that is the host's
+        # services (ssh, databases, podman) and what sysinit.target pulls in (journald,
+        # tmpfiles, sysctl ...; a unit with default dependencies, as jailkit's, needs
+        # sysinit.target), and the generators (fstab, getty ...), each masked by a link to
+        # /dev/null in the upper layer's /etc
+        start = f"""{units}cd /root/etc/systemd && mkdir -p system-generators &&
+for unit in /root/lib/systemd/system/*.wants/* system/*.wants/*; do
+  ln -sf /dev/null system/${{unit##*/}}
+done
+for generator in /root/lib/systemd/system-generators/*; do
+  ln -sf /dev/null system-generators/${{generator##*/}}
+done
+cd / || fail "systemd units"
+exec switch_root /root /lib/systemd/systemd"""
+        ending = "sync"  # jkvm.service's SuccessAction= and FailureAction= power off
+    else:
+        start = "exec switch_root /root /run/vm/busybox sh /run/vm/stage2"
+        ending = "sync\n/run/vm/busybox poweroff -f"
     return f"""#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /proc /sys /dev /root
 /bin/busybox --install -s /bin
@@ -129,24 +173,25 @@ mount -t proc proc /root/proc && mount -t sysfs sys /root/sys &&
   mount -t devpts devpts /root/dev/pts &&
   mount -t tmpfs tmpfs /root/dev/shm && mount -t cgroup2 cgroup2 /root/sys/fs/cgroup ||
   fail "guest mounts"
+# not a container: systemd reads /.dockerenv (the host is one) as saying so
+rm -f /root/.dockerenv
 {disk}mkdir /root/run/vm && cp /bin/busybox /root/run/vm/busybox
 cat > /root/run/vm/stage2 <<'EOF'
 cd /
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/vm
 {command}
 echo "{MARK} exit $?"
-sync
-/run/vm/busybox poweroff -f
+{ending}
 EOF
 echo "{MARK} up $(cat /proc/uptime)"
-exec switch_root /root /run/vm/busybox sh /run/vm/stage2
+{start}
 """
 
 
-def initramfs(command: str, disk_at: str | None) -> bytes:
+def initramfs(command: str, disk_at: str | None, systemd: bool = False) -> bytes:
     modules = CACHE / "modules"
     files = {"bin": (0o40755, b""), "modules": (0o40755, b""),
-             "init": (0o100755, _init(command, disk_at).encode()),
+             "init": (0o100755, _init(command, disk_at, systemd).encode()),
              "bin/busybox": (0o100755, Path(BUSYBOX).read_bytes()),
              "modules/order": (0o100644, (modules / "order").read_bytes())}
     for name in (modules / "order").read_text().split():
@@ -155,7 +200,7 @@ def initramfs(command: str, disk_at: str | None) -> bytes:
 
 
 def run(command: str, disk: Path | None = None, disk_at: str | None = None,
-        timeout: float = 240, echo=None) -> tuple[int | None, str]:
+        timeout: float = 240, echo=None, systemd: bool = False) -> tuple[int | None, str]:
     """Boot the VM, run `command` (a shell command line) as root in it, power it off.
     `disk`: a raw ext4 image, mounted read-write at `disk_at`. Returns the command's exit
     status (None if the guest never said it: it failed to set up or ran out of time) and the
@@ -168,7 +213,7 @@ def run(command: str, disk: Path | None = None, disk_at: str | None = None,
                            "qemu-system-x86 busybox-static (.ci/test-deps does)")
     with tempfile.TemporaryDirectory(prefix="jailkit-vm-") as work:
         initrd = Path(work) / "initrd.gz"
-        initrd.write_bytes(initramfs(command, disk_at))
+        initrd.write_bytes(initramfs(command, disk_at, systemd))
         argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot",
                 # TCG: these machines have a /dev/kvm, but run nested under Firecracker, where a
                 # KVM guest hangs in its first instructions (-cpu host: qemu aborts on MSR 0x10a)
@@ -176,7 +221,9 @@ def run(command: str, disk: Path | None = None, disk_at: str | None = None,
                 "-smp", "2", "-m", str(MEMORY_MB), "-serial", "stdio",
                 "-kernel", str(CACHE / "vmlinuz"), "-initrd", str(initrd),
                 # quiet: no kernel line (the OOM killer's report) cuts into the command's output
-                "-append", "console=ttyS0 cgroup_no_v1=all panic=-1 quiet loglevel=1",
+                # (systemd reads its unit from here, not from its arguments)
+                "-append", "console=ttyS0 cgroup_no_v1=all panic=-1 quiet loglevel=1"
+                           + " systemd.unit=jkvm.target" * systemd,
                 "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
                             "multidevs=remap"]
         if disk:
@@ -222,8 +269,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["fetch"]:
         print(f"fetched {fetch()} into {CACHE}")
         return 0
-    if argv[:1] == ["run"] and len(argv) > 1:
-        status, _ = run(" ".join(argv[1:]), echo=print)
+    systemd = argv[1:2] == ["--systemd"]
+    if argv[:1] == ["run"] and len(argv) > 1 + systemd:
+        status, _ = run(" ".join(argv[1 + systemd:]), echo=print, systemd=systemd)
         return 1 if status is None else status
     print(__doc__.split("\n\n")[-1], file=sys.stderr)
     return 2

@@ -35,15 +35,19 @@ WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_blk", "
                   "ext4", "bfq")
 MEMORY_MB = 1024
 MARK = "jkvm:"  # the console lines of the guest's init, as opposed to its command's
-# The guest's boot under systemd (run(systemd=True)): a target of its own (not multi-user.target,
-# which would start the host's services) wanting one service, the command, whose end (success
-# or not: its status is on the console) powers the guest off.
-SYSTEMD_UNITS = {
-    "jkvm.target": """[Unit]
+# The guest's boot under systemd (run(systemd=True)), in /etc/systemd: a target of its own (not
+# multi-user.target, which would start the host's services) wanting one service, the command,
+# whose end (success or not: its status is on the console) powers the guest off; and every
+# service's stderr on the console, as there is no journal.
+SYSTEMD_FILES = {
+    "system.conf.d/jkvm.conf": """[Manager]
+DefaultStandardError=tty
+""",
+    "system/jkvm.target": """[Unit]
 Description=jailkit's VM: the command alone
 Wants=jkvm.service
 """,
-    "jkvm.service": """[Unit]
+    "system/jkvm.service": """[Unit]
 Description=jailkit's VM command
 DefaultDependencies=no
 SuccessAction=poweroff-force
@@ -130,13 +134,14 @@ def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
 def _init(command: str, disk_at: str | None, systemd: bool) -> str:
     """The initramfs's /init: load modules, mount the guest's root, run `command` (a shell
     command line) in it, power off. `systemd`: the root's systemd is pid 1 and runs the command
-    as the unit jkvm.service (SYSTEMD_UNITS) of the target jkvm.target, alone."""
+    as the unit jkvm.service (SYSTEMD_FILES) of the target jkvm.target, alone."""
     disk = "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n" \
         f"mkdir -p /root{disk_at} && mount -t ext4 /dev/vda /root{disk_at} || fail disk\n" \
         if disk_at else ""  # virtio_blk finds its disk in the background
     if systemd:
-        units = "".join(f"cat > /root/etc/systemd/system/{name} <<'EOF'\n{text}EOF\n"
-                        for name, text in SYSTEMD_UNITS.items())
+        units = "".join(f"mkdir -p /root/etc/systemd/{os.path.dirname(name)} && "
+                        f"cat > /root/etc/systemd/{name} <<'EOF'\n{text}EOF\n"
+                        for name, text in SYSTEMD_FILES.items())
         # Nothing of the host's boot: every unit a .wants directory lists, that is the host's
         # services (ssh, databases, podman) and what sysinit.target pulls in (journald,
         # tmpfiles, sysctl ...; a unit with default dependencies, as jailkit's, needs

@@ -1,0 +1,172 @@
+"""`jailkit unit` under a real systemd: run as root inside the VM of tests/vm.py booted with
+the host's systemd 252 as pid 1 (vm.run(systemd=True)), by tests/test_debian_kernel.py, with
+one argument: the directory holding the jail `a` of vm_checks.py (the `shell` profile, with
+service_probe).
+
+The unit `jailkit unit` prints for that jail, serving service_probe on 127.0.0.1:PORT, is
+installed, started, killed, restarted and stopped with systemctl. Each check prints one line as
+vm_checks.py's do, in this order (each builds on the one before); the last stops the unit
+whatever happened.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import vm_checks
+from vm_checks import UNIFIED, alive, jailkit, ps, read, stats, wait_for
+
+MARK = vm_checks.MARK
+NAME = "web"
+UNIT = f"jailkit-{NAME}.service"
+PORT = 8080
+JAILS = ""  # sys.argv[1]
+
+
+def systemctl(*args, check=True) -> str:
+    result = subprocess.run(["systemctl", *args], text=True, capture_output=True, timeout=120)
+    assert not check or result.returncode == 0, \
+        f"systemctl {' '.join(args)}: {result.returncode}: {result.stderr.strip()}"
+    return result.stdout.strip()
+
+
+def show(prop: str) -> str:
+    return systemctl("show", "-p", prop, "--value", UNIT)
+
+
+def unit_group() -> str:
+    return UNIFIED + show("ControlGroup")
+
+
+def answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", PORT), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def jail_group() -> str:
+    return f"{UNIFIED}/system.slice/{UNIT}/jailkit/{NAME}"
+
+
+def service_pid() -> int:
+    """The host's pid of service_probe, the service the jail's pid 1 runs."""
+    for pid in map(int, read(f"{jail_group()}/cgroup.procs").split()):
+        try:
+            if read(f"/proc/{pid}/cmdline").startswith("/usr/bin/service_probe\0"):
+                return pid
+        except FileNotFoundError:
+            pass
+    raise AssertionError(f"no service_probe in {jail_group()}")
+
+
+# --- the checks, in order ----------------------------------------------------------------
+
+
+def systemd_is_pid_1_and_starts_the_unit():
+    assert read("/proc/1/comm") == "systemd\n", read("/proc/1/comm")
+    made = jailkit("unit", "svc", "--root", f"{JAILS}/a", "--name", NAME, "--", "--net", "host",
+                   "--", "/usr/bin/service_probe", "listen", str(PORT), "0")
+    assert "Delegate=yes" in made.stdout, made.stdout
+    with open(f"/etc/systemd/system/{UNIT}", "w") as f:
+        f.write(made.stdout)
+    systemctl("daemon-reload")
+    systemctl("start", UNIT)
+    wait_for(answers, 30, f"the service on 127.0.0.1:{PORT}")
+    assert systemctl("is-active", UNIT) == "active"
+    return f"systemd {systemctl('--version').split()[1]}"
+
+
+def the_jail_is_in_the_units_cgroup():
+    group = unit_group()
+    assert group == f"{UNIFIED}/system.slice/{UNIT}", group
+    assert os.getxattr(group, "trusted.delegate") == b"1"  # what jailkit reads as delegated
+    row = ps()[NAME]
+    main = int(show("MainPID"))
+    assert main == row["pid"], (main, row)  # `jailkit run` became the waiter: the main process
+    assert read(f"/proc/{main}/cgroup") == f"0::/system.slice/{UNIT}/supervisor\n"
+    inside = f"0::/system.slice/{UNIT}/jailkit/{NAME}\n"
+    assert read(f"/proc/{row['jail_pid']}/cgroup") == inside
+    assert read(f"/proc/{service_pid()}/cgroup") == inside
+    assert not read(f"{group}/cgroup.procs").strip(), "processes left in the unit's own group"
+    assert {"memory", "pids"} <= set(read(f"{group}/cgroup.subtree_control").split())
+    assert not os.path.exists(f"{UNIFIED}/jailkit"), "a group at the hierarchy's top"
+    tree = subprocess.run(["systemd-cgls", "--no-pager", "-u", UNIT], text=True,
+                          capture_output=True, timeout=60).stdout
+    assert "service_probe" in tree, tree
+    return f"jail in {inside.strip()[3:]}"
+
+
+def the_units_accounting_covers_the_jail():
+    jail_memory = int(read(f"{jail_group()}/memory.current"))
+    unit_memory = int(show("MemoryCurrent"))
+    assert 0 < jail_memory <= unit_memory, (jail_memory, unit_memory)
+    assert stats(NAME)["memory_current"] > 0
+    tasks = int(show("TasksCurrent"))
+    assert tasks >= 3, tasks  # the waiter, the jail's pid 1, service_probe
+    return f"unit {unit_memory} bytes, of which the jail {jail_memory}"
+
+
+def a_killed_service_is_restarted():
+    old_main, old_service = int(show("MainPID")), service_pid()
+    os.kill(old_service, signal.SIGKILL)
+    wait_for(lambda: int(show("MainPID")) not in (0, old_main) and answers(), 60,
+             "the restarted service")
+    assert systemctl("is-active", UNIT) == "active"
+    assert show("NRestarts") == "1", show("NRestarts")
+    assert not alive(old_service) and not alive(old_main)
+    assert service_pid() != old_service
+    assert ps()[NAME]["pid"] == int(show("MainPID"))
+
+
+def systemctl_kill_ends_the_whole_jail():
+    old = [int(p) for p in read(f"{jail_group()}/cgroup.procs").split()]
+    systemctl("kill", "--signal=SIGKILL", UNIT)
+    wait_for(lambda: not [p for p in old if alive(p)], 30, "the jail's processes' end")
+    wait_for(lambda: show("NRestarts") == "2" and answers(), 60, "the second restart")
+    assert list(ps()) == [NAME], ps()
+
+
+def systemctl_stop_leaves_nothing():
+    group, processes = unit_group(), [int(p) for p in read(f"{jail_group()}/cgroup.procs").split()]
+    systemctl("stop", UNIT)
+    state = systemctl("is-active", UNIT, check=False)
+    assert state == "inactive", f"{UNIT} is {state} after stop"
+    assert not [p for p in processes if alive(p)], "a jail process outlived stop"
+    assert not answers()
+    assert not os.path.exists(group), f"{group} is left"
+    assert not os.path.exists(f"{UNIFIED}/jailkit"), f"{UNIFIED}/jailkit is left"
+    assert ps() == {}, ps()
+    assert not os.path.exists(f"/run/jailkit/{NAME}.json")
+
+
+CHECKS = [systemd_is_pid_1_and_starts_the_unit, the_jail_is_in_the_units_cgroup,
+          the_units_accounting_covers_the_jail, a_killed_service_is_restarted,
+          systemctl_kill_ends_the_whole_jail, systemctl_stop_leaves_nothing]
+
+
+def main() -> int:
+    global JAILS
+    JAILS = sys.argv[1]
+    failed = 0
+    for check in CHECKS:
+        begun = time.monotonic()
+        try:
+            outcome = " ".join(filter(None, ["ok", check()]))
+        except Exception as e:  # noqa: BLE001 - every failure is this check's report
+            failed += 1
+            outcome = "FAIL " + " | ".join(str(e).strip().splitlines() or [repr(e)])
+            # for the console: what systemd saw (no journal here: its last lines are lost)
+            print(systemctl("status", "--no-pager", "--full", UNIT, check=False), flush=True)
+        print(f"{MARK} {check.__name__} {outcome} ({time.monotonic() - begun:.1f} s)",
+              flush=True)
+    subprocess.run(["systemctl", "stop", UNIT], capture_output=True, timeout=120)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

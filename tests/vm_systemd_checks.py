@@ -9,6 +9,7 @@ vm_checks.py's do, in this order (each builds on the one before); the last stops
 whatever happened.
 """
 
+import json
 import os
 import signal
 import socket
@@ -50,7 +51,9 @@ def answers() -> bool:
 
 
 def jail_group() -> str:
-    return f"{UNIFIED}/system.slice/{UNIT}/jailkit/{NAME}"
+    """Where the registry says the jail's cgroup is."""
+    with open(f"/run/jailkit/{NAME}.json") as f:
+        return json.load(f)["cgroups"][0]
 
 
 def service_pid() -> int:
@@ -78,22 +81,27 @@ def systemd_is_pid_1_and_starts_the_unit():
     systemctl("start", UNIT)
     wait_for(answers, 30, f"the service on 127.0.0.1:{PORT}")
     assert systemctl("is-active", UNIT) == "active"
+    assert NAME in ps(), ps()
     return f"systemd {systemctl('--version').split()[1]}"
 
 
 def the_jail_is_in_the_units_cgroup():
     group = unit_group()
     assert group == f"{UNIFIED}/system.slice/{UNIT}", group
-    assert os.getxattr(group, "trusted.delegate") == b"1"  # what jailkit reads as delegated
+    # what jailkit reads as delegated
+    assert os.getxattr(group, "trusted.delegate") == b"1", os.listxattr(group)
+    assert jail_group() == f"{group}/jailkit/{NAME}", f"the registry says {jail_group()}"
     row = ps()[NAME]
     main = int(show("MainPID"))
     assert main == row["pid"], (main, row)  # `jailkit run` became the waiter: the main process
-    assert read(f"/proc/{main}/cgroup") == f"0::/system.slice/{UNIT}/supervisor\n"
+    waiter = read(f"/proc/{main}/cgroup")
+    assert waiter == f"0::/system.slice/{UNIT}/supervisor\n", f"the waiter is in {waiter}"
     inside = f"0::/system.slice/{UNIT}/jailkit/{NAME}\n"
-    assert read(f"/proc/{row['jail_pid']}/cgroup") == inside
-    assert read(f"/proc/{service_pid()}/cgroup") == inside
+    for pid in (row["jail_pid"], service_pid()):
+        assert read(f"/proc/{pid}/cgroup") == inside, f"{pid} is in {read(f'/proc/{pid}/cgroup')}"
     assert not read(f"{group}/cgroup.procs").strip(), "processes left in the unit's own group"
-    assert {"memory", "pids"} <= set(read(f"{group}/cgroup.subtree_control").split())
+    delegated = set(read(f"{group}/cgroup.subtree_control").split())
+    assert {"memory", "pids"} <= delegated, f"the unit's group delegates {delegated}"
     assert not os.path.exists(f"{UNIFIED}/jailkit"), "a group at the hierarchy's top"
     tree = subprocess.run(["systemd-cgls", "--no-pager", "-u", UNIT], text=True,
                           capture_output=True, timeout=60).stdout
@@ -104,8 +112,8 @@ def the_jail_is_in_the_units_cgroup():
 def the_units_accounting_covers_the_jail():
     jail_memory = int(read(f"{jail_group()}/memory.current"))
     unit_memory = int(show("MemoryCurrent"))
-    assert 0 < jail_memory <= unit_memory, (jail_memory, unit_memory)
-    assert stats(NAME)["memory_current"] > 0
+    assert 0 < jail_memory <= unit_memory, f"jail {jail_memory} bytes, unit {unit_memory}"
+    assert stats(NAME)["memory_current"] > 0, stats(NAME)
     tasks = int(show("TasksCurrent"))
     assert tasks >= 3, tasks  # the waiter, the jail's pid 1, service_probe
     return f"unit {unit_memory} bytes, of which the jail {jail_memory}"
@@ -117,10 +125,10 @@ def a_killed_service_is_restarted():
     wait_for(lambda: int(show("MainPID")) not in (0, old_main) and answers(), 60,
              "the restarted service")
     assert systemctl("is-active", UNIT) == "active"
-    assert show("NRestarts") == "1", show("NRestarts")
-    assert not alive(old_service) and not alive(old_main)
+    assert show("NRestarts") == "1", f"NRestarts={show('NRestarts')}"
+    assert not alive(old_service) and not alive(old_main), "the old service or waiter lives"
     assert service_pid() != old_service
-    assert ps()[NAME]["pid"] == int(show("MainPID"))
+    assert ps()[NAME]["pid"] == int(show("MainPID")), (ps(), show("MainPID"))
 
 
 def systemctl_kill_ends_the_whole_jail():
@@ -137,11 +145,11 @@ def systemctl_stop_leaves_nothing():
     state = systemctl("is-active", UNIT, check=False)
     assert state == "inactive", f"{UNIT} is {state} after stop"
     assert not [p for p in processes if alive(p)], "a jail process outlived stop"
-    assert not answers()
+    assert not answers(), "the service answers after stop"
     assert not os.path.exists(group), f"{group} is left"
     assert not os.path.exists(f"{UNIFIED}/jailkit"), f"{UNIFIED}/jailkit is left"
     assert ps() == {}, ps()
-    assert not os.path.exists(f"/run/jailkit/{NAME}.json")
+    assert not os.path.exists(f"/run/jailkit/{NAME}.json"), "its registry entry is left"
 
 
 CHECKS = [systemd_is_pid_1_and_starts_the_unit, the_jail_is_in_the_units_cgroup,

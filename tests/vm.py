@@ -8,8 +8,10 @@ and ext4. Its init mounts the host's / read-only over virtio-9p, under an overla
 layer is guest memory (the guest writes where it likes, never to the host), with fresh tmpfs on
 /tmp and /run, proc, sysfs, devtmpfs, devpts and cgroup2 at /sys/fs/cgroup, and an ext4 image
 of the caller's (a scratch disk, written in place) at the path the caller names; then it runs
-the command under busybox's shell (pid 1, reaping orphans) and powers off. The command's
-output comes back over the serial console.
+the command under busybox's shell (pid 1, reaping orphans) and powers off. Or (systemd=True)
+it hands the root to the host's systemd as pid 1, which runs the command as the one service of
+a target of its own, the host's units and generators masked (SYSTEMD_FILES, _init), and powers
+off after it. The command's output comes back over the serial console.
 
     python tests/vm.py fetch     downloads the kernel into CACHE (apt-get download; .ci/test-deps)
     python tests/vm.py run [--systemd] CMD   runs CMD in the VM (no disk), for a look around

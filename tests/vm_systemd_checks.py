@@ -1,7 +1,7 @@
 """`jailkit unit` under a real systemd: run as root inside the VM of tests/vm.py booted with
 the host's systemd 252 as pid 1 (vm.run(systemd=True)), by tests/test_debian_kernel.py, with
 one argument: the directory holding the jail `a` of vm_checks.py (the `shell` profile, with
-service_probe).
+service_probe), and `b` (the same, without it).
 
 The unit `jailkit unit` prints for that jail, serving service_probe on 127.0.0.1:PORT, is
 installed, started, killed, restarted and stopped with systemctl. Each check prints one line as
@@ -152,9 +152,38 @@ def systemctl_stop_leaves_nothing():
     assert not os.path.exists(f"/run/jailkit/{NAME}.json"), "its registry entry is left"
 
 
+def two_jails_of_one_delegated_unit_are_side_by_side():
+    """The second jail's launcher starts in UNIT/supervisor, where the first one moved the
+    unit's processes: it finds the delegated group above it."""
+    unit = "pair.service"
+    start = " && ".join(
+        f"{sys.executable} -m jailkit run svc --root {JAILS}/{jail} --name {jail}{jail} --detach "
+        "-- /bin/sh -c 'while :; do sleep 1; done'" for jail in ("a", "b"))
+    subprocess.run(["systemd-run", f"--unit={unit}", "-p", "Delegate=yes", "-p", "Type=oneshot",
+                    "-p", "RemainAfterExit=yes", f"--setenv=PYTHONPATH={vm_checks.REPO}",
+                    "/bin/sh", "-c", start], check=True, capture_output=True, timeout=120)
+    try:
+        group = f"{UNIFIED}/system.slice/{unit}"
+        rows = ps()
+        assert set(rows) == {"aa", "bb"}, rows
+        for name, row in rows.items():
+            jail = read(f"/proc/{row['jail_pid']}/cgroup")
+            assert jail == f"0::/system.slice/{unit}/jailkit/{name}\n", f"{name} is in {jail}"
+            waiter = read(f"/proc/{row['pid']}/cgroup")
+            assert waiter == f"0::/system.slice/{unit}/supervisor\n", f"{name}'s waiter: {waiter}"
+        for name in rows:
+            assert jailkit("stop", name).returncode == 0
+            assert not os.path.exists(f"{group}/jailkit/{name}"), f"{name}'s group is left"
+    finally:
+        subprocess.run(["systemctl", "stop", unit], capture_output=True, timeout=120)
+    assert not os.path.exists(group), f"{group} is left"
+    assert ps() == {}, ps()
+
+
 CHECKS = [systemd_is_pid_1_and_starts_the_unit, the_jail_is_in_the_units_cgroup,
           the_units_accounting_covers_the_jail, a_killed_service_is_restarted,
-          systemctl_kill_ends_the_whole_jail, systemctl_stop_leaves_nothing]
+          systemctl_kill_ends_the_whole_jail, systemctl_stop_leaves_nothing,
+          two_jails_of_one_delegated_unit_are_side_by_side]
 
 
 def main() -> int:

@@ -33,9 +33,9 @@ HYBRID_UNIFIED = "/sys/fs/cgroup/unified"
 PARENT = "jailkit"
 LIMIT_KEYS = ("memory_max", "memory_high", "swap_max", "pids_max", "cpu_weight", "cpu_quota",
               "io_weight")
-# `jailkit run` options for the limits, named in errors so the fix names what the user typed
 SUPERVISOR = "supervisor"  # a delegated group's leaf for the launcher (then waiter) and the rest
 DELEGATE_XATTR = "trusted.delegate"
+# `jailkit run` options for the limits, named in errors so the fix names what the user typed
 RUN_OPTIONS = {"memory_max": "--memory", "pids_max": "--pids", "cpu_weight": "--cpu-weight",
                "cpu_quota": "--cpu-quota", "io_weight": "--io-weight"}
 

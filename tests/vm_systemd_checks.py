@@ -152,6 +152,30 @@ def systemctl_stop_leaves_nothing():
     assert not os.path.exists(f"/run/jailkit/{NAME}.json"), "its registry entry is left"
 
 
+def a_service_that_ignores_sigterm_is_killed_at_the_stop_timeout():
+    unit = "jailkit-deaf.service"
+    made = jailkit("unit", "svc", "--root", f"{JAILS}/a", "--name", "deaf", "--stop-timeout",
+                   "1", "--", "--", "/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done")
+    with open(f"/etc/systemd/system/{unit}", "w") as f:
+        f.write(made.stdout)
+    systemctl("daemon-reload")
+    systemctl("start", unit)
+    try:
+        wait_for(lambda: "deaf" in ps(), 30, "the jail")
+        group = f"{UNIFIED}/system.slice/{unit}"
+        processes = [int(p) for p in read(f"{group}/jailkit/deaf/cgroup.procs").split()]
+        begun = time.monotonic()
+        systemctl("stop", unit)
+        took = time.monotonic() - begun
+    finally:
+        subprocess.run(["systemctl", "stop", unit], capture_output=True, timeout=120)
+    assert not [p for p in processes if alive(p)], "a process outlived the stop timeout"
+    assert not os.path.exists(group), f"{group} is left"
+    assert ps() == {}, ps()
+    # a stop that had to kill is a failure to systemd, as its own SIGKILL at TimeoutStopSec is
+    return f"stopped in {took:.1f} s, then {systemctl('is-active', unit, check=False)}"
+
+
 def two_jails_of_one_delegated_unit_are_side_by_side():
     """The second jail's launcher starts in UNIT/supervisor, where the first one moved the
     unit's processes: it finds the delegated group above it."""
@@ -183,6 +207,7 @@ def two_jails_of_one_delegated_unit_are_side_by_side():
 CHECKS = [systemd_is_pid_1_and_starts_the_unit, the_jail_is_in_the_units_cgroup,
           the_units_accounting_covers_the_jail, a_killed_service_is_restarted,
           systemctl_kill_ends_the_whole_jail, systemctl_stop_leaves_nothing,
+          a_service_that_ignores_sigterm_is_killed_at_the_stop_timeout,
           two_jails_of_one_delegated_unit_are_side_by_side]
 
 

@@ -353,6 +353,9 @@ def test_unit_is_a_valid_systemd_service_whose_commands_start_and_stop_the_jail(
         stopped = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
         assert stopped.returncode == 0, stopped.stderr
         assert service.wait(10) is not None and name not in run_jailkit("ps", timeout=30).stdout
+        # the status of a run that `jailkit stop` ended is a success to systemd: a stopped
+        # unit is `inactive`, not `failed`
+        assert fields["SuccessExitStatus"] == str(service.returncode), service.returncode
     finally:
         service.kill()
         service.wait()

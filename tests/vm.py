@@ -8,11 +8,13 @@ and ext4. Its init mounts the host's / read-only over virtio-9p, under an overla
 layer is guest memory (the guest writes where it likes, never to the host), with fresh tmpfs on
 /tmp and /run, proc, sysfs, devtmpfs, devpts and cgroup2 at /sys/fs/cgroup, and an ext4 image
 of the caller's (a scratch disk, written in place) at the path the caller names; then it runs
-the command under busybox's shell (pid 1, reaping orphans) and powers off. The command's
-output comes back over the serial console.
+the command under busybox's shell (pid 1, reaping orphans) and powers off. Or (systemd=True)
+it hands the root to the host's systemd as pid 1, which runs the command as the one service of
+a target of its own, the host's units and generators masked (SYSTEMD_FILES, _init), and powers
+off after it. The command's output comes back over the serial console.
 
     python tests/vm.py fetch     downloads the kernel into CACHE (apt-get download; .ci/test-deps)
-    python tests/vm.py run CMD   runs CMD in the VM (no disk), for a look around
+    python tests/vm.py run [--systemd] CMD   runs CMD in the VM (no disk), for a look around
 """
 
 import gzip
@@ -38,6 +40,32 @@ WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_blk", "
 MEMORY_MB = 1024
 PR_SET_PDEATHSIG = 1
 MARK = "jkvm:"  # the console lines of the guest's init, as opposed to its command's
+# The guest's boot under systemd (run(systemd=True)), in /etc/systemd: a target of its own (not
+# multi-user.target, which would start the host's services) wanting one service, the command,
+# whose end (success or not: its status is on the console) powers the guest off; and every
+# service's stderr on the console, as there is no journal.
+SYSTEMD_FILES = {
+    "system.conf.d/jkvm.conf": """[Manager]
+DefaultStandardError=tty
+""",
+    "system/jkvm.target": """[Unit]
+Description=jailkit's VM: the command alone
+Wants=jkvm.service
+""",
+    "system/jkvm.service": """[Unit]
+Description=jailkit's VM command
+DefaultDependencies=no
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+ExecStart=/run/vm/busybox sh /run/vm/stage2
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+""",
+}
 FETCH_HINT = "the VM's kernel is not fetched: run `python tests/vm.py fetch` (.ci/test-deps does)"
 
 
@@ -108,15 +136,40 @@ def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _init(command: str, disk_at: str | None, host_dirs: tuple[str, ...] = ()) -> str:
+def _init(command: str, disk_at: str | None, systemd: bool,
+          host_dirs: tuple[str, ...] = ()) -> str:
     """The initramfs's /init: load modules, mount the guest's root, run `command` (a shell
-    command line) in it, power off. `host_dirs`: the host's directories under /tmp or /run
-    (which the guest has its own of) shown at the same paths, read-only (a checkout there)."""
+    command line) in it, power off. `systemd`: the root's systemd is pid 1 and runs the command
+    as the unit jkvm.service (SYSTEMD_FILES) of the target jkvm.target, alone. `host_dirs`: the
+    host's directories under /tmp or /run (which the guest has its own of) shown at the same
+    paths, read-only (a checkout there)."""
     disk = "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n" \
         f"mkdir -p /root{disk_at} && mount -t ext4 /dev/vda /root{disk_at} || fail disk\n" \
         if disk_at else ""  # virtio_blk finds its disk in the background
     shown = "".join(f"mkdir -p /root{d} && mount -o bind /host{d} /root{d} || fail 'show {d}'\n"
                     for d in host_dirs)
+    if systemd:
+        units = "".join(f"mkdir -p /root/etc/systemd/{os.path.dirname(name)} && "
+                        f"cat > /root/etc/systemd/{name} <<'EOF'\n{text}EOF\n"
+                        for name, text in SYSTEMD_FILES.items())
+        # Nothing of the host's boot: every unit a .wants directory lists, that is the host's
+        # services (ssh, databases, podman) and what sysinit.target pulls in (journald,
+        # tmpfiles, sysctl ...; a unit with default dependencies, as jailkit's, needs
+        # sysinit.target), and the generators (fstab, getty ...), each masked by a link to
+        # /dev/null in the upper layer's /etc
+        start = f"""{units}cd /root/etc/systemd && mkdir -p system-generators &&
+for unit in /root/lib/systemd/system/*.wants/* system/*.wants/*; do
+  ln -sf /dev/null system/${{unit##*/}}
+done
+for generator in /root/lib/systemd/system-generators/*; do
+  ln -sf /dev/null system-generators/${{generator##*/}}
+done
+cd / || fail "systemd units"
+exec switch_root /root /lib/systemd/systemd"""
+        ending = "sync"  # jkvm.service's SuccessAction= and FailureAction= power off
+    else:
+        start = "exec switch_root /root /run/vm/busybox sh /run/vm/stage2"
+        ending = "sync\n/run/vm/busybox poweroff -f"
     return f"""#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /proc /sys /dev /root
 /bin/busybox --install -s /bin
@@ -135,24 +188,26 @@ mount -t tmpfs -o mode=1777 tmpfs /root/tmp && mount -t tmpfs -o mode=755 tmpfs 
   mount -t devpts devpts /root/dev/pts &&
   mount -t tmpfs tmpfs /root/dev/shm && mount -t cgroup2 cgroup2 /root/sys/fs/cgroup ||
   fail "guest mounts"
+# not a container: systemd reads /.dockerenv (the host is one) as saying so
+rm -f /root/.dockerenv
 {disk}mkdir /root/run/vm && cp /bin/busybox /root/run/vm/busybox
 cat > /root/run/vm/stage2 <<'EOF'
 cd /
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/vm
 {command}
 echo "{MARK} exit $?"
-sync
-/run/vm/busybox poweroff -f
+{ending}
 EOF
 echo "{MARK} up $(cat /proc/uptime)"
-exec switch_root /root /run/vm/busybox sh /run/vm/stage2
+{start}
 """
 
 
-def initramfs(command: str, disk_at: str | None, host_dirs: tuple[str, ...] = ()) -> bytes:
+def initramfs(command: str, disk_at: str | None, systemd: bool = False,
+              host_dirs: tuple[str, ...] = ()) -> bytes:
     modules = CACHE / "modules"
     files = {"bin": (0o40755, b""), "modules": (0o40755, b""),
-             "init": (0o100755, _init(command, disk_at, host_dirs).encode()),
+             "init": (0o100755, _init(command, disk_at, systemd, host_dirs).encode()),
              "bin/busybox": (0o100755, Path(BUSYBOX).read_bytes()),
              "modules/order": (0o100644, (modules / "order").read_bytes())}
     for name in (modules / "order").read_text().split():
@@ -161,7 +216,7 @@ def initramfs(command: str, disk_at: str | None, host_dirs: tuple[str, ...] = ()
 
 
 def run(command: str, disk: Path | None = None, disk_at: str | None = None,
-        timeout: float = 240, echo=None,
+        timeout: float = 240, echo=None, systemd: bool = False,
         host_dirs: tuple[str, ...] = ()) -> tuple[int | None, str]:
     """Boot the VM, run `command` (a shell command line) as root in it, power it off.
     `disk`: a raw ext4 image, mounted read-write at `disk_at`; `host_dirs`: see _init.
@@ -175,7 +230,7 @@ def run(command: str, disk: Path | None = None, disk_at: str | None = None,
                            "qemu-system-x86 busybox-static (.ci/test-deps does)")
     with tempfile.TemporaryDirectory(prefix="jailkit-vm-") as work:
         initrd = Path(work) / "initrd.gz"
-        initrd.write_bytes(initramfs(command, disk_at, host_dirs))
+        initrd.write_bytes(initramfs(command, disk_at, systemd, host_dirs))
         argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot",
                 # TCG: these machines have a /dev/kvm, but run nested under Firecracker, where a
                 # KVM guest hangs in its first instructions (-cpu host: qemu aborts on MSR 0x10a)
@@ -183,7 +238,9 @@ def run(command: str, disk: Path | None = None, disk_at: str | None = None,
                 "-smp", "2", "-m", str(MEMORY_MB), "-serial", "stdio",
                 "-kernel", str(CACHE / "vmlinuz"), "-initrd", str(initrd),
                 # quiet: no kernel line (the OOM killer's report) cuts into the command's output
-                "-append", "console=ttyS0 cgroup_no_v1=all panic=-1 quiet loglevel=1",
+                # (systemd reads its unit from here, not from its arguments)
+                "-append", "console=ttyS0 cgroup_no_v1=all panic=-1 quiet loglevel=1"
+                           + " systemd.unit=jkvm.target" * systemd,
                 "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
                             "multidevs=remap"]
         if disk:
@@ -231,8 +288,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["fetch"]:
         print(f"fetched {fetch()} into {CACHE}")
         return 0
-    if argv[:1] == ["run"] and len(argv) > 1:
-        status, _ = run(" ".join(argv[1:]), echo=print)
+    systemd = argv[1:2] == ["--systemd"]
+    if argv[:1] == ["run"] and len(argv) > 1 + systemd:
+        status, _ = run(" ".join(argv[1 + systemd:]), echo=print, systemd=systemd)
         return 1 if status is None else status
     print(__doc__.split("\n\n")[-1], file=sys.stderr)
     return 2

@@ -132,7 +132,7 @@ def unit(profile, root, name, stop_timeout, run_args):
             raise click.UsageError(f"{arg}: the unit sets it; pass only run's other options")
     # `run` needs the profile's name only (a profile file's is its name: no path in the unit)
     run = ["run", jail_name(profile), "--root", directory, "--name", name, *run_args]
-    check(run[1:])
+    stop_signal = check(run[1:])
     system = os.geteuid() == 0
     jailkit = _jailkit_command()
     start, stop = [*jailkit, *run], [*jailkit, "stop", name, "--timeout", str(stop_timeout)]
@@ -150,6 +150,9 @@ def unit(profile, root, name, stop_timeout, run_args):
         # jail that has already ended is no failure
         "ExecStop=-" + " ".join(map(_systemd_quote, stop)),
         "Restart=on-failure",
+        # `jailkit stop` ends the service with the stop signal, and `run` then exits 128+N:
+        # a stop, not a failure (the unit would be left `failed`)
+        f"SuccessExitStatus={128 + stop_signal}",
         "RestartSec=2",
         # the jail's cgroups (jailkit/NAME) are jailkit's to make, limit and remove (an
         # ordinary user's jail has none)

@@ -301,11 +301,11 @@ def _plan(opts: Options, jail, spec, publishes):
                       _typed_limits(opts))
 
 
-def check(argv: list[str]) -> None:
+def check(argv: list[str]) -> int:
     """Refuse, as `jailkit run ARGV` would, what could not start; start nothing. For the
     commands that must know before they act: `restart` (before it stops the jail) and `unit`
     (before a boot runs it). Options are parsed as typed, but for --pass-fd: the descriptors
-    are the future run's."""
+    are the future run's. Returns the jail's stop signal."""
     try:
         opts = parse(argv)
     except UsageError as e:
@@ -316,6 +316,7 @@ def check(argv: list[str]) -> None:
         _plan(opts, jail, spec, publishes)
     finally:
         jail.close()
+    return spec.stop_signal
 
 
 def run(opts: Options) -> int:

@@ -9,9 +9,16 @@ double-forked daemons included — where v1 has no such file (only freeze-and-ki
 
 Every group of a jail is `jailkit/NAME`, NAME the jail's name in the registry of running jails
 (registry.py: unique while it runs), so a group that a killed launcher left behind is found by
-name, and removed, by the next start of that jail or by `jailkit ps`. Groups are made before the
-jail's first process exists and joined by it before it starts anything; the jail then enters
-its own cgroup namespace (it sees its group as /). The waiter removes them when the jail exits.
+name, and removed, by the next start of that jail or by `jailkit ps`. It sits at the top of each
+hierarchy, except on cgroup v2 alone when root's launcher runs in a group delegated to it (a
+systemd unit with Delegate=yes, as `jailkit unit` writes: systemd marks the unit's group with the
+xattr trusted.delegate=1): then it is `UNIT/jailkit/NAME`, so that the unit's accounting, limits,
+`systemctl status` and stop cover the jail, and the launcher moves itself (and whatever else is
+in UNIT) into the leaf `UNIT/supervisor` first: a group with processes cannot delegate
+controllers to its children (v2's "no internal processes" rule). The registry records where.
+Groups are made before the jail's first process exists and joined by it before it starts
+anything; the jail then enters its own cgroup namespace (it sees its group as /). The waiter
+removes them when the jail exits.
 """
 
 import errno
@@ -26,6 +33,8 @@ HYBRID_UNIFIED = "/sys/fs/cgroup/unified"
 PARENT = "jailkit"
 LIMIT_KEYS = ("memory_max", "memory_high", "swap_max", "pids_max", "cpu_weight", "cpu_quota",
               "io_weight")
+SUPERVISOR = "supervisor"  # a delegated group's leaf for the launcher (then waiter) and the rest
+DELEGATE_XATTR = "trusted.delegate"
 # `jailkit run` options for the limits, named in errors so the fix names what the user typed
 RUN_OPTIONS = {"memory_max": "--memory", "pids_max": "--pids", "cpu_weight": "--cpu-weight",
                "cpu_quota": "--cpu-quota", "io_weight": "--io-weight"}
@@ -35,10 +44,12 @@ class Group:
     """One directory for one jail, with the files to write into it, in order, and (cgroup v2)
     the controllers its parents delegate to it."""
 
-    __slots__ = ("path", "settings", "controllers")
+    __slots__ = ("path", "settings", "controllers", "delegated")
 
-    def __init__(self, path: str, settings: list[tuple[str, str]], controllers=()):
+    def __init__(self, path: str, settings: list[tuple[str, str]], controllers=(),
+                 delegated: str | None = None):
         self.path, self.settings, self.controllers = path, settings, tuple(controllers)
+        self.delegated = delegated  # the delegated group it is made in (vacated first), or None
 
     def __repr__(self) -> str:
         return f"{self.path} " + " ".join(f"{k}={v}" for k, v in self.settings)
@@ -109,12 +120,40 @@ def needs_root(asked: list[str], typed: tuple = ()) -> JailkitError:
                         f"root, or run without them: {without}")
 
 
+def delegated(root: str = CGROUP_ROOT) -> str | None:
+    """The cgroup v2 group delegated to this process, root's (systemd's Delegate=yes: the xattr
+    trusted.delegate=1, which only root can set), or None: the group it is in, or that group's
+    parent when it is a SUPERVISOR leaf (a second jail started by the same unit)."""
+    host = Host(root)
+    if not host.v2_only or os.geteuid() != 0:
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = next((line[3:].strip() for line in f if line.startswith("0::")), "/")
+    except OSError:
+        return None
+    path = host.unified + own.rstrip("/")
+    for candidate in (path, os.path.dirname(path)) if own.endswith(f"/{SUPERVISOR}") else (path,):
+        if candidate == host.unified:
+            break
+        try:
+            if os.getxattr(candidate, DELEGATE_XATTR, follow_symlinks=False) == b"1":
+                return candidate
+        except OSError:  # no such xattr: not delegated
+            continue
+    return None
+
+
 def plan(name: str, limits: dict, root: str = CGROUP_ROOT) -> list[Group]:
     """The jail's groups, with their limits (`limits`: LIMIT_KEYS -> int or None; cpu_quota in
     percent of one CPU). A limit this host cannot enforce is refused, naming the fix."""
     host = Host(root)
     if host.v2_only:
-        return [cgroup_v2.group(f"{host.unified}/{PARENT}/{name}", limits, host.unified)]
+        unit = delegated(root)
+        base = unit or host.unified  # its controllers are what the jail's group may have
+        group = cgroup_v2.group(f"{base}/{PARENT}/{name}", limits, base)
+        group.delegated = unit
+        return [group]
     groups = cgroup_v1.groups(root, f"{PARENT}/{name}", limits, with_kill=host.unified is None)
     if host.unified:  # no controllers there: only to kill, list and time the whole jail
         groups.insert(0, Group(f"{host.unified}/{PARENT}/{name}", []))
@@ -125,6 +164,9 @@ def candidates(name: str, root: str = CGROUP_ROOT) -> list[str]:
     """Every directory a jail named `name` may have (made or not)."""
     host = Host(root)
     paths = [f"{host.unified}/{PARENT}/{name}"] if host.unified else []
+    unit = delegated(root)
+    if unit:
+        paths.append(f"{unit}/{PARENT}/{name}")
     if not host.v2_only:
         paths += [f"{root}/{c}/{PARENT}/{name}" for c in cgroup_v1.CONTROLLERS]
     return paths
@@ -140,7 +182,7 @@ def create(groups: list[Group]) -> None:
             try:
                 if group.path.startswith(CGROUP_ROOT + "/") and os.path.exists(
                         f"{parent}/cgroup.subtree_control"):
-                    cgroup_v2.enable_controllers(parent, group.controllers)
+                    _enable_controllers(parent, group)
                 group_fd = _made_dir(parent_fd, os.path.basename(group.path), False)
             finally:
                 os.close(parent_fd)
@@ -161,6 +203,43 @@ def create(groups: list[Group]) -> None:
                                "running or stopping: see `jailkit ps`") from None
         hint = " (cgroups need root)" if os.geteuid() != 0 else ""
         raise JailkitError(f"cannot set up cgroup {current}: {e.strerror}{hint}") from None
+
+
+def _enable_controllers(parent: str, group: Group) -> None:
+    if not group.delegated:
+        cgroup_v2.enable_controllers(parent, group.controllers)
+        return
+    for attempt in range(3):
+        _vacate(group.delegated)
+        try:
+            cgroup_v2.enable_controllers(parent, group.controllers)
+            return
+        except OSError as e:  # EBUSY: the `prime` helper moved itself back meanwhile
+            if e.errno != errno.EBUSY or attempt == 2:
+                raise
+
+
+def _vacate(delegated: str) -> None:
+    """Move every process in `delegated` (this launcher, its `prime` helper, what else the unit
+    started) into its leaf SUPERVISOR, so that `delegated` may delegate controllers."""
+    leaf_fd = _made_dir(delegated, SUPERVISOR, True)
+    try:
+        for _ in range(100):  # bounded: a process of the unit may fork meanwhile
+            left = procs(delegated)
+            if not left:
+                return
+            for pid in left:
+                fd = os.open("cgroup.procs", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=leaf_fd)
+                try:
+                    os.write(fd, str(pid).encode())
+                except ProcessLookupError:
+                    pass  # it ended
+                finally:
+                    os.close(fd)
+    finally:
+        os.close(leaf_fd)
+    raise OSError(errno.EBUSY, f"processes keep appearing in {delegated}")
 
 
 def _made_dir(where, name: str, exist_ok: bool) -> int:

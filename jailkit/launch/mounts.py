@@ -423,7 +423,13 @@ def apply(ops: list[Mount], fds: list[int] | None, jail) -> None:
 
 def pivot() -> None:
     """Make the cwd (the jail's root mount) the root and detach the host's: unlike chroot,
-    there is no way back up."""
+    there is no way back up.
+
+    Private first, the tree and all below it: the detached clones the launcher made of the
+    host's mounts (open_tree) are peers of those, and on a host where they are shared (systemd
+    makes every mount shared) pivot_root refuses a shared mount (EINVAL), and mounts would
+    propagate between the jail and the host."""
+    sc.mount(None, ".", None, sc.MS_REC | sc.MS_PRIVATE)
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")

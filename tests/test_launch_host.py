@@ -359,3 +359,15 @@ def test_cgroup_directories_are_made_without_following_a_link(tmp_path):
     with pytest.raises(JailkitError, match="cgroup"):
         create([Group(str(tmp_path / "hierarchy" / "jailkit" / "x"), [("pids.max", "5")])])
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_host_whose_mounts_are_shared_runs_the_jail(jail):
+    """systemd makes every mount shared: the jail's tree, cloned from them, is made private
+    before pivot_root, which refuses a shared one (EINVAL: every root jail failed there)."""
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "shared", sys.executable, "-m", "jailkit",
+         "run", "shell", "--root", jail, "--", "/bin/sh", "-c",
+         "grep -c shared: /proc/self/mountinfo || true"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "0\n"  # nothing of the jail's propagates to or from the host

@@ -1,7 +1,10 @@
 """Running jails as services (run as root): `jailkit ps` with many jails, and their memory.
 
 1. 50 detached jails (`jailkit run --detach`, each a copy of one `shell` jail running `sleep`);
-   `jailkit ps` and `jailkit ps --json` timed with all of them running (median of 10 runs).
+   `jailkit ps` and `jailkit ps --json` timed with all of them running (median of 10 runs),
+   runs interleaved with the anchor: procps' `ps` listing every process with its elapsed time,
+   memory and CPU time (what an administrator reads without jailkit); `python3 -c pass` for
+   scale.
 2. Resident memory (PSS) of jailkit's own processes per running jail: the waiter and the
    jail's pid 1 (both jailkit-reaper). Goal: <= 0.5 MB per jail.
 All jails are stopped with `jailkit stop` at the end.
@@ -34,13 +37,18 @@ def pss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
 
 
-def timed(argv: list[str], runs: int) -> tuple[float, float]:
-    times = []
+ANCHOR = ["ps", "-eo", "pid,etimes,rss,cputimes,args"]
+
+
+def timed(commands: dict[str, list[str]], runs: int) -> dict[str, tuple[float, float]]:
+    """(median, fastest) ms of each command, the commands' runs interleaved."""
+    times = {label: [] for label in commands}
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run([*JAILKIT, *argv], check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000, min(times) * 1000
+        for label, argv in commands.items():
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+            times[label].append(time.perf_counter() - start)
+    return {label: (statistics.median(t) * 1000, min(t) * 1000) for label, t in times.items()}
 
 
 def main() -> None:
@@ -69,9 +77,14 @@ def main() -> None:
             assert len(rows) == args.jails, len(rows)
             print(f"jailkit ps with {args.jails} running jails ({args.runs} runs, median, "
                   "fastest):")
-            for argv in (["ps"], ["ps", "--json"]):
-                median, best = timed(argv, args.runs)
-                print(f"  jailkit {' '.join(argv):10} {median:7.1f} ms {best:7.1f} ms")
+            results = timed({"jailkit ps": [*JAILKIT, "ps"],
+                             "jailkit ps --json": [*JAILKIT, "ps", "--json"],
+                             "procps ps -eo ...": ANCHOR,
+                             "python3 -c pass": [sys.executable, "-c", "pass"]}, args.runs)
+            for label, (median, best) in results.items():
+                print(f"  {label:18} {median:7.1f} ms {best:7.1f} ms")
+            anchor = results["procps ps -eo ..."][0]
+            print(f"  ratio jailkit ps/procps ps: {results['jailkit ps'][0] / anchor:.2f} (median)")
             waiters = sum(pss_kb(r["pid"]) for r in rows)
             pid1s = sum(pss_kb(r["jail_pid"]) for r in rows if r["jail_pid"])
             total = waiters + pid1s

@@ -309,23 +309,33 @@ CHECKS = [kernel_has_cgroup_v2_alone, accounting_without_limits, limits_are_writ
           io_weight_is_bfqs_weight_and_io_is_counted]
 
 
-def main() -> int:
+def run(checks, jails: str, after_failure) -> int:
+    """Run each check, one console line each (MARK NAME ok|FAIL ...); `after_failure()` after
+    a check failed (what it left would fail the next ones, or the console should show why)."""
     global JAILS
-    JAILS = sys.argv[1]
+    JAILS = jails
     failed = 0
-    for check in CHECKS:
+    for check in checks:
         begun = time.monotonic()
         try:
             outcome = " ".join(filter(None, ["ok", check()]))  # a check may say what it saw
         except Exception as e:  # noqa: BLE001 - every failure is this check's report
             failed += 1
             why = str(e) if isinstance(e, AssertionError) else traceback.format_exc()
-            outcome = "FAIL " + " | ".join(why.strip().splitlines())
-            for name in ps():  # what the failed check left would fail the next ones
-                stop(name)
+            outcome = "FAIL " + " | ".join(why.strip().splitlines() or [repr(e)])
+            after_failure()
         print(f"{MARK} {check.__name__} {outcome} ({time.monotonic() - begun:.1f} s)",
               flush=True)
     return 1 if failed else 0
+
+
+def stop_every_jail() -> None:
+    for name in ps():
+        stop(name)
+
+
+def main() -> int:
+    return run(CHECKS, sys.argv[1], stop_every_jail)
 
 
 if __name__ == "__main__":

@@ -211,23 +211,18 @@ CHECKS = [systemd_is_pid_1_and_starts_the_unit, the_jail_is_in_the_units_cgroup,
           two_jails_of_one_delegated_unit_are_side_by_side]
 
 
+def show_status() -> None:
+    """For the console: what systemd saw (no journal here: its last lines are lost)."""
+    print(systemctl("status", "--no-pager", "--full", UNIT, check=False), flush=True)
+
+
 def main() -> int:
     global JAILS
     JAILS = sys.argv[1]
-    failed = 0
-    for check in CHECKS:
-        begun = time.monotonic()
-        try:
-            outcome = " ".join(filter(None, ["ok", check()]))
-        except Exception as e:  # noqa: BLE001 - every failure is this check's report
-            failed += 1
-            outcome = "FAIL " + " | ".join(str(e).strip().splitlines() or [repr(e)])
-            # for the console: what systemd saw (no journal here: its last lines are lost)
-            print(systemctl("status", "--no-pager", "--full", UNIT, check=False), flush=True)
-        print(f"{MARK} {check.__name__} {outcome} ({time.monotonic() - begun:.1f} s)",
-              flush=True)
-    subprocess.run(["systemctl", "stop", UNIT], capture_output=True, timeout=120)
-    return 1 if failed else 0
+    try:
+        return vm_checks.run(CHECKS, JAILS, show_status)
+    finally:
+        subprocess.run(["systemctl", "stop", UNIT], capture_output=True, timeout=120)
 
 
 if __name__ == "__main__":

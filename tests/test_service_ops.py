@@ -329,7 +329,7 @@ def test_unit_is_a_valid_systemd_service_whose_commands_start_and_stop_the_jail(
     name = names("unit")
     made = run_jailkit("unit", "svc", "--root", jail, "--name", name, "--", "--memory", "64M",
                        timeout=30)
-    assert made.returncode == 0, made.stderr
+    assert made.returncode == 0 and made.stderr == "", made.stderr
     unit = base / f"jailkit-{name}.service"
     unit.write_text(made.stdout)
     verified = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
@@ -350,6 +350,12 @@ def test_unit_is_a_valid_systemd_service_whose_commands_start_and_stop_the_jail(
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: name in run_jailkit("ps", timeout=30).stdout, what="the unit's jail")
+        # printed again while that jail runs: the unit is the same, and a note says it waits
+        again = run_jailkit("unit", "svc", "--root", jail, "--name", name, "--", "--memory",
+                            "64M", timeout=30)
+        assert again.returncode == 0 and again.stdout == made.stdout, again.stderr
+        assert again.stderr.startswith(f"jailkit: note: {name} runs now (pid "), again.stderr
+        assert again.stderr.endswith(f"jailkit stop {name}, then systemctl start the unit\n")
         stopped = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
         assert stopped.returncode == 0, stopped.stderr
         assert service.wait(10) is not None and name not in run_jailkit("ps", timeout=30).stdout

@@ -173,3 +173,15 @@ def unit(profile, root, name, stop_timeout, run_args):
         lines.append("Environment=" + _systemd_quote(f"PYTHONPATH={pythonpath}"))
     lines += ["", "[Install]", f"WantedBy={'multi-user' if system else 'default'}.target"]
     click.echo("\n".join(lines))
+    _note_running(name, directory)
+
+
+def _note_running(name: str, directory: str) -> None:
+    """The unit's run would be refused while this jail runs already, started by hand: say so."""
+    from jailkit.launch.running import running
+
+    for entry in running():
+        if entry.get("name") == name or entry.get("dir") == directory:
+            click.echo(f"jailkit: note: {entry.get('name')} runs now (pid {entry.get('pid')}): "
+                       f"the unit's run is refused until it ends: jailkit stop "
+                       f"{entry.get('name')}, then systemctl start the unit", err=True)

@@ -29,7 +29,6 @@ from jailkit.errors import JailkitError
 from jailkit.launch import cgroup_v1, cgroup_v2
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-HYBRID_UNIFIED = "/sys/fs/cgroup/unified"
 PARENT = "jailkit"
 LIMIT_KEYS = ("memory_max", "memory_high", "swap_max", "pids_max", "cpu_weight", "cpu_quota",
               "io_weight")

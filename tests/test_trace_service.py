@@ -194,14 +194,19 @@ def test_a_traced_http_server_serves_its_site_not_the_jails_root(as_root, tmp_pa
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("the site\n")
+    (site / "about.html").write_text("about the site\n")
     port = free_port()
     fetch = ("python3 -c \"import urllib.request; "
-             f"urllib.request.urlopen('http://127.0.0.1:{port}/index.html')\"")
+             f"urllib.request.urlopen('http://127.0.0.1:{port}/index.html'); "
+             f"urllib.request.urlopen('http://127.0.0.1:{port}/about.html')\"")
     result = run_jailkit("trace", "-o", tmp_path / "site.toml", "--probe", fetch, "--",
                          "python3", "-m", "http.server", "--bind", "127.0.0.1", str(port),
                          cwd=site, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert f'workdir = "{site}"' in (tmp_path / "site.toml").read_text()
+    text = (tmp_path / "site.toml").read_text()
+    assert f'workdir = "{site}"' in text
+    # the site, two files read in it, is copied whole: no [directories] entry says it again
+    assert f'    "{site}",' in text and f'[directories."{site}"]' not in text, text
     build(str(tmp_path / "site.toml"), tmp_path / "jail")
     service = Service(str(tmp_path / "site.toml"), tmp_path / "jail", tmp_path / "service.log")
     try:

@@ -464,7 +464,8 @@ def _service(trace: Trace, draft: Draft, command: list[str] | None) -> None:
     draft.command = [trace.program or argv[0], *argv[1:]] if argv else []
     if trace.used_start_dir and trace.cwd and trace.cwd != "/":
         draft.workdir = trace.cwd
-        if trace.cwd not in draft.writable:
+        copied = any(e.value == trace.cwd for e in draft.files)  # taken whole already
+        if trace.cwd not in draft.writable and not copied:
             draft.directories[trace.cwd] = {"why": "the working directory it was traced in "
                                                    "(it used it)"}
     draft.capabilities = [Entry(c, w) for c, w in sorted(trace.capabilities.items())]

@@ -215,6 +215,17 @@ def test_port_fixes_suggest_no_capability(tmp_path, netns):
     assert 'network = "veth"' in ports[0]["fix"] and "CAP_" not in ports[0]["fix"], ports
 
 
+def test_doctor_of_a_jail_on_a_privileged_host_port_names_its_own_fix(tmp_path):
+    """What `run` refuses before starting is refused by doctor too, with doctor's fix lines:
+    a network of its own, where port 80 binds (doctor publishes nothing)."""
+    jail = tmp_path / "web"
+    build("nginx", jail, "port=80")
+    result = run_jailkit("doctor", "nginx", "--root", jail, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.endswith(f"jailkit doctor nginx --root {jail} --net veth\n")
+    assert "jailkit run" not in result.stderr and "--set port=8080" in result.stderr
+
+
 def test_doctor_of_a_jail_never_built_is_one_line(tmp_path):
     result = run_jailkit("doctor", "nginx", "--root", tmp_path / "none")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr

@@ -335,6 +335,10 @@ def _stop(proc: subprocess.Popen, log: str) -> None:
 
 def doctor(profile: str, root: str, command: list[str], timeout: float,
            network: str | None = None) -> dict:
+    from jailkit.cli.run import check
+
+    # what `run` would refuse before starting, refused here with doctor's own fix lines
+    check([profile, "--root", root, *(["--net", network] if network else [])], asking="doctor")
     jail = Jail(root, profile, network)
     own = jail.command
     if not command and isinstance(own, list) and own and all(isinstance(a, str) for a in own):

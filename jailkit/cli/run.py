@@ -67,7 +67,7 @@ class UsageError(Exception):
 
 class Options:
     __slots__ = ("profile", "root", "sets", "pass_fds", "dry_run", "interactive", "command",
-                 "help", "name", "detach", "limits", "restart_args", "publish")
+                 "help", "name", "detach", "limits", "restart_args", "publish", "asking")
 
     def __init__(self):
         self.profile = self.root = self.command = self.name = None
@@ -77,6 +77,7 @@ class Options:
         self.limits: dict[str, str] = {}  # option -> value as typed, checked in run()
         self.restart_args: list[str] = []  # what `jailkit restart` runs again
         self.dry_run = self.interactive = self.help = self.detach = False
+        self.asking = "run"  # the command whose fix lines a refusal gives (check's caller)
 
 
 def parse(argv: list[str]) -> Options:
@@ -237,7 +238,10 @@ def _refuse_privileged_ports(opts: Options, jail, spec) -> None:
                  f"{variable}={higher}")
     else:
         fixes = f"rebuild it binding a port from {start} up (the profile's [service.ports] bind)"
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and opts.asking == "doctor":  # any port binds in its own network
+        fixes += f", or look at it in a network of its own: jailkit doctor {opts.profile}{root} " \
+                 "--net veth"
+    elif os.geteuid() == 0:
         fixes += (f", or give it a network of its own and publish the port: jailkit run "
                   f"{opts.profile}{root} --net veth --publish {port}:{port}")
     raise JailkitError(f"port {port} is below {start} (net.ipv4.ip_unprivileged_port_start), "
@@ -301,16 +305,17 @@ def _plan(opts: Options, jail, spec, publishes):
                       _typed_limits(opts))
 
 
-def check(argv: list[str]) -> int:
+def check(argv: list[str], asking: str = "run") -> int:
     """Refuse, as `jailkit run ARGV` would, what could not start; start nothing. For the
-    commands that must know before they act: `restart` (before it stops the jail) and `unit`
-    (before a boot runs it). Options are parsed as typed, but for --pass-fd: the descriptors
-    are the future run's. Returns the jail's stop signal."""
+    commands that must know before they act: `restart` (before it stops the jail), `unit`
+    (before a boot runs it) and `doctor` (`asking`: its fix lines name doctor). Options are
+    parsed as typed, but for --pass-fd: the descriptors are the future run's. Returns the
+    jail's stop signal."""
     try:
         opts = parse(argv)
     except UsageError as e:
         raise JailkitError(str(e)) from None
-    opts.pass_fds = []
+    opts.pass_fds, opts.asking = [], asking
     jail, spec, publishes = prepare(opts)
     try:
         _plan(opts, jail, spec, publishes)

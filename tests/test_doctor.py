@@ -89,6 +89,11 @@ def test_a_healthy_nginx_is_no_failure_and_its_probes_are_marked(tmp_path):
     assert report["stopped"], report
     assert report["findings"], "the host has neither /etc/localtime nor openssl.cnf to probe"
     assert all(f["kind"] == "missing-file" and f["went_on"] for f in report["findings"]), report
+    # a file a bundled base brings is fixed by that base, not by naming the file
+    fixes = {f["detail"].split('"')[1]: f["fix"] for f in report["findings"]}
+    for path, base in (("/usr/lib/ssl/openssl.cnf", "tls"), ("/etc/localtime", "tzdata")):
+        if path in fixes:
+            assert fixes[path] == f'extends = ["{base}"]', fixes
     text = run_jailkit("doctor", "nginx", "--root", tmp_path / "j", "--timeout", "3", timeout=90)
     assert text.returncode == 0, text.stdout + text.stderr
     assert "nothing the jail refused was found" in text.stdout

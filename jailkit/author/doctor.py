@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import NamedTuple
 
+from jailkit.author.fold import base_for
 from jailkit.author.trace import Call, interruptible, parse_log, unquote
 from jailkit.author.write import quote
 from jailkit.errors import JailkitError
@@ -187,7 +188,8 @@ def diagnose(calls: list[Call], exits: dict, output: str, jail: Jail, ran: float
                     _writable_fix(path))
             elif not creating and os.path.lexists(path) and not jail.has(path):
                 key = "libraries" if re.search(r"\.so(\.[0-9.]+)?$", path) else "files"
-                fix = 'extends = ["tzdata"]' if path == "/etc/localtime" else f"{key} = [{shown}]"
+                base = base_for(path)
+                fix = f'extends = ["{base}"]' if base else f"{key} = [{shown}]"
                 add("missing-file", f"{call.name} {shown}: not in the jail (it is on the host)",
                     fix)
         elif call.error == "EROFS" and path:

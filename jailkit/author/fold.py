@@ -306,6 +306,21 @@ def fold(trace: Trace, name: str, command: list[str] | None = None) -> Draft:
     return draft
 
 
+# the bundled bases a service needs, by a path it read (trace) or missed (doctor)
+BASE_PATTERNS = [
+    ("dns", ["/etc/resolv.conf"]),
+    ("tls", ["/etc/ssl/certs/*", "/usr/lib/ssl/certs/*", "/usr/share/ca-certificates/*",
+             "/etc/ssl/certs", "/usr/lib/ssl/openssl.cnf", "/etc/ssl/openssl.cnf"]),
+    ("tzdata", ["/etc/localtime", "/usr/share/zoneinfo/*"]),
+    ("pam", [f"/usr/lib/{MULTIARCH}/security/pam_*.so", "/etc/pam.d/*"]),
+]
+
+
+def base_for(path: str) -> str | None:
+    """The bundled base that brings `path`, if one does."""
+    return next((base for base, patterns in BASE_PATTERNS if matches(path, patterns)), None)
+
+
 def _bases(trace: Trace) -> dict[str, str]:
     def seen(patterns) -> str | None:
         for path, how in trace.paths.items():
@@ -314,14 +329,7 @@ def _bases(trace: Trace) -> dict[str, str]:
         return None
 
     bases = {"libc": "always: the root user and group, NSS from the jail's own files"}
-    checks = [
-        ("dns", ["/etc/resolv.conf"]),
-        ("tls", ["/etc/ssl/certs/*", "/usr/lib/ssl/certs/*", "/usr/share/ca-certificates/*",
-                 "/etc/ssl/certs"]),
-        ("tzdata", ["/etc/localtime", "/usr/share/zoneinfo/*"]),
-        ("pam", [f"/usr/lib/{MULTIARCH}/security/pam_*.so", "/etc/pam.d/*"]),
-    ]
-    for base, patterns in checks:
+    for base, patterns in BASE_PATTERNS:
         why = seen(patterns)
         if why:
             bases[base] = why

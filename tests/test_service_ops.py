@@ -165,6 +165,15 @@ def test_logs_follow_ends_with_the_jail(jail, names):
         follower.wait()
 
 
+def test_logs_of_a_silent_running_jail_say_where_its_files_are(jail, names):
+    name = names("silent")
+    detach(jail, name, "/bin/sleep", "600")
+    shown = run_jailkit("logs", name, timeout=30)
+    assert shown.returncode == 0 and shown.stdout == "", shown.stderr
+    assert shown.stderr == (f"jailkit: note: {name} has written nothing to stdout, stderr or "
+                            f"/dev/log yet; what it logs to files is in {jail}/state\n")
+
+
 def test_logs_of_an_unknown_name_is_one_line_naming_ps(names):
     shown = run_jailkit("logs", names("nosuch"), timeout=30)
     assert shown.returncode == 3 and shown.stdout == ""  # as stop, stats and kill say it

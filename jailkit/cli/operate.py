@@ -30,6 +30,8 @@ def logs(name, follow, lines):
     try:
         text, fd = log.tail(lines)
         write(text)
+        if not text and lines != 0:
+            _note_quiet(log)
         if follow:
             log.follow(fd, write, lambda: not log.running())
             click.echo(f"{name} has ended", err=True)
@@ -40,6 +42,14 @@ def logs(name, follow, lines):
         sys.exit(0)
     finally:
         log.close()
+
+
+def _note_quiet(log) -> None:
+    """An empty log of a running jail: its service may log to files (nginx does), in its state."""
+    entry, alive = log.registry.read(log.name)
+    if alive and entry and entry.get("dir"):
+        click.echo(f"jailkit: note: {log.name} has written nothing to stdout, stderr or /dev/log "
+                   f"yet; what it logs to files is in {entry['dir']}/state", err=True)
 
 
 class _ExecCommand(click.Command):

@@ -152,6 +152,37 @@ def test_nginx_is_served_through_a_published_port_until_the_jail_stops(nginx, na
     nothing_left(net, name, [row["pid"], row["jail_pid"], relay])
 
 
+RESET_MIDWAY = """
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(b"GET /big.bin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+got = 0
+while got < 1 << 16:
+    got += len(s.recv(1 << 16))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()  # a reset while the relay is still writing the answer
+print("reset")
+"""
+
+
+def test_a_client_reset_midway_ends_its_connection_not_the_relay(nginx, names, net):
+    """The relay is writing an answer (splice(2) from its pipe) when the client resets: the
+    error ends that connection, and the relay goes on serving the next ones."""
+    name = names("reset")
+    result = detach(net, nginx, name, "--publish", f"127.0.0.1:{PORT}:80")
+    assert result.returncode == 0, result.stderr
+    relay = relay_of(ps()[name]["pid"])
+    for _ in range(5):
+        reset = subprocess.run([*net, sys.executable, "-c", RESET_MIDWAY, str(PORT)],
+                               capture_output=True, text=True, timeout=60)
+        assert reset.stdout == "reset\n", reset.stderr
+    fetched = curl(net, f"http://127.0.0.1:{PORT}/big.bin")
+    assert fetched.returncode == 0, fetched.stderr
+    assert len(fetched.stdout) == BIG
+    assert not gone(relay)
+    assert run_jailkit("stop", name, timeout=60).returncode == 0
+
+
 def test_the_relay_keeps_nothing_of_roots(echo, names, net):
     """The relay reads whatever any client sends, on the host: as root with every capability,
     a flaw in it was the host's. It runs as nobody, with no capability, no way to gain one and

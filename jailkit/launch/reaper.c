@@ -996,26 +996,31 @@ static int drop_ids(void)
 	return setgroups(0, NULL) || setgid(65534) || setuid(65534) ? -1 : 0;
 }
 
-/* ... which cannot gain any (no_new_privs) and can make only the calls of its loop (seccomp). */
+/* ... which cannot gain any (no_new_privs) and can make only the calls of its loop (seccomp);
+ * fcntl only to size a pipe (F_SETPIPE_SZ). */
 static int confine_relay(void)
 {
 	static const int allowed[] = {
 		SYS_poll, SYS_accept4, SYS_socket, SYS_connect, SYS_setsockopt, SYS_getsockopt,
-		SYS_pipe2, SYS_fcntl, SYS_splice, SYS_shutdown, SYS_close, SYS_close_range,
+		SYS_pipe2, SYS_splice, SYS_shutdown, SYS_close, SYS_close_range,
 		SYS_clock_gettime, SYS_exit_group, SYS_exit, SYS_rt_sigreturn, SYS_restart_syscall,
 	};
-	enum { N = sizeof(allowed) / sizeof(allowed[0]) };
-	struct sock_filter filter[4 + N + 2] = {
+	enum { N = sizeof(allowed) / sizeof(allowed[0]), LIST = 7 };
+	struct sock_filter filter[LIST + N + 2] = {
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		/* fcntl: its command (the low word of its second argument) decides */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fcntl, 0, 2),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, F_SETPIPE_SZ, N + 1, N),
 	};
 	for (int i = 0; i < N; i++) /* a match jumps past the KILL below, to the ALLOW */
-		filter[4 + i] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
-							     (unsigned)allowed[i], (unsigned char)(N - i), 0);
-	filter[4 + N] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
-	filter[5 + N] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+		filter[LIST + i] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+								(unsigned)allowed[i], (unsigned char)(N - i), 0);
+	filter[LIST + N] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+	filter[LIST + N + 1] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 	struct sock_fprog program = {sizeof(filter) / sizeof(filter[0]), filter};
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 		return -1;

@@ -47,6 +47,13 @@ def check_name(name, option: str = "--name") -> str:
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
+def default_name(directory: str) -> str:
+    """The name a jail in `directory` runs under when none is given (`run --name`), and that
+    `unit` and the exports use: the directory's last component, made a jail name."""
+    base = "".join(c if c in NAME_CHARS else "_" for c in os.path.basename(directory))[:60]
+    return base.lstrip(".-") or "jail"
+
+
 def parse_size(value) -> int | None:
     """Bytes from a positive integer or a string like "64m", "64M" or "64MiB" (K, M, G: powers of
     1024); None when `value` is no size (each caller words its own error)."""

@@ -132,10 +132,10 @@ def unit(profile, root, name, stop_timeout, run_args):
 
     from jailkit.cli.run import check
     from jailkit.launch.registry import directory as registry_directory
-    from jailkit.vocabulary import check_name, default_jail_dir, jail_name
+    from jailkit.vocabulary import check_name, default_jail_dir, default_name, jail_name
 
     directory = os.path.abspath(root or default_jail_dir(jail_name(profile)))
-    name = check_name(name or os.path.basename(directory).lstrip(".-") or "jail")
+    name = check_name(name or default_name(directory))
     options = run_args[:run_args.index("--")] if "--" in run_args else run_args
     for arg in options:
         if arg in ("-d", "--detach") or arg.split("=")[0] in ("--root", "--name"):

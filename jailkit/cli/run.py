@@ -8,7 +8,7 @@ import os
 import sys
 
 from jailkit.errors import JailkitError
-from jailkit.vocabulary import NETWORKS, check_name, default_jail_dir, jail_name
+from jailkit.vocabulary import NETWORKS, check_name, default_jail_dir, default_name, jail_name
 
 USAGE = "Usage: jailkit run [OPTIONS] PROFILE [-- CMD [ARGS]...]"
 HELP = f"""{USAGE}
@@ -301,7 +301,7 @@ def _plan(opts: Options, jail, spec, publishes):
     from jailkit.launch.plan import LaunchPlan
 
     return LaunchPlan(spec, jail, os.getpid(), opts.pass_fds, True, opts.interactive,
-                      opts.name or os.path.basename(jail.dir), opts.detach, publishes,
+                      opts.name or default_name(jail.dir), opts.detach, publishes,
                       _typed_limits(opts))
 
 

@@ -15,6 +15,7 @@ from jailkit.build import manifest
 from jailkit.build.jaildir import JailDir, open_dir
 from jailkit.build.manifest import Manifest, Record
 from jailkit.errors import JailkitError
+from jailkit.vocabulary import default_name
 
 CHUNK = 1 << 20
 CAPS_XATTR = "security.capability"
@@ -25,17 +26,6 @@ KINDS = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "symlink": stat.S_ISLNK}
 
 class ExportError(JailkitError):
     """A jail that cannot be exported as it stands."""
-
-
-def _run_name(directory: str, profile: str) -> str:
-    """The name `run` gives the jail by default and `ps` shows (its directory's), which tells
-    two jails of one profile apart; the profile's if that is no jail name."""
-    from jailkit.vocabulary import check_name
-
-    try:
-        return check_name(os.path.basename(directory))
-    except JailkitError:
-        return profile
 
 
 class BuiltJail:
@@ -67,7 +57,8 @@ class BuiltJail:
             raise ExportError(f"{self.dir}/gen-{number} cannot be read ({e}); rebuild the "
                               "jail") from None
         self.name = self.manifest.profile
-        self.run_name = _run_name(self.dir, self.name)
+        # as `run` names it by default and `ps` shows it: two jails of one profile differ here
+        self.run_name = default_name(self.dir)
         # the --set values it was built with ({}: none, or a jailkit that did not keep them)
         self.sets = manifest.remembered(manifest.read_json(self.gen_fd, manifest.SETS),
                                         self.name) or {}

@@ -19,7 +19,7 @@ import fcntl
 import os
 
 from jailkit.errors import JailkitError
-from jailkit.vocabulary import NAME_CHARS
+from jailkit.vocabulary import default_name
 
 ROOT_DIR = "/run/jailkit"
 LOCK = ".lock"
@@ -227,8 +227,7 @@ def pick_name(requested: str | None, jail, running: list[dict], existing: list[s
             raise JailkitError(f"the registry entry of the stopped jail {requested} could not be "
                                "removed yet (its cgroup is busy): run again in a moment")
         return requested
-    base = "".join(c if c in NAME_CHARS else "_" for c in os.path.basename(jail.dir))[:60]
-    base = base.lstrip(".-") or "jail"
+    base = default_name(jail.dir)
     name, number = base, 1
     while name in existing:
         number += 1

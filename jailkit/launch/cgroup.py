@@ -119,11 +119,10 @@ def needs_root(asked: list[str], typed: tuple = ()) -> JailkitError:
                         f"root, or run without them: {without}")
 
 
-def delegated(root: str = CGROUP_ROOT) -> str | None:
+def delegated(host: Host) -> str | None:
     """The cgroup v2 group delegated to this process, root's (systemd's Delegate=yes: the xattr
     trusted.delegate=1, which only root can set), or None: the group it is in, or that group's
     parent when it is a SUPERVISOR leaf (a second jail started by the same unit)."""
-    host = Host(root)
     if not host.v2_only or os.geteuid() != 0:
         return None
     try:
@@ -148,7 +147,7 @@ def plan(name: str, limits: dict, root: str = CGROUP_ROOT) -> list[Group]:
     percent of one CPU). A limit this host cannot enforce is refused, naming the fix."""
     host = Host(root)
     if host.v2_only:
-        unit = delegated(root)
+        unit = delegated(host)
         base = unit or host.unified  # its controllers are what the jail's group may have
         group = cgroup_v2.group(f"{base}/{PARENT}/{name}", limits, base)
         group.delegated = unit
@@ -163,7 +162,7 @@ def candidates(name: str, root: str = CGROUP_ROOT) -> list[str]:
     """Every directory a jail named `name` may have (made or not)."""
     host = Host(root)
     paths = [f"{host.unified}/{PARENT}/{name}"] if host.unified else []
-    unit = delegated(root)
+    unit = delegated(host)
     if unit:
         paths.append(f"{unit}/{PARENT}/{name}")
     if not host.v2_only:

@@ -101,4 +101,3 @@ def _write(path: str, text: str) -> None:
         os.replace(temporary, path)
     except OSError as e:
         raise JailkitError(f"{path}: {e.strerror}") from None
-

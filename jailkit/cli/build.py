@@ -237,14 +237,14 @@ def _report(result, plan, root: str, as_json: bool, verbose: bool) -> None:
                        f"gen-{result.generation}")
         return
     built = f"{plan.name}: gen-{result.generation} built in {root}"
-    if result.linked or result.updated or result.removed or result.copied < plan.counts()[1]:
+    directories, files, symlinks = plan.counts()
+    if result.linked or result.updated or result.removed or result.copied < files:
         # a previous generation was there: what changed since, and what is shared with it
         click.echo(f"{built}: {len(result.added)} added, {len(result.updated)} updated, "
                    f"{len(result.removed)} removed since the previous generation "
                    f"({_files(result.copied)} copied, {result.linked} unchanged ones shared "
                    "with it as hard links)")
     else:
-        directories, files, symlinks = plan.counts()
         click.echo(f"{built}: {_files(files)} ({plan.summary()['bytes'] / 1e6:.1f} MB), "
                    f"{directories} directories, {symlinks} symlinks")
     if verbose:

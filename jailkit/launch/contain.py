@@ -215,7 +215,6 @@ def exec_command(command: list[str], env: dict[str, str]) -> None:
                    "holds only what its profile lists")
         shell = name.rsplit("/", 1)[-1] in ("sh", "bash", "dash")
         message += "; a jail without a shell has none)" if shell else ")"
-
     elif failure.errno in (errno.EACCES, errno.ENOEXEC):
         message = f"cannot run {name} in the jail: {name} is not executable ({failure.strerror})"
     else:

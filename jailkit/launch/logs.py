@@ -24,7 +24,7 @@ class Log:
         if self.registry.fd is None or not self._exists(f"{name}.log"):
             self.registry.close()
             raise NotRunning(f"no jail named {name!r} has a log (only a jail run with "
-                               "--detach has one): see `jailkit ps`")
+                             "--detach has one): see `jailkit ps`")
 
     def _exists(self, file: str) -> bool:
         try:

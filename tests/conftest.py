@@ -117,6 +117,19 @@ def nobody_jailkit(home, *args):
                           text=True, capture_output=True, preexec_fn=as_nobody, timeout=120)
 
 
+@contextlib.contextmanager
+def traversable_dir(prefix: str) -> Iterator[Path]:
+    """A new directory that other users (`nobody`, a jail's unprivileged root) may pass through
+    (0711), removed afterwards. Not under pytest's tmp root: pytest makes that 0700 again
+    whenever another session starts."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        base.chmod(0o711)
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
 # --- launching the `shell` jail as root, and looking at its processes ----------------------
 
 PROBE = "/usr/bin/jkprobe"
@@ -124,22 +137,15 @@ PROBE = "/usr/bin/jkprobe"
 
 @pytest.fixture(scope="session")
 def jail() -> Path:
-    """A `shell` jail built by jailkit, with the probe added (owned by the jail's root).
-
-    Not under pytest's tmp root: pytest makes that 0700 again whenever another session starts,
-    and `nobody` must reach this one (test_launch_nobody.py).
-    """
-    base = Path(tempfile.mkdtemp(prefix="jailkit-launch-"))
-    base.chmod(0o711)
-    built = run_jailkit("build", "shell", "--root", base / "shell")
-    assert built.returncode == 0, built.stderr
-    root = base / "shell" / "current" / "root"
-    subprocess.run(
-        ["gcc", "-static", "-O1", "-o", root / PROBE.lstrip("/"), REPO / "tests/launch_probe.c"],
-        check=True,
-    )
-    yield base / "shell"
-    shutil.rmtree(base)
+    """A `shell` jail built by jailkit, with the probe added (owned by the jail's root), where
+    `nobody` reaches it too (test_launch_nobody.py)."""
+    with traversable_dir("jailkit-launch-") as base:
+        built = run_jailkit("build", "shell", "--root", base / "shell")
+        assert built.returncode == 0, built.stderr
+        root = base / "shell" / "current" / "root"
+        subprocess.run(["gcc", "-static", "-O1", "-o", root / PROBE.lstrip("/"),
+                        REPO / "tests/launch_probe.c"], check=True)
+        yield base / "shell"
 
 
 def jailkit_run(jail: Path, *command, sets=(), net=None, **kwargs):

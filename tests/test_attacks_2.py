@@ -10,13 +10,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
 import pytest
 from conftest import PROBE_IN_JAIL as PROBE
-from conftest import REPO, probe_jail, run_jailkit, wait_for
+from conftest import REPO, probe_jail, run_jailkit, traversable_dir, wait_for
 from exporting import export, imported, rewrite
 
 pytestmark = pytest.mark.usefixtures("as_root")
@@ -27,10 +26,8 @@ PORT = 18080  # in each publish test's own network namespace
 
 @pytest.fixture(scope="module")
 def base():
-    base = Path(tempfile.mkdtemp(prefix="jailkit-attacks2-"))
-    base.chmod(0o711)  # the jails' unprivileged root traverses it
-    yield base
-    shutil.rmtree(base)
+    with traversable_dir("jailkit-attacks2-") as base:  # the jails' unprivileged root passes
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from conftest import (
     run_jailkit,
     start,
     stop,
+    traversable_dir,
     wait_for,
 )
 
@@ -68,11 +69,9 @@ def built() -> Path:
 @pytest.fixture
 def jail(built) -> Path:
     """A fresh copy of the built jail, at a path of its own (so a jail of its own)."""
-    base = Path(tempfile.mkdtemp(prefix="jailkit-host-"))
-    base.chmod(0o711)
-    subprocess.run(["cp", "-a", built, base / "jail"], check=True)
-    yield base / "jail"
-    shutil.rmtree(base)
+    with traversable_dir("jailkit-host-") as base:
+        subprocess.run(["cp", "-a", built, base / "jail"], check=True)
+        yield base / "jail"
 
 
 @pytest.fixture

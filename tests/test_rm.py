@@ -10,14 +10,12 @@ read-only for itself among it) and plants symlinks there to a host decoy file an
 
 import fcntl
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import NOBODY, nobody_with_subids, run_jailkit, wait_for
+from conftest import NOBODY, nobody_with_subids, run_jailkit, traversable_dir, wait_for
 
 PREFIX = "rm"
 ALLOCATIONS = Path("/var/lib/jailkit/.allocations")
@@ -91,10 +89,8 @@ def allocated(jail: Path) -> bool:
 
 @pytest.fixture
 def base():
-    base = Path(tempfile.mkdtemp(prefix="jailkit-rm-"))
-    base.chmod(0o711)
-    yield base
-    shutil.rmtree(base)
+    with traversable_dir("jailkit-rm-") as base:
+        yield base
 
 
 def write_profile(base: Path, decoy: Path) -> Path:

@@ -15,12 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_jailkit, wait_for
+from conftest import REPO, run_jailkit, traversable_dir, wait_for
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -51,13 +50,11 @@ def build(base: Path, name: str, *sets) -> Path:
 
 @pytest.fixture(scope="module")
 def base():
-    base = Path(tempfile.mkdtemp(prefix="jailkit-operate-"))
-    base.chmod(0o711)
-    (base / "svc.toml").write_text(PROFILE)
-    subprocess.run(["gcc", "-static", "-O1", "-o", base / "service_probe",
-                    REPO / "tests/service_probe.c"], check=True)
-    yield base
-    shutil.rmtree(base)
+    with traversable_dir("jailkit-operate-") as base:
+        (base / "svc.toml").write_text(PROFILE)
+        subprocess.run(["gcc", "-static", "-O1", "-o", base / "service_probe",
+                        REPO / "tests/service_probe.c"], check=True)
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import jailkit_env, run_jailkit, wait_for
+from conftest import jailkit_env, run_jailkit, traversable_dir, wait_for
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -26,11 +26,9 @@ PREFIX = "o"  # names of this module's jails: PREFIX, the session's pid, a word
 
 @pytest.fixture(scope="module")
 def base():
-    base = Path(tempfile.mkdtemp(prefix="jailkit-ops-"))
-    base.chmod(0o711)
-    (base / "svc.toml").write_text(PROFILE)
-    yield base
-    shutil.rmtree(base)
+    with traversable_dir("jailkit-ops-") as base:
+        (base / "svc.toml").write_text(PROFILE)
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,14 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import PROBE_IN_JAIL as PROBE
-from conftest import REPO, probe_jail, run_jailkit, wait_for
+from conftest import REPO, probe_jail, run_jailkit, traversable_dir, wait_for
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -33,10 +31,8 @@ ECHO_COMMAND = ["--", PROBE, "echo", str(ECHO_PORT)]
 
 @pytest.fixture(scope="module")
 def base():
-    base = Path(tempfile.mkdtemp(prefix="jailkit-publish-"))
-    base.chmod(0o711)
-    yield base
-    shutil.rmtree(base)
+    with traversable_dir("jailkit-publish-") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -223,23 +223,25 @@ def _open_dir(parent: int, name: str, shown: str, st: os.stat_result, device: in
     if st.st_dev != device:
         raise JailkitError(f"{shown} is on another filesystem (mounted there?): unmount it "
                            "first")
-    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
-    opened = os.fstat(fd)
-    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
-        os.close(fd)
-        raise JailkitError(f"{shown} was replaced while being removed: run again")
-    return fd
+    return _open_same(name, parent, (st.st_dev, st.st_ino),
+                      f"{shown} was replaced while being removed: run again")
 
 
 def _open_parent(fd: int, expected: tuple[int, int], shown: str) -> int:
     """The parent of directory `fd`, by "..", once it is `expected` (dev, ino): the directory
     it was entered from, not one it was moved to."""
-    parent = os.open("..", DIR_FLAGS, dir_fd=fd)
-    st = os.fstat(parent)
+    return _open_same("..", fd, expected, f"{shown} was moved while being removed: run again")
+
+
+def _open_same(name: str, dir_fd: int, expected: tuple[int, int], refusal: str) -> int:
+    """Directory `name` under `dir_fd` (no symlink), refused with `refusal` unless it is the
+    directory `expected` (dev, ino)."""
+    fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != expected:
-        os.close(parent)
-        raise JailkitError(f"{shown} was moved while being removed: run again")
-    return parent
+        os.close(fd)
+        raise JailkitError(refusal)
+    return fd
 
 
 def _as_owner(work):
